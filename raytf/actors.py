@@ -1,0 +1,142 @@
+"""Creating, naming, wiring and releasing a run's actors.
+
+Names are stable so the Ray dashboard's Actors view tells the story:
+`raytf:<run name>:ps-<i>` and `raytf:<run name>:worker-<i>`, in the Ray namespace `raytf-<run id>`
+(so two runs with the same name never collide).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raytf.config import Resources, TrainConfig
+from raytf.errors import ClusterError, RaytfError, TrainingError
+from raytf.sharding import ShardPlan
+from raytf.transport import LinkSpec, remove_shm_files
+
+
+def actor_name(run_name: str, role: str, index: int) -> str:
+    return f"raytf:{run_name}:{role}-{index}"
+
+
+def _options(resources: Resources) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    if resources.resources:
+        options["resources"] = dict(resources.resources)
+    return options
+
+
+def check_resources(config: TrainConfig, available: dict[str, float]) -> None:
+    """Fail before creating actors when the cluster can never fit them (they would wait forever)."""
+    d = config.distribution
+    need: dict[str, float] = {}
+    for count, res in ((d.workers, d.worker_resources), (d.parameter_servers, d.ps_resources)):
+        for key, amount in (("CPU", res.num_cpus), ("GPU", res.num_gpus), *res.resources.items()):
+            need[key] = need.get(key, 0.0) + count * amount
+    for key, amount in need.items():
+        have = available.get(key, 0.0)
+        if amount > have + 1e-9:
+            setting = {"CPU": "num_cpus", "GPU": "num_gpus"}.get(key, f"resources.{key}")
+            raise ClusterError(
+                f"The run needs {amount:g} {key} ({d.workers} workers and {d.parameter_servers} parameter servers) "
+                f"but the cluster has {have:g}.",
+                f"Lower distribution.workers, or distribution.worker_resources.{setting} / "
+                f"distribution.ps_resources.{setting}, or use a bigger cluster.",
+            )
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """The user-facing error behind a Ray task error, when there is one."""
+    import ray
+
+    if isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, RaytfError):
+        return err.cause
+    return err
+
+
+def get(refs, what: str):
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = unwrap(err)
+        if cause is not err:
+            raise cause from None
+        raise TrainingError(f"{what} failed: {err.cause!r}", "Rerun with --debug to see the actor's traceback.") from err
+    except ray.exceptions.RayActorError as err:
+        raise TrainingError(f"{what}: an actor died ({err.__class__.__name__}).", "See the actor's log in the Ray dashboard.") from err
+
+
+@dataclass
+class RunActors:
+    run_id: str
+    servers: list
+    workers: list
+    link_kinds: list[list[str]]  # [worker][server]
+
+    def release(self) -> None:
+        import ray
+
+        for server in self.servers:
+            try:
+                ray.get(server.close.remote(), timeout=10)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # it may already be dead; its files are swept below
+        for actor in self.servers + self.workers:
+            ray.kill(actor, no_restart=True)
+        remove_shm_files(self.run_id)
+
+
+def launch(config: TrainConfig, run_id: str, plan: ShardPlan, initial: list[np.ndarray]) -> RunActors:
+    """Create servers and workers, set them up and connect every worker to every server."""
+    import ray
+
+    from raytf.ps import ParameterServer
+    from raytf.worker import Worker
+
+    d = config.distribution
+    namespace = f"raytf-{run_id}"
+    ps_cls = ray.remote(ParameterServer)
+    worker_cls = ray.remote(Worker)
+    servers = [
+        ps_cls.options(name=actor_name(config.name, "ps", i), namespace=namespace,
+                       max_concurrency=d.workers + 4, **_options(d.ps_resources)).remote(run_id, i)
+        for i in range(d.parameter_servers)
+    ]
+    workers = [
+        worker_cls.options(name=actor_name(config.name, "worker", i), namespace=namespace,
+                           max_concurrency=2, **_options(d.worker_resources)).remote(run_id, i)
+        for i in range(d.workers)
+    ]
+    actors = RunActors(run_id=run_id, servers=servers, workers=workers, link_kinds=[])
+    try:
+        ps_threads = d.ps_threads or max(1, int(d.ps_resources.num_cpus))
+        worker_threads = d.worker_threads or max(1, int(d.worker_resources.num_cpus))
+        setups = [s.setup.remote(initial[i], config.optimizer, d.mode, d.workers, ps_threads) for i, s in enumerate(servers)]
+        setups += [w.setup.remote(config.to_dict(), plan, d.workers, worker_threads) for w in workers]
+        get(setups, "Setting up the actors")
+        server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")
+        worker_nodes = get([w.node_id.remote() for w in workers], "Locating the workers")
+        links: list[list[LinkSpec]] = []
+        for server, (node, has_shm) in zip(servers, server_nodes):
+            local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]
+            if d.transport == "shm" and len(local) < len(workers):
+                raise ClusterError(
+                    "distribution.transport is 'shm', but some workers run on another node than their parameter "
+                    "server (or the node has no /dev/shm).",
+                    "Use transport: auto, which falls back to the object store across nodes.",
+                )
+            use = [] if d.transport == "object_store" else local
+            links.append(get(server.open_links.remote(use), "Opening the exchange buffers"))
+        actors.link_kinds = get(
+            [w.connect.remote(servers, [links[j][i] for j in range(len(servers))]) for i, w in enumerate(workers)],
+            "Connecting workers to parameter servers",
+        )
+        return actors
+    except BaseException:
+        actors.release()
+        raise

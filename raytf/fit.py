@@ -1,0 +1,236 @@
+"""`raytf.fit`: one training run from config to saved model and summary.
+
+Everything that can be checked without a cluster (config, import paths, data, model shapes,
+output directory) is checked first, so bad input never leaves a cluster or actors behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from raytf.config import TrainConfig, config_from_dict, load_config
+from raytf.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver learned before any actor exists."""
+
+    config: TrainConfig
+    model: Any  # the driver's replica: initial values, final evaluation, saving
+    plan: Any
+    eval_fn: Callable[[], Any] | None
+    output_dir: Path
+
+
+def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config_from_dict(config.to_dict(), overrides) if overrides else config
+    if isinstance(config, Mapping):
+        return config_from_dict(config, overrides)
+    return load_config(config, overrides)
+
+
+def prepare_output_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is a file.", "Point output_dir at a directory (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".raytf-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} is not writable ({err.strerror}).", "Choose a directory you can write to.") from None
+    return out
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    from raytf.runtime import configure_tensorflow
+
+    configure_tensorflow(threads=max(1, (os.cpu_count() or 1)))
+    import keras
+
+    from raytf.imports import resolve_callable
+    from raytf.model import build_model, eval_dataset, first_batch, train_dataset, variable_specs
+    from raytf.sharding import plan_shards
+
+    output_dir = prepare_output_dir(config.output_dir)
+    model_fn = resolve_callable(config.model, "model")
+    train_fn = resolve_callable(config.data.train, "data.train")
+    eval_fn = resolve_callable(config.data.eval, "data.eval") if config.data.eval else None
+    keras.utils.set_random_seed(config.seed)
+    features, labels = first_batch(train_dataset(train_fn, 0, config.distribution.workers), config.batch_size, "data.train")
+    model = build_model(model_fn, features, labels, config)
+    if eval_fn is not None:
+        eval_features, _ = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
+        if [tuple(t.shape[1:]) for t in _flat(eval_features)] != [tuple(t.shape[1:]) for t in _flat(features)]:
+            raise ConfigError(
+                f"data.eval gives features of shape {[tuple(t.shape[1:]) for t in _flat(eval_features)]}, "
+                f"but data.train gives {[tuple(t.shape[1:]) for t in _flat(features)]}.",
+                "Make both datasets yield features of the same shape.",
+            )
+    plan = plan_shards(variable_specs(model), config.distribution.parameter_servers)
+    return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir)
+
+
+def _flat(value):
+    import tensorflow as tf
+
+    return tf.nest.flatten(value)
+
+
+def initial_buffers(prepared: Prepared) -> list[np.ndarray]:
+    values = [np.asarray(v.numpy(), dtype=np.float32).reshape(-1) for v in prepared.model.trainable_variables]
+    return [np.concatenate([values[i] for i in shard.variables]) for shard in prepared.plan.shards]
+
+
+def load_final(prepared: Prepared, buffers: list[np.ndarray], non_trainable: list[np.ndarray]) -> None:
+    tvars = prepared.model.trainable_variables
+    for shard, buffer in zip(prepared.plan.shards, buffers):
+        for i, offset, size in zip(shard.variables, shard.offsets, shard.sizes):
+            tvars[i].assign(buffer[offset : offset + size].reshape(prepared.plan.variables[i].shape))
+    for var, value in zip(prepared.model.non_trainable_variables, non_trainable):
+        var.assign(value)
+
+
+def evaluate(prepared: Prepared) -> dict[str, float]:
+    if prepared.eval_fn is None:
+        return {}
+    from raytf.model import eval_dataset, make_loss
+
+    config = prepared.config
+    prepared.model.compile(loss=make_loss(config.loss), metrics=list(config.metrics))
+    results = prepared.model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
+    return {name: float(value) for name, value in results.items()}
+
+
+def fit(
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    progress=None,
+    on_event: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Train as configured and return the summary (also written to output_dir/summary.json).
+
+    `config` is a TrainConfig, a dict of the YAML's keys, or a path to a YAML file. Without
+    `address` it trains on the cluster `raytf up` started, or on an embedded one for this run.
+    """
+    import ray
+
+    from raytf.actors import check_resources, get, launch
+    from raytf.cluster import connect
+
+    started = time.perf_counter()
+    cfg = coerce_config(config, overrides)
+    prepared = prepare(cfg)
+    run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    with connect(address, on_event=on_event) as connection:
+        check_resources(cfg, ray.cluster_resources())
+        actors = launch(cfg, run_id, prepared.plan, initial_buffers(prepared))
+        try:
+            on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
+                     f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}")
+            train_started = time.perf_counter()
+            runs = [w.run.remote(cfg.steps, cfg.distribution.mode) for w in actors.workers]
+            _monitor(runs, actors.servers[0], cfg, progress, train_started)
+            results = get(runs, "Training")
+            buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
+            stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
+            non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
+            train_seconds = time.perf_counter() - train_started
+        finally:
+            actors.release()
+    load_final(prepared, buffers, non_trainable)
+    eval_results = evaluate(prepared)
+    model_path = prepared.output_dir / "model.keras"
+    prepared.model.save(model_path)
+    summary = _summary(cfg, results, stats, eval_results, actors.link_kinds, started, train_started, train_seconds)
+    summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral)
+    _write_json(prepared.output_dir / "summary.json", summary)
+    return summary
+
+
+def _kinds(link_kinds: list[list[str]]) -> str:
+    kinds = sorted({kind for row in link_kinds for kind in row})
+    return " and ".join(kinds) or "-"
+
+
+def _monitor(runs, server0, cfg: TrainConfig, progress, started: float) -> None:
+    import ray
+
+    while True:
+        done, _ = ray.wait(runs, num_returns=len(runs), timeout=cfg.log_every_seconds)
+        if progress is not None:
+            try:
+                stats = ray.get(server0.stats.remote(), timeout=10)
+            except (ray.exceptions.RayError, TimeoutError):
+                stats = None  # the failure itself surfaces from ray.get(runs)
+            if stats and stats["progress"]:
+                progress.update(_snapshot(stats, cfg, started))
+        if len(done) == len(runs):
+            return
+
+
+def _snapshot(stats: dict, cfg: TrainConfig, started: float):
+    from raytf.progress import Snapshot
+
+    entries = stats["progress"].values()
+    steps = [e[0] for e in entries]
+    elapsed = time.perf_counter() - started
+    samples = sum(steps) * cfg.batch_size
+    return Snapshot(
+        step=min(steps) if len(steps) == cfg.distribution.workers else 0,
+        total=cfg.steps,
+        loss=float(np.mean([e[1] for e in entries])),
+        samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
+        elapsed=elapsed,
+        staleness_mean=stats["staleness_mean"] if cfg.distribution.mode == "async" else None,
+    )
+
+
+def _summary(cfg, results, stats, eval_results, link_kinds, started, train_started, train_seconds) -> dict[str, Any]:
+    applied = sum(s["pushes"] for s in stats)
+    staleness_total = sum(s["staleness_mean"] * s["pushes"] for s in stats)
+    return {
+        "name": cfg.name,
+        "mode": cfg.distribution.mode,
+        "workers": cfg.distribution.workers,
+        "parameter_servers": cfg.distribution.parameter_servers,
+        "transport": _kinds(link_kinds),
+        "optimizer": cfg.optimizer.name,
+        "batch_size": cfg.batch_size,
+        "steps": cfg.steps,
+        "samples": cfg.steps * cfg.batch_size * cfg.distribution.workers,
+        "samples_per_second": sum(r["samples_per_second"] for r in results),
+        "wall_seconds": time.perf_counter() - started,
+        "startup_seconds": train_started - started,
+        "train_seconds": train_seconds,
+        "final_loss": float(np.mean([r["final_loss"] for r in results])),
+        "eval": eval_results,
+        "staleness": {
+            "mean": staleness_total / applied if applied else 0.0,
+            "max": max(s["staleness_max"] for s in stats),
+        },
+        "per_worker": [
+            {k: r[k] for k in ("index", "final_loss", "samples_per_second", "ms_compute_per_step", "ms_exchange_per_step")}
+            for r in results
+        ],
+        "bytes_pushed": sum(s["bytes_in"] for s in stats),
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)

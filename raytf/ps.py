@@ -1,0 +1,173 @@
+"""The parameter-server actor: owns one shard of the variables and applies gradients to it.
+
+How pushes turn into updates is an `Aggregation` policy, so new exchange rules (bounded
+staleness, N-of-M quorums) are a new policy, not a new server:
+
+* `SyncAggregation`: a barrier. Gradients for one version are summed as they arrive; when
+  `quorum` workers have pushed, their mean is applied once and every waiter is released.
+* `AsyncAggregation`: every gradient is applied on arrival; its staleness (versions behind)
+  is recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from raytf.config import OptimizerConfig
+from raytf.runtime import configure_tensorflow
+from raytf.transport import LinkSpec, ServerSlots, shm_available
+
+
+@dataclass
+class StalenessStats:
+    applied: int = 0
+    total: int = 0
+    max: int = 0
+    histogram: dict[int, int] | None = None
+
+    def record(self, staleness: int) -> None:
+        self.applied += 1
+        self.total += staleness
+        self.max = max(self.max, staleness)
+        self.histogram = self.histogram or {}
+        self.histogram[staleness] = self.histogram.get(staleness, 0) + 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.applied if self.applied else 0.0
+
+
+class SyncAggregation:
+    def __init__(self, server: "ParameterServer", quorum: int) -> None:
+        self.server = server
+        self.quorum = quorum
+        self.arrived = 0
+
+    def push(self, grad) -> int:
+        """Called with the server's lock held; returns the version the caller should train on."""
+        s = self.server
+        target = s.version + 1
+        if self.arrived == 0:
+            s.accumulator.assign(grad)
+        else:
+            s.accumulator.assign_add(grad)
+        self.arrived += 1
+        if self.arrived >= self.quorum:
+            s.apply_mean(self.arrived)
+            s.staleness.record(0)
+            self.arrived = 0
+            s.cond.notify_all()
+        else:
+            while s.version < target:
+                s.cond.wait()
+        return s.version
+
+
+class AsyncAggregation:
+    def __init__(self, server: "ParameterServer") -> None:
+        self.server = server
+
+    def push(self, grad, base_version: int) -> int:
+        s = self.server
+        s.staleness.record(s.version - base_version)
+        s.apply_one(grad)
+        return s.version
+
+
+class ParameterServer:
+    """A Ray actor (threaded: one thread per waiting worker) holding one shard."""
+
+    def __init__(self, run_id: str, index: int) -> None:
+        self.run_id = run_id
+        self.index = index
+
+    def setup(self, initial: np.ndarray, optimizer: OptimizerConfig, mode: str, num_workers: int, threads: int) -> None:
+        configure_tensorflow(threads)
+        import tensorflow as tf
+
+        from raytf.optimizers import FlatOptimizer
+
+        self.opt = FlatOptimizer(optimizer, initial)
+        self.accumulator = tf.Variable(tf.zeros_like(initial), name="accumulator")
+        self._apply_mean = tf.function(
+            lambda n: self.opt.apply(self.accumulator.read_value() / n),
+            input_signature=[tf.TensorSpec([], tf.float32)],
+        )
+        self._to_tensor = tf.convert_to_tensor
+        self.mode = mode
+        self.num_workers = num_workers
+        self.version = 0
+        self.params = self.opt.params.numpy()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.staleness = StalenessStats()
+        self.aggregation = SyncAggregation(self, num_workers) if mode == "sync" else AsyncAggregation(self)
+        self.slots: ServerSlots | None = None
+        self.progress: dict[int, tuple[int, float, float]] = {}  # worker -> (steps done, loss, time)
+        self.pushes = 0
+        self.bytes_in = 0
+
+    # -- set-up -----------------------------------------------------------------------------
+    def node_info(self) -> tuple[str, bool]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), shm_available()
+
+    def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
+        self.slots = ServerSlots(
+            self.run_id, self.index, self.params.shape[0], set(shm_workers), shared_params=self.mode == "sync"
+        )
+        return [self.slots.link_spec(w) for w in range(self.num_workers)]
+
+    # -- the exchange ---------------------------------------------------------------------
+    def pull(self, worker: int):
+        with self.lock:
+            return self.version, self.slots.publish(worker, self.params, self.version)
+
+    def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None):
+        grad_buffer = self.slots.gradient(worker, payload)
+        # Safe outside the lock: a worker writes its slot again only after this call returns.
+        grad = self._to_tensor(grad_buffer)
+        with self.lock:
+            if self.mode == "sync":
+                version = self.aggregation.push(grad)
+            else:
+                version = self.aggregation.push(grad, base_version)
+            self.pushes += 1
+            self.bytes_in += grad_buffer.nbytes
+            if loss is not None:
+                self.progress[worker] = (steps_done, loss, time.time())
+            return version, self.slots.publish(worker, self.params, version)
+
+    def apply_mean(self, count: int) -> None:
+        self.params = self._apply_mean(np.float32(count)).numpy()
+        self.version += 1
+
+    def apply_one(self, grad) -> None:
+        self.params = self.opt.apply(grad).numpy()
+        self.version += 1
+
+    # -- reporting --------------------------------------------------------------------------
+    def stats(self) -> dict:
+        with self.lock:
+            return {
+                "version": self.version,
+                "pushes": self.pushes,
+                "bytes_in": self.bytes_in,
+                "progress": dict(self.progress),
+                "staleness_mean": self.staleness.mean,
+                "staleness_max": self.staleness.max,
+                "staleness_histogram": dict(self.staleness.histogram or {}),
+            }
+
+    def get_params(self) -> np.ndarray:
+        with self.lock:
+            return self.params.copy()
+
+    def close(self) -> None:
+        if self.slots is not None:
+            self.slots.close()

@@ -1,0 +1,152 @@
+"""The worker actor: a model replica and a data shard that computes gradients.
+
+The hot path is two graph-compiled functions: `step` (next batch, forward, backward, and one
+flat gradient buffer per parameter server) and `load` (split fresh flat parameter buffers and
+assign them to the replica's variables). Between them the buffers go through the transport.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from raytf.runtime import configure_tensorflow
+from raytf.sharding import ShardPlan
+from raytf.transport import LinkSpec, WorkerLink
+
+
+def warmup_steps(steps: int) -> int:
+    """Steps excluded from the steady-state rate (graph tracing, first allocations)."""
+    return max(1, min(20, steps // 10))
+
+
+class Worker:
+    def __init__(self, run_id: str, index: int) -> None:
+        self.run_id = run_id
+        self.index = index
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int) -> dict[str, Any]:
+        configure_tensorflow(threads)
+        import keras
+        import tensorflow as tf
+
+        from raytf.config import TrainConfig
+        from raytf.imports import resolve_callable
+        from raytf.model import batches, build_model, first_batch, make_loss, train_dataset, variable_specs
+
+        cfg = TrainConfig.model_validate(config)
+        self.config = cfg
+        keras.utils.set_random_seed(cfg.seed + 1 + self.index)  # dropout and shuffles differ per worker
+        dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
+        features, labels = first_batch(dataset, cfg.batch_size, "data.train")
+        model = build_model(resolve_callable(cfg.model, "model"), features, labels, cfg)
+        if tuple(variable_specs(model)) != plan.variables:
+            from raytf.errors import TrainingError
+
+            raise TrainingError(
+                f"worker {self.index}: the model it built has different variables than the driver's.",
+                "Make the model function deterministic (same layers and shapes on every call).",
+            )
+        self.model = model
+        self.plan = plan
+        self.iterator = iter(batches(dataset, cfg, self.index))
+        loss_fn = make_loss(cfg.loss)
+        tvars = model.trainable_variables
+        shards = plan.shards
+
+        def step(iterator):
+            x, y = next(iterator)
+            with tf.GradientTape() as tape:
+                outputs = model(x, training=True)
+                loss = loss_fn(y, outputs)
+                if model.losses:
+                    loss = loss + tf.add_n(model.losses)
+            grads = tape.gradient(loss, tvars)
+            flats = []
+            for shard in shards:
+                parts = [
+                    tf.reshape(tf.zeros_like(tvars[i]) if grads[i] is None else tf.convert_to_tensor(grads[i]), [-1])
+                    for i in shard.variables
+                ]
+                flats.append(parts[0] if len(parts) == 1 else tf.concat(parts, 0))
+            return loss, flats
+
+        def load(*flats):
+            for shard, flat in zip(shards, flats):
+                parts = tf.split(flat, list(shard.sizes)) if len(shard.sizes) > 1 else [flat]
+                for i, part in zip(shard.variables, parts):
+                    tvars[i].assign(tf.reshape(part, plan.variables[i].shape))
+
+        self._step = tf.function(step)
+        self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
+        return {"gpus": len(tf.config.list_logical_devices("GPU"))}
+
+    def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
+        self.servers = servers
+        self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
+        return [link.kind for link in self.links]
+
+    def _finish(self, replies_refs) -> list[int]:
+        """Wait for the servers' replies and load the parameters they published."""
+        import ray
+
+        replies = ray.get(replies_refs)
+        self._load(*[link.receive(payload) for link, (_, payload) in zip(self.links, replies)])
+        return [version for version, _ in replies]
+
+    def run(self, steps: int, mode: str) -> dict[str, Any]:
+        """Train `steps` steps. In async mode the next gradient is computed while the last push is
+        in flight (so it is one push staler); in sync mode every step waits for the barrier."""
+        versions = self._finish([server.pull.remote(self.index) for server in self.servers])
+        warmup = warmup_steps(steps)
+        timings = {"compute": 0.0, "exchange": 0.0}
+        pending = None
+        loss_value = float("nan")
+        warm_time = time.perf_counter()
+        for step in range(steps):
+            t0 = time.perf_counter()
+            loss, flats = self._step(self.iterator)
+            grads = [flat.numpy() for flat in flats]
+            loss_value = float(loss)
+            t1 = time.perf_counter()
+            if pending is not None:
+                versions = self._finish(pending)
+            payloads = [link.send(grad) for link, grad in zip(self.links, grads)]
+            pending = [
+                server.push.remote(self.index, versions[j], payload, step + 1, loss_value if j == 0 else None)
+                for j, (server, payload) in enumerate(zip(self.servers, payloads))
+            ]
+            if mode == "sync":
+                versions = self._finish(pending)
+                pending = None
+            t2 = time.perf_counter()
+            if step + 1 == warmup:
+                warm_time = t2
+                timings = {"compute": 0.0, "exchange": 0.0}
+            else:
+                timings["compute"] += t1 - t0
+                timings["exchange"] += t2 - t1
+        if pending is not None:
+            self._finish(pending)
+        end_time = time.perf_counter()
+        measured = steps - warmup
+        seconds = end_time - warm_time
+        return {
+            "index": self.index,
+            "steps": steps,
+            "final_loss": loss_value,
+            "measured_steps": measured,
+            "samples_per_second": measured * self.config.batch_size / seconds if measured and seconds > 0 else 0.0,
+            "ms_compute_per_step": 1000 * timings["compute"] / max(measured, 1),
+            "ms_exchange_per_step": 1000 * timings["exchange"] / max(measured, 1),
+        }
+
+    def non_trainable(self) -> list[np.ndarray]:
+        return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables]
