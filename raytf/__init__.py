@@ -10,7 +10,7 @@ __all__ = ["ClusterError", "ConfigError", "RaytfError", "TrainingError", "__vers
 def __getattr__(name):
     # Lazy: importing raytf must stay cheap (the CLI's --help must not import TensorFlow or Ray).
     if name == "fit":
-        from raytf.fit import fit
+        from raytf.training import fit
 
         return fit
     if name == "load_config":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -117,6 +116,7 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
             cluster = ephemeral = local_cluster.start()
             on_event(f"Embedded cluster ready at {cluster.gcs_address}; dashboard {cluster.dashboard_url}")
         address, dashboard = cluster.gcs_address, cluster.dashboard_url
+    if address.split(":")[0] in ("127.0.0.1", "localhost"):
         _use_loopback_addresses()
         init_options["_node_ip_address"] = local_cluster.HOST
     try:
@@ -135,9 +135,3 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
         if ephemeral is not None:
             local_cluster.stop(ephemeral)
             on_event("Stopped the embedded cluster.")
-
-
-def python_and_ray_versions() -> str:
-    import ray
-
-    return f"Python {sys.version.split()[0]}, Ray {ray.__version__}"

@@ -83,7 +83,7 @@ class DistributionConfig(_Frozen):
     # `workers` equal to the core count still schedules.
     ps_resources: Resources = Resources(num_cpus=0)
     worker_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: worker num_cpus")
-    ps_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: 1")
+    ps_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: 2 in sync mode (workers idle while it applies), else max(1, ps num_cpus)")
 
 
 class TrainConfig(_Frozen):
@@ -98,6 +98,9 @@ class TrainConfig(_Frozen):
     distribution: DistributionConfig = DistributionConfig()
     output_dir: str = ""
     seed: int = 0
+    # XLA-compile the workers' gradient step, as Keras's `jit_compile="auto"` does by default on
+    # TensorFlow; set false for models with ops XLA cannot compile.
+    jit_compile: bool = True
     log_every_seconds: float = Field(1.0, gt=0)
     eval_batch_size: int = Field(256, ge=1)
 
@@ -219,6 +222,9 @@ def _where(loc: tuple, source: YamlSource, overridden: Mapping[tuple, str]) -> s
     for length in range(len(loc), 0, -1):
         if loc[:length] in overridden:
             return f"--set {overridden[loc[:length]]}: "
+    for path, item in overridden.items():  # --set a.b=1 turned the scalar `a` into a mapping
+        if path[: len(loc)] == loc:
+            return f"--set {item}: "
     line = source.line_of(loc)
     return f"{source.name}:{line}: " if line else f"{source.name}: "
 

@@ -29,7 +29,7 @@ def resolve_callable(path: str, key: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
             raise ConfigError(
                 f"{key}: cannot import module '{module_name}' (no module named '{err.name}').",
                 f"Check the spelling, and run raytf from the directory that contains it or add that directory to PYTHONPATH (current directory: {os.getcwd()}).",

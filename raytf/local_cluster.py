@@ -82,7 +82,7 @@ def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[
         metrics_port=metrics_port, temp_dir=temp_dir, log_path=str(log_path), num_cpus=num_cpus, started_at=time.time(),
     )
     deadline = time.monotonic() + timeout
-    while not dashboard_answers(cluster.dashboard_url):
+    while not _ready(cluster):
         if process.poll() is not None:
             raise ClusterError(
                 f"The local Ray head exited while starting (exit status {process.returncode}). Last lines of {log_path}:\n"
@@ -213,15 +213,20 @@ def _tail(path: Path | str, lines: int = 15) -> str:
         return "(no log)"
 
 
-def node_summary(cluster: LocalCluster) -> list[dict]:
-    """Nodes and their resources, read from the dashboard's state API (no driver connection)."""
-    request = urllib.request.Request(f"{cluster.dashboard_url}/nodes?view=summary")
+def nodes(dashboard_url: str, timeout: float = 5.0) -> list[dict]:
+    """The cluster's nodes (ip, state, resources_total), from the dashboard's state API."""
+    url = f"{dashboard_url}/api/v0/nodes?detail=1"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        payload = json.loads(response.read())
+    return payload.get("data", {}).get("result", {}).get("result", [])
+
+
+def _ready(cluster: LocalCluster) -> bool:
+    # The dashboard answers before the head's raylet has registered; a cluster without an
+    # alive node cannot schedule anything yet.
+    if not dashboard_answers(cluster.dashboard_url):
+        return False
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            payload = json.loads(response.read())
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:
-        raise ClusterError(
-            f"The local cluster's dashboard at {cluster.dashboard_url} did not answer ({err}).",
-            "Run `raytf down` and `raytf up` to restart it.",
-        ) from None
-    return payload.get("data", {}).get("summary", [])
+        return any(node.get("state") == "ALIVE" for node in nodes(cluster.dashboard_url, timeout=2.0))
+    except (urllib.error.URLError, OSError, json.JSONDecodeError):
+        return False

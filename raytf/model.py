@@ -6,11 +6,12 @@ its replica and its shard), so both agree on the variables and the batches.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import tensorflow as tf
 
-from raytf.config import LossConfig, TrainConfig
+from raytf.config import LossConfig, OptimizerConfig, TrainConfig
 from raytf.errors import ConfigError
 from raytf.sharding import VariableSpec
 
@@ -88,7 +89,7 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
         raise ConfigError(
             f"model: the model does not accept the dataset's features: the data gives features of shape "
             f"{_shapes(features)} (dtype {_dtypes(features)}), the model expects inputs of shape {_model_inputs(model)}. "
-            f"Keras said: {str(err).splitlines()[0]}",
+            f"Keras said: {_keras_said(err)}",
             "Make the model's input shape match the dataset (without the batch dimension), or reshape the features in the dataset.",
         ) from None
     check_labels_in_range(labels, outputs, config.loss)
@@ -98,7 +99,7 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
         raise ConfigError(
             f"loss: {config.loss.name} cannot compare the labels of shape {_shapes(labels)} (dtype {_dtypes(labels)}) "
-            f"with the model's outputs of shape {_shapes(outputs)}. Keras said: {str(err).splitlines()[0]}",
+            f"with the model's outputs of shape {_shapes(outputs)}. Keras said: {_keras_said(err)}",
             "Pick the loss that fits the labels (sparse_categorical_crossentropy for integer class ids, "
             "categorical_crossentropy for one-hot labels) or change the model's output layer.",
         ) from None
@@ -133,6 +134,20 @@ def make_loss(loss: LossConfig):
     return cls(from_logits=True) if loss.from_logits else cls()
 
 
+def keras_optimizer(config: OptimizerConfig):
+    """The Keras optimizer with the same rule and hyperparameters (for the saved model)."""
+    import keras
+
+    c = config
+    return {
+        "sgd": lambda: keras.optimizers.SGD(c.learning_rate),
+        "momentum": lambda: keras.optimizers.SGD(c.learning_rate, momentum=c.momentum, nesterov=c.nesterov),
+        "adam": lambda: keras.optimizers.Adam(c.learning_rate, beta_1=c.beta_1, beta_2=c.beta_2, epsilon=c.epsilon),
+        "adagrad": lambda: keras.optimizers.Adagrad(c.learning_rate, initial_accumulator_value=c.initial_accumulator_value, epsilon=c.epsilon),
+        "rmsprop": lambda: keras.optimizers.RMSprop(c.learning_rate, rho=c.rho, momentum=c.momentum, epsilon=c.epsilon),
+    }[c.name]()
+
+
 def variable_specs(model) -> list[VariableSpec]:
     specs = []
     for var in model.trainable_variables:
@@ -147,6 +162,13 @@ def variable_specs(model) -> list[VariableSpec]:
     if not specs:
         raise ConfigError("model: the model has no trainable variables.", "Return a model with trainable layers.")
     return specs
+
+
+def _keras_said(err: Exception) -> str:
+    """The informative line of a Keras/TF error (Keras 3 leads with 'Exception encountered when calling ...')."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return lines[0] if lines else type(err).__name__
 
 
 def _shapes(value) -> str:

@@ -45,21 +45,18 @@ class SyncAggregation:
     def __init__(self, server: "ParameterServer", quorum: int) -> None:
         self.server = server
         self.quorum = quorum
-        self.arrived = 0
+        self.pending: list = []  # gradients of the version being built (views of the workers' slots)
 
-    def push(self, grad) -> int:
-        """Called with the server's lock held; returns the version the caller should train on."""
+    def push(self, worker: int, grad, base_version: int) -> int:
+        """Called with the server's lock held; returns the version the caller trains on next."""
         s = self.server
         target = s.version + 1
-        if self.arrived == 0:
-            s.accumulator.assign(grad)
-        else:
-            s.accumulator.assign_add(grad)
-        self.arrived += 1
-        if self.arrived >= self.quorum:
-            s.apply_mean(self.arrived)
-            s.staleness.record(0)
-            self.arrived = 0
+        self.pending.append(grad)
+        if len(self.pending) >= self.quorum:
+            s.apply_mean(self.pending, worker)
+            for _ in self.pending:
+                s.staleness.record(0)
+            self.pending = []
             s.cond.notify_all()
         else:
             while s.version < target:
@@ -71,10 +68,10 @@ class AsyncAggregation:
     def __init__(self, server: "ParameterServer") -> None:
         self.server = server
 
-    def push(self, grad, base_version: int) -> int:
+    def push(self, worker: int, grad, base_version: int) -> int:
         s = self.server
         s.staleness.record(s.version - base_version)
-        s.apply_one(grad)
+        s.apply_mean([grad], worker)
         return s.version
 
 
@@ -87,21 +84,12 @@ class ParameterServer:
 
     def setup(self, initial: np.ndarray, optimizer: OptimizerConfig, mode: str, num_workers: int, threads: int) -> None:
         configure_tensorflow(threads)
-        import tensorflow as tf
-
         from raytf.optimizers import FlatOptimizer
 
         self.opt = FlatOptimizer(optimizer, initial)
-        self.accumulator = tf.Variable(tf.zeros_like(initial), name="accumulator")
-        self._apply_mean = tf.function(
-            lambda n: self.opt.apply(self.accumulator.read_value() / n),
-            input_signature=[tf.TensorSpec([], tf.float32)],
-        )
-        self._to_tensor = tf.convert_to_tensor
         self.mode = mode
         self.num_workers = num_workers
         self.version = 0
-        self.params = self.opt.params.numpy()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.staleness = StalenessStats()
@@ -119,37 +107,34 @@ class ParameterServer:
 
     def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
         self.slots = ServerSlots(
-            self.run_id, self.index, self.params.shape[0], set(shm_workers), shared_params=self.mode == "sync"
+            self.run_id, self.index, self.opt.size, self.num_workers, set(shm_workers), shared_params=self.mode == "sync"
         )
         return [self.slots.link_spec(w) for w in range(self.num_workers)]
 
     # -- the exchange ---------------------------------------------------------------------
     def pull(self, worker: int):
         with self.lock:
-            return self.version, self.slots.publish(worker, self.params, self.version)
+            self.slots.publish(self.opt.params.numpy(), self.version, worker)
+            return self.version, self.slots.reply(worker)
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None):
-        grad_buffer = self.slots.gradient(worker, payload)
-        # Safe outside the lock: a worker writes its slot again only after this call returns.
-        grad = self._to_tensor(grad_buffer)
+        grad = self.slots.gradient(worker, payload)
         with self.lock:
-            if self.mode == "sync":
-                version = self.aggregation.push(grad)
-            else:
-                version = self.aggregation.push(grad, base_version)
+            version = self.aggregation.push(worker, grad, base_version)
             self.pushes += 1
-            self.bytes_in += grad_buffer.nbytes
+            self.bytes_in += self.opt.size * 4
             if loss is not None:
                 self.progress[worker] = (steps_done, loss, time.time())
-            return version, self.slots.publish(worker, self.params, version)
+            return version, self.slots.reply(worker)
 
-    def apply_mean(self, count: int) -> None:
-        self.params = self._apply_mean(np.float32(count)).numpy()
+    def apply_mean(self, grads: list, worker: int) -> None:
+        """Apply the mean of `grads` and publish the result for `worker` (sync: for everyone)."""
+        params = self.opt.apply_mean(grads).numpy()
         self.version += 1
-
-    def apply_one(self, grad) -> None:
-        self.params = self.opt.apply(grad).numpy()
-        self.version += 1
+        self.slots.publish(params, self.version, worker)
+        # `params` aliases the variable: dropping it now lets the next update run in place
+        # instead of copying the buffer first.
+        del params
 
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -166,7 +151,7 @@ class ParameterServer:
 
     def get_params(self) -> np.ndarray:
         with self.lock:
-            return self.params.copy()
+            return np.array(self.opt.params.numpy(), copy=True)
 
     def close(self) -> None:
         if self.slots is not None:

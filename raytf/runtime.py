@@ -25,3 +25,18 @@ def configure_tensorflow(threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
+
+
+def as_tensor(array):
+    """A TF tensor over `array`'s memory when possible (no copy), else a copy.
+
+    Exchange buffers are 4-byte aligned float32 slots in shared memory; DLPack hands them to
+    TensorFlow without the ~3 ms copy per 7 MB that `tf.convert_to_tensor` makes. The caller
+    must finish with the tensor before the buffer is written again (the exchange protocol
+    guarantees it: a slot is rewritten only after the call that reads it has returned).
+    """
+    import tensorflow as tf
+
+    if array.flags.writeable and array.flags.c_contiguous:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.convert_to_tensor(array)

@@ -64,7 +64,7 @@ def _map(path: str, size: int, create: bool) -> np.ndarray:
 class ServerSlots:
     """Server side of the links to all workers for one shard of `size` floats."""
 
-    def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool) -> None:
+    def __init__(self, run_id: str, server: int, size: int, num_workers: int, shm_workers: set[int], shared_params: bool) -> None:
         self._size = size
         self._prefix = f"{shm_prefix(run_id)}ps{server}-"
         self._grads: dict[int, np.ndarray] = {}
@@ -80,6 +80,7 @@ class ServerSlots:
             else:
                 self._params[worker] = self._create(f"p{worker}")
         self._shared_params = shared_params
+        self._object_store_workers = num_workers > len(shm_workers)
         self._slot_version = -1
         self._published_ref = None
         self._published_version = -1
@@ -94,26 +95,32 @@ class ServerSlots:
             return LinkSpec()
         return LinkSpec(grad_path=self._grads[worker].filename, params_path=self._params[worker].filename)
 
-    def gradient(self, worker: int, payload: np.ndarray | None) -> np.ndarray:
-        """The worker's gradient: the payload it sent, or the slot it wrote."""
-        return payload if payload is not None else self._grads[worker]
+    def gradient(self, worker: int, payload: np.ndarray | None):
+        """The worker's gradient as a TF tensor: over the slot it wrote, or from the payload it sent."""
+        from raytf.runtime import as_tensor
 
-    def publish(self, worker: int, params: np.ndarray, version: int):
-        """Make `params` (at `version`) available to `worker`; returns the payload for the reply.
+        return as_tensor(payload if payload is not None else self._grads[worker])
 
-        Callers serialize calls (the server holds its lock), so a shared slot is written once per
-        version, and in sync mode no worker reads it then: all of them are waiting at the barrier.
+    def publish(self, params: np.ndarray, version: int, worker: int) -> None:
+        """Make `params` (at `version`) available; called by the server with its lock held.
+
+        Sync (shared slot): written once per version, while every shm worker waits at the
+        barrier. Async: into the pushing worker's own slot. Object-store workers get one
+        `ray.put` per version, shared by all of them.
         """
         slot = self._params.get(worker)
-        if slot is not None:
-            if not self._shared_params or self._slot_version != version:
-                np.copyto(slot, params)
-                self._slot_version = version
-            return None
-        if version != self._published_version:
+        if slot is not None and (not self._shared_params or self._slot_version != version):
+            np.copyto(slot, params)
+            self._slot_version = version
+        if self._object_store_workers and (slot is None or self._shared_params) and version != self._published_version:
             import ray
 
             self._published_ref, self._published_version = ray.put(params), version
+
+    def reply(self, worker: int):
+        """What the reply to `worker` carries: nothing (it reads its slot) or the reference."""
+        if worker in self._params:
+            return None
         return [self._published_ref]  # wrapped so Ray passes the reference, not the value
 
     def close(self) -> None:
@@ -141,9 +148,12 @@ class WorkerLink:
         np.copyto(self._grad, grad)
         return None
 
-    def receive(self, payload) -> np.ndarray:
+    def receive(self, payload):
+        """The published parameters as a TF tensor (over the slot itself, for shm)."""
+        from raytf.runtime import as_tensor
+
         if self._params is not None:
-            return self._params
+            return as_tensor(self._params)
         import ray
 
-        return ray.get(payload[0])
+        return as_tensor(ray.get(payload[0]))

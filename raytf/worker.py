@@ -47,7 +47,8 @@ class Worker:
         dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
         features, labels = first_batch(dataset, cfg.batch_size, "data.train")
         model = build_model(resolve_callable(cfg.model, "model"), features, labels, cfg)
-        if tuple(variable_specs(model)) != plan.variables:
+        # Shapes, not names: Keras numbers layer names per process (dense_3 here, dense there).
+        if [(v.shape, v.dtype) for v in variable_specs(model)] != [(v.shape, v.dtype) for v in plan.variables]:
             from raytf.errors import TrainingError
 
             raise TrainingError(
@@ -57,12 +58,21 @@ class Worker:
         self.model = model
         self.plan = plan
         self.iterator = iter(batches(dataset, cfg, self.index))
+        try:
+            next(iter(dataset.batch(cfg.batch_size, drop_remainder=True)))
+        except StopIteration:
+            from raytf.errors import ConfigError
+
+            raise ConfigError(
+                f"data.train: shard {self.index} of {num_workers} has fewer than batch_size={cfg.batch_size} examples, "
+                "so it yields no full batch.",
+                "Lower batch_size, use fewer workers, or give each shard more data.",
+            ) from None
         loss_fn = make_loss(cfg.loss)
         tvars = model.trainable_variables
         shards = plan.shards
 
-        def step(iterator):
-            x, y = next(iterator)
+        def step(x, y):
             with tf.GradientTape() as tape:
                 outputs = model(x, training=True)
                 loss = loss_fn(y, outputs)
@@ -84,9 +94,13 @@ class Worker:
                 for i, part in zip(shard.variables, parts):
                     tvars[i].assign(tf.reshape(part, plan.variables[i].shape))
 
-        self._step = tf.function(step)
+        self._step = tf.function(step, jit_compile=cfg.jit_compile)
         self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
         return {"gpus": len(tf.config.list_logical_devices("GPU"))}
+
+    def _compute(self):
+        x, y = next(self.iterator)  # outside the step: XLA cannot compile dataset iterators
+        return self._step(x, y)
 
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         self.servers = servers
@@ -112,7 +126,7 @@ class Worker:
         warm_time = time.perf_counter()
         for step in range(steps):
             t0 = time.perf_counter()
-            loss, flats = self._step(self.iterator)
+            loss, flats = self._compute()
             grads = [flat.numpy() for flat in flats]
             loss_value = float(loss)
             t1 = time.perf_counter()

@@ -68,8 +68,10 @@ def parse_yaml(text: str, name: str) -> YamlSource:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        start = err.context_mark
+        opened = f" ({err.context} that starts on line {start.line + 1})" if err.problem and err.context and start and mark and start.line != mark.line else ""
         raise ConfigError(
-            f"{where}: YAML syntax error: {err.problem or err.context}.",
+            f"{where}: YAML syntax error: {err.problem or err.context}{opened}.",
             "Fix the YAML at that line (check indentation, colons and quotes).",
         ) from None
     except yaml.YAMLError as err:

@@ -102,13 +102,22 @@ def load_final(prepared: Prepared, buffers: list[np.ndarray], non_trainable: lis
         var.assign(value)
 
 
+def compile_for_saving(prepared: Prepared) -> None:
+    """Compile with the Keras twin of the run's optimizer, built, so the saved model loads cleanly
+    and can be fine-tuned with `model.fit` (its slots start fresh; the servers' slots are not Keras's)."""
+    from raytf.model import keras_optimizer, make_loss
+
+    optimizer = keras_optimizer(prepared.config.optimizer)
+    prepared.model.compile(optimizer=optimizer, loss=make_loss(prepared.config.loss), metrics=list(prepared.config.metrics))
+    optimizer.build(prepared.model.trainable_variables)
+
+
 def evaluate(prepared: Prepared) -> dict[str, float]:
     if prepared.eval_fn is None:
         return {}
-    from raytf.model import eval_dataset, make_loss
+    from raytf.model import eval_dataset
 
     config = prepared.config
-    prepared.model.compile(loss=make_loss(config.loss), metrics=list(config.metrics))
     results = prepared.model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
     return {name: float(value) for name, value in results.items()}
 
@@ -152,6 +161,7 @@ def fit(
         finally:
             actors.release()
     load_final(prepared, buffers, non_trainable)
+    compile_for_saving(prepared)
     eval_results = evaluate(prepared)
     model_path = prepared.output_dir / "model.keras"
     prepared.model.save(model_path)
