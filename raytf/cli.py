@@ -1,0 +1,278 @@
+"""The `raytf` command line: thin commands that parse, call the library and print.
+
+Errors the user can fix (`RaytfError`) print one paragraph and exit with status 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from raytf.errors import ClusterError, RaytfError
+
+app = typer.Typer(
+    name="raytf",
+    help="TensorFlow data-parallel training with parameter servers on Ray: on this machine or on Kubernetes (KubeRay).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+_debug = {"on": bool(os.environ.get("RAYTF_DEBUG"))}
+
+
+def command(fn: Callable) -> Callable:
+    """Turn raytf's errors into one paragraph and exit status 2 (or a traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RaytfError as error:
+            if _debug["on"]:
+                raise
+            err.print(f"[bold red]Error:[/] {escape(error.problem)}", soft_wrap=True)  # plain text: may contain [...]
+            if error.fix:
+                err.print(f"[bold]Fix:[/] {escape(error.fix.strip())}", soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted; actors were released.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-paragraph errors."),
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+# -- cluster lifecycle -------------------------------------------------------------------------
+
+
+def _kuberay_spec(path: Optional[Path]) -> bool:
+    from raytf.cluster_spec import spec_provider
+
+    return path is not None and spec_provider(path) == "kuberay"
+
+
+def _recorded_provider() -> str | None:
+    from raytf.state import load_cluster_record
+
+    record = load_cluster_record()
+    return record.get("provider") if record else None
+
+
+@app.command()
+@command
+def up(
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="Cluster spec YAML (cluster-configs/). Default: an embedded local Ray head."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="KubeRay: print the RayCluster manifest as YAML and touch nothing."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait until the cluster is ready (local: 90, KubeRay: 600)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Local: CPUs the head offers (default: this machine's cores)."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."),
+    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+) -> None:
+    """Bring up a Ray cluster and remember it for the other commands.
+
+    Without --cluster: a real Ray head on this machine, dashboard on 127.0.0.1. Running it
+    twice reports the running cluster instead of starting another.
+    """
+    if _kuberay_spec(cluster):
+        from raytf.kuberay import commands as kuberay
+
+        kuberay.up(cluster, dry_run=dry_run, timeout=timeout or 600.0, kubeconfig=kubeconfig, context=context, console=out)
+        return
+    if dry_run:
+        raise ClusterError("--dry-run renders a KubeRay manifest; the embedded cluster has none.", "Pass --cluster with a KubeRay spec, e.g. cluster-configs/kuberay-cpu.yaml.")
+    from raytf.cluster import up_local
+    from raytf.cluster_spec import load_local_spec
+
+    spec = load_local_spec(cluster) if cluster else None
+    cpus = num_cpus or (spec.num_cpus if spec else None)
+    wait = timeout or (spec.timeout_seconds if spec else 90.0)
+    with err.status("Starting a local Ray head (dashboard on 127.0.0.1)..."):
+        local, started = up_local(num_cpus=cpus, timeout=wait)
+    verb = "Started" if started else "Already running:"
+    out.print(f"{verb} local Ray cluster (pid {local.pid}, {local.num_cpus} CPUs).")
+    out.print(f"  Ray address: {local.gcs_address}")
+    out.print(f"  Dashboard:   {local.dashboard_url}")
+    out.print("Train on it with `raytf train CONFIG`; stop it with `raytf down`.")
+
+
+@app.command()
+@command
+def down(
+    timeout: float = typer.Option(300.0, "--timeout", help="KubeRay: seconds to wait until the cluster is gone."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
+    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+) -> None:
+    """Stop the cluster `raytf up` started (and nothing else)."""
+    if _recorded_provider() == "kuberay":
+        from raytf.kuberay import commands as kuberay
+
+        kuberay.down(timeout=timeout, kubeconfig=kubeconfig, context=context, console=out)
+        return
+    from raytf.cluster import down_local
+
+    with err.status("Stopping the local Ray cluster..."):
+        stopped = down_local()
+    if stopped:
+        out.print(f"Stopped the local Ray cluster at {stopped.gcs_address}.")
+    else:
+        out.print("No raytf cluster is running; nothing to stop.")
+
+
+@app.command()
+@command
+def status(
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
+    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+) -> None:
+    """Show whether a cluster is up: address, dashboard, nodes and CPU/GPU resources."""
+    if _recorded_provider() == "kuberay":
+        from raytf.kuberay import commands as kuberay
+
+        kuberay.status(kubeconfig=kubeconfig, context=context, console=out)
+        return
+    from raytf.cluster import recorded_local_cluster
+
+    local = recorded_local_cluster()
+    if local is None:
+        out.print("No raytf cluster is up. Start one with `raytf up` (`raytf train` starts one per run otherwise).")
+        raise typer.Exit(1)
+    from raytf.local_cluster import nodes
+
+    try:
+        node_list = nodes(local.dashboard_url)
+    except OSError as error:
+        raise ClusterError(f"The local cluster's dashboard at {local.dashboard_url} does not answer ({error}).",
+                           "Restart the cluster: `raytf down` then `raytf up`.") from None
+    out.print(f"Local Ray cluster: up for {time.time() - local.started_at:,.0f} s (pid {local.pid})")
+    out.print(f"  Ray address: {local.gcs_address}")
+    out.print(f"  Dashboard:   {local.dashboard_url}")
+    table = Table("node", "state", "CPU", "GPU", "memory")
+    for node in node_list:
+        res = node.get("resources_total") or {}
+        table.add_row(
+            node.get("node_ip", "?") + (" (head)" if node.get("is_head_node") else ""), node.get("state", "?"),
+            f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}", f"{res.get('memory', 0) / 2**30:.1f} GiB",
+        )
+    out.print(table)
+
+
+@app.command()
+@command
+def dashboard(
+    open_browser: bool = typer.Option(False, "--open", help="Also open it in a web browser."),
+    port: int = typer.Option(8265, "--port", help="KubeRay: local port of the port-forward."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
+    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+) -> None:
+    """Print the Ray dashboard URL (KubeRay: port-forward it to 127.0.0.1 until Ctrl-C)."""
+    if _recorded_provider() == "kuberay":
+        from raytf.kuberay import commands as kuberay
+
+        kuberay.dashboard(port=port, kubeconfig=kubeconfig, context=context, console=out)
+        return
+    from raytf.cluster import recorded_local_cluster
+
+    local = recorded_local_cluster()
+    if local is None:
+        raise ClusterError("No raytf cluster is up, so there is no dashboard to show.", "Start one with `raytf up`.")
+    out.print(local.dashboard_url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(local.dashboard_url)
+
+
+@app.command()
+@command
+def scale(
+    group: str = typer.Argument(..., help="Worker group name from the cluster spec."),
+    replicas: int = typer.Argument(..., min=0, help="Desired number of pods in the group."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubeconfig file."),
+    context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+) -> None:
+    """KubeRay: set a worker group's replica count."""
+    if _recorded_provider() != "kuberay":
+        raise ClusterError("`raytf scale` changes a KubeRay worker group; the current cluster is not a KubeRay cluster.",
+                           "Bring one up with `raytf up --cluster cluster-configs/kuberay-cpu.yaml`.")
+    from raytf.kuberay import commands as kuberay
+
+    kuberay.scale(group, replicas, kubeconfig=kubeconfig, context=context, console=out)
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML (see examples/digits.yaml)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key: --set distribution.mode=async (dotted path, YAML value). Repeatable."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray address to train on (default: the cluster `raytf up` started, else an embedded one for this run)."),
+    plain: bool = typer.Option(False, "--plain", help="Progress as plain lines even on a terminal."),
+) -> None:
+    """Train a Keras model with parameter servers and workers as Ray actors."""
+    from raytf.config import load_config
+
+    cfg = load_config(config, set_)  # config errors before anything heavy starts
+    out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
+              f"{cfg.distribution.parameter_servers} parameter servers, {cfg.distribution.mode}) for {cfg.steps} steps")
+    from raytf.training import fit
+    from raytf.progress import make_progress
+
+    progress = make_progress(cfg.steps, console=out, plain=plain or None)
+    try:
+        summary = fit(cfg, address=address, progress=progress, on_event=lambda message: out.print(message))
+    finally:
+        progress.close()
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title="raytf summary", show_header=False)
+    rows = [
+        ("mode", summary["mode"]),
+        ("workers / parameter servers", f"{summary['workers']} / {summary['parameter_servers']}"),
+        ("exchange", summary["transport"]),
+        ("steps per worker", str(summary["steps"])),
+        ("samples/s (steady state)", f"{summary['samples_per_second']:,.0f}"),
+        ("final training loss", f"{summary['final_loss']:.4f}"),
+        ("start-up / training / total", f"{summary['startup_seconds']:.1f} s / {summary['train_seconds']:.1f} s / {summary['wall_seconds']:.1f} s"),
+    ]
+    if summary["mode"] == "async":
+        rows.append(("staleness mean / max", f"{summary['staleness']['mean']:.2f} / {summary['staleness']['max']}"))
+    rows += [(f"eval {name}", f"{value:.4f}") for name, value in summary["eval"].items()]
+    rows.append(("model", summary["model_path"]))
+    rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def main() -> None:
+    # TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) is noise in a CLI.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app()
+
+
+if __name__ == "__main__":
+    main()
