@@ -1,0 +1,1 @@
+"""Helpers and deliberately broken user code for the bad-input tests (no Ray, no training)."""

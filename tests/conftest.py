@@ -1,0 +1,36 @@
+"""Shared fixtures: an isolated raytf home, and one real local Ray cluster for the training tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # examples.* import paths, as when raytf runs from the repo root
+
+
+@pytest.fixture
+def raytf_home(tmp_path, monkeypatch):
+    home = tmp_path / "raytf-home"
+    monkeypatch.setenv("RAYTF_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real Ray head on 127.0.0.1 (2 CPUs), shared by the training tests and stopped at the end."""
+    from raytf import local_cluster
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAYTF_HOME", str(tmp_path_factory.mktemp("cluster-home")))  # its log goes there
+    cluster = local_cluster.start(num_cpus=2, timeout=120)
+    try:
+        yield cluster
+    finally:
+        local_cluster.stop(cluster)
+        patch.undo()

@@ -1,0 +1,84 @@
+"""`raytf up/status/dashboard/down` on a real embedded Ray head, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import psutil
+import pytest
+
+from raytf import local_cluster
+from raytf.local_cluster import LocalCluster
+
+
+def raytf(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raytf.cli", *args], capture_output=True, text=True, env=env, timeout=180)
+
+
+def listening_addresses(cluster: LocalCluster) -> set[str]:
+    pids = set(local_cluster._cluster_processes(cluster))
+    addresses = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            addresses.add(conn.laddr.ip)
+    return addresses
+
+
+@pytest.mark.slow
+def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
+    env = dict(os.environ, RAYTF_HOME=str(raytf_home))
+    bystander = local_cluster.start(num_cpus=1)  # someone else's Ray on this machine: down must not touch it
+    try:
+        first = raytf("up", env=env)
+        assert first.returncode == 0, first.stderr
+        assert "Started local Ray cluster" in first.stdout
+        record = json.loads((raytf_home / "cluster.json").read_text())
+        cluster = LocalCluster.from_record(record)
+        assert cluster.dashboard_url in first.stdout and cluster.gcs_address in first.stdout
+        with urllib.request.urlopen(cluster.dashboard_url + "/api/version", timeout=5) as response:
+            assert response.status == 200
+
+        # Everything the cluster listens on is loopback only.
+        addresses = listening_addresses(cluster)
+        assert addresses, "the cluster listens somewhere"
+        assert all(a in ("127.0.0.1", "::ffff:127.0.0.1") for a in addresses), addresses
+
+        second = raytf("up", env=env)
+        assert second.returncode == 0 and "Already running" in second.stdout
+        assert json.loads((raytf_home / "cluster.json").read_text())["pid"] == cluster.pid
+
+        status = raytf("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert "ALIVE" in status.stdout and "127.0.0.1 (head)" in status.stdout and cluster.gcs_address in status.stdout
+
+        dashboard = raytf("dashboard", env=env)
+        assert dashboard.returncode == 0 and dashboard.stdout.strip() == cluster.dashboard_url
+
+        down = raytf("down", env=env)
+        assert down.returncode == 0 and "Stopped the local Ray cluster" in down.stdout
+        assert not local_cluster.is_alive(cluster)
+        assert local_cluster._cluster_processes(cluster) == []
+        assert not (raytf_home / "cluster.json").exists()
+        assert local_cluster.is_alive(bystander), "raytf down stopped a cluster it did not start"
+
+        after = raytf("status", env=env)
+        assert after.returncode == 1 and "No raytf cluster is up" in after.stdout
+        again = raytf("down", env=env)
+        assert again.returncode == 0 and "nothing to stop" in again.stdout
+    finally:
+        local_cluster.stop(bystander)
+
+
+def test_stale_record_is_dropped(raytf_home):
+    from raytf.cluster import recorded_local_cluster
+    from raytf.state import save_cluster_record
+
+    dead = LocalCluster(pid=2**22 + 12345, gcs_address="127.0.0.1:1", dashboard_url="http://127.0.0.1:1", metrics_port=1,
+                        temp_dir="/tmp/raytf-test-none", log_path="/dev/null", num_cpus=1, started_at=0.0)
+    save_cluster_record(dead.record())
+    assert recorded_local_cluster() is None
+    assert not (raytf_home / "cluster.json").exists()

@@ -1,0 +1,127 @@
+"""End-to-end training on a real local Ray cluster with real TensorFlow actors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import raytf  # noqa: E402
+from raytf.config import config_from_dict  # noqa: E402
+from raytf.errors import ClusterError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def digits_config(tmp_path, **overrides) -> dict:
+    config = {
+        "name": "digits-test",
+        "model": "examples.digits:build_model",
+        "data": {"train": "examples.digits:train_examples", "eval": "examples.digits:eval_examples", "shuffle_buffer": 1024},
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "adam", "learning_rate": 0.002},
+        "batch_size": 64,
+        "steps": 400,
+        "distribution": {"parameter_servers": 1, "workers": 2, "mode": "sync"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    for key, value in overrides.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def live_actor_names(cluster) -> list[str]:
+    from ray.util.state import list_actors
+
+    return [a.name for a in list_actors(address=cluster.dashboard_url, filters=[("state", "=", "ALIVE")])
+            if (a.name or "").startswith("raytf:")]
+
+
+def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
+    """The synchronous update rule, computed in this process: theta -= lr * mean_i(grad_i)."""
+    from raytf.training import prepare
+    from raytf.imports import resolve_callable
+    from raytf.model import batches, make_loss
+
+    cfg = config_from_dict(config)
+    model = prepare(cfg).model  # same initial values as the run's driver
+    loss_fn = make_loss(cfg.loss)
+    train = resolve_callable(cfg.data.train, "data.train")
+    workers = cfg.distribution.workers
+    iterators = [iter(batches(train(i, workers), cfg, i)) for i in range(workers)]
+    for _ in range(steps):
+        grads = []
+        for it in iterators:
+            x, y = next(it)
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads.append(tape.gradient(loss, model.trainable_variables))
+        for i, var in enumerate(model.trainable_variables):
+            mean = tf.add_n([g[i] for g in grads]) / workers
+            var.assign(var - cfg.optimizer.learning_rate * mean)
+    return [v.numpy() for v in model.trainable_variables]
+
+
+@pytest.mark.parametrize("transport", ["shm", "object_store"])
+def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport):
+    config = digits_config(
+        tmp_path, steps=6, **{"optimizer": {"name": "sgd", "learning_rate": 0.5},
+                              "data.shuffle_buffer": 0, "distribution.parameter_servers": 2,
+                              "distribution.transport": transport})
+    summary = raytf.fit(config, address=ray_cluster.gcs_address)
+    assert summary["transport"] == transport
+    import keras
+
+    trained = keras.models.load_model(summary["model_path"])
+    expected = by_hand_sgd(config, steps=6)
+    from raytf.training import prepare
+
+    initial = [v.numpy() for v in prepare(config_from_dict(config)).model.trainable_variables]
+    for got, want, start in zip(trained.trainable_variables, expected, initial):
+        assert not np.allclose(want, start), "the by-hand reference must have moved"
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    assert live_actor_names(ray_cluster) == []
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
+    stream = io.StringIO()
+    from raytf.progress import PlainProgress
+
+    summary = raytf.fit(digits_config(tmp_path, **{"distribution.mode": mode}), address=ray_cluster.gcs_address,
+                        progress=PlainProgress(stream))
+    assert summary["eval"]["accuracy"] >= 0.95, summary["eval"]
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("steps", "samples_per_second", "wall_seconds", "startup_seconds", "final_loss", "eval", "mode",
+                "workers", "parameter_servers"):
+        assert key in written
+    assert written["mode"] == mode and written["steps"] == 400 and written["workers"] == 2
+    assert written["samples_per_second"] > 0 and written["startup_seconds"] > 0
+    assert (tmp_path / "run" / "model.keras").stat().st_size > 0
+    if mode == "async":
+        assert written["staleness"]["max"] >= 1, "two workers pushing concurrently must see staleness"
+        assert 0 < written["staleness"]["mean"] <= written["staleness"]["max"]
+    else:
+        assert written["staleness"] == {"mean": 0.0, "max": 0}
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("[raytf] step")]
+    assert lines, "non-terminal progress prints one line per update"
+    assert all(field in lines[-1] for field in ("step 400/400", "loss", "samples/s", "eta"))
+    if mode == "async":
+        assert "staleness" in lines[-1]
+    assert live_actor_names(ray_cluster) == []
+
+
+def test_too_many_workers_for_the_cluster_fails_before_any_actor(ray_cluster, tmp_path):
+    config = digits_config(tmp_path, **{"distribution.workers": 3})
+    with pytest.raises(ClusterError, match=r"needs 3 CPU .* cluster has 2.*distribution.workers"):
+        raytf.fit(config, address=ray_cluster.gcs_address)
+    assert live_actor_names(ray_cluster) == []
