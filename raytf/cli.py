@@ -118,15 +118,16 @@ def up(
 @app.command()
 @command
 def down(
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
     timeout: float = typer.Option(300.0, "--timeout", help="KubeRay: seconds to wait until the cluster is gone."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
     context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
 ) -> None:
     """Stop the cluster `raytf up` started (and nothing else)."""
-    if _recorded_provider() == "kuberay":
+    if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
         from raytf.kuberay import commands as kuberay
 
-        kuberay.down(timeout=timeout, kubeconfig=kubeconfig, context=context, console=out)
+        kuberay.down(cluster, timeout=timeout, kubeconfig=kubeconfig, context=context, console=out)
         return
     from raytf.cluster import down_local
 
@@ -141,14 +142,15 @@ def down(
 @app.command()
 @command
 def status(
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
     context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
 ) -> None:
     """Show whether a cluster is up: address, dashboard, nodes and CPU/GPU resources."""
-    if _recorded_provider() == "kuberay":
+    if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
         from raytf.kuberay import commands as kuberay
 
-        kuberay.status(kubeconfig=kubeconfig, context=context, console=out)
+        kuberay.status(cluster, kubeconfig=kubeconfig, context=context, console=out)
         return
     from raytf.cluster import recorded_local_cluster
 
@@ -179,16 +181,17 @@ def status(
 @app.command()
 @command
 def dashboard(
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
     open_browser: bool = typer.Option(False, "--open", help="Also open it in a web browser."),
     port: int = typer.Option(8265, "--port", help="KubeRay: local port of the port-forward."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
     context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
 ) -> None:
     """Print the Ray dashboard URL (KubeRay: port-forward it to 127.0.0.1 until Ctrl-C)."""
-    if _recorded_provider() == "kuberay":
+    if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
         from raytf.kuberay import commands as kuberay
 
-        kuberay.dashboard(port=port, kubeconfig=kubeconfig, context=context, console=out)
+        kuberay.dashboard(cluster, port=port, kubeconfig=kubeconfig, context=context, console=out)
         return
     from raytf.cluster import recorded_local_cluster
 
@@ -207,16 +210,17 @@ def dashboard(
 def scale(
     group: str = typer.Argument(..., help="Worker group name from the cluster spec."),
     replicas: int = typer.Argument(..., min=0, help="Desired number of pods in the group."),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubeconfig file."),
     context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
 ) -> None:
     """KubeRay: set a worker group's replica count."""
-    if _recorded_provider() != "kuberay":
+    if not _kuberay_spec(cluster) and _recorded_provider() != "kuberay":
         raise ClusterError("`raytf scale` changes a KubeRay worker group; the current cluster is not a KubeRay cluster.",
                            "Bring one up with `raytf up --cluster cluster-configs/kuberay-cpu.yaml`.")
     from raytf.kuberay import commands as kuberay
 
-    kuberay.scale(group, replicas, kubeconfig=kubeconfig, context=context, console=out)
+    kuberay.scale(group, replicas, cluster, kubeconfig=kubeconfig, context=context, console=out)
 
 
 # -- training ------------------------------------------------------------------------------

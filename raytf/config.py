@@ -37,6 +37,15 @@ LOSSES = (
     "sparse_categorical_crossentropy",
     "squared_hinge",
 )
+# Keras's short aliases, accepted and expanded.
+LOSS_ALIASES = {
+    "mse": "mean_squared_error",
+    "mae": "mean_absolute_error",
+    "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error",
+    "kld": "kl_divergence",
+    "logcosh": "log_cosh",
+}
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 
 
@@ -107,7 +116,10 @@ class TrainConfig(_Frozen):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss_shorthand(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+        value = {"name": value} if isinstance(value, str) else value
+        if isinstance(value, dict) and value.get("name") in LOSS_ALIASES:
+            value = {**value, "name": LOSS_ALIASES[value["name"]]}
+        return value
 
     @field_validator("optimizer", mode="before")
     @classmethod
