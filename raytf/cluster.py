@@ -17,17 +17,22 @@ from raytf.local_cluster import LocalCluster
 from raytf.state import clear_cluster_record, load_cluster_record, save_cluster_record
 
 
-def recorded_local_cluster() -> LocalCluster | None:
-    """The local cluster `raytf up` started, if it is still running (a stale record is dropped)."""
+def _local_record() -> LocalCluster | None:
+    """The local cluster in the record, alive or not (an unreadable record is dropped)."""
     record = load_cluster_record()
     if not record or record.get("provider") != "local":
         return None
     try:
-        cluster = LocalCluster.from_record(record)
+        return LocalCluster.from_record(record)
     except (KeyError, TypeError):
         clear_cluster_record()
         return None
-    if not local_cluster.is_alive(cluster):
+
+
+def recorded_local_cluster() -> LocalCluster | None:
+    """The local cluster `raytf up` started, if it is still running (a stale record is dropped)."""
+    cluster = _local_record()
+    if cluster is not None and not local_cluster.is_alive(cluster):
         clear_cluster_record()
         return None
     return cluster
@@ -51,19 +56,11 @@ def up_local(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callab
 
 def down_local(grace: float = 5.0) -> LocalCluster | None:
     """Stop the recorded local cluster. Returns it, or None when none was running."""
-    record = load_cluster_record()
-    if not record or record.get("provider") != "local":
-        return None
-    try:
-        cluster = LocalCluster.from_record(record)
-    except (KeyError, TypeError):
-        clear_cluster_record()
-        return None
-    alive = local_cluster.is_alive(cluster)
-    if alive:
+    cluster = recorded_local_cluster()
+    if cluster is not None:
         local_cluster.stop(cluster, grace=grace)
-    clear_cluster_record()
-    return cluster if alive else None
+        clear_cluster_record()
+    return cluster
 
 
 @dataclass(frozen=True)

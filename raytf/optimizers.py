@@ -38,16 +38,26 @@ class FlatOptimizer:
         self._graph = tf.function(self._apply_mean)
         self._use_jit = True
 
-    def apply_mean(self, grads: list) -> tf.Tensor:
-        """Apply the mean of `grads`; returns the new parameters."""
+    def apply_mean(self, grads: list) -> None:
+        """Apply the mean of `grads` to the parameters."""
         if self._use_jit:
             try:
-                return self._jit(grads)
+                self._jit(grads)
+                return
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
                 self._use_jit = False
-        return self._graph(grads)
+        self._graph(grads)
 
-    def _apply_mean(self, grads: list) -> tf.Tensor:
+    def params_view(self) -> np.ndarray:
+        """The current parameters as a numpy view of the variable's own buffer (no copy).
+
+        Returning the parameters from the update function instead costs a fresh output buffer;
+        the caller copies this view out and drops it before the next update, which then runs
+        in place.
+        """
+        return np.from_dlpack(self.params.value())
+
+    def _apply_mean(self, grads: list) -> None:
         grad = grads[0] if len(grads) == 1 else tf.add_n(grads) * (1.0 / len(grads))
         return self._apply(grad)
 
@@ -84,4 +94,3 @@ class FlatOptimizer:
         else:  # unreachable: the config validates the name
             raise ValueError(c.name)
         self.iterations.assign_add(1)
-        return self.params.read_value()

@@ -98,6 +98,8 @@ class ParameterServer:
         self.progress: dict[int, tuple[int, float, float]] = {}  # worker -> (steps done, loss, time)
         self.pushes = 0
         self.bytes_in = 0
+        self.seconds_apply = 0.0  # where a server's time goes, for the summary
+        self.seconds_publish = 0.0
 
     # -- set-up -----------------------------------------------------------------------------
     def node_info(self) -> tuple[str, bool]:
@@ -114,7 +116,7 @@ class ParameterServer:
     # -- the exchange ---------------------------------------------------------------------
     def pull(self, worker: int):
         with self.lock:
-            self.slots.publish(self.opt.params.numpy(), self.version, worker)
+            self.slots.publish(self.opt.params_view(), self.version, worker)
             return self.version, self.slots.reply(worker)
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None):
@@ -129,12 +131,15 @@ class ParameterServer:
 
     def apply_mean(self, grads: list, worker: int) -> None:
         """Apply the mean of `grads` and publish the result for `worker` (sync: for everyone)."""
-        params = self.opt.apply_mean(grads).numpy()
+        t0 = time.perf_counter()
+        self.opt.apply_mean(grads)
+        t1 = time.perf_counter()
+        params = self.opt.params_view()
         self.version += 1
         self.slots.publish(params, self.version, worker)
-        # `params` aliases the variable: dropping it now lets the next update run in place
-        # instead of copying the buffer first.
-        del params
+        self.seconds_apply += t1 - t0
+        self.seconds_publish += time.perf_counter() - t1
+        del params  # a live view would make the next update copy the buffer first
 
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -147,11 +152,13 @@ class ParameterServer:
                 "staleness_mean": self.staleness.mean,
                 "staleness_max": self.staleness.max,
                 "staleness_histogram": dict(self.staleness.histogram or {}),
+                "ms_apply_per_update": 1000 * self.seconds_apply / max(self.version, 1),
+                "ms_publish_per_update": 1000 * self.seconds_publish / max(self.version, 1),
             }
 
     def get_params(self) -> np.ndarray:
         with self.lock:
-            return np.array(self.opt.params.numpy(), copy=True)
+            return np.array(self.opt.params_view(), copy=True)
 
     def close(self) -> None:
         if self.slots is not None:

@@ -236,6 +236,9 @@ def _summary(cfg, results, stats, eval_results, link_kinds, started, train_start
             {k: r[k] for k in ("index", "final_loss", "samples_per_second", "ms_compute_per_step", "ms_exchange_per_step")}
             for r in results
         ],
+        "per_server": [
+            {k: s[k] for k in ("version", "pushes", "ms_apply_per_update", "ms_publish_per_update")} for s in stats
+        ],
         "bytes_pushed": sum(s["bytes_in"] for s in stats),
     }
 

@@ -94,13 +94,27 @@ class Worker:
                 for i, part in zip(shard.variables, parts):
                     tvars[i].assign(tf.reshape(part, plan.variables[i].shape))
 
+        self._step_fn = step
         self._step = tf.function(step, jit_compile=cfg.jit_compile)
+        self._step_checked = not cfg.jit_compile
         self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
         return {"gpus": len(tf.config.list_logical_devices("GPU"))}
 
     def _compute(self):
         x, y = next(self.iterator)  # outside the step: XLA cannot compile dataset iterators
-        return self._step(x, y)
+        if self._step_checked:
+            return self._step(x, y)
+        import tensorflow as tf
+
+        self._step_checked = True
+        try:
+            return self._step(x, y)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+            # Some ops have no XLA kernel; train without XLA rather than fail the run.
+            print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
+                  "continuing without it (set jit_compile: false to skip this check).", flush=True)
+            self._step = tf.function(self._step_fn)
+            return self._step(x, y)
 
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         self.servers = servers
