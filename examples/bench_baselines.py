@@ -1,0 +1,158 @@
+"""The non-raytf contenders of examples/benchmark.py: the no-exchange ceiling and Ray Train.
+
+Both train the same model on the same per-worker pipeline as raytf's workers (`raytf.model.batches`
+on shard i of 2, batch 256, same loss, SGD) and skip the same warm-up steps (`warmup_steps`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+
+def jit_setting(cfg) -> bool:
+    # raytf's worker XLA-compiles its step as the config's jit_compile says (older configs lack it).
+    return bool(getattr(cfg, "jit_compile", False))
+
+
+class IndependentTrainer:
+    """One Ray actor training its own replica with local SGD and no exchange at all."""
+
+    def setup(self, config: dict, index: int, num_workers: int) -> None:
+        from raytf.runtime import configure_tensorflow
+
+        configure_tensorflow(1)  # one TF thread per 1-CPU actor, as raytf's workers get
+        import keras
+        import tensorflow as tf
+
+        from raytf.config import TrainConfig
+        from raytf.imports import resolve_callable
+        from raytf.model import batches, first_batch, make_loss, train_dataset
+
+        cfg = TrainConfig.model_validate(config)
+        self.batch_size = cfg.batch_size
+        keras.utils.set_random_seed(cfg.seed + 1 + index)
+        dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), index, num_workers)
+        self.iterator = iter(batches(dataset, cfg, index))
+        model = resolve_callable(cfg.model, "model")()
+        loss_fn = make_loss(cfg.loss)
+        optimizer = keras.optimizers.SGD(cfg.optimizer.learning_rate)
+        model(first_batch(dataset, cfg.batch_size, "data.train")[0], training=False)  # build, as raytf does
+        optimizer.build(model.trainable_variables)
+
+        def step(x, y):  # the same forward/backward as raytf's worker step, then a local update
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+                if model.losses:
+                    loss = loss + tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        self._step = tf.function(step, jit_compile=jit_setting(cfg))
+
+    def run(self, steps: int) -> dict:
+        from raytf.worker import warmup_steps
+
+        warmup = warmup_steps(steps)
+        start = time.perf_counter()
+        for step in range(steps):
+            x, y = next(self.iterator)  # outside the step, as in raytf's worker: XLA cannot compile iterators
+            loss = float(self._step(x, y))  # float(): wait for the step, as raytf's worker does
+            if step + 1 == warmup:
+                start = time.perf_counter()
+        seconds = time.perf_counter() - start
+        return {"samples_per_second": (steps - warmup) * self.batch_size / seconds, "final_loss": loss}
+
+
+def run_ceiling(cfg, steps: int) -> dict:
+    import ray
+
+    workers = cfg.distribution.workers
+    actors = [ray.remote(num_cpus=1)(IndependentTrainer).remote() for _ in range(workers)]
+    try:
+        ray.get([a.setup.remote(cfg.to_dict(), i, workers) for i, a in enumerate(actors)])
+        # Started together only after both are built, so the timed steps really run side by side.
+        results = ray.get([a.run.remote(steps) for a in actors])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return {"samples_per_second": sum(r["samples_per_second"] for r in results)}
+
+
+def _ray_train_loop(loop_config: dict) -> None:
+    from raytf.runtime import configure_tensorflow
+
+    configure_tensorflow(1)  # same thread budget as the other contenders
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    from raytf.config import TrainConfig
+    from raytf.imports import resolve_callable
+    from raytf.model import batches, make_loss, train_dataset
+    from raytf.worker import warmup_steps
+
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    steps = loop_config["steps"]
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    data_fn = resolve_callable(cfg.data.train, "data.train")
+
+    def per_worker(ctx):  # each worker reads its own shard at batch 256, like raytf's workers
+        shard = ctx.input_pipeline_id
+        return batches(train_dataset(data_fn, shard, ctx.num_input_pipelines), cfg, shard)
+
+    iterator = iter(strategy.distribute_datasets_from_function(per_worker))
+    with strategy.scope():
+        model = resolve_callable(cfg.model, "model")()
+        optimizer = keras.optimizers.SGD(cfg.optimizer.learning_rate)
+        optimizer.build(model.trainable_variables)
+    loss_fn = make_loss(cfg.loss)
+
+    # A custom loop: Keras 3's model.fit failed on this distributed dataset ("Attempt to convert a
+    # value (PerDistributedValues ...) with an unsupported type PerReplica to a Tensor"). Forward/backward is XLA-compiled when raytf's is; the
+    # all-reduce (inside the Keras optimizer, SUM over replicas) and the update stay outside, as
+    # raytf's exchange does.
+    @tf.function(jit_compile=jit_setting(cfg))
+    def gradients(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+            scaled = loss / strategy.num_replicas_in_sync  # the optimizer sums the replicas' gradients
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    def replica_step(x, y):
+        loss, grads = gradients(x, y)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        x, y = next(iterator)
+        return strategy.run(replica_step, args=(x, y))
+
+    warmup = warmup_steps(steps)
+    start = time.perf_counter()
+    for step in range(steps):
+        float(strategy.experimental_local_results(train_step(iterator))[0])  # wait for the step
+        if step + 1 == warmup:
+            start = time.perf_counter()
+    seconds = time.perf_counter() - start
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync  # all-reduce keeps the workers in lockstep
+    metrics = {"samples_per_second": (steps - warmup) * global_batch / seconds}
+    # Ray Train 2 keeps only metrics that come with a checkpoint (rank 0's), so attach an empty one.
+    with tempfile.TemporaryDirectory() as empty:
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(empty) if rank0 else None)
+
+
+def run_ray_train(cfg, steps: int, storage_path: str) -> dict:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    trainer = TensorflowTrainer(
+        _ray_train_loop,
+        train_loop_config={"config": cfg.to_dict(), "steps": steps},
+        scaling_config=ScalingConfig(num_workers=cfg.distribution.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=storage_path, name=f"ray-train-{int(time.time())}"),
+    )
+    return {"samples_per_second": trainer.fit().metrics["samples_per_second"]}
