@@ -66,7 +66,9 @@ def get(refs, what: str):
         cause = unwrap(err)
         if cause is not err:
             raise cause from None
-        raise TrainingError(f"{what} failed: {err.cause!r}", "Rerun with --debug to see the actor's traceback.") from err
+        detail = " ".join(str(err.cause).split())[:400]  # one line; TF's messages span many
+        raise TrainingError(f"{what} failed: {type(err.cause).__name__}: {detail}",
+                            "Fix the cause above; rerun with --debug for the actor's traceback.") from err
     except ray.exceptions.RayActorError as err:
         raise TrainingError(f"{what}: an actor died ({err.__class__.__name__}).", "See the actor's log in the Ray dashboard.") from err
 

@@ -177,10 +177,16 @@ def _kinds(link_kinds: list[list[str]]) -> str:
 
 
 def _monitor(runs, server0, cfg: TrainConfig, progress, started: float) -> None:
+    """Show progress until every worker is done. A worker that fails ends the run at once (its
+    peers would otherwise wait at the sync barrier forever)."""
     import ray
+
+    from raytf.actors import get
 
     while True:
         done, _ = ray.wait(runs, num_returns=len(runs), timeout=cfg.log_every_seconds)
+        for ref in done:
+            get(ref, f"Worker {runs.index(ref)}")  # raises that worker's error, if it failed
         if progress is not None:
             try:
                 stats = ray.get(server0.stats.remote(), timeout=10)

@@ -230,11 +230,17 @@ def test_unknown_loss_name_suggests_the_closest_loss(tmp_path):
     )
 
 
-def test_unknown_loss_alias_lists_the_allowed_losses(tmp_path):
-    # Keras' alias `mse` is not accepted; the message must at least list the full name.
-    text = GOOD_YAML.replace("sparse_categorical_crossentropy", "mse")
+@pytest.mark.parametrize("alias, full", [("mse", "mean_squared_error"), ("mae", "mean_absolute_error"), ("kld", "kl_divergence")])
+def test_keras_loss_aliases_expand_to_the_full_name(tmp_path, alias, full):
+    path = tmp_path / "alias.yaml"
+    path.write_text(GOOD_YAML.replace("sparse_categorical_crossentropy", alias))
+    assert load_config(path).loss.name == full
+
+
+def test_unknown_loss_lists_the_allowed_losses(tmp_path):
+    text = GOOD_YAML.replace("sparse_categorical_crossentropy", "rmse")
     error = load_error(tmp_path, text)
-    assert_names(error, problem=("loss.name: 'mse' is not allowed",), fix=("'mean_squared_error'",))
+    assert_names(error, problem=("loss.name: 'rmse' is not allowed",), fix=("'mean_squared_error'",))
 
 
 def test_bad_run_name(tmp_path):

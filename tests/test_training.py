@@ -125,3 +125,14 @@ def test_too_many_workers_for_the_cluster_fails_before_any_actor(ray_cluster, tm
     with pytest.raises(ClusterError, match=r"needs 3 CPU .* cluster has 2.*distribution.workers"):
         raytf.fit(config, address=ray_cluster.gcs_address)
     assert live_actor_names(ray_cluster) == []
+
+
+def test_a_worker_failing_mid_run_ends_the_run_and_releases_everything(ray_cluster, tmp_path):
+    from raytf.errors import TrainingError
+
+    config = digits_config(tmp_path, steps=200, **{"data.train": "tests.badinput.failing_data:train_examples",
+                                                   "data.shuffle_buffer": 0})
+    with pytest.raises(TrainingError, match=r"Worker 1 failed.*shard 1 is corrupt"):
+        raytf.fit(config, address=ray_cluster.gcs_address)
+    assert live_actor_names(ray_cluster) == []
+    assert not (tmp_path / "run" / "summary.json").exists()
