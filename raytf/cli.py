@@ -7,6 +7,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -233,11 +234,17 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a config key: --set distribution.mode=async (dotted path, YAML value). Repeatable."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray address to train on (default: the cluster `raytf up` started, else an embedded one for this run)."),
     plain: bool = typer.Option(False, "--plain", help="Progress as plain lines even on a terminal."),
+    submit: bool = typer.Option(False, "--submit", help="Run as a Ray Job on the cluster `raytf up` started (shown in the dashboard's Jobs view). Always on for KubeRay clusters."),
 ) -> None:
     """Train a Keras model with parameter servers and workers as Ray actors."""
     from raytf.config import load_config
 
     cfg = load_config(config, set_)  # config errors before anything heavy starts
+    if address is None and (submit or _recorded_provider() == "kuberay"):
+        _submit_train(config, set_, cfg)
+        return
+    if submit:
+        raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
               f"{cfg.distribution.parameter_servers} parameter servers, {cfg.distribution.mode}) for {cfg.steps} steps")
     from raytf.training import fit
@@ -249,6 +256,30 @@ def train(
     finally:
         progress.close()
     print_summary(summary)
+
+
+def _submit_train(config: Path, overrides: List[str], cfg) -> None:
+    """Submit the run as a Ray Job to the recorded cluster (KubeRay: through a port-forward)."""
+    from raytf.jobs import submit_training_job
+
+    codes: list[int] = []
+    if _recorded_provider() == "kuberay":
+        from raytf.kuberay import commands as kuberay
+
+        kuberay.dashboard(None, port=0, console=out, until=lambda url: codes.append(
+            submit_training_job(url, str(config), list(overrides), working_dir=os.getcwd(), console=out)))
+    else:
+        from raytf.cluster import recorded_local_cluster
+
+        local = recorded_local_cluster()
+        if local is None:
+            raise ClusterError("--submit needs a running cluster to submit the job to, and none is up.",
+                               "Start one with `raytf up`, or train without --submit (an embedded cluster is started for the run).")
+        if not Path(cfg.output_dir).is_absolute():  # same machine: keep the results where a direct run puts them
+            overrides = [*overrides, f"output_dir={json.dumps(str(Path(cfg.output_dir).resolve()))}"]  # JSON is YAML
+        codes.append(submit_training_job(local.dashboard_url, str(config), overrides, working_dir=os.getcwd(), console=out))
+    if codes and codes[0]:
+        raise typer.Exit(codes[0])
 
 
 def print_summary(summary: dict) -> None:
@@ -267,6 +298,7 @@ def print_summary(summary: dict) -> None:
     rows += [(f"eval {name}", f"{value:.4f}") for name, value in summary["eval"].items()]
     rows.append(("model", summary["model_path"]))
     rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))
+    rows.append(("tensorboard", f"tensorboard --logdir {summary['tensorboard_dir']}"))
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)

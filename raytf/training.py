@@ -139,34 +139,41 @@ def fit(
 
     from raytf.actors import check_resources, get, launch
     from raytf.cluster import connect
+    from raytf.tensorboard import TensorBoardLog
 
     started = time.perf_counter()
     cfg = coerce_config(config, overrides)
     prepared = prepare(cfg)
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-    with connect(address, on_event=on_event) as connection:
-        check_resources(cfg, ray.cluster_resources())
-        actors = launch(cfg, run_id, prepared.plan, initial_buffers(prepared))
-        try:
-            on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
-                     f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}")
-            train_started = time.perf_counter()
-            runs = [w.run.remote(cfg.steps, cfg.distribution.mode) for w in actors.workers]
-            _monitor(runs, actors.servers[0], cfg, progress, train_started)
-            results = get(runs, "Training")
-            buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
-            stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
-            non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
-            train_seconds = time.perf_counter() - train_started
-        finally:
-            actors.release()
-    load_final(prepared, buffers, non_trainable)
-    compile_for_saving(prepared)
-    eval_results = evaluate(prepared)
+    tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard")
+    try:
+        with connect(address, on_event=on_event) as connection:
+            check_resources(cfg, ray.cluster_resources())
+            actors = launch(cfg, run_id, prepared.plan, initial_buffers(prepared))
+            try:
+                on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
+                         f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}")
+                train_started = time.perf_counter()
+                runs = [w.run.remote(cfg.steps, cfg.distribution.mode) for w in actors.workers]
+                _monitor(runs, actors.servers[0], cfg, [r for r in (progress, tensorboard) if r is not None], train_started)
+                results = get(runs, "Training")
+                buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
+                stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
+                non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
+                train_seconds = time.perf_counter() - train_started
+            finally:
+                actors.release()
+        load_final(prepared, buffers, non_trainable)
+        compile_for_saving(prepared)
+        eval_results = evaluate(prepared)
+        tensorboard.evaluation(eval_results, cfg.steps)
+    finally:
+        tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
     prepared.model.save(model_path)
     summary = _summary(cfg, results, stats, eval_results, actors.link_kinds, started, train_started, train_seconds)
-    summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral)
+    summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
+                   tensorboard_dir=str(tensorboard.logdir))
     _write_json(prepared.output_dir / "summary.json", summary)
     return summary
 
@@ -176,7 +183,7 @@ def _kinds(link_kinds: list[list[str]]) -> str:
     return " and ".join(kinds) or "-"
 
 
-def _monitor(runs, server0, cfg: TrainConfig, progress, started: float) -> None:
+def _monitor(runs, server0, cfg: TrainConfig, reporters: list, started: float) -> None:
     """Show progress until every worker is done. A worker that fails ends the run at once (its
     peers would otherwise wait at the sync barrier forever)."""
     import ray
@@ -187,13 +194,14 @@ def _monitor(runs, server0, cfg: TrainConfig, progress, started: float) -> None:
         done, _ = ray.wait(runs, num_returns=len(runs), timeout=cfg.log_every_seconds)
         for ref in done:
             get(ref, f"Worker {runs.index(ref)}")  # raises that worker's error, if it failed
-        if progress is not None:
-            try:
-                stats = ray.get(server0.stats.remote(), timeout=10)
-            except (ray.exceptions.RayError, TimeoutError):
-                stats = None  # the failure itself surfaces from ray.get(runs)
-            if stats and stats["progress"]:
-                progress.update(_snapshot(stats, cfg, started))
+        try:
+            stats = ray.get(server0.stats.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            stats = None  # the failure itself surfaces from ray.get(runs)
+        if stats and stats["progress"]:
+            snapshot = _snapshot(stats, cfg, started)
+            for reporter in reporters:
+                reporter.update(snapshot)
         if len(done) == len(runs):
             return
 

@@ -46,6 +46,15 @@ def live_actor_names(cluster) -> list[str]:
             if (a.name or "").startswith("raytf:")]
 
 
+def tensorboard_scalars(logdir) -> dict[str, list[int]]:
+    """Tag -> steps, read with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {tag: [event.step for event in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
+
+
 def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
     """The synchronous update rule, computed in this process: theta -= lr * mean_i(grad_i)."""
     from raytf.training import prepare
@@ -112,6 +121,10 @@ def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
         assert 0 < written["staleness"]["mean"] <= written["staleness"]["max"]
     else:
         assert written["staleness"] == {"mean": 0.0, "max": 0}
+    scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    assert max(scalars["train/loss"]) == 400 and scalars["eval/accuracy"] == [400]
+    assert all(0 < step <= 400 for step in scalars["train/samples_per_second"])
+    assert ("train/staleness_mean" in scalars) == (mode == "async")
     lines = [line for line in stream.getvalue().splitlines() if line.startswith("[raytf] step")]
     assert lines, "non-terminal progress prints one line per update"
     assert all(field in lines[-1] for field in ("step 400/400", "loss", "samples/s", "eta"))
