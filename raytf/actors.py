@@ -119,7 +119,7 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, initial: list[np.n
         # In sync mode the workers idle while a server applies, so it may use two cores then.
         ps_threads = d.ps_threads or (2 if d.mode == "sync" else max(1, int(d.ps_resources.num_cpus)))
         worker_threads = d.worker_threads or max(1, int(d.worker_resources.num_cpus))
-        setups = [s.setup.remote(initial[i], config.optimizer, d.mode, d.workers, ps_threads) for i, s in enumerate(servers)]
+        setups = [s.setup.remote(initial[i], config.optimizer, d.mode, d.workers, ps_threads, config.name) for i, s in enumerate(servers)]
         setups += [w.setup.remote(config.to_dict(), plan, d.workers, worker_threads) for w in workers]
         get(setups, "Setting up the actors")
         server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")

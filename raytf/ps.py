@@ -28,8 +28,11 @@ class StalenessStats:
     total: int = 0
     max: int = 0
     histogram: dict[int, int] | None = None
+    observer: object = None  # the server's metrics, when running in Ray
 
     def record(self, staleness: int) -> None:
+        if self.observer is not None:
+            self.observer.observe("raytf_staleness", staleness)
         self.applied += 1
         self.total += staleness
         self.max = max(self.max, staleness)
@@ -82,9 +85,13 @@ class ParameterServer:
         self.run_id = run_id
         self.index = index
 
-    def setup(self, initial: np.ndarray, optimizer: OptimizerConfig, mode: str, num_workers: int, threads: int) -> None:
+    def setup(self, initial: np.ndarray, optimizer: OptimizerConfig, mode: str, num_workers: int, threads: int,
+              run_name: str) -> None:
         configure_tensorflow(threads)
+        from raytf.metrics import ActorMetrics
         from raytf.optimizers import FlatOptimizer
+
+        self.metrics = ActorMetrics(run_name, "ps", self.index)
 
         self.opt = FlatOptimizer(optimizer, initial)
         self.mode = mode
@@ -92,7 +99,7 @@ class ParameterServer:
         self.version = 0
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self.staleness = StalenessStats()
+        self.staleness = StalenessStats(observer=self.metrics)
         self.aggregation = SyncAggregation(self, num_workers) if mode == "sync" else AsyncAggregation(self)
         self.slots: ServerSlots | None = None
         self.progress: dict[int, tuple[int, float, float]] = {}  # worker -> (steps done, loss, time)
@@ -138,6 +145,7 @@ class ParameterServer:
         self.version += 1
         self.slots.publish(params, self.version, worker)
         self.seconds_apply += t1 - t0
+        self.metrics.observe("raytf_apply_seconds", t1 - t0)
         self.seconds_publish += time.perf_counter() - t1
         del params  # a live view would make the next update copy the buffer first
 

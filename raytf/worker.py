@@ -26,6 +26,7 @@ class Worker:
     def __init__(self, run_id: str, index: int) -> None:
         self.run_id = run_id
         self.index = index
+        self.metrics = None  # set when connected (needs Ray)
 
     def node_id(self) -> str:
         import ray
@@ -119,14 +120,24 @@ class Worker:
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         self.servers = servers
         self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
+        self.bytes_per_exchange = 4 * sum(shard.size for shard in self.plan.shards)
+        from raytf.metrics import ActorMetrics
+
+        self.metrics = ActorMetrics(self.config.name, "worker", self.index)
         return [link.kind for link in self.links]
 
-    def _finish(self, replies_refs) -> list[int]:
+    def _finish(self, replies_refs, pushed_at: float | None = None) -> list[int]:
         """Wait for the servers' replies and load the parameters they published."""
         import ray
 
         replies = ray.get(replies_refs)
+        replied = time.perf_counter()
         self._load(*[link.receive(payload) for link, (_, payload) in zip(self.links, replies)])
+        if self.metrics is not None:
+            if pushed_at is not None:
+                self.metrics.observe("raytf_push_seconds", replied - pushed_at)
+            self.metrics.observe("raytf_pull_seconds", time.perf_counter() - replied)
+            self.metrics.inc("raytf_bytes_exchanged", 2 * self.bytes_per_exchange)
         return [version for version, _ in replies]
 
     def run(self, steps: int, mode: str) -> dict[str, Any]:
@@ -145,16 +156,18 @@ class Worker:
             loss_value = float(loss)
             t1 = time.perf_counter()
             if pending is not None:
-                versions = self._finish(pending)
+                versions = self._finish(pending, pushed_at)
             payloads = [link.send(grad) for link, grad in zip(self.links, grads)]
+            pushed_at = time.perf_counter()
             pending = [
                 server.push.remote(self.index, versions[j], payload, step + 1, loss_value if j == 0 else None)
                 for j, (server, payload) in enumerate(zip(self.servers, payloads))
             ]
             if mode == "sync":
-                versions = self._finish(pending)
+                versions = self._finish(pending, pushed_at)
                 pending = None
             t2 = time.perf_counter()
+            self._record_step(step + 1, loss_value, t2)
             if step + 1 == warmup:
                 warm_time = t2
                 timings = {"compute": 0.0, "exchange": 0.0}
@@ -175,6 +188,15 @@ class Worker:
             "ms_compute_per_step": 1000 * timings["compute"] / max(measured, 1),
             "ms_exchange_per_step": 1000 * timings["exchange"] / max(measured, 1),
         }
+
+    def _record_step(self, step: int, loss: float, now: float, window: int = 20) -> None:
+        self.metrics.set("raytf_step", step)
+        self.metrics.set("raytf_loss", loss)
+        if step % window == 0:
+            started = getattr(self, "_window_start", None)
+            if started is not None:
+                self.metrics.set("raytf_samples_per_second", window * self.config.batch_size / (now - started))
+            self._window_start = now
 
     def non_trainable(self) -> list[np.ndarray]:
         return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables]

@@ -46,6 +46,30 @@ def live_actor_names(cluster) -> list[str]:
             if (a.name or "").startswith("raytf:")]
 
 
+def scrape_raytf_metrics(cluster, run: str, wanted: set[str], deadline_seconds: float = 90.0) -> set[tuple[str, str]]:
+    """(metric name, role) pairs of `run` on the node's Prometheus endpoint, once all `wanted` names
+    appear (Ray exports every few seconds, so this waits for them up to a deadline)."""
+    import re
+    import time
+    import urllib.request
+
+    pattern = re.compile(r'^(ray_raytf_\w+)\{([^}]*)\}')
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        found = set()
+        for line in body.splitlines():
+            match = pattern.match(line)
+            if match and f'run="{run}"' in match.group(2):
+                role = re.search(r'role="(\w+)"', match.group(2))
+                found.add((match.group(1), role.group(1) if role else ""))
+        if wanted <= {name for name, _ in found} or time.monotonic() > deadline:
+            assert wanted <= {name for name, _ in found}, f"missing {wanted - {n for n, _ in found}}"
+            return found
+        time.sleep(2)
+
+
 def tensorboard_scalars(logdir) -> dict[str, list[int]]:
     """Tag -> steps, read with TensorBoard's own event reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -125,6 +149,10 @@ def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
     assert max(scalars["train/loss"]) == 400 and scalars["eval/accuracy"] == [400]
     assert all(0 < step <= 400 for step in scalars["train/samples_per_second"])
     assert ("train/staleness_mean" in scalars) == (mode == "async")
+    exported = scrape_raytf_metrics(ray_cluster, run="digits-test", wanted={"ray_raytf_step", "ray_raytf_loss",
+                                    "ray_raytf_push_seconds_bucket", "ray_raytf_staleness_bucket", "ray_raytf_apply_seconds_bucket",
+                                    "ray_raytf_bytes_exchanged_total", "ray_raytf_pull_seconds_bucket"})
+    assert {"worker", "ps"} <= {role for _, role in exported}
     lines = [line for line in stream.getvalue().splitlines() if line.startswith("[raytf] step")]
     assert lines, "non-terminal progress prints one line per update"
     assert all(field in lines[-1] for field in ("step 400/400", "loss", "samples/s", "eta"))
