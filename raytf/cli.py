@@ -177,6 +177,25 @@ def status(
             f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}", f"{res.get('memory', 0) / 2**30:.1f} GiB",
         )
     out.print(table)
+    _print_runs(local)
+
+
+def _print_runs(local) -> None:
+    from raytf.run_status import add_metrics, live_runs
+
+    runs = live_runs(local.dashboard_url)
+    if not runs:
+        out.print("No raytf run is in progress.")
+        return
+    add_metrics(runs, f"http://127.0.0.1:{local.metrics_port}/metrics")
+    table = Table("run", "workers", "parameter servers", "step", "loss", "samples/s", title="runs in progress")
+    for run in runs.values():
+        table.add_row(
+            run.name, str(run.workers), str(run.servers), "-" if run.step is None else str(run.step),
+            "-" if run.loss is None else f"{run.loss:.4f}",
+            "-" if run.samples_per_second is None else f"{run.samples_per_second:,.0f}",
+        )
+    out.print(table)
 
 
 @app.command()

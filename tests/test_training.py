@@ -17,9 +17,9 @@ from raytf.errors import ClusterError  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def digits_config(tmp_path, **overrides) -> dict:
+def digits_config(tmp_path, name: str = "digits-test", **overrides) -> dict:
     config = {
-        "name": "digits-test",
+        "name": name,
         "model": "examples.digits:build_model",
         "data": {"train": "examples.digits:train_examples", "eval": "examples.digits:eval_examples", "shuffle_buffer": 1024},
         "loss": "sparse_categorical_crossentropy",
@@ -177,3 +177,33 @@ def test_a_worker_failing_mid_run_ends_the_run_and_releases_everything(ray_clust
         raytf.fit(config, address=ray_cluster.gcs_address)
     assert live_actor_names(ray_cluster) == []
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_status_shows_a_run_in_progress(ray_cluster, tmp_path):
+    import threading
+    import time
+
+    from raytf.run_status import add_metrics, live_runs
+
+    config = digits_config(tmp_path, steps=2000, name="status-test")
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=raytf.fit(config, address=ray_cluster.gcs_address)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        seen = None
+        while time.monotonic() < deadline and thread.is_alive():
+            runs = live_runs(ray_cluster.dashboard_url)
+            if "status-test" in runs:
+                add_metrics(runs, f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics")
+                if runs["status-test"].step:
+                    seen = runs["status-test"]
+                    break
+            time.sleep(1)
+    finally:
+        thread.join(timeout=600)
+    assert seen is not None, "the run never showed up with a step"
+    assert (seen.workers, seen.servers) == (2, 1)
+    assert 0 < seen.step <= 2000 and seen.loss > 0 and seen.samples_per_second > 0
+    assert outcome["summary"]["steps"] == 2000
+    assert "status-test" not in live_runs(ray_cluster.dashboard_url)
