@@ -1,0 +1,156 @@
+"""`raytf train` as a Ray Job: submit it to a cluster's dashboard, stream its logs, report its end.
+
+The job's driver runs `python -m raytf.cli train CONFIG --address auto` on the cluster, in a copy
+of `working_dir` (its cwd, so `examples.*` import paths resolve as they do here). raytf itself
+must be installed in the cluster's Python; only the working directory is uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from raytf.errors import ClusterError, ConfigError
+
+EXCLUDES = ["runs/", ".git/", "__pycache__/"]
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def job_entrypoint(config: str, overrides: Sequence[str]) -> str:
+    args = ["python", "-m", "raytf.cli", "train", config, "--plain"]
+    for override in overrides:
+        args += ["--set", override]
+    args += ["--address", "auto"]
+    return shlex.join(args)
+
+
+def submission_id(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "run"
+    return f"raytf-{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def job_url(dashboard_url: str, job_id: str) -> str:
+    return f"{dashboard_url.rstrip('/')}/#/jobs/{job_id}"
+
+
+def follow_command(job_id: str, dashboard_url: str) -> str:
+    return f"ray job logs --follow {job_id} --address {dashboard_url}"
+
+
+def _config_in_working_dir(config_path: str, working_dir: str) -> str:
+    config, root = Path(config_path).resolve(), Path(working_dir).resolve()
+    try:
+        return config.relative_to(root).as_posix()
+    except ValueError:
+        raise ConfigError(
+            f"The config {config_path} is outside the directory uploaded with the job ({root}).",
+            "Run raytf from the directory that contains the config (and the modules it names).",
+        ) from None
+
+
+def _client(dashboard_url: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(dashboard_url)
+    except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+        raise ClusterError(
+            f"Cannot reach the Ray dashboard at {dashboard_url} to submit the job: {err}",
+            "Check that the cluster is up (`raytf status`), or start it with `raytf up`.",
+        ) from None
+
+
+def _stream_logs(client, job_id: str, console) -> None:
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            console.out(chunk, end="", highlight=False)
+
+    asyncio.run(tail())
+
+
+def _final_status(client, job_id: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        if status in _TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def _on_interrupt(client, job_id: str, dashboard_url: str, console) -> int:
+    stop = False
+    if sys.stdin is not None and sys.stdin.isatty():
+        import typer
+
+        try:
+            stop = typer.confirm(f"\nStop job {job_id} on the cluster? (no: leave it running)", default=False)
+        except (KeyboardInterrupt, EOFError, typer.Abort):
+            stop = False
+    if stop:
+        client.stop_job(job_id)
+        console.print(f"Stopping job {job_id}; status: {_final_status(client, job_id)}.")
+        return 2
+    console.print(f"Detached; job {job_id} keeps running. Follow it with:\n  {follow_command(job_id, dashboard_url)}")
+    return 130
+
+
+def submit_training_job(
+    dashboard_url: str,
+    config_path: str,
+    overrides: list[str],
+    *,
+    working_dir: str,
+    console,
+    follow: bool = True,
+) -> int:
+    """Submit `raytf train` as a Ray Job; with `follow`, stream its logs and wait for its end.
+
+    Returns 0 when the job succeeded, 2 when it failed or was stopped, 130 when the user
+    detached with Ctrl-C (the job keeps running).
+    """
+    from raytf.config import load_config
+
+    cfg = load_config(config_path, overrides)  # bad input never reaches the cluster
+    relative = _config_in_working_dir(config_path, working_dir)
+    client = _client(dashboard_url)
+    job_id = submission_id(cfg.name)
+    try:
+        client.submit_job(
+            entrypoint=job_entrypoint(relative, overrides),
+            submission_id=job_id,
+            runtime_env={"working_dir": os.path.abspath(working_dir), "excludes": list(EXCLUDES)},
+            metadata={"raytf_run": cfg.name, "raytf_config": relative},
+        )
+    except Exception as err:  # noqa: BLE001 - upload errors, HTTP 4xx/5xx from the job API
+        raise ClusterError(
+            f"The Ray cluster at {dashboard_url} rejected the training job: {err}",
+            "Check the message above; a working directory over Ray's upload limit needs more `excludes` "
+            "(keep data out of it), and the cluster must run the same Ray version as this machine.",
+        ) from None
+    console.print(f"Submitted Ray job {job_id} ('{cfg.name}').")
+    console.print(f"  Dashboard: {job_url(dashboard_url, job_id)}")
+    if not follow:
+        console.print(f"Follow it with: {follow_command(job_id, dashboard_url)}")
+        return 0
+    try:
+        _stream_logs(client, job_id, console)
+        status = _final_status(client, job_id)
+    except KeyboardInterrupt:
+        return _on_interrupt(client, job_id, dashboard_url, console)
+    except Exception as err:  # noqa: BLE001 - the log stream dropped (dashboard gone)
+        raise ClusterError(
+            f"Lost the log stream of job {job_id} at {dashboard_url}: {err}",
+            f"The job may still run; check it with `{follow_command(job_id, dashboard_url)}`.",
+        ) from None
+    if status == "SUCCEEDED":
+        console.print(f"Ray job {job_id} succeeded.")
+        return 0
+    console.print(f"Ray job {job_id} ended {status}; its logs are above and in the dashboard's Jobs view.")
+    return 2
