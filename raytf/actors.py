@@ -106,12 +106,15 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, initial: list[np.n
     worker_cls = ray.remote(Worker)
     servers = [
         ps_cls.options(name=actor_name(config.name, "ps", i), namespace=namespace,
-                       max_concurrency=d.workers + 4, **_options(d.ps_resources)).remote(run_id, i)
+                       max_concurrency=d.workers + 4, **_options(d.ps_resources)).remote(
+            run_id, i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {d.mode}, "
+                       f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}")
         for i in range(d.parameter_servers)
     ]
     workers = [
         worker_cls.options(name=actor_name(config.name, "worker", i), namespace=namespace,
-                           max_concurrency=2, **_options(d.worker_resources)).remote(run_id, i)
+                           max_concurrency=2, **_options(d.worker_resources)).remote(
+            run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {d.mode}")
         for i in range(d.workers)
     ]
     actors = RunActors(run_id=run_id, servers=servers, workers=workers, link_kinds=[])

@@ -90,8 +90,11 @@ def _use_loopback_addresses() -> None:
 
 
 @contextlib.contextmanager
-def connect(address: str | None = None, on_event: Callable[[str], None] = lambda message: None) -> Iterator[Connection]:
-    """Connect this process to Ray for a training run, and disconnect (and stop an ephemeral cluster) after."""
+def connect(address: str | None = None, on_event: Callable[[str], None] = lambda message: None,
+            metadata: dict[str, str] | None = None) -> Iterator[Connection]:
+    """Connect this process to Ray for a training run, and disconnect (and stop an ephemeral cluster) after.
+
+    `metadata` is attached to this driver's Ray job (the dashboard's Jobs view shows it)."""
     import ray
 
     if ray.is_initialized():  # the caller (a notebook, a Ray job) already connected
@@ -118,8 +121,10 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
         init_options["_node_ip_address"] = local_cluster.HOST
     try:
         try:
+            from ray.job_config import JobConfig
+
             ray.init(address=address, runtime_env=_driver_runtime_env(), logging_level="ERROR",
-                     log_to_driver=True, **init_options)
+                     log_to_driver=True, job_config=JobConfig(metadata=dict(metadata or {})), **init_options)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as err:
             raise ClusterError(
                 f"Cannot connect to the Ray cluster at {address}: {err}",

@@ -126,7 +126,7 @@ def submit_training_job(
             entrypoint=job_entrypoint(relative, overrides),
             submission_id=job_id,
             runtime_env={"working_dir": os.path.abspath(working_dir), "excludes": list(EXCLUDES)},
-            metadata={"raytf_run": cfg.name, "raytf_config": relative},
+            metadata={"job_name": f"raytf {cfg.name}", "raytf_run": cfg.name, "raytf_config": relative},
         )
     except Exception as err:  # noqa: BLE001 - upload errors, HTTP 4xx/5xx from the job API
         raise ClusterError(

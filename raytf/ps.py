@@ -81,9 +81,10 @@ class AsyncAggregation:
 class ParameterServer:
     """A Ray actor (threaded: one thread per waiting worker) holding one shard."""
 
-    def __init__(self, run_id: str, index: int) -> None:
+    def __init__(self, run_id: str, index: int, description: str = "") -> None:
         self.run_id = run_id
         self.index = index
+        self.description = description or f"shard {index}"
 
     def setup(self, initial: np.ndarray, optimizer: OptimizerConfig, mode: str, num_workers: int, threads: int,
               run_name: str) -> None:
@@ -107,6 +108,10 @@ class ParameterServer:
         self.bytes_in = 0
         self.seconds_apply = 0.0  # where a server's time goes, for the summary
         self.seconds_publish = 0.0
+
+    def __repr__(self) -> str:
+        # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
+        return f"ParameterServer(run={self.run_id}, {self.description})"
 
     # -- set-up -----------------------------------------------------------------------------
     def node_info(self) -> tuple[str, bool]:

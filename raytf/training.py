@@ -147,7 +147,10 @@ def fit(
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard")
     try:
-        with connect(address, on_event=on_event) as connection:
+        # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
+        metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
+                    "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
+        with connect(address, on_event=on_event, metadata=metadata) as connection:
             check_resources(cfg, ray.cluster_resources())
             actors = launch(cfg, run_id, prepared.plan, initial_buffers(prepared))
             try:

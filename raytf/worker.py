@@ -23,10 +23,15 @@ def warmup_steps(steps: int) -> int:
 
 
 class Worker:
-    def __init__(self, run_id: str, index: int) -> None:
+    def __init__(self, run_id: str, index: int, description: str = "") -> None:
         self.run_id = run_id
         self.index = index
+        self.description = description or f"index {index}"
         self.metrics = None  # set when connected (needs Ray)
+
+    def __repr__(self) -> str:
+        # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
+        return f"Worker(run={self.run_id}, {self.description})"
 
     def node_id(self) -> str:
         import ray
