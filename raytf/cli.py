@@ -284,6 +284,9 @@ def _submit_train(config: Path, overrides: List[str], cfg) -> None:
     codes: list[int] = []
     if _recorded_provider() == "kuberay":
         from raytf.kuberay import commands as kuberay
+        from raytf.kuberay.manifest import PLACEMENT_OVERRIDES
+
+        overrides = [*PLACEMENT_OVERRIDES, *overrides]  # the user's own --set come last and win
 
         kuberay.dashboard(None, port=0, console=out, until=lambda url: codes.append(
             submit_training_job(url, str(config), list(overrides), working_dir=os.getcwd(), console=out)))

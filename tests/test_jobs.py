@@ -130,4 +130,24 @@ def test_cli_on_kuberay_always_submits_through_the_port_forward(raytf_home, work
     monkeypatch.chdir(workdir)
     result = CliRunner().invoke(cli.app, ["train", "examples/digits.yaml", "--set", "steps=10"])
     assert result.exit_code == 2, result.output
-    assert calls == [("http://127.0.0.1:45678", "examples/digits.yaml", ["steps=10"], str(workdir))]
+    from raytf.kuberay.manifest import PLACEMENT_OVERRIDES
+
+    assert calls == [("http://127.0.0.1:45678", "examples/digits.yaml", [*PLACEMENT_OVERRIDES, "steps=10"], str(workdir))]
+
+
+def test_kuberay_placement_requests_the_resources_the_manifest_offers():
+    from raytf.config import config_from_dict
+    from raytf.kuberay.manifest import PLACEMENT_OVERRIDES, render_raycluster
+    from raytf.kuberay.specfile import load_cluster_spec
+    from tests.conftest import ROOT
+
+    config = {"model": "a:b", "data": {"train": "a:c"}, "loss": "mse",
+              "distribution": {"worker_resources": {"num_cpus": 1, "resources": {"accelerator_x": 1}}}}
+    cfg = config_from_dict(config, PLACEMENT_OVERRIDES)
+    assert cfg.distribution.ps_resources.resources == {"raytf_ps": 1}
+    assert cfg.distribution.worker_resources.resources == {"accelerator_x": 1, "raytf_worker": 1}  # merged, not replaced
+    manifest = render_raycluster(load_cluster_spec(ROOT / "cluster-configs" / "kuberay-gpu.yaml"))
+    offered = {g["groupName"]: g["rayStartParams"].get("resources", "") for g in manifest["spec"]["workerGroupSpecs"]}
+    assert any("raytf_ps" in r and "raytf_worker" not in r for r in offered.values()), offered
+    assert any("raytf_worker" in r and "raytf_ps" not in r for r in offered.values()), offered
+    assert "raytf_" not in str(manifest["spec"]["headGroupSpec"]["rayStartParams"])

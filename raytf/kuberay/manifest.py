@@ -26,6 +26,12 @@ GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
 
 PS_RESOURCE = "raytf_ps"
 WORKER_RESOURCE = "raytf_worker"
+# `--set` overrides a training run adds on a raytf-rendered RayCluster so parameter servers land on
+# ps-capable groups and workers on worker-capable ones (dotted keys merge with the user's resources).
+PLACEMENT_OVERRIDES = (
+    f"distribution.ps_resources.resources.{PS_RESOURCE}=1",
+    f"distribution.worker_resources.resources.{WORKER_RESOURCE}=1",
+)
 # Units per pod: far more than actors that fit, so the resource only steers placement.
 ROLE_CAPACITY = 1000
 
