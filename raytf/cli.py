@@ -65,6 +65,11 @@ def main_options(
 
 # -- cluster lifecycle -------------------------------------------------------------------------
 
+# Options shared by the commands that act on a cluster (one definition, one help text).
+SPEC_OF_CLUSTER = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one.")
+KUBECONFIG = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file (default: $KUBECONFIG or ~/.kube/config).")
+KUBE_CONTEXT = typer.Option(None, "--context", help="KubeRay: kubeconfig context.")
+
 
 def _kuberay_spec(path: Optional[Path]) -> bool:
     from raytf.cluster_spec import spec_provider
@@ -86,8 +91,8 @@ def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="KubeRay: print the RayCluster manifest as YAML and touch nothing."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait until the cluster is ready (local: 90, KubeRay: 600)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Local: CPUs the head offers (default: this machine's cores)."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."),
-    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """Bring up a Ray cluster and remember it for the other commands.
 
@@ -119,10 +124,10 @@ def up(
 @app.command()
 @command
 def down(
-    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
+    cluster: Optional[Path] = SPEC_OF_CLUSTER,
     timeout: float = typer.Option(300.0, "--timeout", help="KubeRay: seconds to wait until the cluster is gone."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
-    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """Stop the cluster `raytf up` started (and nothing else)."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
@@ -143,9 +148,9 @@ def down(
 @app.command()
 @command
 def status(
-    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
-    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+    cluster: Optional[Path] = SPEC_OF_CLUSTER,
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """Show whether a cluster is up: address, dashboard, nodes and CPU/GPU resources."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
@@ -201,11 +206,11 @@ def _print_runs(local) -> None:
 @app.command()
 @command
 def dashboard(
-    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
+    cluster: Optional[Path] = SPEC_OF_CLUSTER,
     open_browser: bool = typer.Option(False, "--open", help="Also open it in a web browser."),
     port: int = typer.Option(8265, "--port", help="KubeRay: local port of the port-forward."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="KubeRay: kubeconfig file."),
-    context: Optional[str] = typer.Option(None, "--context", help="KubeRay: kubeconfig context."),
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """Print the Ray dashboard URL (KubeRay: port-forward it to 127.0.0.1 until Ctrl-C)."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
@@ -230,9 +235,9 @@ def dashboard(
 def scale(
     group: str = typer.Argument(..., help="Worker group name from the cluster spec."),
     replicas: int = typer.Argument(..., min=0, help="Desired number of pods in the group."),
-    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay: act on this spec's cluster instead of the remembered one."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubeconfig file."),
-    context: Optional[str] = typer.Option(None, "--context", help="kubeconfig context."),
+    cluster: Optional[Path] = SPEC_OF_CLUSTER,
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """KubeRay: set a worker group's replica count."""
     if not _kuberay_spec(cluster) and _recorded_provider() != "kuberay":

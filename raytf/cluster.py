@@ -105,11 +105,12 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
     init_options: dict = {}
     if address is None:
         cluster = recorded_local_cluster()
-        if cluster is None and load_cluster_record():
-            record = load_cluster_record()
+        record = load_cluster_record() if cluster is None else None
+        if record:
             raise ClusterError(
                 f"The current raytf cluster is a {record.get('provider')} cluster; training there runs as a Ray job.",
-                "Use `raytf train CONFIG` with that cluster's job support, or `raytf down` to go back to local runs.",
+                "Use `raytf train CONFIG` (it submits the job through a port-forward), pass the cluster's address, "
+                "or `raytf down` to go back to local runs.",
             )
         if cluster is None:
             on_event("No cluster is up (`raytf up`); starting an embedded local Ray cluster for this run.")

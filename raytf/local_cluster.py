@@ -158,24 +158,6 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        # A zombie child still answers kill(0); it is done for our purposes.
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        import psutil
-
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-
 def _cluster_processes(cluster: LocalCluster) -> list[int]:
     import psutil
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class StalenessStats:
     applied: int = 0
     total: int = 0
     max: int = 0
-    histogram: dict[int, int] | None = None
+    histogram: dict[int, int] = field(default_factory=dict)
     observer: object = None  # the server's metrics, when running in Ray
 
     def record(self, staleness: int) -> None:
@@ -36,7 +36,6 @@ class StalenessStats:
         self.applied += 1
         self.total += staleness
         self.max = max(self.max, staleness)
-        self.histogram = self.histogram or {}
         self.histogram[staleness] = self.histogram.get(staleness, 0) + 1
 
     @property
@@ -164,7 +163,7 @@ class ParameterServer:
                 "progress": dict(self.progress),
                 "staleness_mean": self.staleness.mean,
                 "staleness_max": self.staleness.max,
-                "staleness_histogram": dict(self.staleness.histogram or {}),
+                "staleness_histogram": dict(self.staleness.histogram),
                 "ms_apply_per_update": 1000 * self.seconds_apply / max(self.version, 1),
                 "ms_publish_per_update": 1000 * self.seconds_publish / max(self.version, 1),
             }
