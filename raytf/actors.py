@@ -7,13 +7,13 @@ Names are stable so the Ray dashboard's Actors view tells the story:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from raytf.checkpoint import ShardState
 from raytf.config import Resources, TrainConfig
 from raytf.errors import ClusterError, RaytfError, TrainingError
+from raytf.ps import ServerSettings
 from raytf.sharding import ShardPlan
 from raytf.transport import LinkSpec, remove_shm_files
 
@@ -78,7 +78,12 @@ class RunActors:
     run_id: str
     servers: list
     workers: list
-    link_kinds: list[list[str]]  # [worker][server]
+    worker_threads: int = 1
+    links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker]
+    link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server]
+
+    def links_of(self, worker: int) -> list[LinkSpec]:
+        return [per_server[worker] for per_server in self.links]
 
     def release(self) -> None:
         import ray
@@ -93,8 +98,23 @@ class RunActors:
         remove_shm_files(self.run_id)
 
 
-def launch(config: TrainConfig, run_id: str, plan: ShardPlan, initial: list[np.ndarray]) -> RunActors:
-    """Create servers and workers, set them up and connect every worker to every server."""
+def updates_per_step(config: TrainConfig) -> int:
+    """Server versions per training step: one update per step in sync, one per worker's push in async."""
+    return 1 if config.distribution.mode == "sync" else config.distribution.workers
+
+
+def server_settings(config: TrainConfig, checkpoint_dir: str | None) -> ServerSettings:
+    d = config.distribution
+    ups = updates_per_step(config)
+    # In sync mode the workers idle while a server applies, so it may use two cores then.
+    threads = d.ps_threads or (2 if d.mode == "sync" else max(1, int(d.ps_resources.num_cpus)))
+    return ServerSettings(run_name=config.name, mode=d.mode, num_workers=d.workers, threads=threads,
+                          target_version=config.steps * ups, updates_per_step=ups, checkpoint_dir=checkpoint_dir,
+                          every_versions=config.checkpoint.every_steps * ups)
+
+
+def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
+    """Create the servers and workers (restartable: Ray starts a new process when one dies)."""
     import ray
 
     from raytf.ps import ParameterServer
@@ -102,46 +122,70 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, initial: list[np.n
 
     d = config.distribution
     namespace = f"raytf-{run_id}"
+    restarts = {"max_restarts": d.max_restarts, "max_task_retries": 0}  # raytf replays the work itself
     ps_cls = ray.remote(ParameterServer)
     worker_cls = ray.remote(Worker)
     servers = [
         ps_cls.options(name=actor_name(config.name, "ps", i), namespace=namespace,
-                       max_concurrency=d.workers + 4, **_options(d.ps_resources)).remote(
+                       max_concurrency=d.workers + 4, **restarts, **_options(d.ps_resources)).remote(
             run_id, i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {d.mode}, "
                        f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}")
         for i in range(d.parameter_servers)
     ]
     workers = [
         worker_cls.options(name=actor_name(config.name, "worker", i), namespace=namespace,
-                           max_concurrency=2, **_options(d.worker_resources)).remote(
+                           max_concurrency=2, **restarts, **_options(d.worker_resources)).remote(
             run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {d.mode}")
         for i in range(d.workers)
     ]
-    actors = RunActors(run_id=run_id, servers=servers, workers=workers, link_kinds=[])
+    return RunActors(run_id=run_id, servers=servers, workers=workers,
+                     worker_threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus)))
+
+
+def setup_servers(actors: RunActors, config: TrainConfig, states: list[ShardState], settings: ServerSettings) -> list:
+    """Start the set-up calls of every server (from `states`); returns their refs."""
+    return [s.setup.remote(states[i], config.optimizer, settings) for i, s in enumerate(actors.servers)]
+
+
+def setup_workers(actors: RunActors, config: TrainConfig, plan: ShardPlan, which: list[int] | None = None) -> list:
+    """Start the set-up calls of the workers (all, or `which`); returns their refs."""
+    which = range(len(actors.workers)) if which is None else which
+    return [actors.workers[i].setup.remote(config.to_dict(), plan, len(actors.workers), actors.worker_threads)
+            for i in which]
+
+
+def wire(actors: RunActors, config: TrainConfig) -> None:
+    """Open every server's exchange buffers and connect every worker to them."""
+    d = config.distribution
+    servers, workers = actors.servers, actors.workers
+    server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")
+    worker_nodes = get([w.node_id.remote() for w in workers], "Locating the workers")
+    links: list[list[LinkSpec]] = []
+    for server, (node, has_shm) in zip(servers, server_nodes):
+        local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]
+        if d.transport == "shm" and len(local) < len(workers):
+            raise ClusterError(
+                "distribution.transport is 'shm', but some workers run on another node than their parameter "
+                "server (or the node has no /dev/shm).",
+                "Use transport: auto, which falls back to the object store across nodes.",
+            )
+        use = [] if d.transport == "object_store" else local
+        links.append(get(server.open_links.remote(use), "Opening the exchange buffers"))
+    actors.links = links
+    actors.link_kinds = get(
+        [w.connect.remote(servers, actors.links_of(i)) for i, w in enumerate(workers)],
+        "Connecting workers to parameter servers",
+    )
+
+
+def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
+           settings: ServerSettings) -> RunActors:
+    """Create servers and workers, set them up and connect every worker to every server."""
+    actors = create(config, run_id, plan)
     try:
-        # In sync mode the workers idle while a server applies, so it may use two cores then.
-        ps_threads = d.ps_threads or (2 if d.mode == "sync" else max(1, int(d.ps_resources.num_cpus)))
-        worker_threads = d.worker_threads or max(1, int(d.worker_resources.num_cpus))
-        setups = [s.setup.remote(initial[i], config.optimizer, d.mode, d.workers, ps_threads, config.name) for i, s in enumerate(servers)]
-        setups += [w.setup.remote(config.to_dict(), plan, d.workers, worker_threads) for w in workers]
-        get(setups, "Setting up the actors")
-        server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")
-        worker_nodes = get([w.node_id.remote() for w in workers], "Locating the workers")
-        links: list[list[LinkSpec]] = []
-        for server, (node, has_shm) in zip(servers, server_nodes):
-            local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]
-            if d.transport == "shm" and len(local) < len(workers):
-                raise ClusterError(
-                    "distribution.transport is 'shm', but some workers run on another node than their parameter "
-                    "server (or the node has no /dev/shm).",
-                    "Use transport: auto, which falls back to the object store across nodes.",
-                )
-            use = [] if d.transport == "object_store" else local
-            links.append(get(server.open_links.remote(use), "Opening the exchange buffers"))
-        actors.link_kinds = get(
-            [w.connect.remote(servers, [links[j][i] for j in range(len(servers))]) for i, w in enumerate(workers)],
-            "Connecting workers to parameter servers",
-        )
+        # Together: each actor's first call imports TensorFlow, which takes seconds.
+        get(setup_servers(actors, config, states, settings) + setup_workers(actors, config, plan), "Setting up the actors")
+        wire(actors, config)
         return actors
     except BaseException:
         actors.release()

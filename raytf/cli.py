@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from raytf.errors import ClusterError, RaytfError
+from raytf.errors import ClusterError, Interrupted, RaytfError
 
 app = typer.Typer(
     name="raytf",
@@ -259,13 +260,18 @@ def train(
     address: Optional[str] = typer.Option(None, "--address", help="Ray address to train on (default: the cluster `raytf up` started, else an embedded one for this run)."),
     plain: bool = typer.Option(False, "--plain", help="Progress as plain lines even on a terminal."),
     submit: bool = typer.Option(False, "--submit", help="Run as a Ray Job on the cluster `raytf up` started (shown in the dashboard's Jobs view). Always on for KubeRay clusters."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output_dir (parameters, optimizer state, step)."),
+    restart: bool = typer.Option(False, "--restart", help="Delete the checkpoints in output_dir and start over."),
 ) -> None:
-    """Train a Keras model with parameter servers and workers as Ray actors."""
+    """Train a Keras model with parameter servers and workers as Ray actors.
+
+    Ctrl-C (or SIGTERM) stops at the next step and writes a checkpoint; continue with --resume.
+    """
     from raytf.config import load_config
 
     cfg = load_config(config, set_)  # config errors before anything heavy starts
     if address is None and (submit or _recorded_provider() == "kuberay"):
-        _submit_train(config, set_, cfg)
+        _submit_train(config, set_, cfg, [flag for flag, on in (("--resume", resume), ("--restart", restart)) if on])
         return
     if submit:
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
@@ -276,13 +282,17 @@ def train(
 
     progress = make_progress(cfg.steps, console=out, plain=plain or None)
     try:
-        summary = fit(cfg, address=address, progress=progress, on_event=lambda message: out.print(message))
+        summary = fit(cfg, address=address, progress=progress, on_event=lambda message: out.print(message),
+                      resume=resume, restart=restart)
+    except Interrupted as stopped:
+        overrides = "".join(f" --set {shlex.quote(item)}" for item in set_)
+        raise Interrupted(stopped.problem, f"Continue with: raytf train {shlex.quote(str(config))}{overrides} --resume") from None
     finally:
         progress.close()
     print_summary(summary)
 
 
-def _submit_train(config: Path, overrides: List[str], cfg) -> None:
+def _submit_train(config: Path, overrides: List[str], cfg, flags: List[str]) -> None:
     """Submit the run as a Ray Job to the recorded cluster (KubeRay: through a port-forward)."""
     from raytf.jobs import submit_training_job
 
@@ -294,7 +304,7 @@ def _submit_train(config: Path, overrides: List[str], cfg) -> None:
         overrides = [*PLACEMENT_OVERRIDES, *overrides]  # the user's own --set come last and win
 
         kuberay.dashboard(None, port=0, console=out, until=lambda url: codes.append(
-            submit_training_job(url, str(config), list(overrides), working_dir=os.getcwd(), console=out)))
+            submit_training_job(url, str(config), list(overrides), working_dir=os.getcwd(), console=out, flags=flags)))
     else:
         from raytf.cluster import recorded_local_cluster
 
@@ -304,7 +314,8 @@ def _submit_train(config: Path, overrides: List[str], cfg) -> None:
                                "Start one with `raytf up`, or train without --submit (an embedded cluster is started for the run).")
         if not Path(cfg.output_dir).is_absolute():  # same machine: keep the results where a direct run puts them
             overrides = [*overrides, f"output_dir={json.dumps(str(Path(cfg.output_dir).resolve()))}"]  # JSON is YAML
-        codes.append(submit_training_job(local.dashboard_url, str(config), overrides, working_dir=os.getcwd(), console=out))
+        codes.append(submit_training_job(local.dashboard_url, str(config), overrides, working_dir=os.getcwd(), console=out,
+                                         flags=flags))
     if codes and codes[0]:
         raise typer.Exit(codes[0])
 
@@ -322,9 +333,19 @@ def print_summary(summary: dict) -> None:
     ]
     if summary["mode"] == "async":
         rows.append(("staleness mean / max", f"{summary['staleness']['mean']:.2f} / {summary['staleness']['max']}"))
+    if summary.get("resumed_from_step"):
+        rows.append(("resumed from step", str(summary["resumed_from_step"])))
+    if summary.get("restarts"):
+        rows.append(("actors restarted", ", ".join(f"{r['role']} {r['index']} (step {r['step']})" for r in summary["restarts"])))
+    if summary.get("rollbacks"):
+        rows.append(("rolled back", ", ".join(f"step {r['at_step']} -> {r['to_step']}" for r in summary["rollbacks"])))
+    if summary.get("nonfinite_skipped"):
+        rows.append(("non-finite gradients skipped", str(summary["nonfinite_skipped"])))
     rows += [(f"eval {name}", f"{value:.4f}") for name, value in summary["eval"].items()]
     rows.append(("model", summary["model_path"]))
     rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))
+    if summary.get("checkpoint"):
+        rows.append(("checkpoint", summary["checkpoint"]))
     rows.append(("tensorboard", f"tensorboard --logdir {summary['tensorboard_dir']}"))
     for key, value in rows:
         table.add_row(key, value)

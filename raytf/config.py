@@ -93,6 +93,12 @@ class DistributionConfig(_Frozen):
     ps_resources: Resources = Resources(num_cpus=0)
     worker_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: worker num_cpus")
     ps_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: 2 in sync mode (workers idle while it applies), else max(1, ps num_cpus)")
+    max_restarts: int = Field(3, ge=0, description="times each worker and server is restarted after its process dies")
+
+
+class CheckpointConfig(_Frozen):
+    every_steps: int = Field(100, ge=0, description="0: only the final checkpoint (and one on interrupt)")
+    keep: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
 
 
 class TrainConfig(_Frozen):
@@ -113,6 +119,9 @@ class TrainConfig(_Frozen):
     jit_compile: bool = True
     log_every_seconds: float = Field(1.0, gt=0)
     eval_batch_size: int = Field(256, ge=1)
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # A NaN/Inf gradient is dropped from its update (counted, with a warning), or ends the run.
+    on_nonfinite: Literal["skip", "abort"] = "skip"
 
     @field_validator("loss", mode="before")
     @classmethod

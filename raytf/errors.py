@@ -36,3 +36,9 @@ class ClusterError(RaytfError):
 
 class TrainingError(RaytfError):
     """Training failed for a reason the user can act on (bad data, bad model, lost actors)."""
+
+
+class Interrupted(RaytfError):
+    """The run was stopped by Ctrl-C or SIGTERM (after a final checkpoint, when one could be written)."""
+
+    exit_code = 130

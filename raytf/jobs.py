@@ -23,8 +23,8 @@ EXCLUDES = ["runs/", ".git/", "__pycache__/"]
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def job_entrypoint(config: str, overrides: Sequence[str]) -> str:
-    args = ["python", "-m", "raytf.cli", "train", config, "--plain"]
+def job_entrypoint(config: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> str:
+    args = ["python", "-m", "raytf.cli", "train", config, "--plain", *flags]
     for override in overrides:
         args += ["--set", override]
     args += ["--address", "auto"]
@@ -109,8 +109,9 @@ def submit_training_job(
     working_dir: str,
     console,
     follow: bool = True,
+    flags: Sequence[str] = (),
 ) -> int:
-    """Submit `raytf train` as a Ray Job; with `follow`, stream its logs and wait for its end.
+    """Submit `raytf train` as a Ray Job (`flags`: --resume / --restart, passed on); with `follow`, stream its logs and wait for its end.
 
     Returns 0 when the job succeeded, 2 when it failed or was stopped, 130 when the user
     detached with Ctrl-C (the job keeps running).
@@ -123,7 +124,7 @@ def submit_training_job(
     job_id = submission_id(cfg.name)
     try:
         client.submit_job(
-            entrypoint=job_entrypoint(relative, overrides),
+            entrypoint=job_entrypoint(relative, overrides, flags),
             submission_id=job_id,
             runtime_env={"working_dir": os.path.abspath(working_dir), "excludes": list(EXCLUDES)},
             metadata={"job_name": f"raytf {cfg.name}", "raytf_run": cfg.name, "raytf_config": relative},

@@ -24,13 +24,19 @@ SLOT_NAMES = {
 class FlatOptimizer:
     """One shard's parameters, optimizer slots and update step."""
 
-    def __init__(self, config: OptimizerConfig, initial: np.ndarray) -> None:
+    def __init__(self, config: OptimizerConfig, initial: np.ndarray, slots: dict[str, np.ndarray] | None = None,
+                 iterations: int = 0) -> None:
+        """`slots` and `iterations` restore a checkpointed optimizer state; without them the
+        slots start as the optimizer's own initial values."""
         self.config = config
         size = initial.shape[0]
         self.params = tf.Variable(initial.astype(np.float32, copy=False), name="params")
         fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
-        self.slots = {name: tf.Variable(tf.fill([size], fill), name=name) for name in SLOT_NAMES[config.name]}
-        self.iterations = tf.Variable(0, dtype=tf.int64, name="iterations")
+        self.slots = {
+            name: tf.Variable(slots[name] if slots else tf.fill([size], fill), name=name)
+            for name in SLOT_NAMES[config.name]
+        }
+        self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
         self.size = size
         # XLA fuses the mean of the gradients with the update into one pass over memory (about
         # 2x faster than the graph kernels for SGD); graph mode is the fallback.
@@ -56,6 +62,11 @@ class FlatOptimizer:
         in place.
         """
         return np.from_dlpack(self.params.value())
+
+    def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+        """Copies of the parameters and slots, and the update count (for a checkpoint)."""
+        slots = {name: np.array(var.numpy(), copy=True) for name, var in self.slots.items()}
+        return np.array(self.params_view(), copy=True), slots, int(self.iterations.numpy())
 
     def _apply_mean(self, grads: list) -> None:
         grad = grads[0] if len(grads) == 1 else tf.add_n(grads) * (1.0 / len(grads))

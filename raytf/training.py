@@ -122,6 +122,41 @@ def evaluate(prepared: Prepared) -> dict[str, float]:
     return {name: float(value) for name, value in results.items()}
 
 
+def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
+    """Where the servers start: the model's initial values, or the newest complete checkpoint.
+
+    Checked before any cluster starts, like the rest of the config."""
+    from raytf.actors import updates_per_step
+    from raytf.checkpoint import ShardState, complete, latest, load, root_of
+
+    config = prepared.config
+    root = root_of(prepared.output_dir)
+    if resume and restart:
+        raise ConfigError("--resume and --restart contradict each other.", "Use --resume to continue from the newest "
+                          "checkpoint, or --restart to delete the checkpoints and start over.")
+    newest = latest(root)
+    if resume:
+        if newest is None:
+            raise ConfigError(f"--resume: there is no complete checkpoint in {root}.",
+                              "Check output_dir (it must be the interrupted run's), or train without --resume.")
+        if newest.step >= config.steps:
+            raise ConfigError(f"--resume: the newest checkpoint ({newest.directory}) is at step {newest.step}, and steps "
+                              f"is {config.steps}, so there is nothing left to train.",
+                              f"Raise steps to train further, e.g. --set steps={newest.step + config.steps}.")
+        return load(newest, prepared.plan, config.optimizer.name, updates_per_step(config))
+    if newest is not None:
+        if not restart:
+            raise ConfigError(f"{root} holds checkpoints of an earlier run (newest: step {newest.step}); starting over "
+                              "would mix them with this run's.",
+                              "Add --resume to continue that run, --restart to delete its checkpoints and start over, "
+                              "or set another output_dir.")
+        import shutil
+
+        for checkpoint in complete(root):
+            shutil.rmtree(checkpoint.directory)
+    return [ShardState(params=buffer) for buffer in initial_buffers(prepared)]
+
+
 def fit(
     config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
     *,
@@ -129,22 +164,31 @@ def fit(
     address: str | None = None,
     progress=None,
     on_event: Callable[[str], None] = lambda message: None,
+    resume: bool = False,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train as configured and return the summary (also written to output_dir/summary.json).
 
     `config` is a TrainConfig, a dict of the YAML's keys, or a path to a YAML file. Without
     `address` it trains on the cluster `raytf up` started, or on an embedded one for this run.
+    `resume` continues from the newest checkpoint in output_dir; `restart` deletes the
+    checkpoints there first. Ctrl-C / SIGTERM stop at the next step, write a checkpoint and
+    raise `Interrupted` (a second one quits at once).
     """
     import ray
 
-    from raytf.actors import check_resources, get, launch
+    from raytf.actors import check_resources, get, launch, server_settings
+    from raytf.checkpoint import root_of
     from raytf.cluster import connect
+    from raytf.supervisor import Supervisor, stop_on_signals
     from raytf.tensorboard import TensorBoardLog
 
     started = time.perf_counter()
     cfg = coerce_config(config, overrides)
     prepared = prepare(cfg)
+    states = start_states(prepared, resume, restart)
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()))
     tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard")
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
@@ -152,14 +196,19 @@ def fit(
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
         with connect(address, on_event=on_event, metadata=metadata) as connection:
             check_resources(cfg, ray.cluster_resources())
-            actors = launch(cfg, run_id, prepared.plan, initial_buffers(prepared))
+            actors = launch(cfg, run_id, prepared.plan, states, settings)
             try:
+                resumed = states[0].version // settings.updates_per_step
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
-                         f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}")
+                         f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}"
+                         + (f", resuming at step {resumed}" if resumed else ""))
                 train_started = time.perf_counter()
-                runs = [w.run.remote(cfg.steps, cfg.distribution.mode) for w in actors.workers]
-                _monitor(runs, actors.servers[0], cfg, [r for r in (progress, tensorboard) if r is not None], train_started)
-                results = get(runs, "Training")
+                supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
+                                        [r for r in (progress, tensorboard) if r is not None], on_event)
+                with stop_on_signals(supervisor.stop_requested):
+                    supervisor.run()
+                if supervisor.interrupted:
+                    raise _interrupted(supervisor, cfg)
                 buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
                 stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
                 non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
@@ -174,56 +223,40 @@ def fit(
         tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
     prepared.model.save(model_path)
+    results = [dict(supervisor.results[i], steps=supervisor.steps_done[i]) for i in sorted(supervisor.results)]
     summary = _summary(cfg, results, stats, eval_results, actors.link_kinds, started, train_started, train_seconds)
     summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
-                   tensorboard_dir=str(tensorboard.logdir))
+                   tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
+                   restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
+                   nonfinite_skipped=sum(s["nonfinite_skipped"] for s in stats),
+                   checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
     _write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _checkpoint_path(settings, step: int | None) -> str | None:
+    from raytf.checkpoint import step_dir
+
+    return str(step_dir(Path(settings.checkpoint_dir), step)) if step is not None else None
+
+
+def _interrupted(supervisor, cfg: TrainConfig):
+    from raytf.errors import Interrupted
+
+    step = supervisor.stop_version // supervisor.ups
+    where = _checkpoint_path(supervisor.settings, supervisor.checkpoint_step)
+    if supervisor.checkpoint_step == step:
+        problem = f"Stopped at step {step} of {cfg.steps}; the checkpoint is in {where}."
+    else:
+        problem = (f"Stopped at step {step} of {cfg.steps}, but its checkpoint could not be completed; "
+                   + (f"the newest is {where}." if where else "there is no checkpoint."))
+    return Interrupted(problem, "Continue with `raytf train CONFIG --resume` (same config and output_dir), "
+                                "or raytf.fit(..., resume=True).")
 
 
 def _kinds(link_kinds: list[list[str]]) -> str:
     kinds = sorted({kind for row in link_kinds for kind in row})
     return " and ".join(kinds) or "-"
-
-
-def _monitor(runs, server0, cfg: TrainConfig, reporters: list, started: float) -> None:
-    """Show progress until every worker is done. A worker that fails ends the run at once (its
-    peers would otherwise wait at the sync barrier forever)."""
-    import ray
-
-    from raytf.actors import get
-
-    while True:
-        done, _ = ray.wait(runs, num_returns=len(runs), timeout=cfg.log_every_seconds)
-        for ref in done:
-            get(ref, f"Worker {runs.index(ref)}")  # raises that worker's error, if it failed
-        try:
-            stats = ray.get(server0.stats.remote(), timeout=10)
-        except (ray.exceptions.RayError, TimeoutError):
-            stats = None  # the failure itself surfaces from ray.get(runs)
-        if stats and stats["progress"]:
-            snapshot = _snapshot(stats, cfg, started)
-            for reporter in reporters:
-                reporter.update(snapshot)
-        if len(done) == len(runs):
-            return
-
-
-def _snapshot(stats: dict, cfg: TrainConfig, started: float):
-    from raytf.progress import Snapshot
-
-    entries = stats["progress"].values()
-    steps = [e[0] for e in entries]
-    elapsed = time.perf_counter() - started
-    samples = sum(steps) * cfg.batch_size
-    return Snapshot(
-        step=min(steps) if len(steps) == cfg.distribution.workers else 0,
-        total=cfg.steps,
-        loss=float(np.mean([e[1] for e in entries])),
-        samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
-        elapsed=elapsed,
-        staleness_mean=stats["staleness_mean"] if cfg.distribution.mode == "async" else None,
-    )
 
 
 def _summary(cfg, results, stats, eval_results, link_kinds, started, train_started, train_seconds) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class ServerSlots:
             else:
                 self._params[worker] = self._create(f"p{worker}")
         self._shared_params = shared_params
+        self._shared = shared
         self._object_store_workers = num_workers > len(shm_workers)
         self._slot_version = -1
         self._published_ref = None
@@ -101,18 +102,21 @@ class ServerSlots:
 
         return as_tensor(payload if payload is not None else self._grads[worker])
 
-    def publish(self, params: np.ndarray, version: int, worker: int) -> None:
+    def publish(self, params: np.ndarray, version: int, worker: int | None) -> None:
         """Make `params` (at `version`) available; called by the server with its lock held.
 
         Sync (shared slot): written once per version, while every shm worker waits at the
-        barrier. Async: into the pushing worker's own slot. Object-store workers get one
-        `ray.put` per version, shared by all of them.
+        barrier (`worker` is None when a round completes). Async: into `worker`'s own slot.
+        Object-store workers get one `ray.put` per version, shared by all of them.
         """
-        slot = self._params.get(worker)
-        if slot is not None and (not self._shared_params or self._slot_version != version):
-            np.copyto(slot, params)
-            self._slot_version = version
-        if self._object_store_workers and (slot is None or self._shared_params) and version != self._published_version:
+        if self._shared_params:
+            if self._shared is not None and self._slot_version != version:
+                np.copyto(self._shared, params)
+                self._slot_version = version
+        elif worker in self._params:
+            np.copyto(self._params[worker], params)
+        if self._object_store_workers and (self._shared_params or worker not in self._params) \
+                and version != self._published_version:
             import ray
 
             self._published_ref, self._published_version = ray.put(params), version

@@ -1,0 +1,240 @@
+"""Checkpoints: every parameter server writes its own shard, the driver writes the manifest last.
+
+Layout under `output_dir/checkpoints/`::
+
+    step-00000100/ps-0.npz      parameters, optimizer slots, iteration count of shard 0
+    step-00000100/ps-1.npz
+    step-00000100/manifest.json the checkpoint exists once this does
+
+Every file is written under a temporary name, fsynced and renamed, and the manifest only after
+all shards reported their checksums. A crash at any moment therefore leaves every complete
+checkpoint whole; a directory without a manifest is ignored and swept later.
+
+The manifest records the variables (shapes) and which shard holds which, so a checkpoint can be
+restored into a different number of parameter servers, and a checkpoint of another model is
+refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from raytf.errors import ConfigError, TrainingError
+from raytf.sharding import ShardPlan
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """One server's state: what it starts from and what a checkpoint holds."""
+
+    params: np.ndarray
+    slots: dict[str, np.ndarray] | None = None  # None: fresh optimizer slots
+    iterations: int = 0
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class SavedShard:
+    """What a server reports after writing its shard file."""
+
+    index: int
+    version: int
+    file: str
+    crc32: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+
+def root_of(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:08d}"
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> int:
+    crc = 0
+    for key in sorted(arrays):
+        crc = zlib.crc32(np.ascontiguousarray(arrays[key]).view(np.uint8), crc)
+    return crc
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_shard(directory: Path, index: int, state: ShardState) -> SavedShard:
+    """Write one server's shard (called in the server, which owns the arrays)."""
+    arrays = {"params": state.params, **{f"slot.{name}": value for name, value in (state.slots or {}).items()}}
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"ps-{index}.npz"
+    _atomic_write(directory / name, lambda f: np.savez(f, iterations=np.int64(state.iterations),
+                                                       version=np.int64(state.version), **arrays))
+    return SavedShard(index=index, version=state.version, file=name, crc32=_checksum(arrays))
+
+
+def build_manifest(step: int, plan: ShardPlan, saved: Sequence[SavedShard], *, mode: str, updates_per_step: int,
+                   optimizer: str, run_id: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "step": step,
+        "mode": mode,
+        "updates_per_step": updates_per_step,
+        "optimizer": optimizer,
+        "run_id": run_id,
+        "written_at": time.time(),
+        "variables": [{"name": v.name, "shape": list(v.shape)} for v in plan.variables],
+        "shards": [
+            {"file": s.file, "version": s.version, "crc32": s.crc32, "variables": list(shard.variables)}
+            for s, shard in zip(sorted(saved, key=lambda s: s.index), plan.shards)
+        ],
+    }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    _atomic_write(directory / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None  # no manifest yet (or not ours): not a checkpoint
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith(PREFIX) and path.name[len(PREFIX):].isdigit():
+            found.append((int(path.name[len(PREFIX):]), path))
+    return sorted(found)
+
+
+def complete(root: Path) -> list[Checkpoint]:
+    """Complete checkpoints under `root`, oldest first."""
+    found = []
+    for _, path in _step_dirs(root):
+        manifest = _read_manifest(path)
+        if manifest is not None:
+            found.append(Checkpoint(path, manifest))
+    return found
+
+
+def latest(root: Path) -> Checkpoint | None:
+    found = complete(root)
+    return found[-1] if found else None
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep`, and incomplete ones older than the
+    newest complete one (left by a crash). Returns what was deleted."""
+    done = complete(root)
+    if not done:
+        return []
+    kept = {c.directory for c in done[-keep:]}
+    newest = done[-1].step
+    doomed = [path for step, path in _step_dirs(root) if path not in kept and step <= newest]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def discard_after(root: Path, step: int) -> None:
+    """Remove every checkpoint directory newer than `step` (after rolling back to it)."""
+    for s, path in _step_dirs(root):
+        if s > step:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load(checkpoint: Checkpoint, plan: ShardPlan, optimizer: str, updates_per_step: int) -> list[ShardState]:
+    """The servers' states for `plan` (which may have another number of servers than the
+    checkpoint's), at version step * updates_per_step."""
+    manifest = checkpoint.manifest
+    where = f"checkpoint {checkpoint.directory}"
+    theirs = [tuple(v["shape"]) for v in manifest["variables"]]
+    ours = [tuple(v.shape) for v in plan.variables]
+    if theirs != ours:
+        raise ConfigError(
+            f"{where} is of a different model: it holds {len(theirs)} variables of shapes {_shapes(theirs)}, "
+            f"but the configured model has {len(ours)} of shapes {_shapes(ours)}.",
+            "Resume with the model the checkpoint was trained with, or drop --resume (or use another output_dir) "
+            "to start from scratch.",
+        )
+    if manifest["optimizer"] != optimizer:
+        raise ConfigError(
+            f"{where} holds the slots of optimizer '{manifest['optimizer']}', but the config asks for '{optimizer}'.",
+            f"Resume with optimizer.name: {manifest['optimizer']}, or drop --resume to start from scratch.",
+        )
+    per_variable: dict[str, list[np.ndarray | None]] = {}
+    iterations = 0
+    for entry in manifest["shards"]:
+        path = checkpoint.directory / entry["file"]
+        try:
+            with np.load(path) as data:
+                arrays = {key: data[key] for key in data.files if key not in ("iterations", "version")}
+                iterations = max(iterations, int(data["iterations"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise TrainingError(f"{where}: cannot read {entry['file']} ({err}).",
+                                f"Delete {checkpoint.directory} to fall back to the checkpoint before it.") from None
+        if _checksum(arrays) != entry["crc32"]:
+            raise TrainingError(f"{where}: {entry['file']} does not match its checksum in the manifest (damaged file).",
+                                f"Delete {checkpoint.directory} to fall back to the checkpoint before it.")
+        for key, flat in arrays.items():
+            parts = per_variable.setdefault(key, [None] * len(ours))
+            offset = 0
+            for i in entry["variables"]:
+                size = plan.variables[i].size
+                parts[i] = flat[offset:offset + size]
+                offset += size
+    version = checkpoint.step * updates_per_step
+    states = []
+    for shard in plan.shards:
+        packed = {key: np.concatenate([parts[i] for i in shard.variables]).astype(np.float32, copy=False)
+                  for key, parts in per_variable.items()}
+        slots = {key[len("slot."):]: value for key, value in packed.items() if key.startswith("slot.")}
+        states.append(ShardState(params=packed["params"], slots=slots, iterations=iterations, version=version))
+    return states
+
+
+def _shapes(shapes: list[tuple[int, ...]], limit: int = 6) -> str:
+    text = ", ".join(str(list(s)) for s in shapes[:limit])
+    return text + (", ..." if len(shapes) > limit else "")
