@@ -39,7 +39,8 @@ def run_raytf(base: dict, name: str, steps: int) -> dict:
 
     mode, transport = RAYTF[name]
     summary = raytf.fit(base, overrides=[f"steps={steps}", f"distribution.mode={mode}",
-                                         f"distribution.transport={transport}", f"output_dir={OUT / name}"])
+                                         f"distribution.transport={transport}", f"output_dir={OUT / name}"],
+                        restart=True)  # each benchmark run starts over
     workers = summary["per_worker"]
     return {
         "samples_per_second": summary["samples_per_second"],

@@ -164,3 +164,23 @@ def test_a_fresh_start_over_existing_checkpoints_is_refused(tmp_path):
 def test_resume_and_restart_together(tmp_path):
     result = run("train", str(config_file(tmp_path)), "--resume", "--restart")
     assert_clean_error(result, "--resume and --restart contradict each other")
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_asks_to_stop_and_the_second_quits(first):
+    import os
+    import threading
+
+    from raytf.supervisor import stop_on_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        os.kill(os.getpid(), first)
+        assert stop.wait(timeout=5), "the first signal must only ask to stop"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            stop.wait(timeout=5)  # the handler raises here, at the latest
+    assert {sig: signal.getsignal(sig) for sig in before} == before

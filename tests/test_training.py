@@ -196,7 +196,7 @@ def test_status_shows_a_run_in_progress(ray_cluster, tmp_path):
             runs = live_runs(ray_cluster.dashboard_url)
             if "status-test" in runs:
                 add_metrics(runs, f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics")
-                if runs["status-test"].step:
+                if runs["status-test"].step and runs["status-test"].samples_per_second:  # the rate: every 20 steps
                     seen = runs["status-test"]
                     break
             time.sleep(1)

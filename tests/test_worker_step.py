@@ -11,13 +11,13 @@ from raytf.sharding import plan_shards  # noqa: E402
 from raytf.worker import Worker  # noqa: E402
 
 
-def make_worker(model: str, servers: int = 2):
-    cfg = config_from_dict({"model": model, "data": {"train": "examples.digits:train_examples"},
+def make_worker(model: str, servers: int = 2, data: str = "examples.digits:train_examples", index: int = 0):
+    cfg = config_from_dict({"model": model, "data": {"train": data},
                             "loss": "sparse_categorical_crossentropy", "batch_size": 16})
     from raytf.training import prepare
 
     plan = plan_shards(variable_specs(prepare(cfg).model), servers)
-    worker = Worker("test", 0)
+    worker = Worker("test", index)
     worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
     return worker, plan
 
@@ -25,16 +25,24 @@ def make_worker(model: str, servers: int = 2):
 def test_step_returns_one_flat_gradient_per_server(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # output_dir default lands here
     worker, plan = make_worker("examples.digits:build_model")
-    loss, flats = worker._compute()
-    assert np.isfinite(float(loss))
+    loss, flats, finite = worker._compute()
+    assert np.isfinite(float(loss)) and bool(finite)
     assert [int(f.shape[0]) for f in flats] == [s.size for s in plan.shards]
     assert all(np.abs(f.numpy()).sum() > 0 for f in flats)
+
+
+def test_step_flags_a_non_finite_gradient(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Shard 1 of nan_data has a NaN pixel in example 100: the 7th batch of 16 holds it.
+    worker, _ = make_worker("examples.digits:build_model", data="tests.badinput.nan_data:train_examples", index=1)
+    flags = [bool(worker._compute()[2]) for _ in range(8)]
+    assert flags == [True] * 6 + [False, True]
 
 
 def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     worker, plan = make_worker("tests.badinput.xla_models:build_model", servers=1)
-    loss, flats = worker._compute()
+    loss, flats, _ = worker._compute()
     assert "XLA could not compile the step" in capsys.readouterr().out
     assert np.isfinite(float(loss)) and int(flats[0].shape[0]) == plan.shards[0].size
     worker._compute()  # later steps use the graph function without checking again
