@@ -231,7 +231,18 @@ def dashboard(
         webbrowser.open(local.dashboard_url)
 
 
-@app.command()
+class _NegativeNumbersAreArguments(typer.core.TyperCommand):
+    """Click reads `raytf scale workers -1` as an unknown option `-1`; pass negative numbers on as
+    arguments instead, so that the replica count's own check (min=0) names the problem."""
+
+    def parse_args(self, ctx, args):
+        numbers = [arg for arg in args if arg[1:].isdigit() and arg.startswith("-")]
+        if numbers and "--" not in args:
+            args = [arg for arg in args if arg not in numbers] + ["--", *numbers]
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=_NegativeNumbersAreArguments)
 @command
 def scale(
     group: str = typer.Argument(..., help="Worker group name from the cluster spec."),

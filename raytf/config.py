@@ -237,7 +237,17 @@ def _describe(error: Mapping[str, Any], source: YamlSource, overridden: Mapping[
         return f"{where}{key}: {got!r} is not allowed.", f"{hint}Allowed values: {allowed}."
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{where}{key}: {error['msg'][0].lower()}{error['msg'][1:]}{shown}.", "Fix the value of that key."
+    message = f"{error['msg'][0].lower()}{error['msg'][1:]}"
+    return f"{where}{key}: {message}{shown}.", _value_fix(key, message)
+
+
+def _value_fix(key: str, message: str) -> str:
+    """The fix in the words of the failed check: 'input should be X, ...' -> 'Make KEY X.'"""
+    if message.startswith("keys should be strings"):
+        return "Keys are names such as steps or distribution: quote this one, or remove it."
+    if message.startswith("input should be "):
+        return f"Make the value of {key} {message.removeprefix('input should be ').split(',')[0]}."
+    return "Fix the value of that key."
 
 
 def _where(loc: tuple, source: YamlSource, overridden: Mapping[tuple, str]) -> str:

@@ -6,6 +6,7 @@ its replica and its shard), so both agree on the variables and the batches.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ def check_dataset(dataset: Any, key: str) -> None:
             f"{key} yields elements of structure {spec}, but raytf needs (features, label) pairs.",
             "Make the dataset yield 2-tuples, e.g. from_tensor_slices((x, y)).",
         )
-    for part, name in zip(spec, ("features", "label")):
+    for part, name in zip(spec, ("features", "labels")):
         for leaf in tf.nest.flatten(part):
             if not leaf.dtype.is_floating and not leaf.dtype.is_integer and leaf.dtype != tf.bool:
                 raise ConfigError(
@@ -71,6 +72,16 @@ def first_batch(dataset: tf.data.Dataset, batch_size: int, key: str):
         return next(iter(dataset.batch(batch_size)))
     except StopIteration:
         raise ConfigError(f"{key} returned an empty dataset.", "Check the data function and the shard it is asked for.") from None
+    except tf.errors.OpError as err:
+        if "Cannot batch tensors with different shapes" in str(err):
+            raise ConfigError(
+                f"{key}: the examples do not all have the same shape, so they cannot be batched. TensorFlow said: {_tf_said(err)}",
+                "Give every example the same shape in the dataset (pad, crop or resize them in a map()).",
+            ) from None
+        raise ConfigError(
+            f"{key}: reading the first batch of {batch_size} examples failed with {type(err).__name__}: {_tf_said(err)}",
+            "Fix the dataset pipeline (iterate it by hand, e.g. next(iter(dataset)), to see where it fails).",
+        ) from None
 
 
 def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
@@ -108,21 +119,88 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
             f"loss: the loss of the first batch is {float(loss)}.",
             "Check that the labels are in range for the loss (class ids below the number of outputs) and the features are finite.",
         )
+    check_metrics(config.metrics, labels, outputs)
     return model
 
 
-def check_labels_in_range(labels, outputs, loss: LossConfig) -> None:
-    if loss.name != "sparse_categorical_crossentropy":
+def check_labels_in_range(labels, outputs, loss: LossConfig, key: str = "data.train") -> None:
+    """Labels the loss cannot use (class ids out of range, fractional ids, probabilities outside 0..1),
+    checked on one batch: they would give a NaN or meaningless loss only once training runs."""
+    if not isinstance(labels, tf.Tensor) or labels.dtype == tf.bool or tf.size(labels) == 0:
         return
-    classes = outputs.shape[-1]
-    high = int(tf.reduce_max(labels))
-    low = int(tf.reduce_min(labels))
-    if low < 0 or high >= classes:
+    values = tf.cast(labels, tf.float64)
+    low, high = float(tf.reduce_min(values)), float(tf.reduce_max(values))
+    if loss.name == "sparse_categorical_crossentropy":
+        classes = outputs.shape[-1]
+        if low < 0 or high >= classes:
+            raise ConfigError(
+                f"{key}: labels range from {_number(low)} to {_number(high)}, but the model has {classes} outputs, so "
+                f"sparse_categorical_crossentropy needs labels in 0..{classes - 1}.",
+                "Fix the labels, or give the model's last layer as many units as there are classes.",
+            )
+        if labels.dtype.is_floating and not bool(tf.reduce_all(tf.equal(values, tf.round(values)))):
+            fractional = float(tf.boolean_mask(values, tf.not_equal(values, tf.round(values)))[0])
+            raise ConfigError(
+                f"{key}: sparse_categorical_crossentropy needs whole class ids as labels, but a label is {fractional:g}.",
+                "Use integer class ids (e.g. cast the labels to tf.int32), or categorical_crossentropy for one-hot or soft labels.",
+            )
+    elif loss.name in ("binary_crossentropy", "binary_focal_crossentropy") and (low < 0 or high > 1):
         raise ConfigError(
-            f"data.train: labels range from {low} to {high}, but the model has {classes} outputs, so "
-            f"sparse_categorical_crossentropy needs labels in 0..{classes - 1}.",
-            "Fix the labels, or give the model's last layer as many units as there are classes.",
+            f"{key}: labels range from {_number(low)} to {_number(high)}, but {loss.name} needs labels between 0 and 1.",
+            "Give 0/1 labels (or probabilities), or use sparse_categorical_crossentropy for class ids 0..N-1.",
         )
+
+
+# Names Keras's compile() resolves itself to the metric that fits the loss (not in keras.metrics.get).
+_COMPILE_METRICS = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def check_metrics(metrics, labels, outputs) -> None:
+    """Every metric name must be one Keras knows and must work on these labels and outputs: the
+    metrics are computed only at the end, after training, where a bad one would lose the run."""
+    import keras
+
+    for name in metrics:
+        if name in _COMPILE_METRICS:
+            continue
+        try:
+            metric = keras.metrics.get(name)
+        except (ValueError, TypeError):
+            guess = difflib.get_close_matches(name, _metric_names(), n=1)
+            hint = f"Did you mean '{guess[0]}'? " if guess else ""
+            raise ConfigError(
+                f"metrics: '{name}' is not a Keras metric.",
+                f"{hint}Use a name keras.metrics.get accepts, e.g. accuracy, auc, precision, mean_absolute_error.",
+            ) from None
+        try:
+            if isinstance(metric, keras.metrics.Metric):
+                metric.update_state(labels, outputs)
+                metric.result()
+            else:
+                metric(labels, outputs)
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+            raise ConfigError(
+                f"metrics: {name} cannot be computed on labels of shape {_shapes(labels)} (dtype {_dtypes(labels)}) "
+                f"and the model's outputs of shape {_shapes(outputs)}. Keras said: {_keras_said(err)}",
+                "Pick metrics that fit the labels (e.g. accuracy or sparse_categorical_accuracy for integer class ids), "
+                "or drop it from metrics.",
+            ) from None
+
+
+def _metric_names() -> list[str]:
+    import keras
+
+    names = set(_COMPILE_METRICS)
+    for name in dir(keras.metrics):
+        if name.startswith("_") or name in ("get", "serialize", "deserialize", "Metric"):
+            continue
+        names.add(name)
+        names.add(re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower())  # MeanSquaredError -> mean_squared_error
+    return sorted(names)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def make_loss(loss: LossConfig):
@@ -164,15 +242,34 @@ def variable_specs(model) -> list[VariableSpec]:
     return specs
 
 
+def _tf_said(err: Exception) -> str:
+    """The first line of a TensorFlow op error, without its function-node and op decorations."""
+    lines = [line.strip() for line in _without_op_noise(getattr(err, "message", None) or str(err)).splitlines()]
+    lines = [line for line in lines if line]
+    return lines[0] if lines else type(err).__name__
+
+
 def _keras_said(err: Exception) -> str:
     """The informative line of a Keras/TF error (Keras 3 leads with 'Exception encountered when calling ...')."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in _without_op_noise(str(err)).splitlines()]
     lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
     return lines[0] if lines else type(err).__name__
 
 
+def _without_op_noise(message: str) -> str:
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    return re.sub(r"\s*\[Op:[^\]]*\]( name: \S*)?", "", message)
+
+
 def _shapes(value) -> str:
-    shapes = [tuple(t.shape[1:]) if t.shape.rank else () for t in tf.nest.flatten(value)]
+    """Shapes without the batch dimension; features given as a dict keep their keys."""
+
+    def shape(t):
+        return tuple(t.shape[1:]) if t.shape.rank else ()
+
+    if isinstance(value, dict):
+        return str(tf.nest.map_structure(shape, value))
+    shapes = [shape(t) for t in tf.nest.flatten(value)]
     return ", ".join(str(s) for s in shapes) if len(shapes) > 1 else str(shapes[0])
 
 

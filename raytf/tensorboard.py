@@ -15,7 +15,7 @@ class TensorBoardLog:
 
         self._tf = tf
         self.logdir = logdir
-        self._writer = tf.summary.create_file_writer(str(logdir))
+        self._writer = None  # created with the first scalar: a run that fails before training leaves no file
         self._last_step = 0
 
     def update(self, snapshot) -> None:
@@ -31,10 +31,13 @@ class TensorBoardLog:
         self._write({f"eval/{name}": value for name, value in results.items()}, step)
 
     def _write(self, scalars: dict[str, float], step: int) -> None:
+        if self._writer is None:
+            self._writer = self._tf.summary.create_file_writer(str(self.logdir))
         with self._writer.as_default():
             for name, value in scalars.items():
                 self._tf.summary.scalar(name, value, step=step)
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -60,7 +60,7 @@ def prepare(config: TrainConfig) -> Prepared:
     import keras
 
     from raytf.imports import resolve_callable
-    from raytf.model import build_model, eval_dataset, first_batch, train_dataset, variable_specs
+    from raytf.model import build_model, check_labels_in_range, eval_dataset, first_batch, train_dataset, variable_specs
     from raytf.sharding import plan_shards
 
     output_dir = prepare_output_dir(config.output_dir)
@@ -71,13 +71,14 @@ def prepare(config: TrainConfig) -> Prepared:
     features, labels = first_batch(train_dataset(train_fn, 0, config.distribution.workers), config.batch_size, "data.train")
     model = build_model(model_fn, features, labels, config)
     if eval_fn is not None:
-        eval_features, _ = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
+        eval_features, eval_labels = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
         if [tuple(t.shape[1:]) for t in _flat(eval_features)] != [tuple(t.shape[1:]) for t in _flat(features)]:
             raise ConfigError(
                 f"data.eval gives features of shape {[tuple(t.shape[1:]) for t in _flat(eval_features)]}, "
                 f"but data.train gives {[tuple(t.shape[1:]) for t in _flat(features)]}.",
                 "Make both datasets yield features of the same shape.",
             )
+        check_labels_in_range(eval_labels, model(eval_features, training=False), config.loss, key="data.eval")
     plan = plan_shards(variable_specs(model), config.distribution.parameter_servers)
     return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir)
 

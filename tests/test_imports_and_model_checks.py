@@ -37,7 +37,8 @@ def resolve_error(path: str, key: str = "model") -> ConfigError:
 # -- import paths ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["tests.badinput.models.build_model", "tests.badinput.models:", ":build_model", ""])
+@pytest.mark.parametrize("path", ["tests.badinput.models.build_model", "tests.badinput.models:", ":build_model", ""],
+                         ids=["no-colon", "no-function", "no-module", "empty"])
 def test_import_path_without_module_and_function(path):
     error = resolve_error(path)
     assert_names(error, problem=("model:", f"'{path}' is not an import path"), fix=("module:function", "examples.digits:build_model"))
@@ -313,3 +314,34 @@ def test_output_dir_is_checked_before_user_code_runs(tmp_path):
     existing.write_text("")
     error = prepare_error(tmp_path, output_dir=str(existing), model=M + "raises_while_building")
     assert "output_dir" in error.problem and "RuntimeError" not in error.problem
+
+
+# -- what the label and metric checks must let through -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"metrics": ["accuracy", "acc", "ce", "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy"]},
+                     id="sparse-metrics"),
+        pytest.param({"model": M + "build_binary_model", "train": M + "binary_labels", "loss": "binary_crossentropy",
+                      "metrics": ["accuracy", "auc", "precision", "binary_accuracy"]}, id="binary-labels-and-metrics"),
+        pytest.param({"train": M + "float_class_ids"}, id="whole-float-class-ids"),
+    ],
+)
+def test_prepare_accepts_labels_and_metrics_that_fit(tmp_path, changes):
+    from raytf.training import prepare
+
+    prepared = prepare(make_config(tmp_path, **changes))
+    assert prepared.config.metrics == tuple(changes.get("metrics", ()))
+
+
+def test_labels_are_checked_with_the_name_of_the_dataset():
+    import tensorflow as tf
+
+    from raytf.config import LossConfig
+    from raytf.model import check_labels_in_range
+
+    with pytest.raises(ConfigError) as caught:
+        check_labels_in_range(tf.constant([0, 5]), tf.zeros((2, 3)), LossConfig(name="sparse_categorical_crossentropy"), key="data.eval")
+    assert_names(caught.value, problem=("data.eval: labels range from 0 to 5", "labels in 0..2"))

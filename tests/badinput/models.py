@@ -53,6 +53,24 @@ def raises_while_building():
     raise RuntimeError("the model function is broken on purpose")
 
 
+def build_model_float16():
+    import keras
+
+    return keras.Sequential([keras.Input(shape=(FEATURES,)), keras.layers.Dense(CLASSES, activation="softmax", dtype="float16")])
+
+
+def build_frozen_model():
+    model = build_model()
+    model.trainable = False
+    return model
+
+
+def build_binary_model():
+    import keras
+
+    return keras.Sequential([keras.Input(shape=(FEATURES,)), keras.layers.Dense(1, activation="sigmoid")])
+
+
 # -- data ----------------------------------------------------------------------------------
 
 
@@ -107,9 +125,58 @@ def raises_while_loading(shard_index: int, num_shards: int) -> tf.data.Dataset:
     raise FileNotFoundError("/data/train.csv")
 
 
+def fractional_labels(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((_features(), _labels().astype(np.float32) + 0.5))
+
+
+def binary_labels(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((_features(), (_labels() % 2).astype(np.float32)[:, None]))
+
+
+def float_class_ids(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((_features(), _labels().astype(np.float32)))
+
+
+def binary_labels_up_to_six(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((_features(), (_labels() * 3).astype(np.float32)[:, None]))
+
+
+def nan_features(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    features = _features()
+    features[1, 2] = np.nan
+    return tf.data.Dataset.from_tensor_slices((features, _labels()))
+
+
+def dict_features(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(({"pixels": _features()}, _labels()))
+
+
+def varying_shapes(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    # Like variable-length records read from files: example i has 2 + i % 3 features.
+    def examples():
+        for i in range(EXAMPLES):
+            yield np.ones(2 + i % 3, np.float32), np.int32(i % CLASSES)
+
+    spec = (tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.int32))
+    return tf.data.Dataset.from_generator(examples, output_signature=spec)
+
+
+def fails_while_reading(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    # The function returns a dataset; it breaks only when iterated (a corrupt record, say).
+    def check(features, label):
+        tf.debugging.assert_less(label, tf.constant(0, tf.int32), message="record 0 is corrupt")
+        return features, label
+
+    return tf.data.Dataset.from_tensor_slices((_features(), _labels())).map(check)
+
+
 def eval_data() -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((_features(n=8), _labels(n=8)))
 
 
 def eval_data_six_features() -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((_features(n=8, width=6), _labels(n=8)))
+
+
+def eval_labels_up_to_nine() -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((_features(n=10), np.arange(10, dtype=np.int32)))
