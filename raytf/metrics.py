@@ -47,9 +47,14 @@ class ActorMetrics:
             return metric
 
         self._metrics = {name: make(name) for name, (_, roles, _) in METRICS.items() if role in roles}
+        import warnings
+
         import ray
 
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray's own property uses a deprecated one inside (Ray 2.60)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             self._metrics["raytf_restarts"].inc()
 
     def set(self, name: str, value: float) -> None:

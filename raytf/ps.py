@@ -226,10 +226,6 @@ class ParameterServer:
         with self.lock:
             return self.aggregation.admit(worker, first_round)
 
-    def withdraw(self, worker: int) -> None:
-        with self.lock:
-            self.aggregation.remove(worker)
-
     def current_version(self) -> int:
         with self.lock:
             return self.version

@@ -183,7 +183,7 @@ class Worker:
             first = max(ray.get([s.current_version.remote() for s in self.servers])) + 2
             if all(ray.get([s.admit.remote(self.index, first) for s in self.servers])):
                 break
-            ray.get([s.withdraw.remote(self.index) for s in self.servers])  # a server moved on meanwhile
+            ray.get([s.remove_worker.remote(self.index) for s in self.servers])  # a server moved on meanwhile
         return self._finish([s.pull.remote(self.index, first - 1) for s in self.servers])
 
     def run(self, target_version: int, mode: str, rejoin: bool = False) -> dict[str, Any]:

@@ -17,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
 from raytf.errors import TrainingError  # noqa: E402
-from tests.test_training import digits_config, live_actor_names  # noqa: E402
+from tests.test_training import digits_config, live_actor_names, scrape_raytf_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +55,20 @@ class KillAt:
             self.killed_at = snapshot.step
 
 
+def restarts_exported(cluster, run: str) -> dict[tuple[str, str], float]:
+    """(role, index) -> value of raytf_restarts on the node's Prometheus endpoint, for `run`."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    found = {}
+    for labels, value in re.findall(r'^ray_raytf_restarts_total\{([^}]*)\}\s+(\S+)', body, re.M):
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if tags.get("run") == run and float(value) > 0:
+            found[(tags["role"], tags["index"])] = float(value)
+    return found
+
+
 @pytest.fixture(scope="module")
 def clean_accuracy(ray_cluster, tmp_path_factory) -> float:
     """Eval accuracy of an uninterrupted run of the config the faulted runs use."""
@@ -75,6 +89,9 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_like_a_clean_one(ray_clus
     assert any("Worker 1 was lost" in m for m in events)
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.01, (summary["eval"], clean_accuracy)
     assert live_actor_names(ray_cluster) == []
+    # The restarted process counts itself in the dashboard's metrics, too.
+    scrape_raytf_metrics(ray_cluster, run="kill-worker", wanted={"ray_raytf_restarts_total"})
+    assert restarts_exported(ray_cluster, "kill-worker") == {("worker", "1"): 1.0}
 
 
 def test_a_killed_server_rolls_back_to_the_last_checkpoint(ray_cluster, tmp_path, clean_accuracy):
@@ -89,6 +106,8 @@ def test_a_killed_server_rolls_back_to_the_last_checkpoint(ray_cluster, tmp_path
     assert [s["version"] for s in summary["per_server"]] == [STEPS, STEPS]  # both servers ended at the same step
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.01, (summary["eval"], clean_accuracy)
     assert live_actor_names(ray_cluster) == []
+    scrape_raytf_metrics(ray_cluster, run="kill-ps", wanted={"ray_raytf_restarts_total"})
+    assert restarts_exported(ray_cluster, "kill-ps") == {("ps", "1"): 1.0}
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(ray_cluster, tmp_path, clean_accuracy):
