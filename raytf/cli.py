@@ -119,6 +119,8 @@ def up(
     out.print(f"{verb} local Ray cluster (pid {local.pid}, {local.num_cpus} CPUs).")
     out.print(f"  Ray address: {local.gcs_address}")
     out.print(f"  Dashboard:   {local.dashboard_url}")
+    if local.token_path:
+        out.print(f"  Token:       {local.token_path} (the dashboard asks for its contents)")
     out.print("Train on it with `raytf train CONFIG`; stop it with `raytf down`.")
 
 
@@ -225,6 +227,11 @@ def dashboard(
     if local is None:
         raise ClusterError("No raytf cluster is up, so there is no dashboard to show.", "Start one with `raytf up`.")
     out.print(local.dashboard_url)
+    from raytf.cluster import dashboard_login_hint
+
+    hint = dashboard_login_hint(local)
+    if hint:
+        err.print(hint)  # stderr: stdout stays the bare URL, for scripts
     if open_browser:
         import webbrowser
 

@@ -2,12 +2,15 @@
 
 `raytf up` records the cluster it starts (`raytf.state`); every other command finds it there.
 `raytf train` with no recorded cluster starts an embedded one for the run and stops it after.
+A driver connecting to either uses that cluster's token (`local_cluster.token_auth`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -33,6 +36,7 @@ def recorded_local_cluster() -> LocalCluster | None:
     """The local cluster `raytf up` started, if it is still running (a stale record is dropped)."""
     cluster = _local_record()
     if cluster is not None and not local_cluster.is_alive(cluster):
+        local_cluster.remove_token(cluster)
         clear_cluster_record()
         return None
     return cluster
@@ -63,6 +67,14 @@ def down_local(grace: float = 5.0) -> LocalCluster | None:
     return cluster
 
 
+def dashboard_login_hint(cluster: LocalCluster) -> str | None:
+    """How to open the cluster's dashboard in a browser, which asks for the token (None: no token)."""
+    if not cluster.token_path:
+        return None
+    return (f"The dashboard asks for this cluster's token once per browser (it keeps it in a cookie): "
+            f"paste the contents of {cluster.token_path} (only you can read it).")
+
+
 @dataclass(frozen=True)
 class Connection:
     address: str
@@ -89,6 +101,64 @@ def _use_loopback_addresses() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once on a malformed address or one nothing listens on: given either, `ray.init`
+    retries for about 14 minutes. ("auto" and ray:// client addresses are left to Ray.)"""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"The Ray address '{address}' is not of the form HOST:PORT.",
+                           "Pass the head's GCS address, e.g. --address 127.0.0.1:6379 (`raytf status` prints the local cluster's).")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"Nothing answers at the Ray address {address} ({err.strerror or err}).",
+                           "Check the host and port (`raytf status` prints the local cluster's address), "
+                           "or start a cluster with `raytf up`.") from None
+
+
+_VERSION_MISMATCH = re.compile(r"started with:\s*Ray: (\S+)\s*Python: (\S+).*started with:\s*Ray: (\S+)\s*Python: (\S+)", re.S)
+
+
+def _connect_error(address: str, err: Exception) -> ClusterError:
+    """One paragraph for why `ray.init` refused the address (Ray's own messages span lines)."""
+    text = str(err)
+    versions = _VERSION_MISMATCH.search(text) if "Version mismatch" in text else None
+    if versions:
+        cluster_ray, cluster_python, local_ray, local_python = versions.groups()
+        return ClusterError(
+            f"The Ray cluster at {address} runs Ray {cluster_ray} on Python {cluster_python}, but this machine has "
+            f"Ray {local_ray} on Python {local_python}; a Ray driver must match its cluster's versions.",
+            f"Run raytf here under Python {cluster_python} with `pip install ray=={cluster_ray}`, or train on a cluster "
+            "of this machine's versions (for the local one: `raytf down`, then `raytf up`).",
+        )
+    return ClusterError(
+        f"Cannot connect to the Ray cluster at {address}: {' '.join(text.split())}",
+        "Check that it is running (`raytf status`), or start one with `raytf up`. A cluster with token "
+        "authentication needs RAY_AUTH_MODE=token and its token (e.g. RAY_AUTH_TOKEN_PATH) in this environment.",
+    )
+
+
+@contextlib.contextmanager
+def _driver(address: str, metadata: dict[str, str] | None, init_options: dict) -> Iterator[None]:
+    """This process as a Ray driver of the cluster at `address`, disconnected after."""
+    import ray
+    from ray.job_config import JobConfig
+
+    check_reachable(address)
+    try:
+        try:
+            ray.init(address=address, runtime_env=_driver_runtime_env(), logging_level="ERROR",
+                     log_to_driver=True, job_config=JobConfig(metadata=dict(metadata or {})), **init_options)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as err:
+            raise _connect_error(address, err) from None
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 @contextlib.contextmanager
 def connect(address: str | None = None, on_event: Callable[[str], None] = lambda message: None,
             metadata: dict[str, str] | None = None) -> Iterator[Connection]:
@@ -103,8 +173,10 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
     ephemeral: LocalCluster | None = None
     dashboard = None
     init_options: dict = {}
+    cluster = recorded_local_cluster()
+    if address is not None and (cluster is None or address != cluster.gcs_address):
+        cluster = None  # not raytf's: Ray's own RAY_AUTH_* settings of the environment apply
     if address is None:
-        cluster = recorded_local_cluster()
         record = load_cluster_record() if cluster is None else None
         if record:
             raise ClusterError(
@@ -115,26 +187,16 @@ def connect(address: str | None = None, on_event: Callable[[str], None] = lambda
         if cluster is None:
             on_event("No cluster is up (`raytf up`); starting an embedded local Ray cluster for this run.")
             cluster = ephemeral = local_cluster.start()
-            on_event(f"Embedded cluster ready at {cluster.gcs_address}; dashboard {cluster.dashboard_url}")
+            on_event(f"Embedded cluster ready at {cluster.gcs_address}; dashboard {cluster.dashboard_url} "
+                     f"(it asks for the token in {cluster.token_path})")
         address, dashboard = cluster.gcs_address, cluster.dashboard_url
     if address.split(":")[0] in ("127.0.0.1", "localhost"):
         _use_loopback_addresses()
         init_options["_node_ip_address"] = local_cluster.HOST
     try:
-        try:
-            from ray.job_config import JobConfig
-
-            ray.init(address=address, runtime_env=_driver_runtime_env(), logging_level="ERROR",
-                     log_to_driver=True, job_config=JobConfig(metadata=dict(metadata or {})), **init_options)
-        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as err:
-            raise ClusterError(
-                f"Cannot connect to the Ray cluster at {address}: {err}",
-                "Check that it is running (`raytf status`), or start one with `raytf up`.",
-            ) from None
-        yield Connection(address=address, dashboard_url=dashboard, ephemeral=ephemeral is not None)
+        with local_cluster.token_auth(cluster), _driver(address, metadata, init_options):
+            yield Connection(address=address, dashboard_url=dashboard, ephemeral=ephemeral is not None)
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         if ephemeral is not None:
             local_cluster.stop(ephemeral)
             on_event("Stopped the embedded cluster.")

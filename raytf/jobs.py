@@ -41,7 +41,12 @@ def job_url(dashboard_url: str, job_id: str) -> str:
 
 
 def follow_command(job_id: str, dashboard_url: str) -> str:
-    return f"ray job logs --follow {job_id} --address {dashboard_url}"
+    """The `ray` command that follows the job; for raytf's local cluster it names its token file (not the token)."""
+    from raytf.local_cluster import auth_env, recorded_for
+
+    cluster = recorded_for(dashboard_url)
+    env = "".join(f"{name}={shlex.quote(value)} " for name, value in auth_env(cluster).items()) if cluster else ""
+    return f"{env}ray job logs --follow {job_id} --address {dashboard_url}"
 
 
 def _config_in_working_dir(config_path: str, working_dir: str) -> str:
@@ -58,8 +63,12 @@ def _config_in_working_dir(config_path: str, working_dir: str) -> str:
 def _client(dashboard_url: str):
     from ray.job_submission import JobSubmissionClient
 
+    from raytf.local_cluster import headers_for
+
+    # raytf's local cluster: its token. Otherwise Ray's client adds the token RAY_AUTH_* configure, if any.
+    headers = headers_for(dashboard_url) or None
     try:
-        return JobSubmissionClient(dashboard_url)
+        return JobSubmissionClient(dashboard_url, headers=headers)
     except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
         raise ClusterError(
             f"Cannot reach the Ray dashboard at {dashboard_url} to submit the job: {err}",

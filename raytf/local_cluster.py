@@ -3,14 +3,22 @@
 `ray start --head --block` runs as one process of its own session (process group); it owns the
 GCS, raylet and dashboard it starts and takes them down when it gets SIGTERM. We record its pid,
 ports and temp dir so `stop` ends exactly that cluster and nothing else.
+
+Every cluster runs with Ray's token authentication (`RAY_AUTH_MODE=token`): a fresh random token
+per cluster in a file only this user can read (`$RAYTF_HOME/auth/`), handed to Ray by its path
+(`RAY_AUTH_TOKEN_PATH`), never by value, so it appears in no command line, environment or log.
+Ray's GCS, raylet, dashboard, Job and state APIs then refuse clients without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,15 +26,18 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from raytf.errors import ClusterError
-from raytf.state import raytf_home
+from raytf.state import load_cluster_record, raytf_home
 
 HOST = "127.0.0.1"
 # Ray resolves 127.0.0.1 to the machine's routable address unless it runs in single-machine mode
 # (the mode it uses on macOS); that mode keeps every Ray address of the cluster on loopback.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray's token settings; RAY_AUTH_TOKEN (the token by value) outranks RAY_AUTH_TOKEN_PATH, so raytf
+# clears it wherever it sets the path.
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class LocalCluster:
     log_path: str
     num_cpus: int
     started_at: float
+    # The file holding the cluster's token (never the token itself: the record is world-readable).
+    # "" only in records of clusters started before raytf turned token authentication on.
+    token_path: str = ""
 
     provider = "local"
 
@@ -47,8 +61,113 @@ class LocalCluster:
 
     @classmethod
     def from_record(cls, record: dict) -> "LocalCluster":
-        fields = {k: record[k] for k in cls.__dataclass_fields__}
+        fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
         return cls(**fields)
+
+
+def auth_env(cluster: LocalCluster) -> dict[str, str]:
+    """What makes Ray (a head, its workers, a driver, the `ray` CLI) use this cluster's token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cluster.token_path} if cluster.token_path else {}
+
+
+def auth_headers(cluster: LocalCluster) -> dict[str, str]:
+    """The HTTP header the dashboard, Job and state APIs want from clients of this cluster."""
+    if not cluster.token_path:
+        return {}
+    try:
+        token = Path(cluster.token_path).read_text().strip()
+    except FileNotFoundError:
+        raise ClusterError(
+            f"The token file of the local Ray cluster at {cluster.gcs_address} is gone ({cluster.token_path}).",
+            "Nothing can authenticate to that cluster any more: `raytf down`, then `raytf up`.",
+        ) from None
+    return {"Authorization": f"Bearer {token}"}
+
+
+def recorded_for(dashboard_url: str) -> LocalCluster | None:
+    """The local cluster `raytf up` recorded, if `dashboard_url` is its dashboard."""
+    record = load_cluster_record()
+    if not record or record.get("provider") != "local" or record.get("dashboard_url") != dashboard_url.rstrip("/"):
+        return None
+    try:
+        return LocalCluster.from_record(record)
+    except TypeError:  # a broken record describes no cluster
+        return None
+
+
+def headers_for(dashboard_url: str) -> dict[str, str]:
+    """Auth headers for the dashboard at `dashboard_url` when it is the recorded local cluster's, else {}
+    (Ray's own clients then fall back to RAY_AUTH_MODE / RAY_AUTH_TOKEN[_PATH] of the environment)."""
+    cluster = recorded_for(dashboard_url)
+    return auth_headers(cluster) if cluster is not None else {}
+
+
+@contextlib.contextmanager
+def token_auth(cluster: LocalCluster | None) -> Iterator[None]:
+    """Make Ray in this process (`ray.init`, its SDKs) use `cluster`'s token; restore the settings after.
+
+    Ray has no per-connection token: a driver takes it from the environment, so it is set here."""
+    if cluster is None or not cluster.token_path:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in AUTH_VARS}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(auth_env(cluster))
+    _reload_ray_auth()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    # Ray reads RAY_AUTH_MODE into its config at import and caches the token once loaded; this is
+    # how Ray itself switches a process to token mode (authentication_token_setup._enable_token_auth).
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _write_token(path: Path) -> None:
+    """A fresh 256-bit token (as `ray get-auth-token --generate` makes), readable by this user only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    path.unlink(missing_ok=True)  # left by a cluster that died on the same port
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
+
+
+def remove_token(cluster: LocalCluster) -> None:
+    """Delete the cluster's token file: done when the cluster stops, as nothing may use it after."""
+    if cluster.token_path:
+        Path(cluster.token_path).unlink(missing_ok=True)
+
+
+def _private_temp_root() -> Path:
+    """/tmp/raytf-<uid>: Ray makes its temp dir world-writable and keeps its Unix sockets and logs
+    there; a parent only this user may enter keeps other local users out of them."""
+    return _private_dir(Path(f"/tmp/raytf-{os.getuid()}"))
+
+
+def _private_dir(path: Path) -> Path:
+    """`path` as a directory owned by this user with mode 0700; refuses one planted by someone else."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ClusterError(
+            f"{path} is not a directory owned by you (uid {os.getuid()}); another user may have created it.",
+            "Remove it (or have its owner remove it), then retry.",
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
 
 
 def free_port() -> int:
@@ -61,10 +180,12 @@ def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[
     """Start a Ray head and wait until its dashboard answers. Raises ClusterError with the log tail."""
     num_cpus = num_cpus or os.cpu_count() or 1
     gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
-    temp_dir = f"/tmp/raytf-{os.getuid()}/{gcs_port}"  # short: Ray's socket paths have a length limit
+    temp_dir = f"{_private_temp_root()}/{gcs_port}"  # short: Ray's socket paths have a length limit
     logs = raytf_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"head-{gcs_port}.log"
+    token_path = raytf_home() / "auth" / f"cluster-{gcs_port}.token"
+    _write_token(token_path)
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         f"--node-ip-address={HOST}", f"--port={gcs_port}",
@@ -73,17 +194,20 @@ def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[
         f"--metrics-export-port={metrics_port}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    env = dict(os.environ, **LOOPBACK_ENV)
+    env = {name: value for name, value in os.environ.items() if name not in AUTH_VARS}
+    env.update(LOOPBACK_ENV, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
     cluster = LocalCluster(
         pid=process.pid, gcs_address=f"{HOST}:{gcs_port}", dashboard_url=f"http://{HOST}:{dashboard_port}",
         metrics_port=metrics_port, temp_dir=temp_dir, log_path=str(log_path), num_cpus=num_cpus, started_at=time.time(),
+        token_path=str(token_path),
     )
     deadline = time.monotonic() + timeout
-    while not _ready(cluster):
+    while not _ready_or_stop(cluster):
         if process.poll() is not None:
+            remove_token(cluster)
             raise ClusterError(
                 f"The local Ray head exited while starting (exit status {process.returncode}). Last lines of {log_path}:\n"
                 + _tail(log_path),
@@ -101,12 +225,26 @@ def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[
     return cluster
 
 
-def dashboard_answers(url: str, timeout: float = 1.0) -> bool:
+def dashboard_answers(url: str, timeout: float = 1.0, headers: dict[str, str] | None = None) -> bool:
+    """Whether the dashboard serves its API. A dashboard refusing the token (401/403) raises ClusterError."""
+    request = urllib.request.Request(f"{url}/api/version", headers=headers or {})
     try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status == 200
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise _refused(url, error) from None
+        return False
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _refused(url: str, error: urllib.error.HTTPError) -> ClusterError:
+    why = "a token" if error.code == 401 else "the right token"
+    return ClusterError(
+        f"The Ray dashboard at {url} requires token authentication and the request had not {why} (HTTP {error.code}).",
+        "Its token file was replaced or is not the one it started with: `raytf down`, then `raytf up`.",
+    )
 
 
 def is_alive(cluster: LocalCluster) -> bool:
@@ -141,6 +279,7 @@ def stop(cluster: LocalCluster, grace: float = 5.0) -> list[int]:
     while time.monotonic() < deadline and _cluster_processes(cluster):
         time.sleep(0.1)
     _reap(cluster.pid)
+    remove_token(cluster)
     return leftovers
 
 
@@ -195,20 +334,37 @@ def _tail(path: Path | str, lines: int = 15) -> str:
         return "(no log)"
 
 
-def nodes(dashboard_url: str, timeout: float = 5.0) -> list[dict]:
-    """The cluster's nodes (ip, state, resources_total), from the dashboard's state API."""
-    url = f"{dashboard_url}/api/v0/nodes?detail=1"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        payload = json.loads(response.read())
+def nodes(dashboard_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:
+    """The cluster's nodes (ip, state, resources_total), from the dashboard's state API.
+
+    `headers` default to the recorded local cluster's token when `dashboard_url` is its dashboard."""
+    request = urllib.request.Request(f"{dashboard_url}/api/v0/nodes?detail=1",
+                                     headers=headers_for(dashboard_url) if headers is None else headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise _refused(dashboard_url, error) from None
+        raise
     return payload.get("data", {}).get("result", {}).get("result", [])
+
+
+def _ready_or_stop(cluster: LocalCluster) -> bool:
+    try:
+        return _ready(cluster)
+    except ClusterError:  # it refused our token: a cluster nobody can use
+        stop(cluster)
+        raise
 
 
 def _ready(cluster: LocalCluster) -> bool:
     # The dashboard answers before the head's raylet has registered; a cluster without an
     # alive node cannot schedule anything yet.
-    if not dashboard_answers(cluster.dashboard_url):
+    headers = auth_headers(cluster)
+    if not dashboard_answers(cluster.dashboard_url, headers=headers):
         return False
     try:
-        return any(node.get("state") == "ALIVE" for node in nodes(cluster.dashboard_url, timeout=2.0))
+        return any(node.get("state") == "ALIVE" for node in nodes(cluster.dashboard_url, timeout=2.0, headers=headers))
     except (urllib.error.URLError, OSError, json.JSONDecodeError):
         return False

@@ -1,7 +1,9 @@
 """What `raytf status` shows about runs in progress, read over HTTP without joining the cluster.
 
-Live runs come from the state API (alive actors named `raytf:<run>:<role>-<i>`); their step, loss
-and rate from the node's Prometheus endpoint, where raytf's metrics land (raytf/metrics.py).
+Live runs come from the state API (alive actors named `raytf:<run>:<role>-<i>`), which wants the
+cluster's token; their step, loss and rate from the node's Prometheus endpoint, where raytf's
+metrics land (raytf/metrics.py). Ray serves that endpoint without authentication (Prometheus scrapes
+it), on 127.0.0.1 for the local cluster.
 """
 
 from __future__ import annotations
@@ -37,11 +39,19 @@ class RunStatus:
         return sum(self.rates.values()) if self.rates else None
 
 
-def live_runs(dashboard_url: str) -> dict[str, RunStatus]:
-    from ray.util.state import list_actors
+def live_runs(dashboard_url: str, headers: dict[str, str] | None = None) -> dict[str, RunStatus]:
+    """raytf's runs with actors alive. `headers` default to the recorded local cluster's token when
+    `dashboard_url` is its dashboard; without one, Ray's client uses RAY_AUTH_* of the environment."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
+    from raytf.local_cluster import headers_for
+
+    auth = headers_for(dashboard_url) if headers is None else headers
+    client = StateApiClient(address=dashboard_url, headers={"Content-Type": "application/json", **auth})
+    options = ListApiOptions(filters=[("state", "=", "ALIVE")], limit=10_000)
     runs: dict[str, RunStatus] = {}
-    for actor in list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], limit=10_000):
+    for actor in client.list(StateResource.ACTORS, options=options, raise_on_missing_output=True):
         parts = (actor.name or "").split(":")
         if len(parts) != 3 or parts[0] != "raytf":
             continue

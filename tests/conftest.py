@@ -30,7 +30,9 @@ def ray_cluster(tmp_path_factory):
     patch.setenv("RAYTF_HOME", str(tmp_path_factory.mktemp("cluster-home")))  # its log goes there
     cluster = local_cluster.start(num_cpus=2, timeout=120)
     try:
-        yield cluster
+        # It runs with token authentication: drivers and Ray's own clients in the tests use its token.
+        with local_cluster.token_auth(cluster):
+            yield cluster
     finally:
         local_cluster.stop(cluster)
         patch.undo()

@@ -480,10 +480,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-PROBE_FIX = "needs the address probe proposed for raytf/cluster.py and the lazy TensorBoard writer (see docs/bad-input.md)"
-
-
-@pytest.mark.xfail(strict=True, reason=f"Ray retries a dead address for ~14 minutes; {PROBE_FIX}")
 def test_train_on_an_unreachable_address(tmp_path, home):
     address = f"127.0.0.1:{closed_port()}"
     out = tmp_path / "out"
@@ -517,7 +513,6 @@ def test_train_on_an_unreachable_address(tmp_path, home):
     assert files_under(out) == [], "a failed run left files in output_dir"
 
 
-@pytest.mark.xfail(strict=True, reason=f"the fix says 'check that it is running' and a TensorBoard file is left; {PROBE_FIX}")
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:port"], ids=["no-port", "port-not-a-number"])
 def test_train_on_a_malformed_address(tmp_path, connect_allowed, address):
     out = tmp_path / "out"
@@ -582,9 +577,6 @@ def test_status_when_the_head_runs_but_its_dashboard_died(home, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Ray's multi-line 'Version mismatch' text is passed through with a fix about "
-                                       "the cluster not running, and a TensorBoard file is left; needs the version "
-                                       "message and lazy writer proposed in docs/bad-input.md")
 def test_train_on_a_cluster_of_another_ray_version(ray_cluster, connect_allowed, tmp_path, monkeypatch):
     """A real cluster; this driver claims another Ray release, so Ray's own version check refuses it
     (as when `raytf up` ran before an upgrade of Ray, or --address names someone else's cluster)."""

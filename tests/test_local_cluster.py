@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -39,8 +42,18 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         record = json.loads((raytf_home / "cluster.json").read_text())
         cluster = LocalCluster.from_record(record)
         assert cluster.dashboard_url in first.stdout and cluster.gcs_address in first.stdout
-        with urllib.request.urlopen(cluster.dashboard_url + "/api/version", timeout=5) as response:
+        # Token authentication is on: the API answers with the cluster's token and refuses without it.
+        token_file = Path(cluster.token_path)
+        assert token_file.parent == raytf_home / "auth" and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        request = urllib.request.Request(cluster.dashboard_url + "/api/version", headers=local_cluster.auth_headers(cluster))
+        with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(cluster.dashboard_url + "/api/version", timeout=5)
+        assert refused.value.code == 401
+        assert bystander.token_path != cluster.token_path and token_file.read_text() != Path(bystander.token_path).read_text()
+        # Ray's sockets and logs live under a temp root only this user may enter.
+        assert stat.S_IMODE(Path(cluster.temp_dir).parent.stat().st_mode) == 0o700
 
         # Everything the cluster listens on is loopback only.
         addresses = listening_addresses(cluster)
@@ -63,6 +76,7 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         assert not local_cluster.is_alive(cluster)
         assert local_cluster._cluster_processes(cluster) == []
         assert not (raytf_home / "cluster.json").exists()
+        assert not token_file.exists(), "a stopped cluster's token must not outlive it"
         assert local_cluster.is_alive(bystander), "raytf down stopped a cluster it did not start"
 
         after = raytf("status", env=env)
@@ -70,6 +84,7 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         again = raytf("down", env=env)
         assert again.returncode == 0 and "nothing to stop" in again.stdout
     finally:
+        raytf("down", env=env)  # a failed assertion must not leave the cluster `raytf up` started running
         local_cluster.stop(bystander)
 
 
@@ -82,3 +97,11 @@ def test_stale_record_is_dropped(raytf_home):
     save_cluster_record(dead.record())
     assert recorded_local_cluster() is None
     assert not (raytf_home / "cluster.json").exists()
+
+
+def test_record_without_a_token_path_still_loads(raytf_home):
+    # Clusters recorded before raytf turned token authentication on stay manageable (`raytf down`).
+    record = {"provider": "local", "pid": 1, "gcs_address": "127.0.0.1:1", "dashboard_url": "http://127.0.0.1:1",
+              "metrics_port": 1, "temp_dir": "/tmp/raytf-test-none", "log_path": "/dev/null", "num_cpus": 1, "started_at": 0.0}
+    cluster = LocalCluster.from_record(record)
+    assert cluster.token_path == "" and local_cluster.auth_headers(cluster) == {} and local_cluster.auth_env(cluster) == {}

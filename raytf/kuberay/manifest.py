@@ -42,10 +42,13 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "raytf"}
 DASHBOARD_PORT = 8265
 HEAD_PORTS = (("gcs", 6379), ("dashboard", DASHBOARD_PORT), ("client", 10001))
 
-# Restricted-profile container hardening; Ray needs no privileges or Linux capabilities.
+# Restricted-profile container hardening; Ray needs no privileges or Linux capabilities. The
+# rayproject/ray images run as uid 1000 (`USER 1000`), so runAsNonRoot holds for them and for images
+# built FROM them that do not switch to root; no privilege escalation also disables their sudo.
 _SECURITY_CONTEXT: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 _AUTOSCALER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}

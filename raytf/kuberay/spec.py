@@ -139,6 +139,9 @@ class FaultTolerance(_Frozen):
     @field_validator("redis_address")
     @classmethod
     def _address(cls, v: str) -> str:
+        if "@" in v:
+            raise ValueError("must not hold credentials; put the Redis password in a Secret and name it in "
+                             "fault_tolerance.redis_password_secret")
         if not re.match(r"^(rediss?://)?[^\s:/]+(:[0-9]{1,5})?$", v):
             raise ValueError("must look like host:port, e.g. redis:6379")
         return v

@@ -20,7 +20,7 @@ from raytf.kuberay.errors import ClusterSpecError
 from raytf.kuberay.spec import ClusterSpec
 
 # Starts on its own line: spec problems are multi-line lists.
-_FIX = "\n  Fix: edit the spec file (format: docs/kuberay.md) and retry; `raytf up <spec> --dry-run` checks it offline."
+_FIX = "Edit the spec file (format: docs/kuberay.md) and retry; `raytf up <spec> --dry-run` checks it offline."
 
 Loc = tuple[str | int, ...]
 
@@ -104,6 +104,8 @@ def _describe(error: Any, root: yaml.Node, source: str) -> tuple[int, str]:
     message = message.replace("Input should be", "must be")
     value = error.get("input")
     got = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+    if isinstance(value, str) and "@" in value:
+        got = " (value not shown: it holds credentials)"  # e.g. redis://:password@host; never echo a secret
     return line, f"{where}: {key}: {message}{got}"
 
 
