@@ -69,7 +69,16 @@ def test_token_file_is_private_even_with_an_open_umask(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{64}", path.read_text()) and path.read_text() != again
 
 
-def test_token_auth_sets_ray_to_token_mode_and_restores_the_process(tmp_path, monkeypatch):
+@pytest.fixture
+def reload_ray_auth_after():
+    """Ray caches its auth settings per process: after monkeypatch restored the environment (its
+    teardown runs first, as it is set up later), reload them so later tests (the shared cluster's
+    drivers) see the session's token mode again."""
+    yield
+    local_cluster._reload_ray_auth()
+
+
+def test_token_auth_sets_ray_to_token_mode_and_restores_the_process(reload_ray_auth_after, tmp_path, monkeypatch):
     from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
 
     token = tmp_path / "t.token"
