@@ -98,14 +98,9 @@ class RunActors:
         remove_shm_files(self.run_id)
 
 
-def updates_per_step(config: TrainConfig) -> int:
-    """Server versions per training step: one update per step in sync, one per worker's push in async."""
-    return 1 if config.distribution.mode == "sync" else config.distribution.workers
-
-
 def server_settings(config: TrainConfig, checkpoint_dir: str | None) -> ServerSettings:
     d = config.distribution
-    ups = updates_per_step(config)
+    ups = config.updates_per_step
     # In sync mode the workers idle while a server applies, so it may use two cores then.
     threads = d.ps_threads or (2 if d.mode == "sync" else max(1, int(d.ps_resources.num_cpus)))
     return ServerSettings(run_name=config.name, mode=d.mode, num_workers=d.workers, threads=threads,

@@ -142,6 +142,11 @@ class TrainConfig(_Frozen):
             object.__setattr__(self, "output_dir", f"runs/{self.name}")
         return self
 
+    @property
+    def updates_per_step(self) -> int:
+        """Server versions per training step: one update per step in sync, one per worker's push in async."""
+        return 1 if self.distribution.mode == "sync" else self.distribution.workers
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

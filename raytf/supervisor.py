@@ -143,19 +143,11 @@ class Supervisor:
     def _worker_lost(self, worker: int, err) -> None:
         import ray
 
-        d = self.config.distribution
-        self.worker_restarts[worker] += 1
-        count = self.worker_restarts[worker]
         step = self.step()
-        if count > d.max_restarts:
-            raise TrainingError(
-                f"Worker {worker} died {count} times (last near step {step}); distribution.max_restarts is {d.max_restarts}.",
-                "See the worker's log in the Ray dashboard for why its process died (running out of memory is the "
-                "usual cause), or raise distribution.max_restarts.",
-            )
-        self.restarts.append({"role": "worker", "index": worker, "step": step, "recovery": "restarted and rejoined"})
-        self.on_event(f"Worker {worker} was lost near step {step} ({type(err).__name__}); the others go on while Ray restarts it "
-                      f"(restart {count} of at most {d.max_restarts}).")
+        self._count_restart("worker", worker, step, self.worker_restarts, "restarted and rejoined")
+        self.on_event(f"Worker {worker} was lost near step {step} ({type(err).__name__}); the others go on while Ray "
+                      f"restarts it (restart {self.worker_restarts[worker]} of at most "
+                      f"{self.config.distribution.max_restarts}).")
         try:
             # The barrier stops waiting for it now; it is admitted again once it is back.
             ray.get([s.remove_worker.remote(worker) for s in self.actors.servers], timeout=CALL_TIMEOUT)
@@ -228,8 +220,10 @@ class Supervisor:
         limit = self.config.distribution.max_restarts
         if counts[index] > limit:
             name = "Worker" if role == "worker" else "Parameter server"
-            raise TrainingError(f"{name} {index} died {counts[index]} times; distribution.max_restarts is {limit}.",
-                                "See its log in the Ray dashboard, or raise distribution.max_restarts.")
+            raise TrainingError(
+                f"{name} {index} died {counts[index]} times (last near step {step}); distribution.max_restarts is {limit}.",
+                "See its log in the Ray dashboard for why its process died (running out of memory is the usual cause), "
+                "or raise distribution.max_restarts.")
         self.restarts.append({"role": role, "index": index, "step": step, "recovery": recovery})
 
     # -- stopping ------------------------------------------------------------------------------

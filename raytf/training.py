@@ -127,7 +127,6 @@ def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
     """Where the servers start: the model's initial values, or the newest complete checkpoint.
 
     Checked before any cluster starts, like the rest of the config."""
-    from raytf.actors import updates_per_step
     from raytf.checkpoint import ShardState, complete, latest, load, root_of
 
     config = prepared.config
@@ -144,7 +143,7 @@ def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
             raise ConfigError(f"--resume: the newest checkpoint ({newest.directory}) is at step {newest.step}, and steps "
                               f"is {config.steps}, so there is nothing left to train.",
                               f"Raise steps to train further, e.g. --set steps={newest.step + config.steps}.")
-        return load(newest, prepared.plan, config.optimizer.name, updates_per_step(config))
+        return load(newest, prepared.plan, config.optimizer.name, config.updates_per_step)
     if newest is not None:
         if not restart:
             raise ConfigError(f"{root} holds checkpoints of an earlier run (newest: step {newest.step}); starting over "

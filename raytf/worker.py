@@ -57,7 +57,6 @@ class Worker:
 
         cfg = TrainConfig.model_validate(config)
         self.config = cfg
-        self.num_workers = num_workers
         keras.utils.set_random_seed(cfg.seed + 1 + self.index)  # dropout and shuffles differ per worker
         dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
         features, labels = first_batch(dataset, cfg.batch_size, "data.train")
@@ -192,7 +191,7 @@ class Worker:
         step waits for the barrier."""
         import ray
 
-        updates_per_step = 1 if mode == "sync" else self.num_workers
+        updates_per_step = self.config.updates_per_step
         warmup = warmup_steps(target_version // updates_per_step)
         timings = {"compute": 0.0, "exchange": 0.0}
         loss_value = float("nan")
