@@ -4,7 +4,7 @@ from raytf.errors import ClusterError, ConfigError, RaytfError, TrainingError
 
 __version__ = "0.1.0"
 
-__all__ = ["ClusterError", "ConfigError", "RaytfError", "TrainingError", "__version__", "fit", "load_config"]
+__all__ = ["ClusterError", "ConfigError", "RaytfError", "TrainingError", "__version__", "connect", "fit", "load_config"]
 
 
 def __getattr__(name):
@@ -13,6 +13,10 @@ def __getattr__(name):
         from raytf.training import fit
 
         return fit
+    if name == "connect":
+        from raytf.attach import connect
+
+        return connect
     if name == "load_config":
         from raytf.config import load_config
 

@@ -7,6 +7,7 @@ Names are stable so the Ray dashboard's Actors view tells the story:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from raytf.config import Resources, TrainConfig
 from raytf.errors import ClusterError, RaytfError, TrainingError
 from raytf.ps import ServerSettings
 from raytf.sharding import ShardPlan
+from raytf.startup import StartupClock
 from raytf.transport import LinkSpec, remove_shm_files
 
 
@@ -174,12 +176,18 @@ def wire(actors: RunActors, config: TrainConfig) -> None:
 
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
-           settings: ServerSettings) -> RunActors:
+           settings: ServerSettings, clock: StartupClock | None = None) -> RunActors:
     """Create servers and workers, set them up and connect every worker to every server."""
+    created = time.time()
     actors = create(config, run_id, plan)
     try:
         # Together: each actor's first call imports TensorFlow, which takes seconds.
-        get(setup_servers(actors, config, states, settings) + setup_workers(actors, config, plan), "Setting up the actors")
+        set_up = get(setup_servers(actors, config, states, settings) + setup_workers(actors, config, plan),
+                     "Setting up the actors")
+        if clock is not None:
+            names = [f"ps-{i}" for i in range(len(actors.servers))] + [f"worker-{i}" for i in range(len(actors.workers))]
+            for name, result in zip(names, set_up):
+                clock.add_actor(name, created, result["timings"])
         wire(actors, config)
         return actors
     except BaseException:

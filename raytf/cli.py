@@ -58,10 +58,20 @@ def command(fn: Callable) -> Callable:
 
 @app.callback()
 def main_options(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-paragraph errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-paragraph errors (and, "
+                               "like train --verbose, TensorFlow's and Ray's own logs)."),
 ) -> None:
     if debug:
         _debug["on"] = True
+        _show_native_logs()
+
+
+def _show_native_logs() -> None:
+    """Let TensorFlow's native logs through, here and in every actor of the run (`raytf.native_logs`)."""
+    from raytf.native_logs import VERBOSE_ENV
+
+    os.environ[VERBOSE_ENV] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
 # -- cluster lifecycle -------------------------------------------------------------------------
@@ -238,6 +248,23 @@ def dashboard(
         webbrowser.open(local.dashboard_url)
 
 
+@app.command()
+@command
+def env(
+    unset: bool = typer.Option(False, "--unset", help="Print the commands that undo the exports instead."),
+) -> None:
+    """Print shell exports that point your own tools at the cluster `raytf up` started.
+
+    eval "$(raytf env)" and then `ray status`, `ray job logs ID`, or `python -c "import ray; ray.init()"`
+    use that cluster: its address on 127.0.0.1 and its token (by file path; the token is never printed).
+    In Python, `raytf.connect()` does the same for the running process.
+    """
+    from raytf.attach import current_cluster, ray_env, shell_exports, shell_unsets
+
+    variables = ray_env(current_cluster())
+    out.print(shell_unsets(variables) if unset else shell_exports(variables), soft_wrap=True, markup=False)
+
+
 class _NegativeNumbersAreArguments(typer.core.TyperCommand):
     """Click reads `raytf scale workers -1` as an unknown option `-1`; pass negative numbers on as
     arguments instead, so that the replica count's own check (min=0) names the problem."""
@@ -280,28 +307,33 @@ def train(
     submit: bool = typer.Option(False, "--submit", help="Run as a Ray Job on the cluster `raytf up` started (shown in the dashboard's Jobs view). Always on for KubeRay clusters."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output_dir (parameters, optimizer state, step)."),
     restart: bool = typer.Option(False, "--restart", help="Delete the checkpoints in output_dir and start over."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's native logs (CUDA probes, "
+                                 "absl and oneDNN notices) from the driver and every actor, and Ray's INFO logs."),
 ) -> None:
     """Train a Keras model with parameter servers and workers as Ray actors.
 
     Ctrl-C (or SIGTERM) stops at the next step and writes a checkpoint; continue with --resume.
     """
+    if verbose:
+        _show_native_logs()
     from raytf.config import load_config
 
     cfg = load_config(config, set_)  # config errors before anything heavy starts
     if address is None and (submit or _recorded_provider() == "kuberay"):
-        _submit_train(config, set_, cfg, [flag for flag, on in (("--resume", resume), ("--restart", restart)) if on])
+        _submit_train(config, set_, cfg, [flag for flag, on in (("--resume", resume), ("--restart", restart), ("--verbose", verbose)) if on])
         return
     if submit:
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
               f"{cfg.distribution.parameter_servers} parameter servers, {cfg.distribution.mode}) for {cfg.steps} steps")
-    from raytf.training import fit
     from raytf.progress import make_progress
+    from raytf.startup import process_start_time
+    from raytf.training import fit
 
     progress = make_progress(cfg.steps, console=out, plain=plain or None)
     try:
         summary = fit(cfg, address=address, progress=progress, on_event=lambda message: out.print(message),
-                      resume=resume, restart=restart)
+                      resume=resume, restart=restart, started_at=process_start_time())
     except Interrupted as stopped:
         overrides = "".join(f" --set {shlex.quote(item)}" for item in set_)
         raise Interrupted(stopped.problem, f"Continue with: raytf train {shlex.quote(str(config))}{overrides} --resume") from None

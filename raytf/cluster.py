@@ -11,12 +11,15 @@ import contextlib
 import os
 import re
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from raytf import local_cluster
 from raytf.errors import ClusterError
 from raytf.local_cluster import LocalCluster
+from raytf.startup import StartupClock
 from raytf.state import clear_cluster_record, load_cluster_record, save_cluster_record
 
 
@@ -84,11 +87,16 @@ class Connection:
 
 def _driver_runtime_env() -> dict:
     # Workers import the user's modules by the same paths as the driver: current directory first.
+    from raytf.native_logs import VERBOSE_ENV, verbose_requested
+
     paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    env = {"PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if verbose_requested():  # the actors show TensorFlow's native logs too
+        env.update({VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    return {"env_vars": env}
 
 
-def _use_loopback_addresses() -> None:
+def use_loopback_addresses() -> None:
     """Make this driver resolve 127.0.0.1 to itself, as the local cluster's processes do.
 
     Ray turns 127.0.0.1 into the machine's routable address unless it runs in single-machine
@@ -141,7 +149,7 @@ def _connect_error(address: str, err: Exception) -> ClusterError:
 
 
 @contextlib.contextmanager
-def _driver(address: str, metadata: dict[str, str] | None, init_options: dict) -> Iterator[None]:
+def _driver(address: str, metadata: dict[str, str] | None, init_options: dict, clock: StartupClock) -> Iterator[None]:
     """This process as a Ray driver of the cluster at `address`, disconnected after."""
     import ray
     from ray.job_config import JobConfig
@@ -149,8 +157,12 @@ def _driver(address: str, metadata: dict[str, str] | None, init_options: dict) -
     check_reachable(address)
     try:
         try:
-            ray.init(address=address, runtime_env=_driver_runtime_env(), logging_level="ERROR",
-                     log_to_driver=True, job_config=JobConfig(metadata=dict(metadata or {})), **init_options)
+            from raytf.native_logs import verbose_requested
+
+            with clock.span("connect"):
+                ray.init(address=address, runtime_env=_driver_runtime_env(),
+                         logging_level="INFO" if verbose_requested() else "ERROR",
+                         log_to_driver=True, job_config=JobConfig(metadata=dict(metadata or {})), **init_options)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as err:
             raise _connect_error(address, err) from None
         yield
@@ -159,44 +171,76 @@ def _driver(address: str, metadata: dict[str, str] | None, init_options: dict) -
             ray.shutdown()
 
 
+def needs_embedded_cluster(address: str | None) -> bool:
+    """Whether a run given `address` would start an embedded cluster of its own (none is up)."""
+    ray = sys.modules.get("ray")  # not imported: not connected either (and importing it costs a second)
+    connected = ray is not None and ray.is_initialized()
+    return address is None and not connected and load_cluster_record() is None
+
+
 @contextlib.contextmanager
 def connect(address: str | None = None, on_event: Callable[[str], None] = lambda message: None,
-            metadata: dict[str, str] | None = None) -> Iterator[Connection]:
+            metadata: dict[str, str] | None = None, clock: StartupClock | None = None,
+            head: local_cluster.PendingHead | None = None) -> Iterator[Connection]:
     """Connect this process to Ray for a training run, and disconnect (and stop an ephemeral cluster) after.
 
-    `metadata` is attached to this driver's Ray job (the dashboard's Jobs view shows it)."""
+    `metadata` is attached to this driver's Ray job (the dashboard's Jobs view shows it); `clock`
+    records the cluster's start and the connection as start-up phases. `head` is an embedded
+    head the caller already launched (see `needs_embedded_cluster`): it becomes the run's cluster
+    when none is up, and is stopped in any case."""
     import ray
 
+    clock = clock or StartupClock()
     if ray.is_initialized():  # the caller (a notebook, a Ray job) already connected
+        if head is not None:
+            head.stop()
         yield Connection(address="(existing connection)", dashboard_url=None, ephemeral=False)
         return
-    ephemeral: LocalCluster | None = None
-    dashboard = None
+    try:
+        address, cluster, ephemeral = _target(address, on_event, clock, head)
+    except BaseException:
+        if head is not None:
+            head.stop()
+        raise
     init_options: dict = {}
+    if address.split(":")[0] in ("127.0.0.1", "localhost"):
+        use_loopback_addresses()
+        init_options["_node_ip_address"] = local_cluster.HOST
+    try:
+        with local_cluster.token_auth(cluster), _driver(address, metadata, init_options, clock):
+            yield Connection(address=address, dashboard_url=cluster.dashboard_url if cluster else None,
+                             ephemeral=ephemeral)
+    finally:
+        if ephemeral:
+            local_cluster.stop(cluster)
+            on_event("Stopped the embedded cluster.")
+
+
+def _target(address: str | None, on_event: Callable[[str], None], clock: StartupClock,
+            head: local_cluster.PendingHead | None) -> tuple[str, LocalCluster | None, bool]:
+    """(address, raytf's local cluster there or None, whether it is an embedded one for this run).
+
+    A launched `head` that is not needed (a cluster is up, or an address was given) is stopped."""
     cluster = recorded_local_cluster()
     if address is not None and (cluster is None or address != cluster.gcs_address):
         cluster = None  # not raytf's: Ray's own RAY_AUTH_* settings of the environment apply
-    if address is None:
-        record = load_cluster_record() if cluster is None else None
-        if record:
-            raise ClusterError(
-                f"The current raytf cluster is a {record.get('provider')} cluster; training there runs as a Ray job.",
-                "Use `raytf train CONFIG` (it submits the job through a port-forward), pass the cluster's address, "
-                "or `raytf down` to go back to local runs.",
-            )
-        if cluster is None:
-            on_event("No cluster is up (`raytf up`); starting an embedded local Ray cluster for this run.")
-            cluster = ephemeral = local_cluster.start()
-            on_event(f"Embedded cluster ready at {cluster.gcs_address}; dashboard {cluster.dashboard_url} "
-                     f"(it asks for the token in {cluster.token_path})")
-        address, dashboard = cluster.gcs_address, cluster.dashboard_url
-    if address.split(":")[0] in ("127.0.0.1", "localhost"):
-        _use_loopback_addresses()
-        init_options["_node_ip_address"] = local_cluster.HOST
+    if address is not None or cluster is not None:
+        if head is not None:
+            head.stop()
+        return address or cluster.gcs_address, cluster, False
+    record = load_cluster_record()
+    if record:
+        raise ClusterError(
+            f"The current raytf cluster is a {record.get('provider')} cluster; training there runs as a Ray job.",
+            "Use `raytf train CONFIG` (it submits the job through a port-forward), pass the cluster's address, "
+            "or `raytf down` to go back to local runs.",
+        )
+    on_event("No cluster is up (`raytf up`); starting an embedded local Ray cluster for this run.")
+    head = head or local_cluster.launch()
     try:
-        with local_cluster.token_auth(cluster), _driver(address, metadata, init_options):
-            yield Connection(address=address, dashboard_url=dashboard, ephemeral=ephemeral is not None)
+        cluster = head.wait()
     finally:
-        if ephemeral is not None:
-            local_cluster.stop(ephemeral)
-            on_event("Stopped the embedded cluster.")
+        clock.add("cluster_start", "driver", head.cluster.started_at, time.time())
+    on_event(f"Embedded cluster ready at {cluster.gcs_address}; dashboard {cluster.dashboard_url} "
+             f"(it asks for the token in {cluster.token_path})")
+    return cluster.gcs_address, cluster, True

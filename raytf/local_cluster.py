@@ -113,7 +113,7 @@ def token_auth(cluster: LocalCluster | None) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in AUTH_VARS}
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ.update(auth_env(cluster))
-    _reload_ray_auth()
+    reload_ray_auth()
     try:
         yield
     finally:
@@ -122,10 +122,10 @@ def token_auth(cluster: LocalCluster | None) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        _reload_ray_auth()
+        reload_ray_auth()
 
 
-def _reload_ray_auth() -> None:
+def reload_ray_auth() -> None:
     # Ray reads RAY_AUTH_MODE into its config at import and caches the token once loaded; this is
     # how Ray itself switches a process to token mode (authentication_token_setup._enable_token_auth).
     from ray._raylet import AuthenticationTokenLoader, Config
@@ -156,6 +156,11 @@ def _private_temp_root() -> Path:
     return _private_dir(Path(f"/tmp/raytf-{os.getuid()}"))
 
 
+def private_temp_dir(name: str) -> Path:
+    """/tmp/raytf-<uid>/<name>, owned by this user with mode 0700 (e.g. XLA's compilation cache)."""
+    return _private_dir(_private_temp_root() / name)
+
+
 def _private_dir(path: Path) -> Path:
     """`path` as a directory owned by this user with mode 0700; refuses one planted by someone else."""
     path.mkdir(mode=0o700, exist_ok=True)
@@ -176,8 +181,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[[float], None] | None = None) -> LocalCluster:
-    """Start a Ray head and wait until its dashboard answers. Raises ClusterError with the log tail."""
+class PendingHead:
+    """A Ray head that was launched and may still be starting (see `launch`)."""
+
+    def __init__(self, process: subprocess.Popen, cluster: LocalCluster) -> None:
+        self.process = process
+        self.cluster = cluster
+
+    def wait(self, timeout: float = 90.0, on_wait: Callable[[float], None] | None = None) -> LocalCluster:
+        """Wait until its dashboard answers. Raises ClusterError with the log tail (and stops it)."""
+        cluster, process = self.cluster, self.process
+        deadline = time.monotonic() + timeout
+        while not _ready_or_stop(cluster):
+            if process.poll() is not None:
+                remove_token(cluster)
+                raise ClusterError(
+                    f"The local Ray head exited while starting (exit status {process.returncode}). Last lines of "
+                    f"{cluster.log_path}:\n" + _tail(cluster.log_path),
+                    "Fix what the log says; `ray start` errors about ports usually mean another program holds them.",
+                )
+            if time.monotonic() > deadline:
+                stop(cluster)
+                raise ClusterError(
+                    f"The local Ray head did not answer within {timeout:.0f} s. Last lines of {cluster.log_path}:\n"
+                    + _tail(cluster.log_path),
+                    "Retry with a longer --timeout, or check the machine's load and free memory.",
+                )
+            if on_wait:
+                on_wait(timeout - (deadline - time.monotonic()))
+            time.sleep(0.1)
+        return cluster
+
+    def stop(self) -> None:
+        """Stop it, started or not (a run that fails while its head starts leaves nothing behind)."""
+        stop(self.cluster)
+
+
+def launch(num_cpus: int | None = None) -> PendingHead:
+    """Start a Ray head process and return at once; `PendingHead.wait` waits until it is ready.
+
+    A run overlaps the head's start with its own preparation (TensorFlow's import, the model)."""
     num_cpus = num_cpus or os.cpu_count() or 1
     gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
     temp_dir = f"{_private_temp_root()}/{gcs_port}"  # short: Ray's socket paths have a length limit
@@ -204,25 +247,12 @@ def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[
         metrics_port=metrics_port, temp_dir=temp_dir, log_path=str(log_path), num_cpus=num_cpus, started_at=time.time(),
         token_path=str(token_path),
     )
-    deadline = time.monotonic() + timeout
-    while not _ready_or_stop(cluster):
-        if process.poll() is not None:
-            remove_token(cluster)
-            raise ClusterError(
-                f"The local Ray head exited while starting (exit status {process.returncode}). Last lines of {log_path}:\n"
-                + _tail(log_path),
-                "Fix what the log says; `ray start` errors about ports usually mean another program holds them.",
-            )
-        if time.monotonic() > deadline:
-            stop(cluster)
-            raise ClusterError(
-                f"The local Ray head did not answer within {timeout:.0f} s. Last lines of {log_path}:\n" + _tail(log_path),
-                "Retry with a longer --timeout, or check the machine's load and free memory.",
-            )
-        if on_wait:
-            on_wait(timeout - (deadline - time.monotonic()))
-        time.sleep(0.25)
-    return cluster
+    return PendingHead(process, cluster)
+
+
+def start(num_cpus: int | None = None, timeout: float = 90.0, on_wait: Callable[[float], None] | None = None) -> LocalCluster:
+    """Start a Ray head and wait until its dashboard answers. Raises ClusterError with the log tail."""
+    return launch(num_cpus).wait(timeout, on_wait)
 
 
 def dashboard_answers(url: str, timeout: float = 1.0, headers: dict[str, str] | None = None) -> bool:

@@ -147,13 +147,17 @@ class ParameterServer:
         self.slots: ServerSlots | None = None
         self.nonfinite_skipped = 0
 
-    def setup(self, state: ShardState, optimizer: OptimizerConfig, settings: ServerSettings) -> None:
-        """Start (or restart, after a rollback) from `state`."""
-        configure_tensorflow(settings.threads)
-        from raytf.metrics import ActorMetrics
-        from raytf.optimizers import FlatOptimizer
+    def setup(self, state: ShardState, optimizer: OptimizerConfig, settings: ServerSettings) -> dict:
+        """Start (or restart, after a rollback) from `state`. Returns where its start-up time went."""
+        from raytf.startup import ActorTimer
 
-        with self.lock:
+        timer = ActorTimer()
+        with timer.span("actor_imports"):
+            configure_tensorflow(settings.threads)
+            from raytf.metrics import ActorMetrics
+            from raytf.optimizers import FlatOptimizer
+
+        with timer.span("actor_model_build"), self.lock:
             if self.slots is not None:
                 self.slots.close()
                 self.slots = None
@@ -175,6 +179,7 @@ class ParameterServer:
             self.seconds_publish = 0.0
             self.updates = 0
             self.ready = True
+        return {"timings": timer.spans}
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.

@@ -9,22 +9,50 @@ def configure_tensorflow(threads: int) -> None:
     """Pin TensorFlow's thread pools before its runtime starts in this process.
 
     Each actor gets as many compute threads as the CPUs it reserved, so actors sharing a node do
-    not oversubscribe the cores (that costs more than it gains on small machines).
+    not oversubscribe the cores (that costs more than it gains on small machines). TensorFlow's
+    native start-up chatter is held back unless verbose output was asked for (`raytf.native_logs`).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from raytf.native_logs import native_stderr_filtered, verbose_requested
 
+    verbose = verbose_requested()
+    _use_compilation_cache()
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        # 3 hides C++ errors too: they reach Python as exceptions when they matter, and some are
+        # noise (XLA's cache reader logs a parse error for every binary entry it loads).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with native_stderr_filtered(verbose):
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")  # the CUDA probe prints here on machines without one
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         # The runtime already started in this (reused) process; keep its settings.
         pass
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
+
+
+def _use_compilation_cache() -> None:
+    """Keep XLA's compiled steps on disk (per user, 0700), so a step is compiled once per machine,
+    not once per worker and run. Must be set before TensorFlow reads its XLA flags."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" in flags:
+        return  # the user chose a cache (or none) already
+    from raytf.errors import ClusterError
+    from raytf.local_cluster import private_temp_dir
+
+    try:
+        directory = private_temp_dir("xla-cache")
+    except (OSError, ClusterError):
+        return  # not ours to fix here: compile without a cache
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
 def as_tensor(array):

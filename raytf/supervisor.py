@@ -49,6 +49,7 @@ class Supervisor:
         self.start_step = start[0].version // self.ups
         self.runs: dict[int, Any] = {}  # worker -> ref of its running `run`
         self.results: dict[int, dict] = {}  # worker -> its last finished run
+        self.first_steps: dict[int, dict] = {}  # worker -> its first run's first pull and step (start-up)
         self.steps_done = [0] * len(actors.workers)  # gradients each worker computed, over all its runs
         self.worker_restarts = [0] * len(actors.workers)
         self.server_restarts = [0] * len(actors.servers)
@@ -61,6 +62,7 @@ class Supervisor:
         self.stop_version: int | None = None
         self.stats: list[dict] | None = None
         self.nonfinite_reported = 0
+        self.reported_step: int | None = None
         self.started = time.perf_counter()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ class Supervisor:
     def _record(self, worker: int, result: dict) -> None:
         self.rejoining.pop(worker, None)
         self.steps_done[worker] += result["steps"]
+        self.first_steps.setdefault(worker, result["startup"])
         if result["status"] == DONE:
             self.results[worker] = result
 
@@ -271,8 +274,11 @@ class Supervisor:
             return
         from raytf.progress import Snapshot
 
-        elapsed = time.perf_counter() - self.started
         step = self.step()
+        if step == self.reported_step:
+            return  # nothing new to show (a slow step, or the workers finishing one after another)
+        self.reported_step = step
+        elapsed = time.perf_counter() - self.started
         samples = (step - self.start_step) * self.config.batch_size * self.config.distribution.workers
         snapshot = Snapshot(
             step=step,

@@ -18,6 +18,7 @@ import numpy as np
 
 from raytf.config import TrainConfig, config_from_dict, load_config
 from raytf.errors import ConfigError
+from raytf.startup import StartupClock
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,21 @@ def prepare_output_dir(path: str) -> Path:
     return out
 
 
-def prepare(config: TrainConfig) -> Prepared:
-    from raytf.runtime import configure_tensorflow
+def prepare(config: TrainConfig, clock: StartupClock | None = None) -> Prepared:
+    """Check everything that can be checked here and build the driver's replica and the shard plan."""
+    clock = clock or StartupClock()
+    with clock.span("driver_imports"):
+        from raytf.runtime import configure_tensorflow
 
-    configure_tensorflow(threads=max(1, (os.cpu_count() or 1)))
+        configure_tensorflow(threads=max(1, (os.cpu_count() or 1)))
+        import keras  # noqa: F401 - timed here; _prepare uses it
+
+        import raytf.model  # noqa: F401
+    with clock.span("driver_model_build"):
+        return _prepare(config)
+
+
+def _prepare(config: TrainConfig) -> Prepared:
     import keras
 
     from raytf.imports import resolve_callable
@@ -166,6 +178,7 @@ def fit(
     on_event: Callable[[str], None] = lambda message: None,
     resume: bool = False,
     restart: bool = False,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """Train as configured and return the summary (also written to output_dir/summary.json).
 
@@ -173,36 +186,47 @@ def fit(
     `address` it trains on the cluster `raytf up` started, or on an embedded one for this run.
     `resume` continues from the newest checkpoint in output_dir; `restart` deletes the
     checkpoints there first. Ctrl-C / SIGTERM stop at the next step, write a checkpoint and
-    raise `Interrupted` (a second one quits at once).
+    raise `Interrupted` (a second one quits at once). `started_at` (wall clock) is when the
+    command that calls this started, so that start-up accounting includes it (the CLI passes it).
     """
     import ray
 
     from raytf.actors import check_resources, get, launch, server_settings
     from raytf.checkpoint import root_of
-    from raytf.cluster import connect
+    from raytf import local_cluster
+    from raytf.cluster import connect, needs_embedded_cluster
     from raytf.supervisor import Supervisor, stop_on_signals
     from raytf.tensorboard import TensorBoardLog
 
-    started = time.perf_counter()
+    clock = StartupClock(origin=started_at or time.time())
+    if started_at is not None:
+        clock.add("command", "driver", started_at, time.time())
     cfg = coerce_config(config, overrides)
-    prepared = prepare(cfg)
-    states = start_states(prepared, resume, restart)
+    # With no cluster up, the embedded head starts while this process imports TensorFlow and
+    # checks the model (seconds each); bad input stops it again before it is used.
+    head = local_cluster.launch() if needs_embedded_cluster(address) else None
+    try:
+        prepared = prepare(cfg, clock)
+        states = start_states(prepared, resume, restart)
+    except BaseException:
+        if head is not None:
+            head.stop()
+        raise
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()))
-    tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard")
+    tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
         metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
-        with connect(address, on_event=on_event, metadata=metadata) as connection:
+        with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
             check_resources(cfg, ray.cluster_resources())
-            actors = launch(cfg, run_id, prepared.plan, states, settings)
+            actors = launch(cfg, run_id, prepared.plan, states, settings, clock)
             try:
                 resumed = states[0].version // settings.updates_per_step
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
                          f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}"
                          + (f", resuming at step {resumed}" if resumed else ""))
-                train_started = time.perf_counter()
                 supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
                                         [r for r in (progress, tensorboard) if r is not None], on_event)
                 with stop_on_signals(supervisor.stop_requested):
@@ -212,7 +236,7 @@ def fit(
                 buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
                 stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
                 non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
-                train_seconds = time.perf_counter() - train_started
+                train_ended = time.time()
             finally:
                 actors.release()
         load_final(prepared, buffers, non_trainable)
@@ -224,7 +248,10 @@ def fit(
     model_path = prepared.output_dir / "model.keras"
     prepared.model.save(model_path)
     results = [dict(supervisor.results[i], steps=supervisor.steps_done[i]) for i in sorted(supervisor.results)]
-    summary = _summary(cfg, results, stats, eval_results, actors.link_kinds, started, train_started, train_seconds)
+    summary = _summary(cfg, results, stats, eval_results, actors.link_kinds)
+    ready = _first_steps(clock, supervisor.first_steps)
+    summary.update(wall_seconds=time.time() - clock.origin, startup_seconds=ready - clock.origin,
+                   train_seconds=train_ended - ready, startup_breakdown=clock.breakdown(ready))
     summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
                    tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
@@ -259,7 +286,19 @@ def _kinds(link_kinds: list[list[str]]) -> str:
     return " and ".join(kinds) or "-"
 
 
-def _summary(cfg, results, stats, eval_results, link_kinds, started, train_started, train_seconds) -> dict[str, Any]:
+def _first_steps(clock: StartupClock, first_steps: dict[int, dict]) -> float:
+    """Add each worker's first pull and first (compiling) step to the clock; returns when the
+    slowest worker finished its first step, the end of start-up."""
+    ready = clock.origin
+    for worker, spans in sorted(first_steps.items()):
+        for phase, (start, end) in spans.items():
+            clock.add(phase, f"worker-{worker}", start, end)
+            if phase == "first_compile":
+                ready = max(ready, end)
+    return ready
+
+
+def _summary(cfg, results, stats, eval_results, link_kinds) -> dict[str, Any]:
     applied = sum(s["pushes"] for s in stats)
     staleness_total = sum(s["staleness_mean"] * s["pushes"] for s in stats)
     return {
@@ -273,9 +312,6 @@ def _summary(cfg, results, stats, eval_results, link_kinds, started, train_start
         "steps": cfg.steps,
         "samples": cfg.steps * cfg.batch_size * cfg.distribution.workers,
         "samples_per_second": sum(r["samples_per_second"] for r in results),
-        "wall_seconds": time.perf_counter() - started,
-        "startup_seconds": train_started - started,
-        "train_seconds": train_seconds,
         "final_loss": float(np.mean([r["final_loss"] for r in results])),
         "eval": eval_results,
         "staleness": {

@@ -47,7 +47,20 @@ class Worker:
         return ray.get_runtime_context().get_node_id()
 
     def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int) -> dict[str, Any]:
-        configure_tensorflow(threads)
+        """Build the replica and the data shard. Returns the GPUs it sees and where its start-up time went."""
+        from raytf.startup import ActorTimer
+
+        timer = ActorTimer()
+        with timer.span("actor_imports"):
+            configure_tensorflow(threads)
+            import keras  # noqa: F401 - timed here; _build uses it
+            import raytf.model  # noqa: F401
+        with timer.span("actor_model_build"):
+            gpus = self._build(config, plan, num_workers)
+        return {"gpus": gpus, "timings": timer.spans}
+
+    def _build(self, config: dict[str, Any], plan: ShardPlan, num_workers: int) -> int:
+        """The replica, its data shard and its compiled step; returns the number of GPUs TensorFlow sees."""
         import keras
         import tensorflow as tf
 
@@ -114,7 +127,7 @@ class Worker:
         self._step = tf.function(step, jit_compile=cfg.jit_compile)
         self._step_checked = not cfg.jit_compile
         self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
-        return {"gpus": len(tf.config.list_logical_devices("GPU"))}
+        return len(tf.config.list_logical_devices("GPU"))
 
     def _compute(self):
         x, y = next(self.iterator)  # outside the step: XLA cannot compile dataset iterators
@@ -197,16 +210,22 @@ class Worker:
         loss_value = float("nan")
         steps = 0
         warm_time = time.perf_counter()
+        startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
         try:
+            pull_started = time.time()
             if rejoin and mode == "sync":
                 status, versions = self._admit()
             else:
                 status, versions = self._finish([server.pull.remote(self.index) for server in self.servers])
+            startup["first_pull"] = (pull_started, time.time())
             pending = None
             while status == OK:
                 t0 = time.perf_counter()
+                compute_started = time.time()
                 loss, flats, finite = self._compute()
                 finite = bool(finite)
+                if not steps:
+                    startup["first_compile"] = (compute_started, time.time())
                 if not finite and self.config.on_nonfinite == "abort":
                     from raytf.errors import TrainingError
 
@@ -256,6 +275,7 @@ class Worker:
             "samples_per_second": measured * self.config.batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
             "ms_compute_per_step": 1000 * timings["compute"] / max(measured, 1),
             "ms_exchange_per_step": 1000 * timings["exchange"] / max(measured, 1),
+            "startup": startup,
         }
 
     def _record_step(self, step: int, loss: float, now: float, window: int = 20) -> None:

@@ -42,26 +42,42 @@ def _tripwire(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch, request) -> Path:
-    """Isolated RAYTF_HOME and no way to start a cluster; afterwards, no cluster record.
+    """Isolated RAYTF_HOME and no way to use a cluster; afterwards, no cluster record and no head left.
 
+    `raytf train` launches its embedded head while it checks the config and model (the two take
+    seconds each); bad input must stop that head before it is ever waited for or connected to.
     A test that requests `connect_allowed` may connect to an address it names (never start a
     cluster): the bad cluster addresses and versions are only found by trying."""
     home = tmp_path / "raytf-home"
     monkeypatch.setenv("RAYTF_HOME", str(home))
     monkeypatch.delenv("RAYTF_DEBUG", raising=False)
     monkeypatch.setitem(cli._debug, "on", False)  # `--debug` sets a module global
+    monkeypatch.delenv("RAYTF_VERBOSE", raising=False)  # ... and turns verbose logs on for the process
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.chdir(REPO)  # import paths like tests.badinput.models resolve against the cwd
     monkeypatch.setattr(sys, "path", list(sys.path))
     import raytf.cluster
     import raytf.local_cluster
 
+    launched = []
+    real_launch = raytf.local_cluster.launch
+
+    def recording_launch(*args, **kwargs):
+        launched.append(real_launch(*args, **kwargs))
+        return launched[-1]
+
+    monkeypatch.setattr(raytf.local_cluster, "launch", recording_launch)
+    monkeypatch.setattr(raytf.local_cluster.PendingHead, "wait", _tripwire)
     monkeypatch.setattr(raytf.local_cluster, "start", _tripwire)
     monkeypatch.setattr(raytf.cluster, "up_local", _tripwire)
     if "connect_allowed" not in request.fixturenames:
         monkeypatch.setattr(raytf.cluster, "connect", _tripwire)
     yield home
     assert not (home / "cluster.json").exists(), "a cluster record appeared"
+    for head in launched:
+        assert head.process.poll() is not None, "a launched head is still running"
+        assert raytf.local_cluster._cluster_processes(head.cluster) == [], "processes of a launched head are left"
 
 
 @pytest.fixture
@@ -396,6 +412,19 @@ def test_scale_with_negative_replicas_is_a_usage_error():
 def test_dashboard_without_a_cluster():
     result = run("dashboard")
     assert_clean_error(result, "No raytf cluster is up", fix=("raytf up",))
+
+
+def test_env_without_a_cluster():
+    result = run("env")
+    assert_clean_error(result, "No raytf cluster is up", fix=("raytf up",))
+
+
+def test_env_with_a_kuberay_cluster_recorded(home):
+    home.mkdir()
+    (home / "cluster.json").write_text(json.dumps({"provider": "kuberay", "name": "demo"}))
+    result = run("env")
+    assert_clean_error(result, "KubeRay cluster", fix=("raytf dashboard", "RAY_API_SERVER_ADDRESS"))
+    (home / "cluster.json").unlink()  # the fixture checks that no record was *created*
 
 
 def test_dashboard_with_a_stale_record_drops_it(home):

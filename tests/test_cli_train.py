@@ -10,6 +10,7 @@ import sys
 import psutil
 import pytest
 
+from raytf.native_logs import is_native_log_line
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,12 +25,18 @@ def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tm
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    output = (result.stdout + result.stderr).splitlines()
+    assert [line for line in output if is_native_log_line(line)] == [], "TensorFlow's native logs reached the terminal"
+    assert "Traceback" not in result.stdout + result.stderr
     assert "starting an embedded local Ray cluster" in result.stdout
     assert "Stopped the embedded cluster." in result.stdout
     assert "[raytf] step 60/60" in result.stdout and "staleness" in result.stdout
     assert "raytf summary" in result.stdout and "eval accuracy" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "async" and summary["steps"] == 60 and summary["ephemeral_cluster"] is True
+    breakdown = summary["startup_breakdown"]
+    assert breakdown["command"] > 0 and breakdown["cluster_start"] > 0  # counted from the process's start
+    assert breakdown["total"] == pytest.approx(summary["startup_seconds"], abs=0.01)
     assert not (raytf_home / "cluster.json").exists(), "an embedded run must not be remembered as `raytf up`'s"
     # The embedded head's processes are gone: nothing names its temp dir any more.
     (log,) = (raytf_home / "logs").glob("head-*.log")
@@ -37,3 +44,18 @@ def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tm
     leftovers = [p.pid for p in psutil.process_iter(["cmdline", "status"])
                  if p.info["status"] != psutil.STATUS_ZOMBIE and any(temp_dir in a for a in p.info["cmdline"] or [])]
     assert leftovers == []
+
+
+def test_verbose_shows_the_native_logs_of_the_driver_and_the_actors(ray_cluster, tmp_path):
+    """--verbose lets through what the quiet run holds back, from the actors too (they print with a
+    "(Worker(...) pid=N)" prefix); on a machine without a GPU every process prints its CUDA probe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYTF_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "raytf.cli", "train", "examples/digits.yaml", "--plain", "--verbose",
+         "--address", ray_cluster.gcs_address, "--set", "steps=5", "--set", f"output_dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    native = [line for line in (result.stdout + result.stderr).splitlines() if is_native_log_line(line)]
+    assert any("pid=" not in line for line in native), "the driver's own native lines are missing"
+    assert any("Worker(" in line for line in native), "the workers' native lines are missing"

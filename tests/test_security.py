@@ -75,7 +75,7 @@ def reload_ray_auth_after():
     teardown runs first, as it is set up later), reload them so later tests (the shared cluster's
     drivers) see the session's token mode again."""
     yield
-    local_cluster._reload_ray_auth()
+    local_cluster.reload_ray_auth()
 
 
 def test_token_auth_sets_ray_to_token_mode_and_restores_the_process(reload_ray_auth_after, tmp_path, monkeypatch):

@@ -139,6 +139,15 @@ def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
         assert key in written
     assert written["mode"] == mode and written["steps"] == 400 and written["workers"] == 2
     assert written["samples_per_second"] > 0 and written["startup_seconds"] > 0
+    breakdown = written["startup_breakdown"]
+    assert breakdown["total"] == pytest.approx(written["startup_seconds"], abs=0.01)
+    for phase in ("driver_model_build", "connect", "actor_imports", "actor_model_build", "first_pull", "first_compile"):
+        assert 0 < breakdown[phase] < breakdown["total"], (phase, breakdown)
+    assert 0 <= breakdown["driver_imports"] < breakdown["total"]  # TensorFlow is imported in this process already
+    assert breakdown["cluster_start"] == 0  # the shared cluster was up already
+    who = {span["who"] for span in breakdown["timeline"]}
+    assert {"driver", "ps-0", "worker-0", "worker-1"} <= who
+    assert written["wall_seconds"] > written["startup_seconds"] + written["train_seconds"] > 0
     assert (tmp_path / "run" / "model.keras").stat().st_size > 0
     if mode == "async":
         assert written["staleness"]["max"] >= 1, "two workers pushing concurrently must see staleness"
@@ -177,6 +186,9 @@ def test_a_worker_failing_mid_run_ends_the_run_and_releases_everything(ray_clust
         raytf.fit(config, address=ray_cluster.gcs_address)
     assert live_actor_names(ray_cluster) == []
     assert not (tmp_path / "run" / "summary.json").exists()
+    # Nothing it left in output_dir (no complete checkpoint) stands in the way of the next plain run.
+    summary = raytf.fit(digits_config(tmp_path, steps=5), address=ray_cluster.gcs_address)
+    assert summary["steps"] == 5 and summary["resumed_from_step"] is None
 
 
 def test_status_shows_a_run_in_progress(ray_cluster, tmp_path):
