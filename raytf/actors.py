@@ -102,11 +102,12 @@ class RunActors:
 
 def server_settings(config: TrainConfig, checkpoint_dir: str | None) -> ServerSettings:
     d = config.distribution
-    ups = config.updates_per_step
-    # In sync mode the workers idle while a server applies, so it may use two cores then.
-    threads = d.ps_threads or (2 if d.mode == "sync" else max(1, int(d.ps_resources.num_cpus)))
-    return ServerSettings(run_name=config.name, mode=d.mode, num_workers=d.workers, threads=threads,
-                          target_version=config.steps * ups, updates_per_step=ups, checkpoint_dir=checkpoint_dir,
+    policy = config.policy
+    ups = policy.updates_per_step
+    # Where the workers wait while a server applies (sync), it may use two cores then.
+    threads = d.ps_threads or (2 if policy.workers_idle_during_update else max(1, int(d.ps_resources.num_cpus)))
+    return ServerSettings(run_name=config.name, distribution=d, threads=threads, target_version=config.steps * ups,
+                          updates_per_step=ups, checkpoint_dir=checkpoint_dir,
                           every_versions=config.checkpoint.every_steps * ups)
 
 
@@ -118,6 +119,7 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
     from raytf.worker import Worker
 
     d = config.distribution
+    mode = config.policy.describe()
     namespace = f"raytf-{run_id}"
     restarts = {"max_restarts": d.max_restarts, "max_task_retries": 0}  # raytf replays the work itself
     ps_cls = ray.remote(ParameterServer)
@@ -125,14 +127,14 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
     servers = [
         ps_cls.options(name=actor_name(config.name, "ps", i), namespace=namespace,
                        max_concurrency=d.workers + 4, **restarts, **_options(d.ps_resources)).remote(
-            run_id, i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {d.mode}, "
+            run_id, i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {mode}, "
                        f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}")
         for i in range(d.parameter_servers)
     ]
     workers = [
         worker_cls.options(name=actor_name(config.name, "worker", i), namespace=namespace,
                            max_concurrency=2, **restarts, **_options(d.worker_resources)).remote(
-            run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {d.mode}")
+            run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {mode}")
         for i in range(d.workers)
     ]
     return RunActors(run_id=run_id, servers=servers, workers=workers,

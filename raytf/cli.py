@@ -325,7 +325,7 @@ def train(
     if submit:
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
-              f"{cfg.distribution.parameter_servers} parameter servers, {cfg.distribution.mode}) for {cfg.steps} steps")
+              f"{cfg.distribution.parameter_servers} parameter servers, {cfg.policy.describe()}) for {cfg.steps} steps")
     from raytf.progress import make_progress
     from raytf.startup import process_start_time
     from raytf.training import fit
@@ -373,7 +373,7 @@ def _submit_train(config: Path, overrides: List[str], cfg, flags: List[str]) -> 
 def print_summary(summary: dict) -> None:
     table = Table(title="raytf summary", show_header=False)
     rows = [
-        ("mode", summary["mode"]),
+        ("mode", summary.get("exchange", summary["mode"])),
         ("workers / parameter servers", f"{summary['workers']} / {summary['parameter_servers']}"),
         ("exchange", summary["transport"]),
         ("steps per worker", str(summary["steps"])),
@@ -381,8 +381,14 @@ def print_summary(summary: dict) -> None:
         ("final training loss", f"{summary['final_loss']:.4f}"),
         ("start-up / training / total", f"{summary['startup_seconds']:.1f} s / {summary['train_seconds']:.1f} s / {summary['wall_seconds']:.1f} s"),
     ]
-    if summary["mode"] == "async":
+    if summary["staleness"]["max"]:
         rows.append(("staleness mean / max", f"{summary['staleness']['mean']:.2f} / {summary['staleness']['max']}"))
+    if summary["gradients_dropped"]["total"]:
+        rows.append(("gradients applied / dropped", f"{summary['gradients_applied']['total']:,} / "
+                                                    f"{summary['gradients_dropped']['total']:,}"))
+    if "clock_skew_max" in summary:
+        rows.append(("clock skew max / bound", f"{summary['clock_skew_max']} / {summary['staleness_bound']} "
+                                               f"(waited {summary['bound_wait_seconds']['total']:.1f} s)"))
     if summary.get("resumed_from_step"):
         rows.append(("resumed from step", str(summary["resumed_from_step"])))
     if summary.get("restarts"):

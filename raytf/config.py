@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from raytf.errors import ConfigError
 from raytf.yaml_source import YamlSource, parse_yaml, read_yaml_file
@@ -47,6 +48,11 @@ LOSS_ALIASES = {
     "logcosh": "log_cosh",
 }
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
+
+
+def _rule(problem: str, fix: str) -> PydanticCustomError:
+    """A broken rule between keys: the error names the key, the problem and the fix (see `_describe`)."""
+    return PydanticCustomError("raytf_rule", problem, {"fix": fix})
 
 
 class _Frozen(BaseModel):
@@ -85,7 +91,8 @@ class Resources(_Frozen):
 class DistributionConfig(_Frozen):
     parameter_servers: int = Field(1, ge=1)
     workers: int = Field(2, ge=1)
-    mode: Literal["sync", "async"] = "sync"
+    # The consistency policy (raytf.exchange.policies): sync (barrier), async, ssp (bounded staleness).
+    mode: Literal["sync", "async", "ssp"] = "sync"
     transport: Literal["auto", "shm", "object_store"] = "auto"
     worker_resources: Resources = Resources(num_cpus=1)
     # Parameter servers are idle most of the step; they reserve no CPU by default so that
@@ -94,6 +101,29 @@ class DistributionConfig(_Frozen):
     worker_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: worker num_cpus")
     ps_threads: int | None = Field(None, ge=1, description="TF intra-op threads; default: 2 in sync mode (workers idle while it applies), else max(1, ps num_cpus)")
     max_restarts: int = Field(3, ge=0, description="times each worker and server is restarted after its process dies")
+    backup_workers: int = Field(0, ge=0, description="sync: a round is applied once workers - backup_workers gradients are in")
+    staleness_bound: int | None = Field(None, ge=0, description="ssp: how many steps a worker may lead the slowest (default 3)")
+
+    @field_validator("backup_workers")
+    @classmethod
+    def _backups_fit(cls, value: int, info: ValidationInfo) -> int:
+        workers, mode = info.data.get("workers"), info.data.get("mode")
+        if value and mode not in (None, "sync"):
+            raise _rule(f"backup_workers is {value}, but mode is '{mode}': backup workers shorten sync rounds, and "
+                        f"'{mode}' has no rounds.", "Set mode: sync, or remove backup_workers.")
+        if workers is not None and value >= workers:
+            raise _rule(f"backup_workers must be less than workers ({workers}), but it is {value}: a round needs at "
+                        "least one gradient.", f"Set backup_workers to at most {workers - 1}, or add workers.")
+        return value
+
+    @field_validator("staleness_bound")
+    @classmethod
+    def _bound_needs_ssp(cls, value: int | None, info: ValidationInfo) -> int | None:
+        mode = info.data.get("mode")
+        if value is not None and mode not in (None, "ssp"):
+            raise _rule(f"staleness_bound is {value}, but mode is '{mode}': the bound applies to mode ssp only.",
+                        "Set mode: ssp to bound the staleness, or remove staleness_bound.")
+        return value
 
 
 class CheckpointConfig(_Frozen):
@@ -143,9 +173,16 @@ class TrainConfig(_Frozen):
         return self
 
     @property
+    def policy(self):
+        """The exchange's consistency policy for this run (a fresh one per call)."""
+        from raytf.exchange import policy_for
+
+        return policy_for(self.distribution)
+
+    @property
     def updates_per_step(self) -> int:
-        """Server versions per training step: one update per step in sync, one per worker's push in async."""
-        return 1 if self.distribution.mode == "sync" else self.distribution.workers
+        """Server versions per training step (the policy's: one per round, or one per worker's push)."""
+        return self.policy.updates_per_step
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -232,6 +269,8 @@ def _describe(error: Mapping[str, Any], source: YamlSource, overridden: Mapping[
             f"{where}unknown key '{key}'.",
             f"{hint} Valid keys here: {', '.join(valid)}.".strip(),
         )
+    if kind == "raytf_rule":
+        return f"{where}{key}: {error['msg']}", error["ctx"]["fix"]
     if kind == "missing":
         return f"{where}required key '{key}' is missing.", _missing_hint(loc)
     if kind == "literal_error":

@@ -22,6 +22,7 @@ METRICS = {
     "raytf_bytes_exchanged": ("counter", "worker", "Bytes of gradients sent and parameters received."),
     "raytf_staleness": ("histogram", "ps", "Versions behind the server's parameters of each applied gradient."),
     "raytf_apply_seconds": ("histogram", "ps", "Time of one fused optimizer update of the server's shard."),
+    "raytf_gradients_dropped": ("counter", "ps", "Gradients that came too late for their round and were not applied (backup workers)."),
     "raytf_restarts": ("counter", "worker, ps", "Times the actor was restarted after a failure."),
 }
 

@@ -15,7 +15,7 @@ class Snapshot:
     loss: float
     samples_per_second: float
     elapsed: float
-    staleness_mean: float | None = None  # async only
+    staleness_mean: float | None = None  # where the policy reports staleness (async, ssp)
 
     @property
     def eta_seconds(self) -> float | None:

@@ -26,7 +26,8 @@ from raytf.actors import RunActors, get, setup_servers, setup_workers, wire
 from raytf.checkpoint import ShardState, build_manifest, discard_after, latest, load, prune, step_dir, write_manifest
 from raytf.config import TrainConfig
 from raytf.errors import TrainingError
-from raytf.ps import DONE, ServerSettings
+from raytf.exchange import ServerStats, Status, WorkerResult
+from raytf.ps import ServerSettings
 from raytf.sharding import ShardPlan
 
 CALL_TIMEOUT = 30.0  # seconds for a control call to a live actor
@@ -48,7 +49,7 @@ class Supervisor:
         self.root = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
         self.start_step = start[0].version // self.ups
         self.runs: dict[int, Any] = {}  # worker -> ref of its running `run`
-        self.results: dict[int, dict] = {}  # worker -> its last finished run
+        self.results: dict[int, WorkerResult] = {}  # worker -> its last finished run
         self.first_steps: dict[int, dict] = {}  # worker -> its first run's first pull and step (start-up)
         self.steps_done = [0] * len(actors.workers)  # gradients each worker computed, over all its runs
         self.worker_restarts = [0] * len(actors.workers)
@@ -60,7 +61,8 @@ class Supervisor:
         self.rejoining: dict[int, float] = {}  # restarted worker -> deadline for its process to come back
         self.stop_requested = threading.Event()
         self.stop_version: int | None = None
-        self.stats: list[dict] | None = None
+        self.stats: list[ServerStats] | None = None
+        self.policy = config.policy
         self.nonfinite_reported = 0
         self.reported_step: int | None = None
         self.started = time.perf_counter()
@@ -96,7 +98,7 @@ class Supervisor:
                     get(ref, f"Worker {worker}")  # raises the user-facing error
                     raise
                 self._record(worker, result)
-                lost_server |= result["status"] != DONE
+                lost_server |= result.status is not Status.DONE
             if not self._poll() or lost_server:
                 self._roll_back()
                 continue
@@ -114,17 +116,17 @@ class Supervisor:
         return self.stop_version is not None and self.stop_version < self.settings.target_version
 
     def step(self) -> int:
-        return self.stats[0]["version"] // self.ups if self.stats else self.start_step
+        return self.stats[0].version // self.ups if self.stats else self.start_step
 
     def _start_runs(self, which) -> None:
         for i in which:
-            self.runs[i] = self.actors.workers[i].run.remote(self.target_version, self.config.distribution.mode)
+            self.runs[i] = self.actors.workers[i].run.remote(self.target_version)
 
-    def _record(self, worker: int, result: dict) -> None:
+    def _record(self, worker: int, result: WorkerResult) -> None:
         self.rejoining.pop(worker, None)
-        self.steps_done[worker] += result["steps"]
-        self.first_steps.setdefault(worker, result["startup"])
-        if result["status"] == DONE:
+        self.steps_done[worker] += result.steps
+        self.first_steps.setdefault(worker, result.startup)
+        if result.status is Status.DONE:
             self.results[worker] = result
 
     def _poll(self) -> bool:
@@ -137,7 +139,7 @@ class Supervisor:
             return False
         except ray.exceptions.GetTimeoutError:
             return True  # busy (a large checkpoint); ask again next time
-        if not all(s["ready"] for s in stats):
+        if not all(s.ready for s in stats):
             return False
         self.stats = stats
         return True
@@ -162,7 +164,7 @@ class Supervisor:
     def _rejoin(self, worker: int) -> None:
         self.runs[worker] = self.actors.workers[worker].rejoin.remote(
             self.config.to_dict(), self.plan, len(self.actors.workers), self.actors.worker_threads, self.actors.servers,
-            self.actors.links_of(worker), self.target_version, self.config.distribution.mode)
+            self.actors.links_of(worker), self.target_version)
 
     # -- server loss ---------------------------------------------------------------------------
     def _roll_back(self) -> None:
@@ -232,7 +234,7 @@ class Supervisor:
     # -- stopping ------------------------------------------------------------------------------
     def _stop_at_boundary(self) -> None:
         """Ask every server to stop at the same, next reachable version (a step boundary)."""
-        versions = [s["version"] for s in self.stats] if self.stats else [0]
+        versions = [s.version for s in self.stats] if self.stats else [0]
         candidate = math.ceil((max(versions) + 1) / self.ups) * self.ups
         while candidate < self.settings.target_version:
             accepted = get([s.set_target.remote(candidate) for s in self.actors.servers], "Stopping the servers")
@@ -248,12 +250,12 @@ class Supervisor:
     def _write_manifests(self) -> None:
         if self.root is None or not self.stats:
             return
-        common = set.intersection(*(set(s["saved"]) for s in self.stats))
+        common = set.intersection(*(set(s.saved) for s in self.stats))
         for version in sorted(common):
             step = version // self.ups
             if step in self.manifests:
                 continue
-            saved = [s["saved"][version] for s in self.stats]
+            saved = [s.saved[version] for s in self.stats]
             manifest = build_manifest(step, self.plan, saved, mode=self.config.distribution.mode, updates_per_step=self.ups,
                                       optimizer=self.config.optimizer.name, run_id=self.run_id)
             write_manifest(step_dir(self.root, step), manifest)
@@ -264,12 +266,12 @@ class Supervisor:
     def _report(self) -> None:
         if not self.stats:
             return
-        skipped = sum(s["nonfinite_skipped"] for s in self.stats)
+        skipped = sum(s.exchange.nonfinite_skipped for s in self.stats)
         if skipped > self.nonfinite_reported:
             self.on_event(f"Warning: {skipped} non-finite gradient push{'es' if skipped != 1 else ''} skipped so far "
                           f"(latest near step {self.step()}); set on_nonfinite: abort to stop instead.")
             self.nonfinite_reported = skipped
-        progress = self.stats[0]["progress"]
+        progress = self.stats[0].exchange.progress
         if not progress:
             return
         from raytf.progress import Snapshot
@@ -286,7 +288,7 @@ class Supervisor:
             loss=float(np.mean([entry[1] for entry in progress.values()])),
             samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
             elapsed=elapsed,
-            staleness_mean=self.stats[0]["staleness_mean"] if self.config.distribution.mode == "async" else None,
+            staleness_mean=self.stats[0].exchange.staleness.mean if self.policy.reports_staleness else None,
         )
         for reporter in self.reporters:
             reporter.update(snapshot)

@@ -1,7 +1,7 @@
 """TensorBoard event files, written by the driver only (not by every actor).
 
 Scalars go to `output_dir/tensorboard/`: `train/loss`, `train/samples_per_second`,
-`train/staleness_mean` (async) at the slowest worker's step, and `eval/<metric>` at the last step.
+`train/staleness_mean` (async, ssp) at the slowest worker's step, and `eval/<metric>` at the last step.
 
 The events are written with the `tensorboard` package's own record writer, in the format
 `tf.summary.scalar` writes (a float tensor tagged for the scalars plugin), so the driver needs no

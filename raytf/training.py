@@ -225,7 +225,7 @@ def fit(
             try:
                 resumed = states[0].version // settings.updates_per_step
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
-                         f"parameter servers, mode {cfg.distribution.mode}, exchange via {_kinds(actors.link_kinds)}"
+                         f"parameter servers, {cfg.policy.describe()}, exchange via {_kinds(actors.link_kinds)}"
                          + (f", resuming at step {resumed}" if resumed else ""))
                 supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
                                         [r for r in (progress, tensorboard) if r is not None], on_event)
@@ -247,15 +247,15 @@ def fit(
         tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
     prepared.model.save(model_path)
-    results = [dict(supervisor.results[i], steps=supervisor.steps_done[i]) for i in sorted(supervisor.results)]
-    summary = _summary(cfg, results, stats, eval_results, actors.link_kinds)
+    results = [supervisor.results[i] for i in sorted(supervisor.results)]
+    summary = _summary(cfg, results, supervisor.steps_done, stats, eval_results, actors.link_kinds)
     ready = _first_steps(clock, supervisor.first_steps)
     summary.update(wall_seconds=time.time() - clock.origin, startup_seconds=ready - clock.origin,
                    train_seconds=train_ended - ready, startup_breakdown=clock.breakdown(ready))
     summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
                    tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
-                   nonfinite_skipped=sum(s["nonfinite_skipped"] for s in stats),
+                   nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
     _write_json(prepared.output_dir / "summary.json", summary)
     return summary
@@ -298,12 +298,22 @@ def _first_steps(clock: StartupClock, first_steps: dict[int, dict]) -> float:
     return ready
 
 
-def _summary(cfg, results, stats, eval_results, link_kinds) -> dict[str, Any]:
-    applied = sum(s["pushes"] for s in stats)
-    staleness_total = sum(s["staleness_mean"] * s["pushes"] for s in stats)
+def _summary(cfg: TrainConfig, results: list, steps_done: list[int], stats: list, eval_results: dict,
+             link_kinds: list[list[str]]) -> dict[str, Any]:
+    """The run's summary from the workers' results and the servers' statistics (`raytf.exchange`).
+
+    Gradient counts are server 0's: every worker pushes to every server, and with backup workers
+    each server takes the first gradients that reach it (as TensorFlow's SyncReplicasOptimizer does
+    per variable), so another server's counts can differ a little; `per_server` has each one's."""
+    policy = cfg.policy
+    workers = range(cfg.distribution.workers)
+    exchanges = [s.exchange for s in stats]
+    first = exchanges[0]
+    applied = sum(e.staleness.applied for e in exchanges)
     return {
         "name": cfg.name,
         "mode": cfg.distribution.mode,
+        "exchange": policy.describe(),
         "workers": cfg.distribution.workers,
         "parameter_servers": cfg.distribution.parameter_servers,
         "transport": _kinds(link_kinds),
@@ -311,21 +321,30 @@ def _summary(cfg, results, stats, eval_results, link_kinds) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "steps": cfg.steps,
         "samples": cfg.steps * cfg.batch_size * cfg.distribution.workers,
-        "samples_per_second": sum(r["samples_per_second"] for r in results),
-        "final_loss": float(np.mean([r["final_loss"] for r in results])),
+        "samples_per_second": sum(r.samples_per_second for r in results),
+        "final_loss": float(np.mean([r.final_loss for r in results])),
         "eval": eval_results,
         "staleness": {
-            "mean": staleness_total / applied if applied else 0.0,
-            "max": max(s["staleness_max"] for s in stats),
+            "mean": sum(e.staleness.mean * e.staleness.applied for e in exchanges) / applied if applied else 0.0,
+            "max": max(e.staleness.max for e in exchanges),
         },
+        "updates": first.updates,
+        "gradients_applied": {"total": sum(first.applied.values()), "per_worker": [first.applied.get(w, 0) for w in workers]},
+        "gradients_dropped": {"total": sum(first.dropped.values()), "per_worker": [first.dropped.get(w, 0) for w in workers]},
+        **policy.summary(first),
         "per_worker": [
-            {k: r[k] for k in ("index", "final_loss", "samples_per_second", "ms_compute_per_step", "ms_exchange_per_step")}
+            {"index": r.index, "steps": steps_done[r.index], "final_loss": r.final_loss,
+             "samples_per_second": r.samples_per_second, "ms_compute_per_step": r.ms_compute_per_step,
+             "ms_exchange_per_step": r.ms_exchange_per_step}
             for r in results
         ],
         "per_server": [
-            {k: s[k] for k in ("version", "pushes", "ms_apply_per_update", "ms_publish_per_update")} for s in stats
+            {"version": s.exchange.version, "pushes": s.exchange.pushes, "gradients_applied": sum(s.exchange.applied.values()),
+             "gradients_dropped": sum(s.exchange.dropped.values()), "ms_apply_per_update": s.ms_apply_per_update,
+             "ms_publish_per_update": s.ms_publish_per_update}
+            for s in stats
         ],
-        "bytes_pushed": sum(s["bytes_in"] for s in stats),
+        "bytes_pushed": sum(s.bytes_in for s in stats),
     }
 
 

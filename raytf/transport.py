@@ -64,7 +64,7 @@ def _map(path: str, size: int, create: bool) -> np.ndarray:
 class ServerSlots:
     """Server side of the links to all workers for one shard of `size` floats."""
 
-    def __init__(self, run_id: str, server: int, size: int, num_workers: int, shm_workers: set[int], shared_params: bool) -> None:
+    def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool) -> None:
         self._size = size
         self._prefix = f"{shm_prefix(run_id)}ps{server}-"
         self._grads: dict[int, np.ndarray] = {}
@@ -74,15 +74,13 @@ class ServerSlots:
         for worker in sorted(shm_workers):
             self._grads[worker] = self._create(f"g{worker}")
             if shared_params:
-                # Sync mode: every worker reads the same version and nobody writes while they read.
+                # The policy guarantees nobody reads while it is written (a barrier releases all at once).
                 shared = shared if shared is not None else self._create("p")
                 self._params[worker] = shared
             else:
                 self._params[worker] = self._create(f"p{worker}")
         self._shared_params = shared_params
-        self._shared = shared
-        self._object_store_workers = num_workers > len(shm_workers)
-        self._slot_version = -1
+        self._slot_versions: dict[object, int] = {}  # "shared" or worker -> the version its slot holds
         self._published_ref = None
         self._published_version = -1
 
@@ -102,21 +100,20 @@ class ServerSlots:
 
         return as_tensor(payload if payload is not None else self._grads[worker])
 
-    def publish(self, params: np.ndarray, version: int, worker: int | None) -> None:
-        """Make `params` (at `version`) available; called by the server with its lock held.
+    def publish(self, params: np.ndarray, version: int, worker: int) -> None:
+        """Make `params` (at `version`) readable for `worker`; called by the server with its lock held,
+        before `worker` is answered.
 
-        Sync (shared slot): written once per version, while every shm worker waits at the
-        barrier (`worker` is None when a round completes). Async: into `worker`'s own slot.
+        Shared slot (sync without backups): written once per version, while every shm worker waits
+        at the barrier. Otherwise each worker's own slot, copied only when it holds an older version.
         Object-store workers get one `ray.put` per version, shared by all of them.
         """
-        if self._shared_params:
-            if self._shared is not None and self._slot_version != version:
-                np.copyto(self._shared, params)
-                self._slot_version = version
-        elif worker in self._params:
-            np.copyto(self._params[worker], params)
-        if self._object_store_workers and (self._shared_params or worker not in self._params) \
-                and version != self._published_version:
+        if worker in self._params:
+            key = "shared" if self._shared_params else worker
+            if self._slot_versions.get(key) != version:
+                np.copyto(self._params[worker], params)
+                self._slot_versions[key] = version
+        elif version != self._published_version:
             import ray
 
             self._published_ref, self._published_version = ray.put(params), version

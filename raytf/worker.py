@@ -5,10 +5,10 @@ flat gradient buffer per parameter server, and whether they are all finite) and 
 fresh flat parameter buffers and assign them to the replica's variables). Between them the
 buffers go through the transport.
 
-A worker trains until the servers reply "done" (they reached the target version) or
-"rollback" (the driver is restoring a checkpoint); if a server dies under it, `run` returns
-"server_lost" and the driver takes over. A restarted worker `rejoin`s: it sets up again, is
-admitted to the sync barrier from a future round and starts from the parameters of then.
+A worker trains until the servers reply DONE (they reached the target version) or ROLLBACK
+(the driver is restoring a checkpoint); if a server dies under it, `run` ends with SERVER_LOST
+and the driver takes over. A restarted worker `rejoin`s: it sets up again, is admitted again by
+every server (by the policy's rules) and starts from the parameters of then.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from raytf.ps import DONE, OK, ROLLBACK
+from raytf.exchange import Reply, Status, WorkerResult
 from raytf.runtime import configure_tensorflow
 from raytf.sharding import ShardPlan
 from raytf.transport import LinkSpec, WorkerLink
@@ -27,6 +27,47 @@ from raytf.transport import LinkSpec, WorkerLink
 def warmup_steps(steps: int) -> int:
     """Steps excluded from the steady-state rate (graph tracing, first allocations)."""
     return max(1, min(20, steps // 10))
+
+
+class StepTimer:
+    """Where a worker's steps go (compute, exchange), after the warm-up steps; and its start-up."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.compute = self.exchange = 0.0
+        self.warm_time = time.perf_counter()
+        self.startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
+        self._t0 = self._t1 = 0.0
+        self._wall0 = 0.0
+
+    def compute_started(self) -> None:
+        self._t0, self._wall0 = time.perf_counter(), time.time()
+
+    def computed(self, first: bool) -> None:
+        self._t1 = time.perf_counter()
+        if first:
+            self.startup["first_compile"] = (self._wall0, time.time())
+
+    def exchanged(self, steps: int) -> float:
+        now = time.perf_counter()
+        if steps == self.warmup:
+            self.warm_time = now
+            self.compute = self.exchange = 0.0
+        else:
+            self.compute += self._t1 - self._t0
+            self.exchange += now - self._t1
+        return now
+
+    def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int) -> WorkerResult:
+        measured = steps - self.warmup
+        seconds = time.perf_counter() - self.warm_time
+        return WorkerResult(
+            index=index, status=status, steps=steps, final_loss=final_loss, measured_steps=max(measured, 0),
+            samples_per_second=measured * batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
+            ms_compute_per_step=1000 * self.compute / max(measured, 1),
+            ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
+            startup=self.startup,
+        )
 
 
 class Worker:
@@ -162,121 +203,102 @@ class Worker:
         return [link.kind for link in self.links]
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
-               links: list[LinkSpec], target_version: int, mode: str) -> dict[str, Any]:
-        """A restarted worker: set up, connect, and train from a round every server admits it to."""
+               links: list[LinkSpec], target_version: int) -> WorkerResult:
+        """A restarted worker: set up, connect, be admitted again and train on."""
         self.setup(config, plan, num_workers, threads)
         self.connect(servers, links)
-        return self.run(target_version, mode, rejoin=True)
+        return self.run(target_version, rejoin=True)
 
-    def _finish(self, replies_refs, pushed_at: float | None = None) -> tuple[str, list[int]]:
+    def _finish(self, replies_refs, pushed_at: float | None = None) -> tuple[Status, list[int]]:
         """Wait for the servers' replies and load the parameters they published."""
         import ray
 
-        replies = ray.get(replies_refs)
+        replies: list[Reply] = ray.get(replies_refs)
         replied = time.perf_counter()
-        statuses = {status for status, _, _ in replies}
-        versions = [version for _, version, _ in replies]
-        if ROLLBACK in statuses:
-            return ROLLBACK, versions
-        self._load(*[link.receive(payload) for link, (_, _, payload) in zip(self.links, replies)])
+        statuses = {reply.status for reply in replies}
+        versions = [reply.version for reply in replies]
+        if Status.ROLLBACK in statuses:
+            return Status.ROLLBACK, versions
+        self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
         if self.metrics is not None:
             if pushed_at is not None:
                 self.metrics.observe("raytf_push_seconds", replied - pushed_at)
             self.metrics.observe("raytf_pull_seconds", time.perf_counter() - replied)
             self.metrics.inc("raytf_bytes_exchanged", 2 * self.bytes_per_exchange)
-        return (DONE if statuses == {DONE} else OK), versions
+        return (Status.DONE if statuses == {Status.DONE} else Status.OK), versions
 
-    def _admit(self) -> tuple[str, list[int]]:
-        """Sync: become a member of the barrier from a round no server has started, then pull
-        the parameters that round starts from (the same version on every server)."""
+    def _start(self, rejoin: bool) -> tuple[Status, list[int]]:
+        """Pull the parameters to start from; a restarted worker is admitted again first. Where the
+        policy counts on rounds, that is a round no server has started yet, so that every server
+        admits it to the same one and they all keep the same version."""
         import ray
 
+        if not rejoin:
+            return self._finish([server.pull.remote(self.index) for server in self.servers])
         while True:
             first = max(ray.get([s.current_version.remote() for s in self.servers])) + 2
             if all(ray.get([s.admit.remote(self.index, first) for s in self.servers])):
                 break
             ray.get([s.remove_worker.remote(self.index) for s in self.servers])  # a server moved on meanwhile
-        return self._finish([s.pull.remote(self.index, first - 1) for s in self.servers])
+        at_version = first - 1 if self.config.policy.admits_by_round else None
+        return self._finish([s.pull.remote(self.index, at_version) for s in self.servers])
 
-    def run(self, target_version: int, mode: str, rejoin: bool = False) -> dict[str, Any]:
-        """Train until the servers reach `target_version`. In async mode the next gradient is
-        computed while the last push is in flight (so it is one push staler); in sync mode every
-        step waits for the barrier."""
+    def _push(self, base_versions: list[int], grads: list, finite: bool, step: int, loss: float) -> list:
+        """Hand the gradient (computed on `base_versions`) to every server; returns the reply refs."""
+        payloads = [link.send(grad) if finite else None for link, grad in zip(self.links, grads)]
+        return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite)
+                for j, (server, payload) in enumerate(zip(self.servers, payloads))]
+
+    def run(self, target_version: int, rejoin: bool = False) -> WorkerResult:
+        """Train until the servers reach `target_version`. Where the policy overlaps compute with
+        the exchange (async, ssp), the next gradient is computed while the last push is in flight
+        (so it is one push staler); otherwise (sync) every step waits for its push's answer."""
         import ray
 
-        updates_per_step = self.config.updates_per_step
-        warmup = warmup_steps(target_version // updates_per_step)
-        timings = {"compute": 0.0, "exchange": 0.0}
+        policy = self.config.policy
+        timer = StepTimer(warmup_steps(target_version // policy.updates_per_step))
         loss_value = float("nan")
         steps = 0
-        warm_time = time.perf_counter()
-        startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
+        status = Status.OK
         try:
             pull_started = time.time()
-            if rejoin and mode == "sync":
-                status, versions = self._admit()
-            else:
-                status, versions = self._finish([server.pull.remote(self.index) for server in self.servers])
-            startup["first_pull"] = (pull_started, time.time())
+            status, versions = self._start(rejoin)
+            timer.startup["first_pull"] = (pull_started, time.time())
             pending = None
-            while status == OK:
-                t0 = time.perf_counter()
-                compute_started = time.time()
+            while status is Status.OK:
+                base_versions = versions  # what this gradient is computed on: its staleness counts from there
+                timer.compute_started()
                 loss, flats, finite = self._compute()
                 finite = bool(finite)
-                if not steps:
-                    startup["first_compile"] = (compute_started, time.time())
                 if not finite and self.config.on_nonfinite == "abort":
-                    from raytf.errors import TrainingError
-
-                    raise TrainingError(
-                        f"worker {self.index}: the gradient of step {versions[0] // updates_per_step + 1} is not finite "
-                        f"(NaN or Inf; loss {float(loss):.4g}), and on_nonfinite is 'abort'.",
-                        "Lower optimizer.learning_rate, check the data for NaN/Inf, or set on_nonfinite: skip to drop "
-                        "such gradients.",
-                    )
+                    raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
                 grads = [flat.numpy() for flat in flats] if finite else [None] * len(flats)
                 loss_value = float(loss)
-                t1 = time.perf_counter()
+                timer.computed(first=not steps)
                 if pending is not None:
                     status, versions = self._finish(pending, pushed_at)
                     pending = None
-                    if status != OK:
+                    if status is not Status.OK:
                         break  # the gradient just computed is not needed any more
-                payloads = [link.send(grad) if finite else None for link, grad in zip(self.links, grads)]
                 pushed_at = time.perf_counter()
-                pending = [
-                    server.push.remote(self.index, versions[j], payload, steps + 1, loss_value if j == 0 else None, finite)
-                    for j, (server, payload) in enumerate(zip(self.servers, payloads))
-                ]
+                pending = self._push(base_versions, grads, finite, steps + 1, loss_value)
                 steps += 1
-                if mode == "sync":
+                if not policy.overlaps_compute:
                     status, versions = self._finish(pending, pushed_at)
                     pending = None
-                t2 = time.perf_counter()
-                self._record_step(steps, loss_value, t2)
-                if steps == warmup:
-                    warm_time = t2
-                    timings = {"compute": 0.0, "exchange": 0.0}
-                else:
-                    timings["compute"] += t1 - t0
-                    timings["exchange"] += t2 - t1
+                self._record_step(steps, loss_value, timer.exchanged(steps))
         except ray.exceptions.RayActorError:
-            status = "server_lost"  # the driver restores a checkpoint and starts the run again
-        end_time = time.perf_counter()
-        measured = steps - warmup
-        seconds = end_time - warm_time
-        return {
-            "index": self.index,
-            "status": status,
-            "steps": steps,
-            "final_loss": loss_value,
-            "measured_steps": max(measured, 0),
-            "samples_per_second": measured * self.config.batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
-            "ms_compute_per_step": 1000 * timings["compute"] / max(measured, 1),
-            "ms_exchange_per_step": 1000 * timings["exchange"] / max(measured, 1),
-            "startup": startup,
-        }
+            status = Status.SERVER_LOST  # the driver restores a checkpoint and starts the run again
+        return timer.result(self.index, status, steps, loss_value, self.config.batch_size)
+
+    def _nonfinite_error(self, step: int, loss: float):
+        from raytf.errors import TrainingError
+
+        return TrainingError(
+            f"worker {self.index}: the gradient of step {step} is not finite (NaN or Inf; loss {loss:.4g}), and "
+            "on_nonfinite is 'abort'.",
+            "Lower optimizer.learning_rate, check the data for NaN/Inf, or set on_nonfinite: skip to drop such gradients.",
+        )
 
     def _record_step(self, step: int, loss: float, now: float, window: int = 20) -> None:
         self.metrics.set("raytf_step", step)

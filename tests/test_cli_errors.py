@@ -52,7 +52,9 @@ def home(tmp_path, monkeypatch, request) -> Path:
     monkeypatch.setenv("RAYTF_HOME", str(home))
     monkeypatch.delenv("RAYTF_DEBUG", raising=False)
     monkeypatch.setitem(cli._debug, "on", False)  # `--debug` sets a module global
-    monkeypatch.delenv("RAYTF_VERBOSE", raising=False)  # ... and turns verbose logs on for the process
+    # ... and turns verbose logs on for the process (setenv, not delenv: delenv of an absent variable
+    # records nothing to restore, and the test's own change would outlive it).
+    monkeypatch.setenv("RAYTF_VERBOSE", "")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.chdir(REPO)  # import paths like tests.badinput.models resolve against the cwd
@@ -129,6 +131,20 @@ def test_train_missing_config_file(tmp_path):
         pytest.param(GOOD_YAML + "batch_size: abc\n", ("bad.yaml:5:", "batch_size", "'abc'"), ("value",), id="type"),
         pytest.param(GOOD_YAML + "distribution:\n  workers: 0\n", ("bad.yaml:6:", "distribution.workers", "(got 0)"),
                      (), id="workers-0"),
+        pytest.param(GOOD_YAML + "distribution:\n  workers: 3\n  backup_workers: 3\n",
+                     ("bad.yaml:7:", "distribution.backup_workers", "less than workers (3), but it is 3"),
+                     ("at most 2",), id="backups-not-below-workers"),
+        pytest.param(GOOD_YAML + "distribution:\n  mode: async\n  backup_workers: 1\n",
+                     ("bad.yaml:7:", "distribution.backup_workers", "mode is 'async'"),
+                     ("Set mode: sync",), id="backups-without-sync"),
+        pytest.param(GOOD_YAML + "distribution:\n  staleness_bound: 2\n",
+                     ("bad.yaml:6:", "distribution.staleness_bound", "mode is 'sync'", "mode ssp only"),
+                     ("Set mode: ssp",), id="bound-without-ssp"),
+        pytest.param(GOOD_YAML + "distribution:\n  mode: ssp\n  staleness_bound: -1\n",
+                     ("bad.yaml:7:", "distribution.staleness_bound", "(got -1)"), ("greater than or equal to 0",),
+                     id="bound-negative"),
+        pytest.param(GOOD_YAML + "distribution:\n  mode: spp\n", ("bad.yaml:6:", "distribution.mode: 'spp' is not allowed"),
+                     ("Did you mean 'ssp'?",), id="mode-typo-ssp"),
     ],
 )
 def test_train_bad_config(tmp_path, text, fragments, fix):

@@ -164,3 +164,23 @@ def test_non_finite_gradient_with_abort_names_the_step_and_worker(ray_cluster, t
     with pytest.raises(TrainingError, match=r"worker 1: the gradient of step 2 is not finite.*on_nonfinite"):
         raytf.fit(config, address=ray_cluster.gcs_address)
     assert live_actor_names(ray_cluster) == []
+
+
+@pytest.mark.parametrize("name, distribution", [
+    pytest.param("kill-ssp", {"mode": "ssp", "staleness_bound": 1}, id="ssp"),
+    pytest.param("kill-backup", {"mode": "sync", "backup_workers": 1}, id="sync-backup"),
+])
+def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, clean_accuracy, name, distribution):
+    """The survivor goes on while the killed worker restarts (the bound and the quorum count live
+    workers only), and the restarted worker is admitted back."""
+    config = fault_config(tmp_path, name)
+    config["distribution"].update(distribution)
+    killer = KillAt(name, "worker", 1, step=60)
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=killer, on_event=killer.on_event)
+    assert killer.killed_at is not None
+    assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("worker", 1)]
+    assert summary["rollbacks"] == []
+    assert summary["updates"] == STEPS * (2 if distribution["mode"] == "ssp" else 1)
+    assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the restarted worker trained to the end
+    assert summary["eval"]["accuracy"] >= clean_accuracy - 0.02, (summary["eval"], clean_accuracy)
+    assert live_actor_names(ray_cluster) == []

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not shm_available(), reason="no writable /dev/sh
 def test_gradient_and_parameters_round_trip():
     run = f"test-{uuid.uuid4().hex[:8]}"
     size = 1000
-    server = ServerSlots(run, 0, size, num_workers=2, shm_workers={0, 1}, shared_params=False)
+    server = ServerSlots(run, 0, size, shm_workers={0, 1}, shared_params=False)
     try:
         links = [WorkerLink(server.link_spec(w), size) for w in (0, 1)]
         grads = [np.full(size, w + 1.5, np.float32) for w in (0, 1)]
@@ -33,9 +33,24 @@ def test_gradient_and_parameters_round_trip():
     assert glob.glob(shm_prefix(run) + "*") == []
 
 
+def test_a_slot_is_written_once_per_version():
+    """Publishing the version a slot already holds copies nothing (async answers every push)."""
+    run = f"test-{uuid.uuid4().hex[:8]}"
+    server = ServerSlots(run, 0, 4, shm_workers={0}, shared_params=False)
+    try:
+        link = WorkerLink(server.link_spec(0), 4)
+        server.publish(np.full(4, 1.0, np.float32), version=7, worker=0)
+        server.publish(np.full(4, 2.0, np.float32), version=7, worker=0)  # same version: no copy
+        np.testing.assert_array_equal(link.receive(None).numpy(), np.full(4, 1.0))
+        server.publish(np.full(4, 3.0, np.float32), version=8, worker=0)
+        np.testing.assert_array_equal(link.receive(None).numpy(), np.full(4, 3.0))
+    finally:
+        server.close()
+
+
 def test_sync_mode_shares_one_parameter_slot():
     run = f"test-{uuid.uuid4().hex[:8]}"
-    server = ServerSlots(run, 3, 10, num_workers=2, shm_workers={0, 1}, shared_params=True)
+    server = ServerSlots(run, 3, 10, shm_workers={0, 1}, shared_params=True)
     try:
         specs = [server.link_spec(w) for w in (0, 1)]
         assert specs[0].params_path == specs[1].params_path
@@ -47,7 +62,7 @@ def test_sync_mode_shares_one_parameter_slot():
 
 def test_object_store_workers_get_no_slots():
     run = f"test-{uuid.uuid4().hex[:8]}"
-    server = ServerSlots(run, 0, 10, num_workers=2, shm_workers={1}, shared_params=True)
+    server = ServerSlots(run, 0, 10, shm_workers={1}, shared_params=True)
     try:
         assert server.link_spec(0).kind == "object_store"
         assert server.link_spec(1).kind == "shm"
@@ -59,6 +74,6 @@ def test_object_store_workers_get_no_slots():
 
 def test_sweep_removes_files_left_by_a_crash():
     run = f"test-{uuid.uuid4().hex[:8]}"
-    ServerSlots(run, 0, 10, num_workers=1, shm_workers={0}, shared_params=True)  # never closed: "crashed"
+    ServerSlots(run, 0, 10, shm_workers={0}, shared_params=True)  # never closed: "crashed"
     assert remove_shm_files(run) == 2
     assert glob.glob(shm_prefix(run) + "*") == []
