@@ -3,7 +3,7 @@
 * `train_slow_last_shard`: the last shard's pipeline takes SLOW_SECONDS_PER_BATCH per batch (a
   worker on a slow disk, or a noisy neighbour): a sync barrier waits for it every round.
 * `train_staggered_stalls`: every shard stalls for STALL_SECONDS once every STALL_EVERY batches,
-  each at its own phase (short hiccups that never hit all workers at once).
+  each at its own phase, spread over the period (short hiccups that never hit all workers at once).
 
 The delays are `time.sleep` in a `tf.py_function` before the first example of a batch (the
 benchmark reads each shard in order, batch size BATCH), so they hold up the pipeline as a slow
@@ -21,8 +21,8 @@ from examples.digits import train_examples as digits_train
 
 BATCH = 64  # the benchmark's batch size, to turn per-batch delays into per-example ones
 SLOW_SECONDS_PER_BATCH = 0.2
-STALL_SECONDS = 0.15
-STALL_EVERY = 4  # batches
+STALL_SECONDS = 0.3  # longer than the 2 batches the pipeline prefetches hide
+STALL_EVERY = 8  # batches
 
 
 def _delayed(dataset: tf.data.Dataset, seconds: float, delayed) -> tf.data.Dataset:
@@ -49,5 +49,5 @@ def train_slow_last_shard(shard_index: int, num_shards: int) -> tf.data.Dataset:
 
 def train_staggered_stalls(shard_index: int, num_shards: int) -> tf.data.Dataset:
     dataset = digits_train(shard_index, num_shards)
-    period, phase = STALL_EVERY * BATCH, shard_index * BATCH
+    period, phase = STALL_EVERY * BATCH, shard_index * (STALL_EVERY // num_shards) * BATCH
     return _delayed(dataset, STALL_SECONDS, lambda index: index % period == phase)

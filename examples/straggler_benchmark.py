@@ -9,7 +9,7 @@ embedded one for this invocation):
 * slow worker: worker 2's data pipeline takes ~0.2 s per batch (examples/straggler.py). sync waits
   for it every round; sync with backup_workers: 1 applies the first 2 gradients of each round and
   drops the late one; async applies everything on arrival; ssp bounds how far the fast ones lead.
-* staggered stalls: every worker stalls 0.15 s once every 4 batches, at its own phase. sync waits
+* staggered stalls: every worker stalls 0.3 s once every 8 batches, at its own phase. sync waits
   out each stall; ssp (bound 3) lets the others go on.
 
 rounds/s is training steps per second (server updates / updates per step) over the training time
@@ -89,22 +89,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict]) -> list[str]:
+def ratios(rows: list[dict], only: str | None = None) -> list[str]:
     def row(scenario: str, policy: str) -> dict:
         return next(r for r in rows if r["scenario"] == scenario and r["policy"] == policy)
 
-    slow_sync, backup = row("slow worker", "sync"), row("slow worker", "sync, backup_workers 1")
-    stall_sync, stall_ssp = row("staggered stalls", "sync"), row("staggered stalls", "ssp, bound 3")
-    return [
-        f"backup_workers 1 / sync rounds/s with a slow worker: {backup['rounds_per_second'] / slow_sync['rounds_per_second']:.2f}x",
-        f"ssp / sync gradients/s with staggered stalls: {stall_ssp['gradients_per_second'] / stall_sync['gradients_per_second']:.2f}x",
-    ]
+    lines = []
+    if only in (None, "slow worker"):
+        slow_sync, backup = row("slow worker", "sync"), row("slow worker", "sync, backup_workers 1")
+        lines.append(f"backup_workers 1 / sync rounds/s with a slow worker: "
+                     f"{backup['rounds_per_second'] / slow_sync['rounds_per_second']:.2f}x")
+    if only in (None, "staggered stalls"):
+        stall_sync, stall_ssp = row("staggered stalls", "sync"), row("staggered stalls", "ssp, bound 3")
+        lines.append(f"ssp / sync gradients/s with staggered stalls: "
+                     f"{stall_ssp['gradients_per_second'] / stall_sync['gradients_per_second']:.2f}x")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400, help="training steps per run (default 400)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--only", choices=sorted({scenario for scenario, *_ in RUNS}), help="one scenario only")
     args = parser.parse_args(argv)
     from raytf.cluster import connect
 
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with connect(on_event=lambda message: print(f"[straggler] {message}", file=sys.stderr, flush=True)):
         for index, (scenario, policy, data, distribution) in enumerate(RUNS):
+            if args.only and scenario != args.only:
+                continue
             print(f"[straggler] {scenario}: {policy} ...", file=sys.stderr, flush=True)
             rows.append({"scenario": scenario, "policy": policy, **run_one(index, data, distribution, args.steps)})
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n"
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps per run, total {time.perf_counter() - started:.0f} s\n")
     print(table(rows))
     print()
-    print("\n".join(ratios(rows)))
+    print("\n".join(ratios(rows, args.only)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
