@@ -100,7 +100,7 @@ class RunActors:
         remove_shm_files(self.run_id)
 
 
-def server_settings(config: TrainConfig, checkpoint_dir: str | None) -> ServerSettings:
+def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: ShardPlan) -> ServerSettings:
     d = config.distribution
     policy = config.policy
     ups = policy.updates_per_step
@@ -108,7 +108,8 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None) -> ServerSe
     threads = d.ps_threads or (2 if policy.workers_idle_during_update else max(1, int(d.ps_resources.num_cpus)))
     return ServerSettings(run_name=config.name, distribution=d, threads=threads, target_version=config.steps * ups,
                           updates_per_step=ups, checkpoint_dir=checkpoint_dir,
-                          every_versions=config.checkpoint.every_steps * ups)
+                          every_versions=config.checkpoint.every_steps * ups, dense_slots=config.sparse.slots == "dense",
+                          tables=plan.tables)
 
 
 def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:

@@ -30,10 +30,20 @@ import numpy as np
 
 from raytf.errors import ConfigError, TrainingError
 from raytf.sharding import ShardPlan
+from raytf.sparse import TableSpec
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One server's rows of a sparse table (`raytf.sparse`), in its local order, and their slots."""
+
+    params: np.ndarray  # (rows of this server, width)
+    slots: dict[str, np.ndarray] | None = None  # None: fresh optimizer slots
+    iterations: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class ShardState:
     slots: dict[str, np.ndarray] | None = None  # None: fresh optimizer slots
     iterations: int = 0
     version: int = 0
+    tables: tuple[TableState, ...] = ()  # its rows of each sparse table, in the plan's order
 
 
 @dataclass(frozen=True)
@@ -102,10 +113,14 @@ def _atomic_write(path: Path, write) -> None:
 def write_shard(directory: Path, index: int, state: ShardState) -> SavedShard:
     """Write one server's shard (called in the server, which owns the arrays)."""
     arrays = {"params": state.params, **{f"slot.{name}": value for name, value in (state.slots or {}).items()}}
+    counters = {"iterations": np.int64(state.iterations), "version": np.int64(state.version)}
+    for k, table in enumerate(state.tables):
+        arrays[f"table{k}.params"] = table.params
+        arrays.update({f"table{k}.slot.{name}": value for name, value in (table.slots or {}).items()})
+        counters[f"table{k}.iterations"] = np.int64(table.iterations)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"ps-{index}.npz"
-    _atomic_write(directory / name, lambda f: np.savez(f, iterations=np.int64(state.iterations),
-                                                       version=np.int64(state.version), **arrays))
+    _atomic_write(directory / name, lambda f: np.savez(f, **counters, **arrays))
     return SavedShard(index=index, version=state.version, file=name, crc32=_checksum(arrays))
 
 
@@ -120,6 +135,8 @@ def build_manifest(step: int, plan: ShardPlan, saved: Sequence[SavedShard], *, m
         "run_id": run_id,
         "written_at": time.time(),
         "variables": [{"name": v.name, "shape": list(v.shape)} for v in plan.variables],
+        "tables": [{"variable": t.variable, "layer": t.layer, "rows": t.rows, "width": t.width, "servers": t.servers,
+                    "partition": t.partition} for t in plan.tables],
         "shards": [
             {"file": s.file, "version": s.version, "crc32": s.crc32, "variables": list(shard.variables)}
             for s, shard in zip(sorted(saved, key=lambda s: s.index), plan.shards)
@@ -204,35 +221,82 @@ def load(checkpoint: Checkpoint, plan: ShardPlan, optimizer: str, updates_per_st
             f"{where} holds the slots of optimizer '{manifest['optimizer']}', but the config asks for '{optimizer}'.",
             f"Resume with optimizer.name: {manifest['optimizer']}, or drop --resume to start from scratch.",
         )
+    theirs_tables = [(t["variable"], t["rows"], t["width"]) for t in manifest.get("tables", [])]
+    ours_tables = [(t.variable, t.rows, t.width) for t in plan.tables]
+    if theirs_tables != ours_tables:
+        raise ConfigError(
+            f"{where} holds sparse tables {_tables(manifest.get('tables', []))}, but this run's are "
+            f"{_tables([vars(t) for t in plan.tables])}.",
+            "Resume with the same sparse settings (sparse.tables, sparse.min_bytes) as the checkpoint's run, or drop "
+            "--resume to start from scratch.",
+        )
+    files = [_read_shard(checkpoint, entry) for entry in manifest["shards"]]
     per_variable: dict[str, list[np.ndarray | None]] = {}
-    iterations = 0
-    for entry in manifest["shards"]:
-        path = checkpoint.directory / entry["file"]
-        try:
-            with np.load(path) as data:
-                arrays = {key: data[key] for key in data.files if key not in ("iterations", "version")}
-                iterations = max(iterations, int(data["iterations"]))
-        except (OSError, ValueError, KeyError) as err:
-            raise TrainingError(f"{where}: cannot read {entry['file']} ({err}).",
-                                f"Delete {checkpoint.directory} to fall back to the checkpoint before it.") from None
-        if _checksum(arrays) != entry["crc32"]:
-            raise TrainingError(f"{where}: {entry['file']} does not match its checksum in the manifest (damaged file).",
-                                f"Delete {checkpoint.directory} to fall back to the checkpoint before it.")
+    for entry, (arrays, _) in zip(manifest["shards"], files):
         for key, flat in arrays.items():
+            if key.startswith("table"):
+                continue
             parts = per_variable.setdefault(key, [None] * len(ours))
             offset = 0
             for i in entry["variables"]:
                 size = plan.variables[i].size
                 parts[i] = flat[offset:offset + size]
                 offset += size
+    iterations = max(counters["iterations"] for _, counters in files)
+    tables = [_recut_table(k, TableSpec(**t), plan.tables[k], files)
+              for k, t in enumerate(manifest.get("tables", []))]
     version = checkpoint.step * updates_per_step
     states = []
-    for shard in plan.shards:
-        packed = {key: np.concatenate([parts[i] for i in shard.variables]).astype(np.float32, copy=False)
-                  for key, parts in per_variable.items()}
+    for server, shard in enumerate(plan.shards):
+        packed = {key: _concat([parts[i] for i in shard.variables]) for key, parts in per_variable.items()}
         slots = {key[len("slot."):]: value for key, value in packed.items() if key.startswith("slot.")}
-        states.append(ShardState(params=packed["params"], slots=slots, iterations=iterations, version=version))
+        states.append(ShardState(params=packed["params"], slots=slots, iterations=iterations, version=version,
+                                 tables=tuple(table[server] for table in tables)))
     return states
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+
+def _read_shard(checkpoint: Checkpoint, entry: dict) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """A server's arrays and counters, checked against the manifest's checksum."""
+    where = f"checkpoint {checkpoint.directory}"
+    path = checkpoint.directory / entry["file"]
+    try:
+        with np.load(path) as data:
+            counters = {key: int(data[key]) for key in data.files if key in ("iterations", "version")
+                        or key.endswith(".iterations")}
+            arrays = {key: data[key] for key in data.files if key not in counters}
+    except (OSError, ValueError, KeyError) as err:
+        raise TrainingError(f"{where}: cannot read {entry['file']} ({err}).",
+                            f"Delete {checkpoint.directory} to fall back to the checkpoint before it.") from None
+    if _checksum(arrays) != entry["crc32"]:
+        raise TrainingError(f"{where}: {entry['file']} does not match its checksum in the manifest (damaged file).",
+                            f"Delete {checkpoint.directory} to fall back to the checkpoint before it.")
+    return arrays, counters
+
+
+def _recut_table(k: int, theirs: TableSpec, ours: TableSpec, files: list) -> list[TableState]:
+    """Table `k`'s rows as the checkpoint's servers held them, re-cut for this run's servers."""
+    keys = [key[len(f"table{k}."):] for key in files[0][0] if key.startswith(f"table{k}.")]
+    whole = {key: np.empty((theirs.rows, theirs.width), np.float32) for key in keys}
+    for server, (arrays, _) in enumerate(files):
+        ids = theirs.global_ids(server)
+        for key in keys:
+            whole[key][ids] = arrays[f"table{k}.{key}"]
+    iterations = max(counters.get(f"table{k}.iterations", 0) for _, counters in files)
+    states = []
+    for server in range(ours.servers):
+        ids = ours.global_ids(server)
+        mine = {key: value[ids] for key, value in whole.items()}
+        slots = {key[len("slot."):]: value for key, value in mine.items() if key.startswith("slot.")}
+        states.append(TableState(params=mine["params"], slots=slots, iterations=iterations))
+    return states
+
+
+def _tables(tables: list[dict]) -> str:
+    return "[" + ", ".join(f"{t['layer']} {t['rows']}x{t['width']}" for t in tables) + "]" if tables else "none"
 
 
 def _shapes(shapes: list[tuple[int, ...]], limit: int = 6) -> str:

@@ -126,6 +126,22 @@ class DistributionConfig(_Frozen):
         return value
 
 
+class SparseConfig(_Frozen):
+    """Embedding tables whose rows are sharded over the parameter servers and exchanged row by row."""
+
+    # auto: every keras.layers.Embedding of at least min_bytes whose gradient is sparse (and every
+    # raytf.layers.ShardedEmbedding); none: all dense; or the names of the layers.
+    tables: Literal["auto", "none"] | tuple[str, ...] = "auto"
+    min_bytes: int = Field(16 * 2**20, ge=0, description="auto: the smallest table (bytes) worth exchanging by rows")
+    partition: Literal["mod", "div"] = "mod"  # mod: row r on server r % P; div: contiguous ranges of rows
+    slots: Literal["lazy", "dense"] = "lazy"  # momentum/rmsprop/adam: update touched rows only, or all rows
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _one_name(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) and value not in ("auto", "none") else value
+
+
 class CheckpointConfig(_Frozen):
     every_steps: int = Field(100, ge=0, description="0: only the final checkpoint (and one on interrupt)")
     keep: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
@@ -150,6 +166,7 @@ class TrainConfig(_Frozen):
     log_every_seconds: float = Field(1.0, gt=0)
     eval_batch_size: int = Field(256, ge=1)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    sparse: SparseConfig = SparseConfig()
     # A NaN/Inf gradient is dropped from its update (counted, with a warning), or ends the run.
     on_nonfinite: Literal["skip", "abort"] = "skip"
 
@@ -359,6 +376,7 @@ __all__ = [
     "LossConfig",
     "OptimizerConfig",
     "Resources",
+    "SparseConfig",
     "TrainConfig",
     "config_from_dict",
     "load_config",

@@ -97,6 +97,9 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
     try:
         outputs = model(features, training=False)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+        out_of_range = _id_out_of_range(model, err)
+        if out_of_range:
+            raise out_of_range from None
         raise ConfigError(
             f"model: the model does not accept the dataset's features: the data gives features of shape "
             f"{_shapes(features)} (dtype {_dtypes(features)}), the model expects inputs of shape {_model_inputs(model)}. "
@@ -121,6 +124,27 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
         )
     check_metrics(config.metrics, labels, outputs)
     return model
+
+
+class IdOutOfRange(ConfigError):
+    """An embedding id outside its table (the eager lookup refuses it; XLA's would clamp it)."""
+
+
+def _id_out_of_range(model, err: Exception) -> IdOutOfRange | None:
+    """TensorFlow's "indices[2,3] = 20000 is not in [0, 20000)" as an error naming the table."""
+    import keras
+
+    match = re.search(r"indices\[[\d,]*\] = (-?\d+) is not in \[0, (\d+)\)", str(err))
+    if not match:
+        return None
+    bad, size = int(match.group(1)), int(match.group(2))
+    from raytf.sparse import all_layers
+
+    names = [layer.name for layer in all_layers(model) if isinstance(layer, keras.layers.Embedding) and layer.input_dim == size]
+    table = f"the embedding table '{names[0]}'" if len(names) == 1 else f"an embedding table of {size} rows"
+    return IdOutOfRange(f"data.train: the batch has id {bad} for {table}, whose input_dim is {size} "
+                        f"(ids must be in 0..{size - 1}).",
+                        "Fix the ids in the data (hash or clip them into range), or raise the layer's input_dim.")
 
 
 def check_labels_in_range(labels, outputs, loss: LossConfig, key: str = "data.train") -> None:
@@ -227,6 +251,13 @@ def keras_optimizer(config: OptimizerConfig):
 
 
 def variable_specs(model) -> list[VariableSpec]:
+    """The trainable variables as the servers hold them (a ShardedEmbedding's whole table, not the
+    row cache a replica has of it)."""
+    from raytf.layers import ShardedEmbedding
+    from raytf.sparse import all_layers
+
+    logical = {id(layer.embeddings): layer.logical_shape for layer in all_layers(model)
+               if isinstance(layer, ShardedEmbedding) and getattr(layer, "on_servers", False)}
     specs = []
     for var in model.trainable_variables:
         dtype = tf.as_dtype(var.dtype).name
@@ -236,7 +267,8 @@ def variable_specs(model) -> list[VariableSpec]:
                 "raytf's parameter servers hold float32 variables.",
                 "Build the model in float32 (no mixed-precision policy).",
             )
-        specs.append(VariableSpec(name=getattr(var, "path", var.name), shape=tuple(var.shape), dtype=dtype))
+        specs.append(VariableSpec(name=getattr(var, "path", var.name), shape=logical.get(id(var), tuple(var.shape)),
+                                  dtype=dtype))
     if not specs:
         raise ConfigError("model: the model has no trainable variables.", "Return a model with trainable layers.")
     return specs

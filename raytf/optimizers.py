@@ -72,36 +72,122 @@ class FlatOptimizer:
         grad = grads[0] if len(grads) == 1 else tf.add_n(grads) * (1.0 / len(grads))
         return self._apply(grad)
 
-    def _apply(self, grad: tf.Tensor) -> tf.Tensor:
-        c = self.config
+    def _apply(self, grad: tf.Tensor) -> None:
+        dense_update(self.config, self.params, self.slots, self.iterations, grad)
+
+
+def dense_update(config: OptimizerConfig, var: tf.Variable, slots: dict[str, tf.Variable], iterations: tf.Variable,
+                 grad: tf.Tensor) -> None:
+    """One `ResourceApply*` update of `var` (and its slots) with the gradient `grad` of the same shape."""
+    c = config
+    lr = tf.constant(c.learning_rate, tf.float32)
+    handle = var.handle
+    if c.name == "sgd":
+        tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=lr, delta=grad)
+    elif c.name == "momentum":
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=handle, accum=slots["momentum"].handle, lr=lr, grad=grad,
+            momentum=tf.constant(c.momentum, tf.float32), use_nesterov=c.nesterov,
+        )
+    elif c.name == "adam":
+        step = tf.cast(iterations + 1, tf.float32)
+        b1, b2 = tf.constant(c.beta_1, tf.float32), tf.constant(c.beta_2, tf.float32)
+        tf.raw_ops.ResourceApplyAdam(
+            var=handle, m=slots["m"].handle, v=slots["v"].handle,
+            beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step), lr=lr,
+            beta1=b1, beta2=b2, epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
+        )
+    elif c.name == "adagrad":
+        tf.raw_ops.ResourceApplyAdagradV2(
+            var=handle, accum=slots["accumulator"].handle, lr=lr,
+            epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
+        )
+    elif c.name == "rmsprop":
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=handle, ms=slots["ms"].handle, mom=slots["mom"].handle, lr=lr,
+            rho=tf.constant(c.rho, tf.float32), momentum=tf.constant(c.momentum, tf.float32),
+            epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
+        )
+    else:  # unreachable: the config validates the name
+        raise ValueError(c.name)
+    iterations.assign_add(1)
+
+
+class RowOptimizer:
+    """One server's rows of a sparse embedding table, (rows, width), with their optimizer slots.
+
+    An update touches only the rows a step's gradient has (unique ids, already summed and averaged):
+    `ResourceScatterSub` for SGD, `ResourceSparseApplyAdagradV2`, `ResourceSparseApplyKerasMomentum`,
+    `ResourceSparseApplyRMSProp`, and a lazy Adam (gather, update, scatter). For SGD and Adagrad that
+    is exactly the dense update (an untouched row's gradient is zero and changes nothing); momentum,
+    RMSProp and Adam would also decay untouched rows' slots, which the lazy update skips
+    (`dense_slots=True` does the dense update of the whole table instead: exact, and a full pass).
+    """
+
+    LAZY = ("momentum", "rmsprop", "adam")
+
+    def __init__(self, config: OptimizerConfig, initial: np.ndarray, slots: dict[str, np.ndarray] | None = None,
+                 iterations: int = 0, dense_slots: bool = False) -> None:
+        self.config = config
+        self.shape = tuple(initial.shape)
+        self.params = tf.Variable(initial.astype(np.float32, copy=False), name="rows")
+        fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
+        self.slots = {name: tf.Variable(slots[name] if slots else tf.fill(self.shape, fill), name=name)
+                      for name in SLOT_NAMES[config.name]}
+        self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
+        self.dense = dense_slots and config.name in self.LAZY
+        ids = tf.TensorSpec([None], tf.int64)
+        self._apply = tf.function(self._update, input_signature=[ids, tf.TensorSpec([None, self.shape[1]], tf.float32)])
+        self._gather = tf.function(lambda i: tf.gather(self.params, i), input_signature=[ids])
+
+    @property
+    def lazy(self) -> bool:
+        """Slots of untouched rows are left as they are (not what the dense update would do)."""
+        return self.config.name in self.LAZY and not self.dense
+
+    def apply(self, ids: np.ndarray, grad: np.ndarray) -> None:
+        """One update with the mean gradient `grad` of the rows at (unique, local) `ids`."""
+        self._apply(tf.constant(ids, tf.int64), tf.constant(grad, tf.float32))
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        return self._gather(tf.constant(ids, tf.int64)).numpy()
+
+    def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+        return (self.params.numpy(), {name: var.numpy() for name, var in self.slots.items()},
+                int(self.iterations.numpy()))
+
+    def _update(self, ids: tf.Tensor, grad: tf.Tensor) -> None:
+        c, handle = self.config, self.params.handle
         lr = tf.constant(c.learning_rate, tf.float32)
-        handle = self.params.handle
+        if self.dense:
+            dense_update(c, self.params, self.slots, self.iterations, tf.scatter_nd(ids[:, None], grad, self.shape))
+            return
         if c.name == "sgd":
-            tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=lr, delta=grad)
-        elif c.name == "momentum":
-            tf.raw_ops.ResourceApplyKerasMomentum(
-                var=handle, accum=self.slots["momentum"].handle, lr=lr, grad=grad,
-                momentum=tf.constant(c.momentum, tf.float32), use_nesterov=c.nesterov,
-            )
-        elif c.name == "adam":
-            step = tf.cast(self.iterations + 1, tf.float32)
-            b1, b2 = tf.constant(c.beta_1, tf.float32), tf.constant(c.beta_2, tf.float32)
-            tf.raw_ops.ResourceApplyAdam(
-                var=handle, m=self.slots["m"].handle, v=self.slots["v"].handle,
-                beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step), lr=lr,
-                beta1=b1, beta2=b2, epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
-            )
+            tf.raw_ops.ResourceScatterSub(resource=handle, indices=ids, updates=lr * grad)
         elif c.name == "adagrad":
-            tf.raw_ops.ResourceApplyAdagradV2(
+            tf.raw_ops.ResourceSparseApplyAdagradV2(
                 var=handle, accum=self.slots["accumulator"].handle, lr=lr,
-                epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
-            )
+                epsilon=tf.constant(c.epsilon, tf.float32), grad=grad, indices=ids)
+        elif c.name == "momentum":
+            tf.raw_ops.ResourceSparseApplyKerasMomentum(
+                var=handle, accum=self.slots["momentum"].handle, lr=lr, grad=grad, indices=ids,
+                momentum=tf.constant(c.momentum, tf.float32), use_nesterov=c.nesterov)
         elif c.name == "rmsprop":
-            tf.raw_ops.ResourceApplyRMSProp(
+            tf.raw_ops.ResourceSparseApplyRMSProp(
                 var=handle, ms=self.slots["ms"].handle, mom=self.slots["mom"].handle, lr=lr,
                 rho=tf.constant(c.rho, tf.float32), momentum=tf.constant(c.momentum, tf.float32),
-                epsilon=tf.constant(c.epsilon, tf.float32), grad=grad,
-            )
+                epsilon=tf.constant(c.epsilon, tf.float32), grad=grad, indices=ids)
+        elif c.name == "adam":
+            # ResourceApplyAdam's formula on the touched rows only.
+            step = tf.cast(self.iterations + 1, tf.float32)
+            b1, b2 = tf.constant(c.beta_1, tf.float32), tf.constant(c.beta_2, tf.float32)
+            m = b1 * tf.gather(self.slots["m"], ids) + (1 - b1) * grad
+            v = b2 * tf.gather(self.slots["v"], ids) + (1 - b2) * tf.square(grad)
+            lr_t = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+            self.slots["m"].scatter_update(tf.IndexedSlices(m, ids))
+            self.slots["v"].scatter_update(tf.IndexedSlices(v, ids))
+            tf.raw_ops.ResourceScatterSub(resource=handle, indices=ids,
+                                          updates=lr_t * m / (tf.sqrt(v) + tf.constant(c.epsilon, tf.float32)))
         else:  # unreachable: the config validates the name
             raise ValueError(c.name)
         self.iterations.assign_add(1)

@@ -14,13 +14,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from raytf.checkpoint import SavedShard, ShardState, step_dir, write_shard
+from raytf.checkpoint import SavedShard, ShardState, TableState, step_dir, write_shard
 from raytf.config import DistributionConfig, OptimizerConfig
 from raytf.exchange import Exchange, Push, Reply, ServerStats, Status, policy_for
 from raytf.runtime import configure_tensorflow
+from raytf.startup import peak_rss
 from raytf.transport import LinkSpec, ServerSlots, shm_available
 
 
@@ -33,6 +35,17 @@ class ServerSettings:
     updates_per_step: int = 1  # server versions per training step (the policy's)
     checkpoint_dir: str | None = None
     every_versions: int = 0  # 0: checkpoint only at the target
+    dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
+    tables: tuple = ()  # the plan's sparse tables (raytf.sparse.TableSpec)
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """One worker's gradient for this server: its dense buffer and, per sparse table, the rows it
+    touched (unique local ids and their summed gradient rows)."""
+
+    dense: Any
+    tables: tuple = ()
 
 
 class ParameterServer:
@@ -60,7 +73,7 @@ class ParameterServer:
         with timer.span("actor_imports"):
             configure_tensorflow(settings.threads)
             from raytf.metrics import ActorMetrics
-            from raytf.optimizers import FlatOptimizer
+            from raytf.optimizers import FlatOptimizer, RowOptimizer
 
         with timer.span("actor_model_build"), self._setup_lock:
             if self.slots is not None:
@@ -71,6 +84,10 @@ class ParameterServer:
             self.settings = settings
             self.policy = policy_for(settings.distribution)
             self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
+            self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
+                           for t, spec in zip(state.tables, settings.tables)]
+            self._wanted: dict[int, tuple] = {}  # worker -> per table, the local ids of the rows to send it
+            self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
             self.saved: dict[int, SavedShard] = {}
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
             self.seconds_publish = 0.0
@@ -100,7 +117,11 @@ class ParameterServer:
     # -- the exchange's backend (called with the exchange's lock held) ----------------------
     def apply(self, grads: list) -> None:
         started = time.perf_counter()
-        self.opt.apply_mean(grads)
+        if self.opt.size:
+            self.opt.apply_mean([g.dense for g in grads])
+        for k, table in enumerate(self.tables):
+            ids, rows = _mean_rows([g.tables[k] for g in grads], table.shape[1])
+            table.apply(ids, rows)  # with no rows, too: its step count stays the dense one's
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
@@ -110,31 +131,48 @@ class ParameterServer:
         params = self.opt.params_view()
         self.slots.publish(params, version, worker)
         del params  # a live view would make the next update copy the buffer first
+        wanted = self._wanted.pop(worker, None)
+        if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
+            self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, wanted))
         self.seconds_publish += time.perf_counter() - started
 
     def checkpoint(self, version: int) -> None:
         if not self.settings.checkpoint_dir:
             return
         params, slots, iterations = self.opt.state()
+        tables = tuple(TableState(*table.state()) for table in self.tables)
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
-        self.saved[version] = write_shard(directory, self.index, ShardState(params, slots, iterations, version))
+        self.saved[version] = write_shard(directory, self.index, ShardState(params, slots, iterations, version, tables))
         for old in sorted(self.saved)[:-8]:  # the driver reads them every second; keep a few
             del self.saved[old]
 
     # -- the workers' calls -----------------------------------------------------------------
-    def pull(self, worker: int, at_version: int | None = None) -> Reply:
-        """The parameters, once the version is at least `at_version` (a rejoining worker's start)."""
+    def pull(self, worker: int, at_version: int | None = None, want: tuple = ()) -> Reply:
+        """The parameters, once the version is at least `at_version` (a rejoining worker's start),
+        and per sparse table the rows at the local ids in `want`."""
+        self._want(worker, want)
         return self._reply(worker, self.exchange.pull(worker, at_version))
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None,
-             finite: bool = True) -> Reply:
-        grad = self.slots.gradient(worker, payload) if finite else None
+             finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
+        """A gradient: the dense part through the transport (`payload`), per sparse table the touched
+        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
+        self._want(worker, want)
         outcome = self.exchange.push(Push(worker, base_version, steps_done, loss, finite), grad)
         return self._reply(worker, outcome)
 
+    def _want(self, worker: int, want: tuple) -> None:
+        if self.tables:
+            with self.exchange.lock:
+                self._wanted[worker] = want
+
     def _reply(self, worker: int, outcome) -> Reply:
-        payload = None if outcome.status is Status.ROLLBACK else self.slots.reply(worker)
-        return Reply(outcome.status, outcome.version, payload, outcome.dropped)
+        if outcome.status is Status.ROLLBACK:
+            return Reply(outcome.status, outcome.version)
+        with self.exchange.lock:
+            rows = self._rows_out.pop(worker, None)
+        return Reply(outcome.status, outcome.version, self.slots.reply(worker), outcome.dropped, rows)
 
     # -- control by the driver --------------------------------------------------------------
     def abort(self) -> None:
@@ -163,15 +201,41 @@ class ParameterServer:
         exchange = self.exchange.stats()
         with self.exchange.lock:  # the backend's counters move under the exchange's lock
             updates = max(exchange.updates, 1)
-            received = exchange.pushes - exchange.nonfinite_skipped  # gradients that came with a payload
-            return ServerStats(ready=True, exchange=exchange, saved=dict(self.saved), bytes_in=received * self.opt.size * 4,
+            return ServerStats(ready=True, exchange=exchange, saved=dict(self.saved),
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
-                               ms_publish_per_update=1000 * self.seconds_publish / updates)
+                               ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss())
 
     def get_params(self) -> np.ndarray:
         with self.exchange.lock:
             return np.array(self.opt.params_view(), copy=True)
 
+    def get_table(self, k: int) -> np.ndarray:
+        """This server's rows of sparse table `k`, in its local order (`TableSpec.global_ids`)."""
+        with self.exchange.lock:
+            return self.tables[k].params.numpy()
+
     def close(self) -> None:
         if self.slots is not None:
             self.slots.close()
+
+
+def _mean_rows(parts: list, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The round's gradient rows of one table: duplicates across workers summed, divided by the
+    number of gradients in the round (what the dense mean gives a row that some workers left at 0)."""
+    from raytf.sparse import dedupe
+
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, width), np.float32)
+    ids = np.concatenate([ids for ids, _ in parts])
+    rows = np.concatenate([rows for _, rows in parts]) if len(ids) else np.zeros((0, width), np.float32)
+    unique, summed = dedupe(ids, rows)
+    return unique, summed / len(parts)
+
+
+def _rows(state: TableState, spec, server: int) -> np.ndarray:
+    """A table's rows to start from: restored, or (a ShardedEmbedding, which no replica holds) new."""
+    if state.params is not None:
+        return state.params
+    from raytf.sparse import initial_rows
+
+    return initial_rows(spec, server)

@@ -101,3 +101,10 @@ class ActorTimer:
             yield
         finally:
             self.spans[phase] = (start, time.time())
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -30,6 +30,8 @@ class Prepared:
     plan: Any
     eval_fn: Callable[[], Any] | None
     output_dir: Path
+    notices: tuple[str, ...] = ()  # what the user should know before training (e.g. tables left dense)
+    first_batch: tuple = ()  # (features, labels) the model was built on (to build it again for saving)
 
 
 def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -72,8 +74,10 @@ def _prepare(config: TrainConfig) -> Prepared:
     import keras
 
     from raytf.imports import resolve_callable
+    from raytf.layers import rows_on_servers
     from raytf.model import build_model, check_labels_in_range, eval_dataset, first_batch, train_dataset, variable_specs
     from raytf.sharding import plan_shards
+    from raytf.sparse import find_tables
 
     output_dir = prepare_output_dir(config.output_dir)
     model_fn = resolve_callable(config.model, "model")
@@ -81,7 +85,8 @@ def _prepare(config: TrainConfig) -> Prepared:
     eval_fn = resolve_callable(config.data.eval, "data.eval") if config.data.eval else None
     keras.utils.set_random_seed(config.seed)
     features, labels = first_batch(train_dataset(train_fn, 0, config.distribution.workers), config.batch_size, "data.train")
-    model = build_model(model_fn, features, labels, config)
+    with rows_on_servers(config.batch_size):  # a ShardedEmbedding's table is created on the servers, not here
+        model = build_model(model_fn, features, labels, config)
     if eval_fn is not None:
         eval_features, eval_labels = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
         if [tuple(t.shape[1:]) for t in _flat(eval_features)] != [tuple(t.shape[1:]) for t in _flat(features)]:
@@ -91,8 +96,10 @@ def _prepare(config: TrainConfig) -> Prepared:
                 "Make both datasets yield features of the same shape.",
             )
         check_labels_in_range(eval_labels, model(eval_features, training=False), config.loss, key="data.eval")
-    plan = plan_shards(variable_specs(model), config.distribution.parameter_servers)
-    return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir)
+    tables, notices = find_tables(model, config, features, labels)
+    plan = plan_shards(variable_specs(model), config.distribution.parameter_servers, tables)
+    return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir,
+                    notices=tuple(notices) + _table_notice(plan, config), first_batch=(features, labels))
 
 
 def _flat(value):
@@ -101,37 +108,88 @@ def _flat(value):
     return tf.nest.flatten(value)
 
 
-def initial_buffers(prepared: Prepared) -> list[np.ndarray]:
-    values = [np.asarray(v.numpy(), dtype=np.float32).reshape(-1) for v in prepared.model.trainable_variables]
-    return [np.concatenate([values[i] for i in shard.variables]) for shard in prepared.plan.shards]
+def initial_states(prepared: Prepared) -> list:
+    """What each server starts from: its dense buffer and its rows of every sparse table."""
+    from raytf.checkpoint import ShardState, TableState
 
-
-def load_final(prepared: Prepared, buffers: list[np.ndarray], non_trainable: list[np.ndarray]) -> None:
+    plan = prepared.plan
     tvars = prepared.model.trainable_variables
-    for shard, buffer in zip(prepared.plan.shards, buffers):
+    values = {i: np.asarray(tvars[i].numpy(), dtype=np.float32) for i in range(len(tvars))
+              if i not in {t.variable for t in plan.tables if t.cached}}  # a ShardedEmbedding's rows start on its servers
+    states = []
+    for server, shard in enumerate(plan.shards):
+        parts = [values[i].reshape(-1) for i in shard.variables]
+        buffer = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        tables = tuple(TableState(params=None if t.cached else values[t.variable][t.global_ids(server)])
+                       for t in plan.tables)
+        states.append(ShardState(params=buffer, tables=tables))
+    return states
+
+
+def final_model(prepared: Prepared, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+                non_trainable: list[np.ndarray]):
+    """The trained model: the driver's replica with the trained values (dense buffers, and every
+    sparse table from its servers' rows: `tables`, per table, per server). With a ShardedEmbedding,
+    whose table no replica holds, it is the model built anew with full tables (all in memory here)."""
+    model = prepared.model
+    if any(t.cached for t in prepared.plan.tables):
+        from raytf.imports import resolve_callable
+        from raytf.model import build_model
+
+        model = build_model(resolve_callable(prepared.config.model, "model"), *prepared.first_batch, prepared.config)
+    load_final(model, prepared.plan, buffers, tables, non_trainable)
+    return model
+
+
+def load_final(model, plan, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+               non_trainable: list[np.ndarray]) -> None:
+    tvars = model.trainable_variables
+    for shard, buffer in zip(plan.shards, buffers):
         for i, offset, size in zip(shard.variables, shard.offsets, shard.sizes):
-            tvars[i].assign(buffer[offset : offset + size].reshape(prepared.plan.variables[i].shape))
-    for var, value in zip(prepared.model.non_trainable_variables, non_trainable):
+            tvars[i].assign(buffer[offset : offset + size].reshape(plan.variables[i].shape))
+    for spec, rows in zip(plan.tables, tables):
+        whole = np.empty((spec.rows, spec.width), np.float32)
+        for server, part in enumerate(rows):
+            whole[spec.global_ids(server)] = part
+        tvars[spec.variable].assign(whole)
+    for var, value in zip(model.non_trainable_variables, non_trainable):
         var.assign(value)
 
 
-def compile_for_saving(prepared: Prepared) -> None:
+def _table_notice(plan, config: TrainConfig) -> tuple[str, ...]:
+    """Announce the sparse tables once, and say when their updates differ from the dense ones."""
+    if not plan.tables:
+        return ()
+    from raytf.optimizers import RowOptimizer
+    from raytf.sparse import describe
+
+    notice = (f"Sparse tables, rows over {config.distribution.parameter_servers} servers "
+              f"({config.sparse.partition}): {describe(plan.tables)}.")
+    if config.optimizer.name in RowOptimizer.LAZY and config.sparse.slots == "lazy":
+        notice += (f" {config.optimizer.name} updates only the rows a step touches (sparse.slots: lazy); "
+                   "sparse.slots: dense updates every row, as the dense exchange does.")
+    return (notice,)
+
+
+def compile_for_saving(model, config: TrainConfig, build_optimizer: bool = True) -> None:
     """Compile with the Keras twin of the run's optimizer, built, so the saved model loads cleanly
-    and can be fine-tuned with `model.fit` (its slots start fresh; the servers' slots are not Keras's)."""
+    and can be fine-tuned with `model.fit` (its slots start fresh; the servers' slots are not Keras's).
+    Not built for models with ShardedEmbedding tables: its slots would be as large as the tables."""
     from raytf.model import keras_optimizer, make_loss
 
-    optimizer = keras_optimizer(prepared.config.optimizer)
-    prepared.model.compile(optimizer=optimizer, loss=make_loss(prepared.config.loss), metrics=list(prepared.config.metrics))
-    optimizer.build(prepared.model.trainable_variables)
+    optimizer = keras_optimizer(config.optimizer)
+    model.compile(optimizer=optimizer, loss=make_loss(config.loss), metrics=list(config.metrics))
+    if build_optimizer:
+        optimizer.build(model.trainable_variables)
 
 
-def evaluate(prepared: Prepared) -> dict[str, float]:
+def evaluate(model, prepared: Prepared) -> dict[str, float]:
     if prepared.eval_fn is None:
         return {}
     from raytf.model import eval_dataset
 
     config = prepared.config
-    results = prepared.model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
+    results = model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
     return {name: float(value) for name, value in results.items()}
 
 
@@ -139,7 +197,7 @@ def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
     """Where the servers start: the model's initial values, or the newest complete checkpoint.
 
     Checked before any cluster starts, like the rest of the config."""
-    from raytf.checkpoint import ShardState, complete, latest, load, root_of
+    from raytf.checkpoint import complete, latest, load, root_of
 
     config = prepared.config
     root = root_of(prepared.output_dir)
@@ -166,7 +224,7 @@ def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
 
         for checkpoint in complete(root):
             shutil.rmtree(checkpoint.directory)
-    return [ShardState(params=buffer) for buffer in initial_buffers(prepared)]
+    return initial_states(prepared)
 
 
 def fit(
@@ -213,7 +271,7 @@ def fit(
             head.stop()
         raise
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-    settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()))
+    settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
     tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
@@ -224,6 +282,8 @@ def fit(
             actors = launch(cfg, run_id, prepared.plan, states, settings, clock)
             try:
                 resumed = states[0].version // settings.updates_per_step
+                for notice in prepared.notices:
+                    on_event(notice)
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
                          f"parameter servers, {cfg.policy.describe()}, exchange via {_kinds(actors.link_kinds)}"
                          + (f", resuming at step {resumed}" if resumed else ""))
@@ -234,21 +294,23 @@ def fit(
                 if supervisor.interrupted:
                     raise _interrupted(supervisor, cfg)
                 buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
+                tables = [get([s.get_table.remote(k) for s in actors.servers], "Collecting the sparse tables")
+                          for k in range(len(prepared.plan.tables))]
                 stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
                 non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
                 train_ended = time.time()
             finally:
                 actors.release()
-        load_final(prepared, buffers, non_trainable)
-        compile_for_saving(prepared)
-        eval_results = evaluate(prepared)
+        model = final_model(prepared, buffers, tables, non_trainable)
+        compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
+        eval_results = evaluate(model, prepared)
         tensorboard.evaluation(eval_results, cfg.steps)
     finally:
         tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
-    prepared.model.save(model_path)
+    model.save(model_path)
     results = [supervisor.results[i] for i in sorted(supervisor.results)]
-    summary = _summary(cfg, results, supervisor.steps_done, stats, eval_results, actors.link_kinds)
+    summary = _summary(cfg, prepared.plan, results, supervisor.steps_done, stats, eval_results, actors.link_kinds)
     ready = _first_steps(clock, supervisor.first_steps)
     summary.update(wall_seconds=time.time() - clock.origin, startup_seconds=ready - clock.origin,
                    train_seconds=train_ended - ready, startup_breakdown=clock.breakdown(ready))
@@ -298,7 +360,7 @@ def _first_steps(clock: StartupClock, first_steps: dict[int, dict]) -> float:
     return ready
 
 
-def _summary(cfg: TrainConfig, results: list, steps_done: list[int], stats: list, eval_results: dict,
+def _summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], stats: list, eval_results: dict,
              link_kinds: list[list[str]]) -> dict[str, Any]:
     """The run's summary from the workers' results and the servers' statistics (`raytf.exchange`).
 
@@ -310,6 +372,7 @@ def _summary(cfg: TrainConfig, results: list, steps_done: list[int], stats: list
     exchanges = [s.exchange for s in stats]
     first = exchanges[0]
     applied = sum(e.staleness.applied for e in exchanges)
+    pushes = max(sum(r.steps for r in results), 1)  # the gradients these (finished) worker runs computed
     return {
         "name": cfg.name,
         "mode": cfg.distribution.mode,
@@ -344,7 +407,23 @@ def _summary(cfg: TrainConfig, results: list, steps_done: list[int], stats: list
              "ms_publish_per_update": s.ms_publish_per_update}
             for s in stats
         ],
-        "bytes_pushed": sum(s.bytes_in for s in stats),
+        "bytes_pushed": sum(r.bytes_pushed for r in results),
+        "bytes_pulled": sum(r.bytes_pulled for r in results),
+        "bytes_per_worker_step": {"pushed": sum(r.bytes_pushed for r in results) / pushes,
+                                  "pulled": sum(r.bytes_pulled for r in results) / pushes},
+        "sparse": _sparse_summary(cfg, plan, results, pushes),
+        "peak_rss_bytes": {"workers": [r.peak_rss for r in results], "servers": [s.peak_rss for s in stats]},
+    }
+
+
+def _sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int) -> dict[str, Any]:
+    from raytf.optimizers import RowOptimizer
+
+    return {
+        "tables": [{"layer": t.layer, "rows": t.rows, "width": t.width, "bytes": t.nbytes} for t in plan.tables],
+        "partition": cfg.sparse.partition,
+        "lazy": bool(plan.tables) and cfg.optimizer.name in RowOptimizer.LAZY and cfg.sparse.slots == "lazy",
+        "unique_ids_per_step": sum(r.unique_ids for r in results) / pushes,
     }
 
 

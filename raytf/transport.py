@@ -71,6 +71,8 @@ class ServerSlots:
         self._params: dict[int, np.ndarray] = {}
         self._paths: list[str] = []
         shared = None
+        if size == 0:
+            shm_workers = set()  # a server that holds rows of sparse tables only: nothing dense to map
         for worker in sorted(shm_workers):
             self._grads[worker] = self._create(f"g{worker}")
             if shared_params:

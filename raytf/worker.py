@@ -13,6 +13,7 @@ every server (by the policy's rules) and starts from the parameters of then.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any
 
@@ -21,7 +22,9 @@ import numpy as np
 from raytf.exchange import Reply, Status, WorkerResult
 from raytf.runtime import configure_tensorflow
 from raytf.sharding import ShardPlan
+from raytf.startup import peak_rss
 from raytf.transport import LinkSpec, WorkerLink
+from raytf.worker_tables import Request, WorkerTables
 
 
 def warmup_steps(steps: int) -> int:
@@ -58,7 +61,8 @@ class StepTimer:
             self.exchange += now - self._t1
         return now
 
-    def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int) -> WorkerResult:
+    def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int,
+               pushed: int = 0, pulled: int = 0, unique_ids: int = 0) -> WorkerResult:
         measured = steps - self.warmup
         seconds = time.perf_counter() - self.warm_time
         return WorkerResult(
@@ -66,7 +70,7 @@ class StepTimer:
             samples_per_second=measured * batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
             ms_compute_per_step=1000 * self.compute / max(measured, 1),
             ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
-            startup=self.startup,
+            startup=self.startup, bytes_pushed=pushed, bytes_pulled=pulled, unique_ids=unique_ids, peak_rss=peak_rss(),
         )
 
 
@@ -107,14 +111,22 @@ class Worker:
 
         from raytf.config import TrainConfig
         from raytf.imports import resolve_callable
-        from raytf.model import batches, build_model, first_batch, make_loss, train_dataset, variable_specs
+        from raytf.layers import rows_on_servers
+        from raytf.model import IdOutOfRange, batches, build_model, first_batch, make_loss, train_dataset, variable_specs
 
         cfg = TrainConfig.model_validate(config)
         self.config = cfg
         keras.utils.set_random_seed(cfg.seed + 1 + self.index)  # dropout and shuffles differ per worker
         dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
         features, labels = first_batch(dataset, cfg.batch_size, "data.train")
-        model = build_model(resolve_callable(cfg.model, "model"), features, labels, cfg)
+        # A ShardedEmbedding holds a cache of the rows of the batches it is about to compute, not its table.
+        with rows_on_servers(cfg.batch_size, batches=2 if cfg.policy.overlaps_compute else 1):
+            try:
+                model = build_model(resolve_callable(cfg.model, "model"), features, labels, cfg)
+            except IdOutOfRange as err:  # this worker's data: say which worker
+                from raytf.errors import TrainingError
+
+                raise TrainingError(f"worker {self.index}: {err.problem}", err.fix) from None
         # Shapes, not names: Keras numbers layer names per process (dense_3 here, dense there).
         if [(v.shape, v.dtype) for v in variable_specs(model)] != [(v.shape, v.dtype) for v in plan.variables]:
             from raytf.errors import TrainingError
@@ -126,6 +138,8 @@ class Worker:
         self.model = model
         self.plan = plan
         self.iterator = iter(batches(dataset, cfg, self.index))
+        self.upcoming: collections.deque = collections.deque()  # batches read ahead (their sparse rows are asked early)
+        self.tables = WorkerTables(model, plan, self.index)
         try:
             next(iter(dataset.batch(cfg.batch_size, drop_remainder=True)))
         except StopIteration:
@@ -139,6 +153,7 @@ class Worker:
         loss_fn = make_loss(cfg.loss)
         tvars = model.trainable_variables
         shards = plan.shards
+        tables = plan.tables
 
         def step(x, y):
             with tf.GradientTape() as tape:
@@ -153,10 +168,13 @@ class Worker:
                     tf.reshape(tf.zeros_like(tvars[i]) if grads[i] is None else tf.convert_to_tensor(grads[i]), [-1])
                     for i in shard.variables
                 ]
-                flats.append(parts[0] if len(parts) == 1 else tf.concat(parts, 0))
+                flats.append(tf.zeros([0]) if not parts else parts[0] if len(parts) == 1 else tf.concat(parts, 0))
+            # A sparse table's gradient leaves the step as it is: the ids looked up and their rows.
+            table_grads = [_sparse(grads[t.variable], t) for t in tables]
             # Fused into the step by XLA: one more read of buffers that are hot in cache.
-            finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(flat)) for flat in flats]))
-            return loss, flats, finite
+            finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
+                                             flats + [rows for _, rows in table_grads]]))
+            return loss, flats, table_grads, finite
 
         def load(*flats):
             for shard, flat in zip(shards, flats):
@@ -170,8 +188,15 @@ class Worker:
         self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
         return len(tf.config.list_logical_devices("GPU"))
 
+    def _ahead(self, count: int) -> list:
+        """The next `count` batches, read ahead but not taken."""
+        while len(self.upcoming) < count:
+            self.upcoming.append(next(self.iterator))  # outside the step: XLA cannot compile dataset iterators
+        return list(self.upcoming)[:count]
+
     def _compute(self):
-        x, y = next(self.iterator)  # outside the step: XLA cannot compile dataset iterators
+        self._ahead(1)
+        x, y = self.upcoming.popleft()
         if self._step_checked:
             return self._step(x, y)
         import tensorflow as tf
@@ -209,8 +234,8 @@ class Worker:
         self.connect(servers, links)
         return self.run(target_version, rejoin=True)
 
-    def _finish(self, replies_refs, pushed_at: float | None = None) -> tuple[Status, list[int]]:
-        """Wait for the servers' replies and load the parameters they published."""
+    def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
+        """Wait for the servers' replies and load the parameters (and the rows of `request`) they sent."""
         import ray
 
         replies: list[Reply] = ray.get(replies_refs)
@@ -220,76 +245,93 @@ class Worker:
         if Status.ROLLBACK in statuses:
             return Status.ROLLBACK, versions
         self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
+        received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
+        self.traffic["pulled"] += received
         if self.metrics is not None:
             if pushed_at is not None:
                 self.metrics.observe("raytf_push_seconds", replied - pushed_at)
             self.metrics.observe("raytf_pull_seconds", time.perf_counter() - replied)
-            self.metrics.inc("raytf_bytes_exchanged", 2 * self.bytes_per_exchange)
+            self.metrics.inc("raytf_bytes_exchanged", received)
         return (Status.DONE if statuses == {Status.DONE} else Status.OK), versions
 
-    def _start(self, rejoin: bool) -> tuple[Status, list[int]]:
-        """Pull the parameters to start from; a restarted worker is admitted again first. Where the
-        policy counts on rounds, that is a round no server has started yet, so that every server
-        admits it to the same one and they all keep the same version."""
+    def _start(self, rejoin: bool, lookahead: int) -> tuple[Status, list[int]]:
+        """Pull the parameters to start from (and the rows of the first batches); a restarted worker
+        is admitted again first. Where the policy counts on rounds, that is a round no server has
+        started yet, so that every server admits it to the same one and they all keep the same version."""
         import ray
 
-        if not rejoin:
-            return self._finish([server.pull.remote(self.index) for server in self.servers])
-        while True:
-            first = max(ray.get([s.current_version.remote() for s in self.servers])) + 2
-            if all(ray.get([s.admit.remote(self.index, first) for s in self.servers])):
-                break
-            ray.get([s.remove_worker.remote(self.index) for s in self.servers])  # a server moved on meanwhile
-        at_version = first - 1 if self.config.policy.admits_by_round else None
-        return self._finish([s.pull.remote(self.index, at_version) for s in self.servers])
+        request = self.tables.request(self._ahead(lookahead))
+        at_version = None
+        if rejoin:
+            while True:
+                first = max(ray.get([s.current_version.remote() for s in self.servers])) + 2
+                if all(ray.get([s.admit.remote(self.index, first) for s in self.servers])):
+                    break
+                ray.get([s.remove_worker.remote(self.index) for s in self.servers])  # a server moved on meanwhile
+            at_version = first - 1 if self.config.policy.admits_by_round else None
+        return self._finish([s.pull.remote(self.index, at_version, request.want[j]) for j, s in enumerate(self.servers)],
+                            request)
 
-    def _push(self, base_versions: list[int], grads: list, finite: bool, step: int, loss: float) -> list:
-        """Hand the gradient (computed on `base_versions`) to every server; returns the reply refs."""
+    def _push(self, base_versions: list[int], grads: list, sparse, step: int, loss: float, request: Request) -> list:
+        """Hand the gradient (computed on `base_versions`; `sparse`: its rows per server, None when it
+        is not finite) to every server, asking for the rows of `request`; returns the reply refs."""
+        finite = sparse is not None
         payloads = [link.send(grad) if finite else None for link, grad in zip(self.links, grads)]
-        return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite)
+        rows, sent, distinct = sparse if finite else (((),) * len(self.servers), 0, 0)
+        self.traffic["pushed"] += (self.bytes_per_exchange if finite else 0) + sent
+        self.traffic["unique_ids"] += distinct
+        return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite,
+                                   rows[j], request.want[j])
                 for j, (server, payload) in enumerate(zip(self.servers, payloads))]
 
     def run(self, target_version: int, rejoin: bool = False) -> WorkerResult:
         """Train until the servers reach `target_version`. Where the policy overlaps compute with
         the exchange (async, ssp), the next gradient is computed while the last push is in flight
-        (so it is one push staler); otherwise (sync) every step waits for its push's answer."""
+        (so it is one push staler); otherwise (sync) every step waits for its push's answer. The
+        rows of a sparse table are asked for one batch ahead of the one computed next (two when
+        overlapping: that batch is computed before the reply to the push in flight)."""
         import ray
 
         policy = self.config.policy
+        lookahead = 2 if policy.overlaps_compute else 1
         timer = StepTimer(warmup_steps(target_version // policy.updates_per_step))
+        self.traffic = {"pushed": 0, "pulled": 0, "unique_ids": 0}
         loss_value = float("nan")
         steps = 0
         status = Status.OK
         try:
             pull_started = time.time()
-            status, versions = self._start(rejoin)
+            status, versions = self._start(rejoin, lookahead)
             timer.startup["first_pull"] = (pull_started, time.time())
             pending = None
             while status is Status.OK:
                 base_versions = versions  # what this gradient is computed on: its staleness counts from there
                 timer.compute_started()
-                loss, flats, finite = self._compute()
+                loss, flats, table_grads, finite = self._compute()
                 finite = bool(finite)
                 if not finite and self.config.on_nonfinite == "abort":
                     raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
                 grads = [flat.numpy() for flat in flats] if finite else [None] * len(flats)
+                # Per server, the touched rows; now, while the row cache still holds this batch's rows.
+                sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
                 loss_value = float(loss)
                 timer.computed(first=not steps)
                 if pending is not None:
-                    status, versions = self._finish(pending, pushed_at)
+                    status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
                     if status is not Status.OK:
                         break  # the gradient just computed is not needed any more
                 pushed_at = time.perf_counter()
-                pending = self._push(base_versions, grads, finite, steps + 1, loss_value)
+                pending_request = self.tables.request(self._ahead(lookahead)[-1:])
+                pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
                 steps += 1
                 if not policy.overlaps_compute:
-                    status, versions = self._finish(pending, pushed_at)
+                    status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
                 self._record_step(steps, loss_value, timer.exchanged(steps))
         except ray.exceptions.RayActorError:
             status = Status.SERVER_LOST  # the driver restores a checkpoint and starts the run again
-        return timer.result(self.index, status, steps, loss_value, self.config.batch_size)
+        return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
 
     def _nonfinite_error(self, step: int, loss: float):
         from raytf.errors import TrainingError
@@ -310,4 +352,19 @@ class Worker:
             self._window_start = now
 
     def non_trainable(self) -> list[np.ndarray]:
-        return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables]
+        """The replica's non-trainable values (not the ids a ShardedEmbedding's row cache holds)."""
+        cache = {id(v) for v in self.tables.cache_ids if v is not None}
+        return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+
+
+def _sparse(grad, table):
+    """A sparse table's gradient in the step: the ids looked up, flat, and their gradient rows."""
+    import tensorflow as tf
+
+    if not isinstance(grad, tf.IndexedSlices):
+        from raytf.errors import TrainingError
+
+        raise TrainingError(
+            f"The gradient of the sparse table '{table.layer}' is dense in this worker's replica, though it was sparse "
+            "on the driver.", "Make the model function build the same model on every call, or set sparse.tables: none.")
+    return tf.reshape(grad.indices, [-1]), tf.reshape(grad.values, [-1, table.width])

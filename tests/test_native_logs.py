@@ -75,3 +75,11 @@ def test_starting_tensorflow_the_raytf_way_prints_nothing_unless_verbose():
     assert [line for line in quiet.stderr.splitlines() if line.strip()] == []
     verbose = run_python(code, RAYTF_VERBOSE="1")
     assert any(is_native_log_line(line) for line in verbose.stderr.splitlines()), verbose.stderr
+
+
+def test_the_actor_modules_leave_tensorflow_to_configure_tensorflow():
+    """An actor's class is unpickled before its set-up runs; if that imported TensorFlow, its native
+    start-up lines would escape the filter (and its thread settings would come too late)."""
+    code = "import sys, raytf.actors, raytf.ps, raytf.worker, raytf.training; print('tensorflow' in sys.modules)"
+    result = run_python(code)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

@@ -49,6 +49,7 @@ class Reply:
     version: int
     payload: Any = None  # None: the parameters are in the worker's shared-memory slot
     dropped: bool = False
+    rows: tuple | None = None  # per sparse table: the rows the worker asked for (raytf.sparse)
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class ServerStats:
     ready: bool
     exchange: ExchangeStats | None = None
     saved: dict[int, Any] = field(default_factory=dict)  # version -> SavedShard
-    bytes_in: int = 0
     ms_apply_per_update: float = 0.0
     ms_publish_per_update: float = 0.0
+    peak_rss: int = 0  # the process's peak resident memory, bytes
 
     @property
     def version(self) -> int:
@@ -107,3 +108,7 @@ class WorkerResult:
     ms_compute_per_step: float
     ms_exchange_per_step: float
     startup: dict[str, tuple[float, float]] = field(default_factory=dict)  # first pull and step (wall clock)
+    bytes_pushed: int = 0  # gradients sent: dense buffers, and sparse ids with their rows
+    bytes_pulled: int = 0  # parameters loaded: dense buffers, and the rows asked for
+    unique_ids: int = 0  # distinct sparse ids of its batches (all tables), over the run
+    peak_rss: int = 0  # the process's peak resident memory, bytes

@@ -33,6 +33,19 @@ def build_model():
     return keras.Sequential([keras.Input(shape=(FEATURES,)), keras.layers.Dense(CLASSES, activation="softmax")])
 
 
+def build_embedding_model(regularizer=None):
+    """FEATURES item ids per example (of 10 items) -> embedding 'items' -> class scores."""
+    import keras
+
+    return keras.Sequential([keras.Input(shape=(FEATURES,), dtype="int32"),
+                             keras.layers.Embedding(10, 4, embeddings_regularizer=regularizer, name="items"),
+                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(CLASSES, activation="softmax")])
+
+
+def build_regularized_embedding_model():
+    return build_embedding_model(regularizer="l2")
+
+
 def build_model_five_inputs():
     import keras
 
@@ -180,3 +193,14 @@ def eval_data_six_features() -> tf.data.Dataset:
 
 def eval_labels_up_to_nine() -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((_features(n=10), np.arange(10, dtype=np.int32)))
+
+
+def item_ids(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    ids = (np.arange(EXAMPLES * FEATURES).reshape(EXAMPLES, FEATURES) % 10).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((ids, _labels()))
+
+
+def item_ids_out_of_range(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    ids = (np.arange(EXAMPLES * FEATURES).reshape(EXAMPLES, FEATURES) % 10).astype(np.int32)
+    ids[1, 2] = 10  # the table has rows 0..9
+    return tf.data.Dataset.from_tensor_slices((ids, _labels()))

@@ -1,0 +1,98 @@
+"""A synthetic click model with a large item table: what sparse embedding tables are for.
+
+Each example is a user's 20 item ids, drawn from a Zipf-like distribution over the catalogue (a
+few items are popular, most are rare), and a click label that a hidden per-item score decides,
+so the model has something to learn: `Embedding(items, 64)` -> mean over the 20 items -> MLP ->
+click probability. `build_model`/`train_examples`/`eval_examples` use a 1,000,000-item table
+(256 MB); the `small_*` ones a 20,000-item table for tests; `build_huge_model` a 10,000,000-item
+`raytf.layers.ShardedEmbedding` (2.56 GB) that no worker holds whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+IDS_PER_EXAMPLE = 20
+WIDTH = 64
+EXAMPLES = 40_000
+EVAL_EXAMPLES = 4_000
+
+
+def _model(items: int, width: int, table=None):
+    import keras
+
+    ids = keras.Input(shape=(IDS_PER_EXAMPLE,), dtype="int32", name="item_ids")
+    embedded = (table or keras.layers.Embedding(items, width, name="items"))(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(embedded)
+    hidden = keras.layers.Dense(32, activation="relu")(pooled)
+    return keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(hidden))
+
+
+def _examples(items: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Zipf-like popularity (Pareto-distributed ranks: a batch of 256 touches ~3,000 distinct items of a
+    # million); ids are the ranks shuffled over the catalogue.
+    ranks = np.minimum((rng.pareto(0.6, size=(count, IDS_PER_EXAMPLE)) * 500).astype(np.int64), items - 1)
+    permutation = np.random.default_rng(1).permutation(items)
+    ids = permutation[ranks].astype(np.int32)
+    score = np.sin(np.arange(items, dtype=np.float64) * 0.7)  # the hidden per-item click tendency
+    clicks = (score[ids].mean(axis=1) + rng.normal(0, 0.05, count) > 0).astype(np.float32)
+    return ids, clicks
+
+
+def _train(items: int, shard_index: int, num_shards: int) -> tf.data.Dataset:
+    ids, clicks = _examples(items, EXAMPLES, seed=2)
+    return tf.data.Dataset.from_tensor_slices((ids[shard_index::num_shards], clicks[shard_index::num_shards]))
+
+
+def _eval(items: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(_examples(items, EVAL_EXAMPLES, seed=3))
+
+
+def build_model():
+    return _model(1_000_000, WIDTH)
+
+
+def train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return _train(1_000_000, shard_index, num_shards)
+
+
+def eval_examples() -> tf.data.Dataset:
+    return _eval(1_000_000)
+
+
+def build_small_model():
+    return _model(20_000, 16)
+
+
+def small_train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return _train(20_000, shard_index, num_shards)
+
+
+def small_eval_examples() -> tf.data.Dataset:
+    return _eval(20_000)
+
+
+def build_small_sharded_model():
+    from raytf.layers import ShardedEmbedding
+
+    return _model(20_000, 16, ShardedEmbedding(20_000, 16, name="items"))
+
+
+HUGE = 10_000_000
+
+
+def build_huge_model():
+    """A 10,000,000 x 64 table (2.56 GB): only the parameter servers ever hold it whole."""
+    from raytf.layers import ShardedEmbedding
+
+    return _model(HUGE, WIDTH, ShardedEmbedding(HUGE, WIDTH, name="items"))
+
+
+def huge_train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return _train(HUGE, shard_index, num_shards)
+
+
+def huge_eval_examples() -> tf.data.Dataset:
+    return _eval(HUGE)

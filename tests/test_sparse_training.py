@@ -1,0 +1,120 @@
+"""Sparse tables end to end on the shared local cluster: the small click model (examples/recsys.py,
+a 20,000 x 16 item table), exchanged row by row against the whole-table exchange and by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import raytf  # noqa: E402
+from raytf.errors import TrainingError  # noqa: E402
+from tests.test_training import by_hand_sgd, live_actor_names  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def recsys_config(tmp_path, name: str, steps: int = 8, tables="auto", optimizer=None, **distribution) -> dict:
+    return {
+        "name": name,
+        "model": "examples.recsys:build_small_model",
+        "data": {"train": "examples.recsys:small_train_examples", "eval": "examples.recsys:small_eval_examples",
+                 "shuffle_buffer": 0},
+        "loss": "binary_crossentropy",
+        "metrics": ["accuracy"],
+        "optimizer": optimizer or {"name": "sgd", "learning_rate": 0.5},
+        "batch_size": 64,
+        "steps": steps,
+        "distribution": {"parameter_servers": 2, "workers": 2, **distribution},
+        "sparse": {"tables": tables, "min_bytes": 0},
+        "output_dir": str(tmp_path / name),
+    }
+
+
+def trained(summary) -> list[np.ndarray]:
+    import keras
+
+    return [v.numpy() for v in keras.models.load_model(summary["model_path"]).trainable_variables]
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "learning_rate": 0.5},
+                                       {"name": "adagrad", "learning_rate": 0.3}], ids=["sgd", "adagrad"])
+def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_cluster, tmp_path, optimizer):
+    events = []
+    sparse = raytf.fit(recsys_config(tmp_path, "rows", optimizer=optimizer), address=ray_cluster.gcs_address,
+                       on_event=events.append)
+    dense = raytf.fit(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), address=ray_cluster.gcs_address)
+    assert [t["layer"] for t in sparse["sparse"]["tables"]] == ["items"] and dense["sparse"]["tables"] == []
+    assert any("Sparse tables" in e and "items (20,000 x 16" in e for e in events), events
+    for got, want in zip(trained(sparse), trained(dense)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert sparse["final_loss"] == pytest.approx(dense["final_loss"], rel=1e-5)
+    if optimizer["name"] == "sgd":  # and both are the mean gradient applied by hand
+        reference = by_hand_sgd(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), steps=8)
+        for got, want in zip(trained(sparse), reference):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert live_actor_names(ray_cluster) == []
+
+
+def test_bytes_per_step_follow_the_formula(ray_cluster, tmp_path):
+    """Rows: 4 N_dense + U (4 D + 8) each way per worker-step; the whole table: 4 (V D + N_dense)."""
+    rows = raytf.fit(recsys_config(tmp_path, "bytes-rows"), address=ray_cluster.gcs_address)
+    whole = raytf.fit(recsys_config(tmp_path, "bytes-whole", tables="none"), address=ray_cluster.gcs_address)
+    n_dense = 16 * 32 + 32 + 32 + 1  # the two Dense layers
+    unique = rows["sparse"]["unique_ids_per_step"]
+    assert 0 < unique <= 64 * 20
+    assert rows["bytes_per_worker_step"]["pushed"] == pytest.approx(4 * n_dense + unique * (4 * 16 + 8))
+    assert whole["bytes_per_worker_step"]["pushed"] == 4 * (20_000 * 16 + n_dense)
+    assert whole["bytes_per_worker_step"]["pushed"] > 10 * rows["bytes_per_worker_step"]["pushed"]
+    # Pulled: the dense parameters and the asked-for rows, one pull more than pushes (the start).
+    assert rows["bytes_per_worker_step"]["pulled"] < 2 * rows["bytes_per_worker_step"]["pushed"]
+
+
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_row_exchange_under_overlapping_policies(ray_cluster, tmp_path, mode):
+    summary = raytf.fit(recsys_config(tmp_path, f"rows-{mode}", steps=30, mode=mode), address=ray_cluster.gcs_address)
+    assert summary["updates"] == 60 and summary["staleness"]["max"] >= 1
+    assert summary["eval"]["accuracy"] > 0.5
+
+
+def test_lazy_adam_is_announced_and_recorded(ray_cluster, tmp_path):
+    events = []
+    summary = raytf.fit(recsys_config(tmp_path, "lazy", optimizer={"name": "adam", "learning_rate": 0.01}),
+                        address=ray_cluster.gcs_address, on_event=events.append)
+    assert summary["sparse"]["lazy"] is True
+    assert any("adam updates only the rows a step touches" in e for e in events), events
+
+
+def test_resume_into_another_number_of_servers(ray_cluster, tmp_path):
+    config = recsys_config(tmp_path, "reshard", steps=10)
+    config["checkpoint"] = {"every_steps": 5}
+    raytf.fit(config, address=ray_cluster.gcs_address)
+    config["steps"] = 16
+    config["distribution"]["parameter_servers"] = 3
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, resume=True)
+    assert summary["resumed_from_step"] == 10 and summary["parameter_servers"] == 3
+    assert summary["per_server"][0]["version"] == 16
+
+
+def test_an_out_of_range_id_stops_the_run_naming_worker_table_and_id(ray_cluster, tmp_path):
+    config = recsys_config(tmp_path, "bad-ids")
+    config["data"]["train"] = "tests.badinput.recsys_data:out_of_range_examples"
+    with pytest.raises(TrainingError, match=r"worker 1: data.train: the batch has id 20000 for the embedding table "
+                                            r"'items', whose input_dim is 20000"):
+        raytf.fit(config, address=ray_cluster.gcs_address)
+    assert live_actor_names(ray_cluster) == []
+
+
+def test_a_sharded_embedding_trains_and_saves_as_an_ordinary_keras_model(ray_cluster, tmp_path):
+    import keras
+
+    config = recsys_config(tmp_path, "sharded", steps=40, optimizer={"name": "adagrad", "learning_rate": 0.3})
+    config["model"] = "examples.recsys:build_small_sharded_model"
+    summary = raytf.fit(config, address=ray_cluster.gcs_address)
+    assert [t["layer"] for t in summary["sparse"]["tables"]] == ["items"]
+    model = keras.models.load_model(summary["model_path"])
+    table = model.get_layer("items").embeddings.numpy()
+    assert table.shape == (20_000, 16)
+    assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
+    assert live_actor_names(ray_cluster) == []
