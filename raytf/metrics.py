@@ -20,6 +20,7 @@ METRICS = {
     "raytf_push_seconds": ("histogram", "worker", "Time from handing a gradient to the servers until they replied."),
     "raytf_pull_seconds": ("histogram", "worker", "Time to load freshly published parameters into the replica."),
     "raytf_bytes_exchanged": ("counter", "worker", "Bytes of gradients sent and parameters received."),
+    "raytf_sparse_rows": ("counter", "worker", "Rows of sparse embedding tables sent (gradients) and received (parameters)."),
     "raytf_staleness": ("histogram", "ps", "Versions behind the server's parameters of each applied gradient."),
     "raytf_apply_seconds": ("histogram", "ps", "Time of one fused optimizer update of the server's shard."),
     "raytf_gradients_dropped": ("counter", "ps", "Gradients that came too late for their round and were not applied (backup workers)."),

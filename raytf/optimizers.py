@@ -153,7 +153,9 @@ class RowOptimizer:
         return self._gather(tf.constant(ids, tf.int64)).numpy()
 
     def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-        return (self.params.numpy(), {name: var.numpy() for name, var in self.slots.items()},
+        """Views of the rows and slots (no copy: a table can be gigabytes; the server writes them
+        to its checkpoint file at once, under the exchange's lock), and the update count."""
+        return (np.from_dlpack(self.params.value()), {name: np.from_dlpack(var.value()) for name, var in self.slots.items()},
                 int(self.iterations.numpy()))
 
     def _update(self, ids: tf.Tensor, grad: tf.Tensor) -> None:

@@ -247,6 +247,8 @@ class Worker:
         self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
         received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
         self.traffic["pulled"] += received
+        if self.metrics is not None and self.tables.specs:
+            self.metrics.inc("raytf_sparse_rows", request.count())
         if self.metrics is not None:
             if pushed_at is not None:
                 self.metrics.observe("raytf_push_seconds", replied - pushed_at)
@@ -280,6 +282,8 @@ class Worker:
         rows, sent, distinct = sparse if finite else (((),) * len(self.servers), 0, 0)
         self.traffic["pushed"] += (self.bytes_per_exchange if finite else 0) + sent
         self.traffic["unique_ids"] += distinct
+        if distinct and self.metrics is not None:
+            self.metrics.inc("raytf_sparse_rows", distinct)
         return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite,
                                    rows[j], request.want[j])
                 for j, (server, payload) in enumerate(zip(self.servers, payloads))]

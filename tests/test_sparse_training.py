@@ -10,7 +10,7 @@ tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
 from raytf.errors import TrainingError  # noqa: E402
-from tests.test_training import by_hand_sgd, live_actor_names  # noqa: E402
+from tests.test_training import by_hand_sgd, live_actor_names, scrape_raytf_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,8 @@ def test_bytes_per_step_follow_the_formula(ray_cluster, tmp_path):
     assert whole["bytes_per_worker_step"]["pushed"] > 10 * rows["bytes_per_worker_step"]["pushed"]
     # Pulled: the dense parameters and the asked-for rows, one pull more than pushes (the start).
     assert rows["bytes_per_worker_step"]["pulled"] < 2 * rows["bytes_per_worker_step"]["pushed"]
+    exported = scrape_raytf_metrics(ray_cluster, run="bytes-rows", wanted={"ray_raytf_sparse_rows_total"})
+    assert ("ray_raytf_sparse_rows_total", "worker") in exported
 
 
 @pytest.mark.parametrize("mode", ["async", "ssp"])
