@@ -120,3 +120,20 @@ def test_a_sharded_embedding_trains_and_saves_as_an_ordinary_keras_model(ray_clu
     assert table.shape == (20_000, 16)
     assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
     assert live_actor_names(ray_cluster) == []
+
+
+def test_a_killed_server_rolls_back_its_rows_too(ray_cluster, tmp_path):
+    """A server's rows are lost with it: every server restores its rows (and slots) from the newest
+    checkpoint, and the run ends where an uninterrupted one does."""
+    from tests.test_faults import KillAt
+
+    config = recsys_config(tmp_path, "sparse-kill-ps", steps=60, optimizer={"name": "adagrad", "learning_rate": 0.3})
+    config["checkpoint"] = {"every_steps": 20}
+    killer = KillAt("sparse-kill-ps", "ps", 1, step=30)
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=killer, on_event=killer.on_event)
+    assert killer.killed_at is not None
+    (rollback,) = summary["rollbacks"]
+    assert rollback["servers_lost"] == [1] and rollback["to_step"] in (20, 40)
+    assert [s["version"] for s in summary["per_server"]] == [60, 60]
+    assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
+    assert live_actor_names(ray_cluster) == []
