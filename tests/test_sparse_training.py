@@ -13,6 +13,7 @@ from raytf.errors import TrainingError  # noqa: E402
 from tests.test_training import by_hand_sgd, live_actor_names, scrape_raytf_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
+ADAM = {"name": "adam", "learning_rate": 0.01}  # learns the click model in ~100 steps (lazily on the table)
 
 
 def recsys_config(tmp_path, name: str, steps: int = 8, tables="auto", optimizer=None, **distribution) -> dict:
@@ -38,7 +39,7 @@ def trained(summary) -> list[np.ndarray]:
     return [v.numpy() for v in keras.models.load_model(summary["model_path"]).trainable_variables]
 
 
-@pytest.mark.parametrize("optimizer", [{"name": "sgd", "learning_rate": 0.5},
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "learning_rate": 0.1},
                                        {"name": "adagrad", "learning_rate": 0.3}], ids=["sgd", "adagrad"])
 def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_cluster, tmp_path, optimizer):
     events = []
@@ -52,8 +53,8 @@ def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_clus
     assert sparse["final_loss"] == pytest.approx(dense["final_loss"], rel=1e-5)
     if optimizer["name"] == "sgd":  # and both are the mean gradient applied by hand
         reference = by_hand_sgd(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), steps=8)
-        for got, want in zip(trained(sparse), reference):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        for got, want in zip(trained(sparse), reference):  # summed in another order: float32 rounding differs
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
     assert live_actor_names(ray_cluster) == []
 
 
@@ -75,9 +76,10 @@ def test_bytes_per_step_follow_the_formula(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize("mode", ["async", "ssp"])
 def test_row_exchange_under_overlapping_policies(ray_cluster, tmp_path, mode):
-    summary = raytf.fit(recsys_config(tmp_path, f"rows-{mode}", steps=30, mode=mode), address=ray_cluster.gcs_address)
-    assert summary["updates"] == 60 and summary["staleness"]["max"] >= 1
-    assert summary["eval"]["accuracy"] > 0.5
+    summary = raytf.fit(recsys_config(tmp_path, f"rows-{mode}", steps=100, mode=mode, optimizer=ADAM),
+                        address=ray_cluster.gcs_address)
+    assert summary["updates"] == 200 and summary["staleness"]["max"] >= 1
+    assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
 
 
 def test_lazy_adam_is_announced_and_recorded(ray_cluster, tmp_path):
@@ -111,7 +113,7 @@ def test_an_out_of_range_id_stops_the_run_naming_worker_table_and_id(ray_cluster
 def test_a_sharded_embedding_trains_and_saves_as_an_ordinary_keras_model(ray_cluster, tmp_path):
     import keras
 
-    config = recsys_config(tmp_path, "sharded", steps=40, optimizer={"name": "adagrad", "learning_rate": 0.3})
+    config = recsys_config(tmp_path, "sharded", steps=100, optimizer=ADAM)
     config["model"] = "examples.recsys:build_small_sharded_model"
     summary = raytf.fit(config, address=ray_cluster.gcs_address)
     assert [t["layer"] for t in summary["sparse"]["tables"]] == ["items"]
@@ -127,13 +129,13 @@ def test_a_killed_server_rolls_back_its_rows_too(ray_cluster, tmp_path):
     checkpoint, and the run ends where an uninterrupted one does."""
     from tests.test_faults import KillAt
 
-    config = recsys_config(tmp_path, "sparse-kill-ps", steps=60, optimizer={"name": "adagrad", "learning_rate": 0.3})
+    config = recsys_config(tmp_path, "sparse-kill-ps", steps=100, optimizer=ADAM)
     config["checkpoint"] = {"every_steps": 20}
     killer = KillAt("sparse-kill-ps", "ps", 1, step=30)
     summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=killer, on_event=killer.on_event)
     assert killer.killed_at is not None
     (rollback,) = summary["rollbacks"]
     assert rollback["servers_lost"] == [1] and rollback["to_step"] in (20, 40)
-    assert [s["version"] for s in summary["per_server"]] == [60, 60]
+    assert [s["version"] for s in summary["per_server"]] == [100, 100]
     assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
     assert live_actor_names(ray_cluster) == []
