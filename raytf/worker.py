@@ -247,9 +247,9 @@ class Worker:
         self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
         received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
         self.traffic["pulled"] += received
-        if self.metrics is not None and self.tables.specs:
-            self.metrics.inc("raytf_sparse_rows", request.count())
         if self.metrics is not None:
+            if self.tables.specs:
+                self.metrics.inc("raytf_sparse_rows", request.count())
             if pushed_at is not None:
                 self.metrics.observe("raytf_push_seconds", replied - pushed_at)
             self.metrics.observe("raytf_pull_seconds", time.perf_counter() - replied)
@@ -280,10 +280,13 @@ class Worker:
         finite = sparse is not None
         payloads = [link.send(grad) if finite else None for link, grad in zip(self.links, grads)]
         rows, sent, distinct = sparse if finite else (((),) * len(self.servers), 0, 0)
-        self.traffic["pushed"] += (self.bytes_per_exchange if finite else 0) + sent
+        pushed = (self.bytes_per_exchange if finite else 0) + sent
+        self.traffic["pushed"] += pushed
         self.traffic["unique_ids"] += distinct
-        if distinct and self.metrics is not None:
-            self.metrics.inc("raytf_sparse_rows", distinct)
+        if self.metrics is not None:
+            self.metrics.inc("raytf_bytes_exchanged", pushed)
+            if distinct:
+                self.metrics.inc("raytf_sparse_rows", distinct)
         return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite,
                                    rows[j], request.want[j])
                 for j, (server, payload) in enumerate(zip(self.servers, payloads))]
