@@ -66,4 +66,5 @@ class ActorMetrics:
         self._metrics[name].observe(value)
 
     def inc(self, name: str, value: float = 1.0) -> None:
-        self._metrics[name].inc(value)
+        if value:  # Ray's Counter refuses 0 (a skipped non-finite push sends nothing)
+            self._metrics[name].inc(value)
