@@ -104,6 +104,15 @@ class DistributionConfig(_Frozen):
     backup_workers: int = Field(0, ge=0, description="sync: a round is applied once workers - backup_workers gradients are in")
     staleness_bound: int | None = Field(None, ge=0, description="ssp: how many steps a worker may lead the slowest (default 3)")
 
+    @field_validator("ps_resources", mode="before")
+    @classmethod
+    def _ps_default_cpus(cls, value: object) -> object:
+        # A partial mapping (e.g. only custom `resources`, as KubeRay placement adds) keeps the
+        # servers' own default of no CPU, not Resources' default of one.
+        if isinstance(value, dict) and "num_cpus" not in value:
+            return {"num_cpus": 0, **value}
+        return value
+
     @field_validator("backup_workers")
     @classmethod
     def _backups_fit(cls, value: int, info: ValidationInfo) -> int:

@@ -398,3 +398,16 @@ def test_config_from_dict_with_bad_override():
     with pytest.raises(ConfigError) as caught:
         config_from_dict({"model": "a:b", "data": {"train": "a:b"}, "loss": "hinge"}, ["steps=-1"])
     assert_names(caught.value, problem=("--set steps=-1:", "steps:", "greater than or equal to 1"))
+
+
+def test_placement_resources_keep_the_servers_default_of_no_cpu(tmp_path):
+    """KubeRay placement adds only custom resources to ps_resources; the servers must still reserve
+    no CPU (a whole CPU each would leave small clusters unable to schedule the workers)."""
+    path = write(tmp_path, GOOD_YAML)
+    cfg = load_config(path, ["distribution.ps_resources.resources.raytf_ps=1",
+                             "distribution.worker_resources.resources.raytf_worker=1"])
+    assert cfg.distribution.ps_resources.num_cpus == 0
+    assert cfg.distribution.ps_resources.resources == {"raytf_ps": 1}
+    assert cfg.distribution.worker_resources.num_cpus == 1
+    explicit = load_config(path, ["distribution.ps_resources.num_cpus=2"])
+    assert explicit.distribution.ps_resources.num_cpus == 2
