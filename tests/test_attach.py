@@ -43,7 +43,14 @@ def test_a_shell_after_raytf_env_uses_the_cluster(cluster_home):
     script = """set -e
 eval "$(raytf env)"
 python -c "import ray; ray.init(logging_level='ERROR'); print('cpus', ray.cluster_resources()['CPU']); print('node', ray.nodes()[0]['NodeManagerAddress'])"
-ray status
+# The autoscaler monitor publishes the first cluster status a few seconds after the head starts
+# (later on a loaded machine): poll for it, up to a minute.
+for _ in $(seq 120); do
+  status=$(ray status)
+  case "$status" in *Resources*) break;; esac
+  sleep 0.5
+done
+echo "$status"
 ray job list
 """
     result = sh(script, cluster_home)
