@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -309,6 +308,16 @@ def train(
     restart: bool = typer.Option(False, "--restart", help="Delete the checkpoints in output_dir and start over."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's native logs (CUDA probes, "
                                  "absl and oneDNN notices) from the driver and every actor, and Ray's INFO logs."),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay spec: run once as a RayJob on a cluster "
+                                           "that is deleted when the run ends (no `raytf up` needed)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --cluster: print the RayJob as YAML and touch nothing."),
+    ttl: Optional[int] = typer.Option(None, "--ttl", min=0, help="With --cluster: seconds KubeRay keeps the cluster after "
+                                      "the job ends (default: the spec's rayjob.ttl_seconds_after_finished, 300)."),
+    on_interrupt: str = typer.Option("ask", "--on-interrupt", help="With --cluster: what Ctrl-C does once the job runs: "
+                                     "ask, stop (delete the RayJob and its cluster) or detach (leave it running). "
+                                     "Without a terminal, ask detaches."),
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
     """Train a Keras model with parameter servers and workers as Ray actors.
 
@@ -316,6 +325,12 @@ def train(
     """
     if verbose:
         _show_native_logs()
+    if cluster is not None or dry_run:
+        _train_rayjob(config, set_, cluster, dry_run=dry_run, ttl=ttl, on_interrupt=on_interrupt, kubeconfig=kubeconfig,
+                      context=context, flags=[flag for flag, on in (("--resume", resume), ("--restart", restart),
+                                                                    ("--verbose", verbose)) if on],
+                      conflicts=[name for name, on in (("--address", address is not None), ("--submit", submit)) if on])
+        return
     from raytf.config import load_config
 
     cfg = load_config(config, set_)  # config errors before anything heavy starts
@@ -342,6 +357,26 @@ def train(
     print_summary(summary)
 
 
+def _train_rayjob(config: Path, overrides: List[str], cluster: Optional[Path], *, dry_run: bool, ttl: Optional[int],
+                  on_interrupt: str, kubeconfig: Optional[str], context: Optional[str], flags: List[str],
+                  conflicts: List[str]) -> None:
+    """One run as a KubeRay RayJob whose cluster is deleted after it (raytf/kuberay/oneshot.py)."""
+    if cluster is None or not _kuberay_spec(cluster):
+        raise ClusterError("--cluster for `raytf train` (and --dry-run) takes a KubeRay cluster spec: the run becomes a RayJob.",
+                           "Pass e.g. --cluster cluster-configs/kuberay-cpu.yaml; for a local cluster use `raytf up` then `raytf train`.")
+    if conflicts:
+        raise ClusterError(f"--cluster runs on a new KubeRay cluster; {' and '.join(conflicts)} pick another cluster.",
+                           f"Drop {' and '.join(conflicts)}.")
+    if on_interrupt not in ("ask", "stop", "detach"):
+        raise ClusterError(f"--on-interrupt takes ask, stop or detach, not '{on_interrupt}'.", "Pass one of ask, stop, detach.")
+    from raytf.kuberay import oneshot
+
+    code = oneshot.train(config, overrides, cluster, flags=flags, dry_run=dry_run, ttl_seconds=ttl,
+                         on_interrupt=on_interrupt, kubeconfig=kubeconfig, context=context, console=out, err_console=err)  # type: ignore[arg-type]
+    if code:
+        raise typer.Exit(code)
+
+
 def _submit_train(config: Path, overrides: List[str], cfg, flags: List[str]) -> None:
     """Submit the run as a Ray Job to the recorded cluster (KubeRay: through a port-forward)."""
     from raytf.jobs import submit_training_job
@@ -349,12 +384,9 @@ def _submit_train(config: Path, overrides: List[str], cfg, flags: List[str]) -> 
     codes: list[int] = []
     if _recorded_provider() == "kuberay":
         from raytf.kuberay import commands as kuberay
-        from raytf.kuberay.manifest import PLACEMENT_OVERRIDES
 
-        overrides = [*PLACEMENT_OVERRIDES, *overrides]  # the user's own --set come last and win
-
-        kuberay.dashboard(None, port=0, console=out, until=lambda url: codes.append(
-            submit_training_job(url, str(config), list(overrides), working_dir=os.getcwd(), console=out, flags=flags)))
+        # Placement, the shared-storage check, the token and the runtime_env that brings raytf live there.
+        codes.append(kuberay.train(config, overrides, flags, console=out))
     else:
         from raytf.cluster import recorded_local_cluster
 

@@ -1,8 +1,9 @@
 """`raytf train` as a Ray Job: submit it to a cluster's dashboard, stream its logs, report its end.
 
 The job's driver runs `python -m raytf.cli train CONFIG --address auto` on the cluster, in a copy
-of `working_dir` (its cwd, so `examples.*` import paths resolve as they do here). raytf itself
-must be installed in the cluster's Python; only the working directory is uploaded.
+of `working_dir` (its cwd, so `examples.*` import paths resolve as they do here). raytf itself must
+be importable there: installed in the cluster's Python, or brought by the caller's extra `runtime_env`
+(KubeRay: `py_modules` + `pip`, raytf/kuberay/runtime_env.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from raytf.errors import ClusterError, ConfigError
 
@@ -60,18 +61,30 @@ def _config_in_working_dir(config_path: str, working_dir: str) -> str:
         ) from None
 
 
-def _client(dashboard_url: str):
+def _client(dashboard_url: str, headers: dict[str, str] | None = None):
     from ray.job_submission import JobSubmissionClient
 
     from raytf.local_cluster import headers_for
 
-    # raytf's local cluster: its token. Otherwise Ray's client adds the token RAY_AUTH_* configure, if any.
-    headers = headers_for(dashboard_url) or None
+    # Given headers (KubeRay: the token from the cluster's Secret) win; raytf's local cluster: its token.
+    # Otherwise Ray's client adds the token RAY_AUTH_* configure, if any.
+    headers = headers or headers_for(dashboard_url) or None
+    from ray.exceptions import AuthenticationError
+
     try:
         return JobSubmissionClient(dashboard_url, headers=headers)
+    except AuthenticationError as err:
+        # Ray's own advice (token files, RAY_AUTH_MODE) is about its environment variables, not raytf's tokens.
+        refusal = _redact(str(err).strip().splitlines()[0], headers)
+        raise ClusterError(
+            f"The Ray dashboard at {dashboard_url} refused the token raytf sent ({refusal}).",
+            "KubeRay: the token in the cluster's Secret is not the one its pods started with (was the Secret "
+            "replaced?); `raytf status` probes it, and recreating the cluster (`raytf down`, `raytf up`) resets both. "
+            "Local cluster: `raytf down`, then `raytf up`.",
+        ) from None
     except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
         raise ClusterError(
-            f"Cannot reach the Ray dashboard at {dashboard_url} to submit the job: {err}",
+            f"Cannot reach the Ray dashboard at {dashboard_url} to submit the job: {_redact(str(err), headers)}",
             "Check that the cluster is up (`raytf status`), or start it with `raytf up`.",
         ) from None
 
@@ -93,7 +106,20 @@ def _final_status(client, job_id: str, timeout: float = 30.0) -> str:
         time.sleep(0.5)
 
 
-def _on_interrupt(client, job_id: str, dashboard_url: str, console) -> int:
+def _follow_hint(job_id: str, dashboard_url: str, reattach_hint: str | None) -> str:
+    return reattach_hint.format(job_id=job_id) if reattach_hint else follow_command(job_id, dashboard_url)
+
+
+def _redact(text: str, headers: dict[str, str] | None) -> str:
+    """`text` without the secret part of any auth header (error messages may echo a request)."""
+    for value in (headers or {}).values():
+        secret = value.split(" ", 1)[-1]
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _on_interrupt(client, job_id: str, dashboard_url: str, console, reattach_hint: str | None = None) -> int:
     stop = False
     if sys.stdin is not None and sys.stdin.isatty():
         import typer
@@ -106,7 +132,7 @@ def _on_interrupt(client, job_id: str, dashboard_url: str, console) -> int:
         client.stop_job(job_id)
         console.print(f"Stopping job {job_id}; status: {_final_status(client, job_id)}.")
         return 2
-    console.print(f"Detached; job {job_id} keeps running. Follow it with:\n  {follow_command(job_id, dashboard_url)}")
+    console.print(f"Detached; job {job_id} keeps running. Follow it with:\n  {_follow_hint(job_id, dashboard_url, reattach_hint)}")
     return 130
 
 
@@ -119,9 +145,16 @@ def submit_training_job(
     console,
     follow: bool = True,
     flags: Sequence[str] = (),
+    headers: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    reattach_hint: str | None = None,
 ) -> int:
     """Submit `raytf train` as a Ray Job (`flags`: --resume / --restart, passed on); with `follow`, stream its logs and wait for its end.
 
+    `headers` go with every request (KubeRay: `Authorization: Bearer <token>`; never printed);
+    `runtime_env` adds keys to the job's runtime_env (KubeRay: `py_modules` and `pip` bringing raytf);
+    `reattach_hint` (with `{job_id}`) replaces the `ray job logs` command shown on detach (a port-forward
+    URL dies with this process).
     Returns 0 when the job succeeded, 2 when it failed or was stopped, 130 when the user
     detached with Ctrl-C (the job keeps running).
     """
@@ -129,35 +162,35 @@ def submit_training_job(
 
     cfg = load_config(config_path, overrides)  # bad input never reaches the cluster
     relative = _config_in_working_dir(config_path, working_dir)
-    client = _client(dashboard_url)
+    client = _client(dashboard_url, headers)
     job_id = submission_id(cfg.name)
     try:
         client.submit_job(
             entrypoint=job_entrypoint(relative, overrides, flags),
             submission_id=job_id,
-            runtime_env={"working_dir": os.path.abspath(working_dir), "excludes": list(EXCLUDES)},
+            runtime_env={"working_dir": os.path.abspath(working_dir), "excludes": list(EXCLUDES), **(runtime_env or {})},
             metadata={"job_name": f"raytf {cfg.name}", "raytf_run": cfg.name, "raytf_config": relative},
         )
     except Exception as err:  # noqa: BLE001 - upload errors, HTTP 4xx/5xx from the job API
         raise ClusterError(
-            f"The Ray cluster at {dashboard_url} rejected the training job: {err}",
+            f"The Ray cluster at {dashboard_url} rejected the training job: {_redact(str(err), headers)}",
             "Check the message above; a working directory over Ray's upload limit needs more `excludes` "
             "(keep data out of it), and the cluster must run the same Ray version as this machine.",
         ) from None
     console.print(f"Submitted Ray job {job_id} ('{cfg.name}').")
     console.print(f"  Dashboard: {job_url(dashboard_url, job_id)}")
     if not follow:
-        console.print(f"Follow it with: {follow_command(job_id, dashboard_url)}")
+        console.print(f"Follow it with: {_follow_hint(job_id, dashboard_url, reattach_hint)}")
         return 0
     try:
         _stream_logs(client, job_id, console)
         status = _final_status(client, job_id)
     except KeyboardInterrupt:
-        return _on_interrupt(client, job_id, dashboard_url, console)
+        return _on_interrupt(client, job_id, dashboard_url, console, reattach_hint)
     except Exception as err:  # noqa: BLE001 - the log stream dropped (dashboard gone)
         raise ClusterError(
-            f"Lost the log stream of job {job_id} at {dashboard_url}: {err}",
-            f"The job may still run; check it with `{follow_command(job_id, dashboard_url)}`.",
+            f"Lost the log stream of job {job_id} at {dashboard_url}: {_redact(str(err), headers)}",
+            f"The job may still run; check it with `{_follow_hint(job_id, dashboard_url, reattach_hint)}`.",
         ) from None
     if status == "SUCCEEDED":
         console.print(f"Ray job {job_id} succeeded.")

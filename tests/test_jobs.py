@@ -117,22 +117,9 @@ def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, 
     assert (workdir / "runs" / "digits" / "summary.json").is_file()  # relative output_dir: resolved here
 
 
-def test_cli_on_kuberay_always_submits_through_the_port_forward(raytf_home, workdir, monkeypatch):
-    from typer.testing import CliRunner
-
-    from raytf import cli, jobs
-    from raytf.kuberay import commands as kuberay
-
-    calls = []
-    monkeypatch.setattr(cli, "_recorded_provider", lambda: "kuberay")
-    monkeypatch.setattr(kuberay, "dashboard", lambda spec, *, until, **kw: until("http://127.0.0.1:45678"))
-    monkeypatch.setattr(jobs, "submit_training_job", lambda url, config, overrides, **kw: calls.append((url, config, overrides, kw["working_dir"])) or 2)
-    monkeypatch.chdir(workdir)
-    result = CliRunner().invoke(cli.app, ["train", "examples/digits.yaml", "--set", "steps=10"])
-    assert result.exit_code == 2, result.output
-    from raytf.kuberay.manifest import PLACEMENT_OVERRIDES
-
-    assert calls == [("http://127.0.0.1:45678", "examples/digits.yaml", [*PLACEMENT_OVERRIDES, "steps=10"], str(workdir))]
+# `raytf train` on a recorded KubeRay cluster (port-forward, token from the Secret, runtime_env, placement
+# overrides) runs for real against the fake API server in
+# tests/kuberay/test_kuberay_runtime_env.py::test_cli_train_on_a_recorded_kuberay_cluster.
 
 
 def test_kuberay_placement_requests_the_resources_the_manifest_offers():
@@ -151,3 +138,56 @@ def test_kuberay_placement_requests_the_resources_the_manifest_offers():
     assert any("raytf_ps" in r and "raytf_worker" not in r for r in offered.values()), offered
     assert any("raytf_worker" in r and "raytf_ps" not in r for r in offered.values()), offered
     assert "raytf_" not in str(manifest["spec"]["headGroupSpec"]["rayStartParams"])
+
+
+@pytest.mark.slow
+def test_kuberay_token_and_py_modules_on_a_real_ray_head(ray_cluster, workdir):
+    """A real Ray 2.60 head behind the fake Kubernetes API server's port-forward: it accepts the token
+    raytf reads from the (fake) operator's Secret and refuses a wrong one, and `py_modules` with the local
+    raytf package directory makes the job's driver import the uploaded copy, not this checkout."""
+    import asyncio
+    from urllib.parse import urlparse
+
+    from kubernetes import client as k8s
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from raytf.kuberay.auth import bearer, cluster_token
+    from raytf.kuberay.client import KubeClient
+    from raytf.kuberay.manifest import render_raycluster
+    from raytf.kuberay.portforward import forward_dashboard
+    from raytf.kuberay.runtime_env import job_runtime_env
+    from raytf.kuberay.specfile import load_cluster_spec
+    from tests.kuberay.fake_apiserver import FakeApiServer
+
+    spec = load_cluster_spec(REPO / "cluster-configs" / "kuberay-shared-storage.yaml")
+    token = Path(ray_cluster.token_path).read_text().strip()
+    with FakeApiServer(auth_token=token) as fake, k8s.ApiClient(k8s.Configuration(host=fake.url)) as api:
+        fake.forward_to = urlparse(ray_cluster.dashboard_url).port
+        fake.forward_idle_timeout = 180  # the log stream idles while the job's runtime_env is set up
+        fake.add_cluster(render_raycluster(spec), ready=True)
+        kube = KubeClient(api)
+        headers = bearer(cluster_token(kube, spec.name, spec.namespace))
+        with forward_dashboard(kube, spec.name, spec.namespace) as forward:
+            # Control: this process has the cluster's token in RAY_AUTH_* too, but an explicit header wins.
+            with pytest.raises(AuthenticationError):
+                JobSubmissionClient(forward.url, headers={"Authorization": "Bearer not-the-token"})
+            client = JobSubmissionClient(forward.url, headers=headers)
+            job_id = client.submit_job(
+                entrypoint="python -c 'import raytf; print(\"RAYTF_FROM\", raytf.__file__)'",
+                # As raytf submits: a working_dir (the job's cwd, here without raytf) plus py_modules; pip would need PyPI.
+                runtime_env={"working_dir": str(workdir), "py_modules": job_runtime_env(spec)["py_modules"]},
+            )
+
+            async def logs() -> str:
+                return "".join([chunk async for chunk in client.tail_job_logs(job_id)])
+
+            text = asyncio.run(asyncio.wait_for(logs(), timeout=180))
+            status = client.get_job_status(job_id)
+    print(text)
+    assert status == JobStatus.SUCCEEDED, text
+    (line,) = [l for l in text.splitlines() if l.startswith("RAYTF_FROM ")]
+    imported = Path(line.split(" ", 1)[1])
+    assert imported.name == "__init__.py" and imported.parent.name == "raytf"
+    assert REPO not in imported.parents  # the uploaded copy, not the editable install of this checkout
+    assert imported.parents[2].name == "py_modules_files"  # Ray's directory of unpacked py_modules packages

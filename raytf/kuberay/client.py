@@ -7,6 +7,8 @@ tests point the real client at a fake API server on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import threading
 from dataclasses import dataclass
@@ -130,6 +132,21 @@ class KubeClient:
             target = port.target_port
             ports[port.name or str(port.port)] = target if isinstance(target, int) else port.port
         return ports
+
+    def read_secret(self, name: str, namespace: str) -> dict[str, str] | None:
+        """A Secret's data, decoded; None when it does not exist (403 raises `Forbidden`)."""
+        try:
+            secret = self._call("get", "secrets", namespace, name, lambda: self._core.read_namespaced_secret(
+                name, namespace, _request_timeout=self._timeout))
+        except NotFound:
+            return None
+        decoded: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue  # not text: never a Ray token
+        return decoded
 
     def open_pod_port(self, pod: str, namespace: str, port: int) -> Any:
         """A socket-like stream to `port` inside `pod` (one websocket per call, like kubectl)."""

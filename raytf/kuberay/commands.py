@@ -8,11 +8,12 @@ commands without a spec path act on the cluster remembered by `raytf up` (raytf/
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from kubernetes import client as k8s
 from rich.console import Console
@@ -21,13 +22,18 @@ from rich.text import Text
 
 from raytf.errors import ClusterError
 from raytf.kuberay import lifecycle
+from raytf.kuberay.auth import auth_disabled_warning, auth_secret_name, bearer, cluster_token, read_token, token_command
 from raytf.kuberay.client import KubeClient
-from raytf.kuberay.dashboard import dashboard_responds, wait_for_dashboard
+from raytf.kuberay.dashboard import dashboard_responds, probe_dashboard, wait_for_dashboard
+from raytf.kuberay.errors import AuthTokenUnavailable
 from raytf.kuberay.kubeconfig import build_api_client, current_context, kubeconfig_path
-from raytf.kuberay.manifest import manifest_yaml, render_raycluster
-from raytf.kuberay.portforward import forward_dashboard
+from raytf.kuberay.manifest import PLACEMENT_OVERRIDES, manifest_yaml, render_raycluster
+from raytf.kuberay.portforward import LocalForward, forward_dashboard, head_dashboard_target
+from raytf.kuberay.runtime_env import job_runtime_env
+from raytf.kuberay.spec import ClusterSpec
 from raytf.kuberay.specfile import load_cluster_spec
-from raytf.kuberay.status import ClusterStatus, read_status
+from raytf.kuberay.status import ClusterStatus, get_cluster_or_raise, read_status
+from raytf.kuberay.storage import check_output_dir
 from raytf.kuberay.versions import version_mismatch_warning
 from raytf.state import clear_cluster_record, load_cluster_record, save_cluster_record
 
@@ -50,13 +56,16 @@ def up(
     nothing else, not even the kubeconfig. Returns the ready status (None for a dry run).
     """
     spec = load_cluster_spec(spec_path)  # validated before anything else happens
+    unauthenticated = auth_disabled_warning(spec)
     if dry_run:
+        if unauthenticated:  # stderr: stdout stays a manifest for `kubectl apply -f -`
+            print(f"Warning: {unauthenticated}", file=sys.stderr)
         sys.stdout.write(manifest_yaml(render_raycluster(spec)))
         sys.stdout.flush()
         return None
-    warning = version_mismatch_warning(spec)
-    if warning:
-        console.print(Text(warning, style="yellow"))
+    for warning in (version_mismatch_warning(spec), unauthenticated):
+        if warning:
+            console.print(Text(warning, style="yellow"))
     kube, kubeconfig, context = _connect(api_client, kubeconfig, context)
     ensured = lifecycle.ensure_cluster(spec, kube)
     where = f"RayCluster '{spec.name}' in namespace '{spec.namespace}'"
@@ -119,8 +128,10 @@ def status(
     context: str | None = None,
     console: Console,
     api_client: k8s.ApiClient | None = None,
+    check_dashboard: bool = True,
 ) -> ClusterStatus:
-    """Print and return conditions, ready/desired pods per group, head pod/service and endpoints."""
+    """Print and return conditions, ready/desired pods per group, head pod/service and endpoints; with
+    `check_dashboard`, also whether the dashboard takes the token from the cluster's Secret."""
     target = _target(spec_path, kubeconfig, context)
     kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
     st = read_status(kube, target.name, target.namespace)
@@ -139,6 +150,8 @@ def status(
                        f"head service: {st.head_service} ({st.head_service_ip or 'no IP'})"))
     if st.endpoints:
         console.print(Text("endpoints: " + ", ".join(f"{k}={v}" for k, v in st.endpoints.items())))
+    if check_dashboard and st.head_ready:
+        _report_auth(kube, st, console)
     return st
 
 
@@ -179,12 +192,19 @@ def dashboard(
     """
     target = _target(spec_path, kubeconfig, context)
     kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
+    cluster = get_cluster_or_raise(kube, target.name, target.namespace)
+    secret = auth_secret_name(cluster)  # None without token auth; an unreadable token fails here, with the fix
+    token = read_token(kube, target.namespace, target.name, secret_name=secret) if secret else None
     forward = forward_dashboard(kube, target.name, target.namespace, port=port)
     if until is not None:
         with forward:
             until(forward.url)
         return
     console.print(Text(f"Ray dashboard of '{target.name}': {forward.url}  (Ctrl-C to stop)", style="bold"))
+    login = token_command(cluster)
+    if login:  # the browser asks for the token; raytf never prints it, only where to get it
+        console.print(Text(f"Token authentication is on: the dashboard asks for the token. Print it with:\n  {login}"))
+    threading.Thread(target=lambda: console.print(Text(_dashboard_check_line(forward, token))), daemon=True).start()
     try:
         forward.serve_forever()
     except KeyboardInterrupt:
@@ -228,9 +248,14 @@ def _connect(api_client: k8s.ApiClient | None, kubeconfig: str | None, context: 
 
 
 def _check_dashboard(kube: KubeClient, st: ClusterStatus, console: Console, timeout: float = 30.0) -> None:
+    try:
+        headers = bearer(cluster_token(kube, st.name, st.namespace))
+    except AuthTokenUnavailable as err:
+        console.print(Text(f"Cluster is ready but its Ray token is unreadable: {err.problem} Fix: {err.fix}", style="yellow"))
+        return
     with forward_dashboard(kube, st.name, st.namespace) as forward:
         # Stop at the first failed port-forward (RBAC, pod gone): retrying will not fix those.
-        ok = wait_for_dashboard(forward.url, timeout=timeout, check=dashboard_responds,
+        ok = wait_for_dashboard(forward.url, timeout=timeout, check=lambda url: dashboard_responds(url, headers=headers),
                                 give_up=lambda: bool(forward.errors))
     if ok:
         console.print(Text("Dashboard answers through a port-forward; open it with `raytf dashboard`."))
@@ -238,6 +263,87 @@ def _check_dashboard(kube: KubeClient, st: ClusterStatus, console: Console, time
         why = "; ".join(dict.fromkeys(forward.errors)) or f"no answer within {timeout:.0f}s"
         console.print(Text(f"Cluster is ready but its dashboard did not answer through a port-forward ({why}). "
                            "Retry with `raytf dashboard`.", style="yellow"))
+
+
+def _report_auth(kube: KubeClient, st: ClusterStatus, console: Console) -> None:
+    """One line on token auth and one on the dashboard (probed with the token through a port-forward)."""
+    try:
+        token = cluster_token(kube, st.name, st.namespace)
+    except AuthTokenUnavailable as err:
+        console.print(Text(f"auth: token, but {err.problem} Fix: {err.fix}", style="yellow"))
+        return
+    console.print(Text("auth: Ray token (read from the cluster's Secret)" if token else
+                       "auth: none (Ray token authentication is off)", style=None if token else "yellow"))
+    with forward_dashboard(kube, st.name, st.namespace) as forward:
+        console.print(Text(_dashboard_check_line(forward, token)))
+
+
+def _dashboard_check_line(forward: LocalForward, token: str | None) -> str:
+    code = probe_dashboard(forward.url, headers=bearer(token), timeout=10)
+    if code == 200:
+        return "dashboard: answers" + (" with the cluster's token" if token else "")
+    if code in (401, 403):
+        return f"dashboard: refused the request (HTTP {code}): " + (
+            "the token in the Secret does not match the cluster's" if token else "it requires a token")
+    why = "; ".join(dict.fromkeys(forward.errors)) or (f"HTTP {code}" if code else "no answer")
+    return f"dashboard: not reachable through a port-forward ({why})"
+
+
+# -- training as a Ray Job -----------------------------------------------------------------------
+
+
+def train(
+    config_path: str | Path,
+    overrides: Sequence[str],
+    flags: Sequence[str] = (),
+    *,
+    console: Console,
+    working_dir: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    api_client: k8s.ApiClient | None = None,
+    follow: bool = True,
+) -> int:
+    """`raytf train` on the remembered KubeRay cluster: a Ray Job submitted through a dashboard port-forward.
+
+    Refused before any request when output_dir is not on the spec's shared storage. The job carries
+    the cluster's token (from its Secret) and, unless the spec says `image_has_raytf`, the runtime_env
+    that brings raytf and its pinned dependencies. Returns the job's exit code (see submit_training_job).
+    """
+    from raytf.config import load_config
+    from raytf.jobs import submit_training_job
+
+    target = _target(None, kubeconfig, context)
+    spec, spec_source = _recorded_spec(target)
+    overrides = [*PLACEMENT_OVERRIDES, *overrides]  # the user's own --set come last and win
+    cfg = load_config(config_path, overrides)
+    check_output_dir(spec, cfg.output_dir, spec_source=spec_source)
+    extra_env = job_runtime_env(spec)
+    kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
+    headers = bearer(cluster_token(kube, target.name, target.namespace))
+    pod, port = head_dashboard_target(kube, target.name, target.namespace)
+    reattach = f"kubectl exec -n {target.namespace} {pod} -c ray-head -- ray job logs --follow {{job_id}}"
+    with LocalForward(lambda: kube.open_pod_port(pod, target.namespace, port)) as forward:
+        return submit_training_job(forward.url, str(config_path), overrides, working_dir=working_dir or os.getcwd(),
+                                   console=console, flags=flags, follow=follow, headers=headers,
+                                   runtime_env=extra_env, reattach_hint=reattach)
+
+
+def _recorded_spec(target: _Target) -> tuple[ClusterSpec, str]:
+    """The spec the remembered cluster was made from (it says where output_dir may go and how raytf gets there)."""
+    record = load_cluster_record() or {}
+    path = record.get("spec_path")
+    if not path:
+        raise ClusterError(f"The record of RayCluster '{target.name}' does not say which spec file made it.",
+                           "Run `raytf up --cluster <spec>` again (it adopts the running cluster), then retry.")
+    spec = load_cluster_spec(path)
+    if (spec.name, spec.namespace) != (target.name, target.namespace):
+        raise ClusterError(
+            f"The spec {path} now describes RayCluster '{spec.namespace}/{spec.name}', not the remembered "
+            f"'{target.namespace}/{target.name}'.",
+            "Run `raytf up --cluster <spec>` for the cluster you want to train on, then retry.",
+        )
+    return spec, str(path)
 
 
 def _progress_line(p: lifecycle.WaitProgress) -> str:

@@ -25,15 +25,25 @@ def require_loopback(url: str) -> None:
         raise ValueError(f"refusing to probe {url}: raytf only talks to the dashboard through 127.0.0.1")
 
 
-def dashboard_responds(url: str, timeout: float = 2.0) -> bool:
-    """True when GET <url>/api/version answers 200 (the endpoint Ray's job SDK uses too)."""
+def probe_dashboard(url: str, *, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int | None:
+    """The HTTP status of GET <url>/api/version (the endpoint Ray's job SDK checks first), None without an
+    answer. A token-authenticated dashboard answers 401 without `headers`, 403 with a wrong token."""
     require_loopback(url)
+    request = urllib.request.Request(url.rstrip("/") + "/api/version", headers=headers or {})
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/api/version", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()  # finish the exchange so the connection closes cleanly
-            return response.status == 200
+            return response.status
+    except urllib.error.HTTPError as err:
+        err.close()
+        return err.code
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
-        return False
+        return None
+
+
+def dashboard_responds(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
+    """True when GET <url>/api/version answers 200."""
+    return probe_dashboard(url, headers=headers, timeout=timeout) == 200
 
 
 def wait_for_dashboard(

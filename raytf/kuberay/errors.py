@@ -50,9 +50,9 @@ class CrdNotInstalled(ClusterError):
     """The ray.io API group (the KubeRay CRDs) is not served by the cluster."""
 
     @classmethod
-    def make(cls, host: str) -> CrdNotInstalled:
+    def make(cls, host: str, kind: str = "RayCluster") -> CrdNotInstalled:
         return cls(
-            f"The Kubernetes cluster at {host} does not serve the ray.io/v1 RayCluster API: "
+            f"The Kubernetes cluster at {host} does not serve the ray.io/v1 {kind} API: "
             "the KubeRay operator and its CRDs are not installed.",
             f"Install the operator: `{HELM_INSTALL}`, then retry.",
         )
@@ -122,3 +122,38 @@ class Rejected(ClusterError):
 
 class WaitTimeout(ClusterError):
     """A wait (ready, gone) ran out of time; the message says what is stuck."""
+
+
+class AuthTokenUnavailable(ClusterError):
+    """The Ray token of a token-authenticated RayCluster could not be read from its Secret."""
+
+    @classmethod
+    def forbidden(cls, secret: str, namespace: str, cluster: str, refusal: str) -> AuthTokenUnavailable:
+        return cls(
+            f"RayCluster '{cluster}' requires Ray token authentication, and its token is in Secret '{secret}', "
+            f"which you may not read. {refusal}",
+            f"Ask a cluster admin for a Role granting 'get' on secrets in '{namespace}' (it may be limited to "
+            f"resourceNames: [{secret}]); check with `kubectl auth can-i get secrets/{secret} -n {namespace}`.",
+        )
+
+    @classmethod
+    def missing(cls, secret: str, namespace: str, cluster: str) -> AuthTokenUnavailable:
+        return cls(
+            f"RayCluster '{cluster}' requires Ray token authentication, but its token Secret '{secret}' does not "
+            f"exist in namespace '{namespace}'.",
+            "The KubeRay operator creates it when it first reconciles the cluster: wait and retry (`raytf status`); "
+            "if it never appears, check that the operator is 1.7.0 or newer "
+            "(`kubectl logs deployment/kuberay-operator`).",
+        )
+
+    @classmethod
+    def no_key(cls, secret: str, namespace: str, key: str) -> AuthTokenUnavailable:
+        return cls(
+            f"Secret '{secret}' in namespace '{namespace}' has no key '{key}' holding the Ray token.",
+            f"A Secret named by authOptions.secretName must hold the token under '{key}' "
+            f"(`kubectl create secret generic {secret} --from-literal={key}=<token>`).",
+        )
+
+
+class OutputNotShared(ConfigError):
+    """A KubeRay run's output_dir is not on storage every pod and the driver share."""

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from raytf.kuberay import storage
+from raytf.kuberay.auth import render_auth_options
 from raytf.kuberay.spec import ClusterSpec, HeadSpec, Toleration, WorkerGroup
 
 API_VERSION = "ray.io/v1"
@@ -56,6 +58,9 @@ _AUTOSCALER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
 
 def render_raycluster(spec: ClusterSpec) -> dict[str, Any]:
     body: dict[str, Any] = {"rayVersion": spec.ray_version}
+    auth = render_auth_options(spec)
+    if auth is not None:
+        body["authOptions"] = auth
     if spec.autoscaling_enabled:
         assert spec.autoscaling is not None
         body["enableInTreeAutoscaling"] = True
@@ -117,7 +122,7 @@ def _head_group(spec: ClusterSpec, head: HeadSpec) -> dict[str, Any]:
         # Never exposed outside the cluster: users reach the dashboard through a port-forward.
         "serviceType": "ClusterIP",
         "rayStartParams": params,
-        "template": _template("head", container, head.node_selector, head.tolerations),
+        "template": _template(spec, "head", container, head.node_selector, head.tolerations),
     }
 
 
@@ -132,7 +137,7 @@ def _worker_group(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "minReplicas": group.lowest,
         "maxReplicas": group.highest,
         "rayStartParams": params,
-        "template": _template(group.role, container, group.node_selector, group.tolerations),
+        "template": _template(spec, group.role, container, group.node_selector, group.tolerations),
     }
 
 
@@ -150,8 +155,16 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict[
     }
 
 
-def _template(role: str, container: dict[str, Any], node_selector: dict[str, str], tolerations: tuple[Toleration, ...]) -> dict[str, Any]:
+def _template(spec: ClusterSpec, role: str, container: dict[str, Any], node_selector: dict[str, str],
+              tolerations: tuple[Toleration, ...]) -> dict[str, Any]:
+    mounts = storage.container_mounts(spec)
+    if mounts:  # the same shared volume at the same path in every pod
+        container["volumeMounts"] = mounts
     pod: dict[str, Any] = {"containers": [container]}
+    volumes = storage.pod_volumes(spec)
+    if volumes:
+        pod["securityContext"] = dict(storage.POD_SECURITY_CONTEXT)
+        pod["volumes"] = volumes
     if node_selector:
         pod["nodeSelector"] = dict(sorted(node_selector.items()))
     if tolerations:

@@ -7,8 +7,9 @@ Quantities (cpu, memory) are normalised to the strings Kubernetes stores.
 
 from __future__ import annotations
 
+import posixpath
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -147,6 +148,78 @@ class FaultTolerance(_Frozen):
         return v
 
 
+# Volume sources every pod can mount at once (ReadWriteMany-capable). Per-pod (emptyDir, ephemeral),
+# per-node (hostPath) and read-only config sources cannot hold one run's shared output_dir.
+SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "cephfs", "azureFile", "glusterfs")
+# Mounting over these would hide what the rayproject/ray image or Ray itself needs there.
+_RESERVED_PATHS = ("/home/ray", "/tmp", "/tmp/ray", "/dev/shm")
+_SYSTEM_ROOTS = ("/bin", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr", "/var")
+
+
+class SharedStorage(_Frozen):
+    """One volume mounted at `path` on the head and every worker pod (checkpoints, models, TensorBoard)."""
+
+    path: str
+    claim: str | None = None
+    volume: dict[str, Any] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path inside the pods, e.g. /mnt/raytf")
+        norm = posixpath.normpath(v)
+        if norm == "/" or any(r == norm or r.startswith(norm + "/") for r in _RESERVED_PATHS):
+            raise ValueError(f"must not be /, {', '.join(_RESERVED_PATHS)} or a parent of them (the image and Ray "
+                             "use them); use e.g. /mnt/raytf")
+        if any(norm == r or norm.startswith(r + "/") for r in _SYSTEM_ROOTS):
+            raise ValueError("must not be a system directory; use e.g. /mnt/raytf")
+        return norm
+
+    @field_validator("claim")
+    @classmethod
+    def _claim(cls, v: str | None) -> str | None:
+        if v is not None and (not _DNS1123_LABEL.match(v.replace(".", "a")) or len(v) > 253):
+            raise ValueError("must be a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')")
+        return v
+
+    @field_validator("volume")
+    @classmethod
+    def _volume(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        if len(v) != 1 or not isinstance(next(iter(v.values())), dict):
+            raise ValueError("must be one Kubernetes volume source, e.g. {nfs: {server: nfs.example.com, path: /export}}")
+        (kind,) = v
+        if kind not in SHARED_VOLUME_SOURCES:
+            raise ValueError(f"volume source '{kind}' cannot be shared by all pods; use one of "
+                             f"{', '.join(SHARED_VOLUME_SOURCES)} (or `claim: <PVC name>`)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SharedStorage:
+        if (self.claim is None) == (self.volume is None):
+            raise ValueError("needs exactly one of `claim` (a ReadWriteMany PersistentVolumeClaim) or `volume` "
+                             "(a volume source such as {nfs: {server: ..., path: ...}})")
+        return self
+
+    def volume_source(self) -> dict[str, Any]:
+        if self.claim is not None:
+            return {"persistentVolumeClaim": {"claimName": self.claim}}
+        assert self.volume is not None
+        return dict(self.volume)
+
+
+class RayJobOptions(_Frozen):
+    """Lifetime of the cluster of a one-shot run (`raytf train --cluster`, a KubeRay RayJob)."""
+
+    # Seconds KubeRay keeps the finished job's cluster before deleting it (time to read logs/dashboard).
+    ttl_seconds_after_finished: int = Field(default=300, ge=0)
+    # Seconds the cluster may take to start and get its job submitted; after that KubeRay fails the
+    # RayJob and deletes the cluster, so an abandoned submission cannot hold pods forever.
+    pre_running_deadline_seconds: int = Field(default=1800, ge=1)
+
+
 class ClusterSpec(_Frozen):
     provider: Literal["kuberay"]
     name: str
@@ -158,6 +231,12 @@ class ClusterSpec(_Frozen):
     worker_groups: tuple[WorkerGroup, ...]
     autoscaling: Autoscaling | None = None
     fault_tolerance: FaultTolerance | None = None
+    # Ray token authentication (KubeRay `authOptions`); "none" leaves the Ray APIs open inside Kubernetes.
+    auth: Literal["token", "none"] = "token"
+    shared_storage: SharedStorage | None = None
+    # False: each Ray Job brings raytf (py_modules) and its pinned dependencies (pip) to stock Ray images.
+    image_has_raytf: bool = False
+    rayjob: RayJobOptions = Field(default_factory=RayJobOptions)
 
     @field_validator("name")
     @classmethod
@@ -167,6 +246,13 @@ class ClusterSpec(_Frozen):
                 f"must be a Kubernetes name: at most {MAX_CLUSTER_NAME} lowercase letters, digits or '-', "
                 "starting with a letter and ending with a letter or digit"
             )
+        return v
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, v: object) -> object:
+        if isinstance(v, bool):  # YAML 1.1 reads off/no/false/on/yes/true as booleans
+            raise ValueError("must be 'token' or 'none' (YAML read a boolean: write `auth: none` to turn it off)")
         return v
 
     @field_validator("namespace")

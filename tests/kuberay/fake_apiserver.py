@@ -1,7 +1,9 @@
 """A tiny Kubernetes API server on 127.0.0.1 for driving the real `kubernetes` client in tests.
 
 It serves only what raytf uses: RayCluster custom objects (create/get/list/patch/delete), pod and
-event lists, the head Service and pod port-forward. Time is counted in GETs of a RayCluster, not
+event lists, the head Service, pod port-forward, and Secrets: like the KubeRay 1.7.0 operator, it
+creates the `<cluster>` Secret with an `auth_token` for every RayCluster with `authOptions.mode: token`
+(unless `creates_auth_secrets=False`; `forbidden={("get", "secrets")}` answers 403 for them). Time is counted in GETs of a RayCluster, not
 seconds: a cluster reports ready after `ready_after` GETs and vanishes `gone_after` GETs after a
 delete, so tests never sleep. Failure switches mimic real API server answers (bodies included):
 `crd_installed=False`, `forbidden={(verb, resource)}`, `conflict_on_create`, `stuck=Stuck(...)`,
@@ -17,14 +19,15 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from . import fake_objects as objects
 from .fake_websocket import accept_websocket, relay_port
 
 _CLUSTER = re.compile(r"^/apis/ray\.io/v1/namespaces/(?P<ns>[^/]+)/rayclusters(?:/(?P<name>[^/]+))?$")
-_CORE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<kind>pods|events|services)(?:/(?P<name>[^/]+))?(?P<pf>/portforward)?$")
+_JOB = re.compile(r"^/apis/ray\.io/v1/namespaces/(?P<ns>[^/]+)/rayjobs(?:/(?P<name>[^/]+))?$")
+_CORE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<kind>pods|events|services|secrets)(?:/(?P<name>[^/]+))?(?P<pf>/portforward)?$")
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,23 @@ class FakeApiServer:
     stuck: Stuck | None = None
     missing_namespaces: set[str] = field(default_factory=set)
     forward_to: int | None = None  # 127.0.0.1 port that pod port-forwards reach
+    forward_idle_timeout: float = 30.0  # a relay idle this long ends (generous: loaded CI machines stall uploads)
+    auth_token: str = "fake-ray-token-4f1c9a7e2b"  # what the "operator" puts in each cluster's Secret
+    creates_auth_secrets: bool = True
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     clusters: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # RayJobs (see _job_view for the simulated operator): `rayjobs_installed=False` serves RayClusters only.
+    rayjobs_installed: bool = True
+    jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    job_ready_after: int = 2  # GETs of a RayJob until its cluster is ready and KubeRay waits for the job
+    ray_job_status: Callable[[str], tuple[str, str]] | None = None  # jobId -> (jobStatus, message), as the operator reads
+    job_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # set_job_status overrides
 
     def __post_init__(self) -> None:
         self._gets: Counter[tuple[str, str]] = Counter()
         self._deleting: dict[tuple[str, str], int] = {}
+        self._job_gets: Counter[tuple[str, str]] = Counter()
         self._lock = threading.RLock()
         fake = self
 
@@ -89,8 +103,14 @@ class FakeApiServer:
         with self._lock:
             key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
             self.clusters[key] = objects.stored(manifest)
+            self._operator_reconciles(key)
             if ready:
                 self._gets[key] = self.ready_after
+
+    def set_job_status(self, namespace: str, name: str, **status: Any) -> None:
+        """Drive a RayJob from the test: these status fields win over the simulated operator's."""
+        with self._lock:
+            self.job_status.setdefault((namespace, name), {}).update(status)
 
     def calls(self, method: str | None = None, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if (method is None or r.method == method) and path_part in r.path]
@@ -102,6 +122,8 @@ class FakeApiServer:
             self.requests.append(Recorded(method, path, query, ctype, body))
             if m := _CLUSTER.match(path):
                 return self._clusters(method, m["ns"], m["name"], ctype, body)
+            if m := _JOB.match(path):
+                return self._rayjobs(method, m["ns"], m["name"], ctype, body)
             if path.startswith("/apis/ray.io"):
                 return 404, objects.status(404, "NotFound", "the server could not find the requested resource")
             if m := _CORE.match(path):
@@ -127,6 +149,7 @@ class FakeApiServer:
                 return 409, objects.status(409, "AlreadyExists", f'rayclusters.ray.io "{key[1]}" already exists',
                                     {"name": key[1], "group": "ray.io", "kind": "rayclusters"})
             self.clusters[key] = objects.stored(body)
+            self._operator_reconciles(key)
             return 201, copy.deepcopy(self.clusters[key])
         if key not in self.clusters:
             return 404, objects.status(404, "NotFound", f'rayclusters.ray.io "{name}" not found',
@@ -137,6 +160,7 @@ class FakeApiServer:
                 self._deleting[key] -= 1
                 if self._deleting[key] < 0:
                     del self.clusters[key], self._deleting[key]
+                    self.secrets.pop(key, None)  # owned by the RayCluster: garbage-collected with it
                     return 404, objects.status(404, "NotFound", f'rayclusters.ray.io "{name}" not found',
                                         {"name": name, "group": "ray.io", "kind": "rayclusters"})
             return 200, self._view(key)
@@ -154,6 +178,75 @@ class FakeApiServer:
         self.clusters[key] = patched
         return 200, self._view(key)
 
+    def _rayjobs(self, method: str, ns: str, name: str | None, ctype: str, body: Any) -> tuple[int, Any]:
+        if not (self.crd_installed and self.rayjobs_installed):
+            return 404, objects.status(404, "NotFound", "the server could not find the requested resource")
+        verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, "get" if name else "list")
+        if (verb, "rayjobs") in self.forbidden:
+            return 403, objects.forbidden(verb, "rayjobs", "ray.io", ns)
+        if ns in self.missing_namespaces:
+            return 404, objects.status(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
+        if name is None and isinstance(body, dict):
+            name = body.get("metadata", {}).get("name", "")
+        key = (ns, name or "")
+        missing = objects.status(404, "NotFound", f'rayjobs.ray.io "{key[1]}" not found',
+                                 {"name": key[1], "group": "ray.io", "kind": "rayjobs"})
+        if verb == "list":
+            items = [self._job_view(k) for k in sorted(self.jobs) if k[0] == ns]
+            return 200, {"apiVersion": "ray.io/v1", "kind": "RayJobList", "metadata": {}, "items": items}
+        if verb == "create":
+            if key in self.jobs:
+                return 409, objects.status(409, "AlreadyExists", f'rayjobs.ray.io "{key[1]}" already exists',
+                                           {"name": key[1], "group": "ray.io", "kind": "rayjobs"})
+            self.jobs[key] = objects.stored(body)
+            return 201, copy.deepcopy(self.jobs[key])
+        if key not in self.jobs:
+            return 404, missing
+        if verb == "get":
+            self._job_gets[key] += 1
+            return 200, self._job_view(key)
+        if verb == "delete":  # owner references: the RayJob's cluster goes with it
+            del self.jobs[key]
+            self.clusters.pop((ns, objects.job_cluster_name(key[1])), None)
+            self.secrets.pop((ns, objects.job_cluster_name(key[1])), None)
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
+        obj = self.jobs[key]
+        try:
+            patched = objects.json_patch(obj, body) if ctype == "application/json-patch+json" else objects.merge(obj, body)
+        except (KeyError, IndexError, ValueError) as err:
+            return 422, objects.status(422, "Invalid", f"the server rejected our request due to an error in our request: {err}")
+        patched["metadata"]["generation"] = obj["metadata"]["generation"] + 1
+        self.jobs[key] = patched
+        return 200, self._job_view(key)
+
+    def _job_view(self, key: tuple[str, str]) -> dict[str, Any]:
+        """KubeRay's InteractiveMode, one step per GET: Initializing (cluster created) -> Waiting (cluster
+        ready) -> Running once spec.jobId is set, with the Ray job's status from `ray_job_status`."""
+        obj = copy.deepcopy(self.jobs[key])
+        ns, name = key
+        gets = self._job_gets[key]
+        status: dict[str, Any] = {}
+        if gets >= 1:
+            cluster = objects.job_cluster_name(name)
+            status = {"jobDeploymentStatus": "Initializing", "rayClusterName": cluster, "startTime": objects.TIME}
+            if (ns, cluster) not in self.clusters:
+                self.add_cluster({"apiVersion": "ray.io/v1", "kind": "RayCluster",
+                                  "metadata": {"name": cluster, "namespace": ns, "labels": {"ray.io/originated-from-cr-name": name}},
+                                  "spec": obj["spec"]["rayClusterSpec"]})
+            if gets >= self.job_ready_after:
+                self._gets[(ns, cluster)] = max(self._gets[(ns, cluster)], self.ready_after)
+                status.update(jobDeploymentStatus="Waiting", dashboardURL=f"{cluster}-head-svc.{ns}.svc.cluster.local:8265")
+                job_id = obj["spec"].get("jobId")
+                if job_id:
+                    job, message = self.ray_job_status(job_id) if self.ray_job_status else ("", "")
+                    deployment = {"SUCCEEDED": "Complete", "STOPPED": "Complete", "FAILED": "Failed"}.get(job, "Running")
+                    status.update(jobId=job_id, jobStatus=job, jobDeploymentStatus=deployment, message=message)
+                    if job == "FAILED":
+                        status["reason"] = "AppFailed"
+        status.update(self.job_status.get(key, {}))
+        obj["status"] = {k: v for k, v in status.items() if v != ""}
+        return obj
+
     def _core(self, method: str, kind: str, ns: str, name: str | None, query: dict[str, list[str]]) -> tuple[int, Any]:
         verb = "get" if name else "list"
         if (verb, kind) in self.forbidden:
@@ -167,9 +260,17 @@ class FakeApiServer:
             return 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}
         if kind == "services" and name and name.endswith("-head-svc") and (ns, name[:-9]) in self.clusters:
             return 200, objects.service(ns, name)
+        if kind == "secrets" and name and (ns, name) in self.secrets:
+            return 200, copy.deepcopy(self.secrets[(ns, name)])
         return 404, objects.status(404, "NotFound", f'{kind} "{name}" not found', {"name": name, "kind": kind})
 
     # -- simulated cluster state -----------------------------------------------------------------------
+
+    def _operator_reconciles(self, key: tuple[str, str]) -> None:
+        """KubeRay's reconcileAuthSecret: a token Secret named after the cluster, unless one is named."""
+        options = self.clusters[key]["spec"].get("authOptions") or {}
+        if self.creates_auth_secrets and options.get("mode") == "token" and not options.get("secretName"):
+            self.secrets.setdefault(key, objects.secret(key[0], key[1], {"auth_token": self.auth_token}, owner=key[1]))
 
     def group_ready(self, key: tuple[str, str], group: str) -> bool:
         if self.stuck is not None and self.stuck.group == group:
@@ -240,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
             if m and m["pf"] and fake.forward_to and m["name"].endswith("-head-x7k2p"):
                 with fake._lock:
                     fake.requests.append(Recorded("GET", url.path, query, "websocket", None))
-                relay_port(accept_websocket(self), int(query["ports"][0]), fake.forward_to)
+                relay_port(accept_websocket(self), int(query["ports"][0]), fake.forward_to, fake.forward_idle_timeout)
                 return
         code, payload = fake.handle(self.command, url.path, query, self.headers.get("Content-Type", ""), body)
         data = json.dumps(payload).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -15,6 +16,11 @@ def stored(manifest: dict[str, Any]) -> dict[str, Any]:
     meta.setdefault("uid", f"uid-{meta['name']}")
     meta.update(resourceVersion="1", generation=1, creationTimestamp=TIME)
     return obj
+
+
+def job_cluster_name(rayjob: str) -> str:
+    """KubeRay names a RayJob's cluster `<rayjob>-<5 random chars>`; the fake's are fixed."""
+    return f"{rayjob}-x2k9q"
 
 
 def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -58,6 +64,16 @@ def service(ns: str, name: str) -> dict[str, Any]:
     ports = [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
              for n, p in (("gcs", 6379), ("dashboard", 8265), ("client", 10001))]
     return {"metadata": {"name": name, "namespace": ns}, "spec": {"type": "ClusterIP", "ports": ports}}
+
+
+def secret(ns: str, name: str, data: dict[str, str], owner: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if owner:
+        meta["labels"] = {"ray.io/cluster": owner}
+        meta["ownerReferences"] = [{"apiVersion": "ray.io/v1", "kind": "RayCluster", "name": owner,
+                                    "uid": f"uid-{owner}", "controller": True}]
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
 def selector_pairs(selector: str) -> dict[str, str]:

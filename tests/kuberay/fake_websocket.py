@@ -82,7 +82,7 @@ class FrameReader:
         return opcode, payload
 
 
-def relay_port(ws: socket.socket, port: int, upstream_port: int) -> None:
+def relay_port(ws: socket.socket, port: int, upstream_port: int, idle_timeout: float = 30.0) -> None:
     """Announce the data/error channels for `port`, then pipe channel 0 to 127.0.0.1:upstream_port.
 
     When the upstream closes, the server stops relaying but leaves closing to the client, as the
@@ -95,7 +95,7 @@ def relay_port(ws: socket.socket, port: int, upstream_port: int) -> None:
     with socket.create_connection(("127.0.0.1", upstream_port)) as upstream:
         watching = [ws, upstream]
         while True:
-            readable, _, _ = select.select(watching, [], [], 5.0)
+            readable, _, _ = select.select(watching, [], [], idle_timeout)
             if not readable:
                 return  # idle client: give up rather than hang the test server
             if upstream in readable:

@@ -8,7 +8,7 @@ from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "cluster-configs"
-CONFIG_NAMES = ("kuberay-cpu", "kuberay-gpu", "kuberay-autoscale", "kuberay-fault-tolerant")
+CONFIG_NAMES = ("kuberay-cpu", "kuberay-gpu", "kuberay-autoscale", "kuberay-fault-tolerant", "kuberay-shared-storage")
 
 
 class FakeClock:

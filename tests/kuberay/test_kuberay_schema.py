@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from raytf.kuberay.manifest import render_raycluster
-from raytf.kuberay.specfile import load_cluster_spec
+from raytf.kuberay.specfile import load_cluster_spec, parse_cluster_spec
 
 from .helpers import CONFIG_NAMES, CONFIGS
 
@@ -42,13 +42,18 @@ def _strict(node: Any) -> Any:
     return node
 
 
-@pytest.fixture(scope="module")
-def validator() -> jsonschema.Draft7Validator:
-    crd = yaml.load(CRD.read_text(), Loader=_Loader)
+def crd_validator(path: Path) -> jsonschema.Draft7Validator:
+    """The strict validator of the v1 schema of the CRD at `path` (RayClusters here, RayJobs too)."""
+    crd = yaml.load(path.read_text(), Loader=_Loader)
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = _strict(v1["schema"]["openAPIV3Schema"])
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft7Validator:
+    return crd_validator(CRD)
 
 
 def errors(validator: jsonschema.Draft7Validator, manifest: dict[str, Any]) -> list[str]:
@@ -60,6 +65,27 @@ def test_rendered_configs_validate(validator: jsonschema.Draft7Validator, name: 
     manifest = render_raycluster(load_cluster_spec(CONFIGS / f"{name}.yaml"))
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayCluster"
     assert errors(validator, manifest) == []
+
+
+VARIANTS = {
+    "auth none": "auth: none\n",
+    "nfs volume": "shared_storage:\n  path: /data/raytf\n  volume: {nfs: {server: nfs.example.com, path: /exports/raytf, readOnly: false}}\n",
+    "csi volume": "shared_storage:\n  path: /mnt/raytf\n  volume: {csi: {driver: efs.csi.aws.com, volumeAttributes: {fs: x}}}\n",
+    "image has raytf": "image_has_raytf: true\nimage: registry.example.com/raytf:0.1.0\n",
+}
+
+
+@pytest.mark.parametrize("extra", VARIANTS.values(), ids=list(VARIANTS))
+def test_spec_variants_validate(validator: jsonschema.Draft7Validator, extra: str) -> None:
+    manifest = render_raycluster(parse_cluster_spec((CONFIGS / "kuberay-cpu.yaml").read_text() + extra))
+    assert errors(validator, manifest) == []
+
+
+def test_misspelled_volume_source_field_fails(validator: jsonschema.Draft7Validator) -> None:
+    # The spec passes a volume source through as written; the CRD (like the API server) catches typos in it.
+    extra = "shared_storage:\n  path: /mnt/raytf\n  volume: {nfs: {server: nfs.example.com, pth: /exports}}\n"
+    found = errors(validator, render_raycluster(parse_cluster_spec((CONFIGS / "kuberay-cpu.yaml").read_text() + extra)))
+    assert any("'pth' was unexpected" in e for e in found) and any("'path' is a required property" in e for e in found), found
 
 
 def test_shared_samples_validate(validator: jsonschema.Draft7Validator) -> None:

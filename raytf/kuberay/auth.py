@@ -1,0 +1,113 @@
+"""Ray token authentication on KubeRay: rendering `spec.authOptions` and reading the token back.
+
+How KubeRay v1.7.0 does it (ray-project/kuberay@v1.7.0):
+- ray-operator/controllers/ray/raycluster_controller.go, `reconcileAuthSecret`/`createAuthSecret`: with
+  `authOptions.mode: token` (and no `secretName`, no `enableK8sTokenAuth`) the operator creates a Secret
+  named `utils.CheckName(<cluster name>)` in the cluster's namespace, owned by the RayCluster, holding
+  a random token under the key `auth_token` (`utils.RAY_AUTH_TOKEN_SECRET_KEY`, utils/constant.go).
+- ray-operator/controllers/ray/common/pod.go, `SetContainerTokenAuthEnvVars`: every Ray container gets
+  `RAY_AUTH_MODE=token` and `RAY_AUTH_TOKEN` from that Secret (or from `authOptions.secretName`).
+- ray-operator/controllers/ray/utils/util.go, `GetRayDashboardClientFunc`: the operator reads the same
+  Secret to call the dashboard. Ray's dashboard takes the token as `Authorization: Bearer <token>`
+  (or `X-Ray-Authorization`, ray/_private/authentication/http_token_authentication.py).
+
+raytf reads the Secret with the caller's own Kubernetes credentials and only ever puts the token in
+an HTTP header: it is never printed, logged or written to a file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from raytf.errors import ClusterError
+from raytf.kuberay.errors import AuthTokenUnavailable, Forbidden
+from raytf.kuberay.spec import ClusterSpec
+
+if TYPE_CHECKING:  # manifest.py imports this module: keep it free of the Kubernetes client (and of client.py,
+    from kubernetes import client as k8s  # which imports manifest.py)
+
+    from raytf.kuberay.client import KubeClient
+
+TOKEN_KEY = "auth_token"  # utils.RAY_AUTH_TOKEN_SECRET_KEY
+_MAX_NAME = 50  # utils.CheckName's limit
+
+
+def render_auth_options(spec: ClusterSpec) -> dict[str, Any] | None:
+    """`spec.authOptions` of the RayCluster: token mode unless the spec says `auth: none`."""
+    return {"mode": "token"} if spec.auth == "token" else None
+
+
+def auth_disabled_warning(spec: ClusterSpec) -> str | None:
+    if spec.auth == "token":
+        return None
+    return (f"Ray token authentication is OFF for RayCluster '{spec.name}' (auth: none): any pod that can reach "
+            "the head inside Kubernetes can submit jobs and run code in it. Remove `auth: none` from the spec "
+            "unless a NetworkPolicy keeps everything else away from the head.")
+
+
+def check_name(name: str) -> str:
+    """KubeRay's `utils.CheckName` (utils/util.go): the Secret name it derives from a cluster name.
+
+    Identity for names raytf renders (at most 50 characters, starting with a letter); RayJob clusters
+    (`<job>-<suffix>`) can be longer and are then cut from the front."""
+    if len(name) > _MAX_NAME:
+        name = name[len(name) - _MAX_NAME:]
+    if name[:1].isdigit() or (name[:1] and not name[:1].isalnum()):
+        name = "r" + name[1:]
+    return name
+
+
+def auth_secret_name(cluster: dict[str, Any]) -> str | None:
+    """The Secret holding the token of this live RayCluster object; None when token auth is off."""
+    options = (cluster.get("spec") or {}).get("authOptions") or {}
+    if options.get("mode") != "token":
+        return None  # the operator runs no auth without authOptions or with mode "disabled"
+    name = cluster["metadata"]["name"]
+    if options.get("enableK8sTokenAuth"):
+        raise ClusterError(
+            f"RayCluster '{name}' delegates Ray authentication to Kubernetes service-account tokens "
+            "(authOptions.enableK8sTokenAuth), which raytf does not support.",
+            "Use `authOptions: {mode: token}` (what raytf renders) for clusters raytf talks to.",
+        )
+    return options.get("secretName") or check_name(name)
+
+
+def read_token(kube: KubeClient | k8s.ApiClient, namespace: str, cluster_name: str, *,
+               secret_name: str | None = None) -> str:
+    """The Ray token of a token-mode RayCluster (raises `AuthTokenUnavailable` with the fix)."""
+    if not hasattr(kube, "read_secret"):  # a bare kubernetes ApiClient
+        from raytf.kuberay.client import KubeClient
+
+        kube = KubeClient(kube)
+    secret = secret_name or check_name(cluster_name)
+    try:
+        data = kube.read_secret(secret, namespace)
+    except Forbidden as err:
+        raise AuthTokenUnavailable.forbidden(secret, namespace, cluster_name, err.problem) from None
+    if data is None:
+        raise AuthTokenUnavailable.missing(secret, namespace, cluster_name)
+    token = data.get(TOKEN_KEY, "").strip()
+    if not token:
+        raise AuthTokenUnavailable.no_key(secret, namespace, TOKEN_KEY)
+    return token
+
+
+def cluster_token(kube: KubeClient, name: str, namespace: str) -> str | None:
+    """The token the live RayCluster `name` requires, or None when it runs without token auth."""
+    from raytf.kuberay.status import get_cluster_or_raise
+
+    secret = auth_secret_name(get_cluster_or_raise(kube, name, namespace))
+    return None if secret is None else read_token(kube, namespace, name, secret_name=secret)
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def token_command(cluster: dict[str, Any]) -> str | None:
+    """A command that prints the token (for the dashboard's login dialog); raytf never prints it itself."""
+    secret = auth_secret_name(cluster)
+    if secret is None:
+        return None
+    namespace = cluster["metadata"].get("namespace", "default")
+    return f"kubectl get secret {secret} -n {namespace} -o jsonpath='{{.data.{TOKEN_KEY}}}' | base64 -d"
