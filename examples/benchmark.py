@@ -2,10 +2,12 @@
 
     python examples/benchmark.py                      # every contender, 300 steps each
     python examples/benchmark.py --steps 30 --only raytf-sync,ceiling --json runs/bench.json
+    python examples/benchmark.py --steps 100 --only raytf-sync,raytf-sync-objstore,raytf-sync-2nodes
 
 Same model and data for all (examples/mlp_benchmark.yaml: MLP 784-1024-1024-10, batch 256 per
 worker, 2 workers, 1 parameter server, SGD), all on ONE local Ray cluster bound to 127.0.0.1 that is
-started once and stopped at the end. samples/s is summed over the workers and excludes start-up and
+started once and stopped at the end; the `-2nodes` contenders run on a second cluster of two Ray
+nodes on this machine (server on one, workers on the other: the object store between nodes). samples/s is summed over the workers and excludes start-up and
 the first warm-up steps (`raytf.worker.warmup_steps`). It prints numbers; it judges none.
 """
 
@@ -31,7 +33,14 @@ RAYTF = {  # name: (mode, transport)
     "raytf-sync-objstore": ("sync", "object_store"),
     "raytf-async-objstore": ("async", "object_store"),
 }
-CONTENDERS = (*RAYTF, "ray-train", "ceiling")
+# On a cluster of two Ray nodes (both on this machine, tests/multinode.py): the server on one, both
+# workers on the other, so every exchange crosses nodes through the object store (`transport: auto`).
+TWO_NODES = {
+    "raytf-sync-2nodes": "sync",
+    "raytf-async-2nodes": "async",
+}
+PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
+CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "ceiling")
 
 
 def run_raytf(base: dict, name: str, steps: int) -> dict:
@@ -41,6 +50,35 @@ def run_raytf(base: dict, name: str, steps: int) -> dict:
     summary = raytf.fit(base, overrides=[f"steps={steps}", f"distribution.mode={mode}",
                                          f"distribution.transport={transport}", f"output_dir={OUT / name}"],
                         restart=True)  # each benchmark run starts over
+    return _row(summary)
+
+
+def run_two_nodes(base: dict, names: list[str], steps: int, record) -> None:
+    """The two-node contenders, on a cluster of their own (started once, stopped after)."""
+    import tempfile
+
+    import raytf
+    from raytf import local_cluster
+    from tests import multinode
+
+    with tempfile.TemporaryDirectory(prefix="raytf-bench-") as root:
+        cluster = multinode.start(Path(root))
+        try:
+            cluster.add_node("servers", num_cpus=1, resources={"bench_ps": 1})
+            cluster.add_node("workers", num_cpus=2, resources={"bench_worker": 2})
+            with local_cluster.token_auth(cluster.head):
+                for name in names:
+                    def run(name=name) -> dict:
+                        summary = raytf.fit(base, address=cluster.address, restart=True, overrides=[
+                            f"steps={steps}", f"distribution.mode={TWO_NODES[name]}", "distribution.transport=auto",
+                            f"output_dir={OUT / name}", *PLACEMENT])
+                        return _row(summary)
+                    record(name, run)
+        finally:
+            cluster.stop()
+
+
+def _row(summary: dict) -> dict:
     workers = summary["per_worker"]
     return {
         "samples_per_second": summary["samples_per_second"],
@@ -106,16 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     # Examples import from the repo root, in this process and in every actor.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
-    with connect(on_event=lambda message: print(f"[benchmark] {message}", file=sys.stderr, flush=True)):
-        for name in names:
-            print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            try:
-                row = run_one(base, name, args.steps)
-            except Exception as err:  # noqa: BLE001 - report it in the table and go on to the next contender
-                row = {"error": f"{type(err).__name__}: {err}"}
-                print(f"[benchmark] {name} failed: {row['error']}", file=sys.stderr, flush=True)
-            rows.append({"name": name, **row, "wall_seconds": time.perf_counter() - t0})
+    def record(name: str, run) -> None:
+        print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            row = run()
+        except Exception as err:  # noqa: BLE001 - report it in the table and go on to the next contender
+            row = {"error": f"{type(err).__name__}: {err}"}
+            print(f"[benchmark] {name} failed: {row['error']}", file=sys.stderr, flush=True)
+        rows.append({"name": name, **row, "wall_seconds": time.perf_counter() - t0})
+
+    one_node = [n for n in names if n not in TWO_NODES]
+    if one_node:
+        with connect(on_event=lambda message: print(f"[benchmark] {message}", file=sys.stderr, flush=True)):
+            for name in one_node:
+                record(name, lambda name=name: run_one(base, name, args.steps))
+    two_nodes = [n for n in names if n in TWO_NODES]
+    if two_nodes:
+        run_two_nodes(base, two_nodes, args.steps, record)
 
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

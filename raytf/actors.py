@@ -81,8 +81,8 @@ class RunActors:
     servers: list
     workers: list
     worker_threads: int = 1
-    links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker]
-    link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server]
+    links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker], as wired (a rejoin relinks)
+    link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
 
     def links_of(self, worker: int) -> list[LinkSpec]:
         return [per_server[worker] for per_server in self.links]

@@ -20,10 +20,11 @@ import numpy as np
 
 from raytf.checkpoint import SavedShard, ShardState, TableState, step_dir, write_shard
 from raytf.config import DistributionConfig, OptimizerConfig
+from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerStats, Status, policy_for
 from raytf.runtime import configure_tensorflow
 from raytf.startup import peak_rss
-from raytf.transport import LinkSpec, ServerSlots, shm_available
+from raytf.transport import LinkSpec, ServerSlots, shm_available, shm_root
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ class ParameterServer:
         self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
                                  shared_params=self.policy.shared_parameter_slot)
         return [self.slots.link_spec(w) for w in range(n)]
+
+    def relink(self, worker: int, node: str) -> LinkSpec:
+        """The link to a restarted worker, decided anew from the node it runs on now (Ray may have
+        brought it back elsewhere: the slots of its old pairing would not be on its node)."""
+        import ray
+
+        transport = self.settings.distribution.transport
+        local = node == ray.get_runtime_context().get_node_id() and shm_available()
+        if transport == "shm" and not local:
+            raise ClusterError(
+                f"distribution.transport is 'shm', but worker {worker} came back on another node than parameter "
+                f"server {self.index} (or the node has no usable {shm_root()}).",
+                "Use transport: auto, which falls back to the object store across nodes.",
+            )
+        with self.exchange.lock:  # publish() reads the slots under it
+            return self.slots.relink(worker, local and transport != "object_store")
 
     # -- the exchange's backend (called with the exchange's lock held) ----------------------
     def apply(self, grads: list) -> None:

@@ -84,15 +84,12 @@ class Supervisor:
                 del self.runs[worker]
                 try:
                     result = ray.get(ref)
-                except ray.exceptions.ActorUnavailableError as err:
-                    if worker in self.rejoining and time.monotonic() < self.rejoining[worker]:
+                except ray.exceptions.RayActorError as err:
+                    if self._still_coming_back(worker, err):
                         time.sleep(0.2)  # Ray is still bringing its new process up; ask again
                         self._rejoin(worker)
                     else:
                         self._worker_lost(worker, err)
-                    continue
-                except ray.exceptions.RayActorError as err:
-                    self._worker_lost(worker, err)
                     continue
                 except ray.exceptions.RayTaskError:
                     get(ref, f"Worker {worker}")  # raises the user-facing error
@@ -123,7 +120,8 @@ class Supervisor:
             self.runs[i] = self.actors.workers[i].run.remote(self.target_version)
 
     def _record(self, worker: int, result: WorkerResult) -> None:
-        self.rejoining.pop(worker, None)
+        if self.rejoining.pop(worker, None) is not None:
+            self._relinked(worker)
         self.steps_done[worker] += result.steps
         self.first_steps.setdefault(worker, result.startup)
         if result.status is Status.DONE:
@@ -161,10 +159,30 @@ class Supervisor:
         self.rejoining[worker] = time.monotonic() + RESTART_TIMEOUT
         self._rejoin(worker)
 
+    def _still_coming_back(self, worker: int, err) -> bool:
+        """Whether a failed rejoin call means only that the worker's restart is under way: Ray says
+        the actor is restarting, or the call still went to the process that died on a preempted
+        (draining) node, a death Ray restarts without counting it and raytf counted already."""
+        import ray
+
+        if worker not in self.rejoining or time.monotonic() >= self.rejoining[worker]:
+            return False
+        return isinstance(err, ray.exceptions.ActorUnavailableError) or bool(getattr(err, "preempted", False))
+
     def _rejoin(self, worker: int) -> None:
+        # No links are passed: the restarted process may be on another node, so the servers decide them anew.
         self.runs[worker] = self.actors.workers[worker].rejoin.remote(
             self.config.to_dict(), self.plan, len(self.actors.workers), self.actors.worker_threads, self.actors.servers,
-            self.actors.links_of(worker), self.target_version)
+            self.target_version)
+
+    def _relinked(self, worker: int) -> None:
+        """Record how a worker that rejoined reaches the servers now (the summary shows it)."""
+        import ray
+
+        try:
+            self.actors.link_kinds[worker] = ray.get(self.actors.workers[worker].link_kinds.remote(), timeout=CALL_TIMEOUT)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # lost again: its next rejoin records it
 
     # -- server loss ---------------------------------------------------------------------------
     def _roll_back(self) -> None:

@@ -380,6 +380,7 @@ def _summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], stats
         "workers": cfg.distribution.workers,
         "parameter_servers": cfg.distribution.parameter_servers,
         "transport": _kinds(link_kinds),
+        "links": [list(row) for row in link_kinds],  # [worker][server]: shm or object_store, at the end
         "optimizer": cfg.optimizer.name,
         "batch_size": cfg.batch_size,
         "steps": cfg.steps,

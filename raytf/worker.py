@@ -228,11 +228,21 @@ class Worker:
         return [link.kind for link in self.links]
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
-               links: list[LinkSpec], target_version: int) -> WorkerResult:
-        """A restarted worker: set up, connect, be admitted again and train on."""
+               target_version: int) -> WorkerResult:
+        """A restarted worker: set up, connect, be admitted again and train on.
+
+        Ray may have restarted it on another node than before, so every server decides its link
+        again (shared memory only on the server's own node); the pairing of its old process is gone."""
+        import ray
+
         self.setup(config, plan, num_workers, threads)
-        self.connect(servers, links)
+        node = self.node_id()
+        self.connect(servers, ray.get([server.relink.remote(self.index, node) for server in servers]))
         return self.run(target_version, rejoin=True)
+
+    def link_kinds(self) -> list[str]:
+        """How it reaches each server now ("shm" or "object_store")."""
+        return [link.kind for link in self.links]
 
     def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
         """Wait for the servers' replies and load the parameters (and the rows of `request`) they sent."""
@@ -336,8 +346,10 @@ class Worker:
                     status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
                 self._record_step(steps, loss_value, timer.exchanged(steps))
-        except ray.exceptions.RayActorError:
-            status = Status.SERVER_LOST  # the driver restores a checkpoint and starts the run again
+        except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError):
+            # A server died: during the call, or (object store) between its reply and the fetch of the
+            # parameters it put, which die with it. The driver restores a checkpoint and starts the run again.
+            status = Status.SERVER_LOST
         return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
 
     def _nonfinite_error(self, step: int, loss: float):
