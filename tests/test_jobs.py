@@ -115,6 +115,14 @@ def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, 
     assert result.exit_code == 0, result.output
     assert "Submitted Ray job raytf-digits-" in result.output and "[raytf] step 10/10" in result.output
     assert (workdir / "runs" / "digits" / "summary.json").is_file()  # relative output_dir: resolved here
+    # Submitted with the token over HTTP, its driver connected with the inherited one: neither the output,
+    # raytf's files nor Ray's session logs (the job's driver log included) hold the token.
+    from tests.test_security import files_holding
+
+    token = Path(ray_cluster.token_path).read_text().strip()
+    assert token not in result.output
+    assert files_holding(raytf_home, token) == [] and files_holding(workdir, token) == []
+    assert files_holding(Path(ray_cluster.temp_dir), token) == []
 
 
 # `raytf train` on a recorded KubeRay cluster (port-forward, token from the Secret, runtime_env, placement

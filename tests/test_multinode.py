@@ -76,16 +76,30 @@ class WatchFiles:
             self.during = exchange_files(self.root)
 
 
-def test_auto_picks_per_pair_and_the_exchange_files_are_private(cluster, tmp_path):
-    """One worker on the servers' node (shared memory), one on another (object store): a run
-    completes, each pair used what its placement allows, and the files were 0600 in 0700
-    directories during the run (node umask 0) and are all gone after it."""
+class Both:
+    """Two progress reporters in one."""
+
+    def __init__(self, *reporters) -> None:
+        self.reporters = reporters
+
+    def update(self, snapshot) -> None:
+        for reporter in self.reporters:
+            reporter.update(snapshot)
+
+
+def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(cluster, tmp_path):
+    """One worker on the servers' node (shared memory), one on another (object store): each pair uses
+    what its placement allows; the files are 0600 in 0700 directories during the run (node umask 0).
+    Server 1 is killed at step 15: the run rolls back to a checkpoint, the restored servers are wired
+    the same way again, and every file is gone after the run. (One run for both: a run costs ~20 s.)"""
     root = cluster.nodes["ps"].shm_root
     watch = WatchFiles(root)
+    cfg = config(tmp_path, "mn-auto", steps=40)
+    cfg["checkpoint"] = {"every_steps": 10, "keep": 2}
+    killer = KillAt("mn-auto", "ps", 1, step=15)
     events = []
-    summary = raytf.fit(config(tmp_path, "mn-auto", steps=30), address=cluster.address, progress=watch,
-                        on_event=events.append)
-    assert summary["per_server"][0]["version"] == 30
+    summary = raytf.fit(cfg, address=cluster.address, progress=Both(watch, killer),
+                        on_event=lambda m: (events.append(m), killer.on_event(m)))
     assert summary["transport"] == "object_store and shm"
     assert sorted(summary["links"]) == [["object_store", "object_store"], ["shm", "shm"]]
     assert summary["eval"]["accuracy"] > 0.3  # it learned (chance: 0.1)
@@ -95,24 +109,15 @@ def test_auto_picks_per_pair_and_the_exchange_files_are_private(cluster, tmp_pat
     # sync without backup workers: per server one gradient slot per local worker and one shared parameter slot
     assert watch.during == {user_dir: 0o700, run_dir: 0o700,
                             **{f"{run_dir}/ps{s}-{slot}": 0o600 for s in (0, 1) for slot in (f"g{local}", "p")}}
-    assert exchange_files(root) == {user_dir: 0o700}  # the run's directory went with it
-    assert exchange_files(cluster.nodes["w1"].shm_root) == {}  # no server there: nothing mapped
-    assert live_actor_names(cluster.head) == []
-
-
-def test_a_killed_server_restores_from_the_checkpoint(cluster, tmp_path):
-    cfg = config(tmp_path, "mn-kill-ps", steps=40)
-    cfg["checkpoint"] = {"every_steps": 10, "keep": 2}
-    killer = KillAt("mn-kill-ps", "ps", 1, step=15)
-    summary = raytf.fit(cfg, address=cluster.address, progress=killer, on_event=killer.on_event)
+    # The server kill and its restore.
     assert killer.killed_at is not None
     assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("ps", 1)]
     (rollback,) = summary["rollbacks"]
     assert rollback["servers_lost"] == [1] and rollback["to_step"] % 10 == 0 and rollback["to_step"] >= 10
     assert [s["version"] for s in summary["per_server"]] == [40, 40]
-    # The restored servers were wired again: the same pairs share memory as before.
-    assert sorted(summary["links"]) == [["object_store", "object_store"], ["shm", "shm"]]
-    assert exchange_files(cluster.nodes["ps"].shm_root) == {f"raytf-{UID}": 0o700}
+    assert exchange_files(root) == {user_dir: 0o700}  # the run's directory went with it
+    assert exchange_files(cluster.nodes["w1"].shm_root) == {}  # no server there: nothing mapped
+    assert live_actor_names(cluster.head) == []
 
 
 class MoveWorker:
