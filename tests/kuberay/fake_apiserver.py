@@ -130,17 +130,28 @@ class FakeApiServer:
                 return self._core(method, m["kind"], m["ns"], m["name"], query)
             return 404, objects.status(404, "NotFound", "the server could not find the requested resource")
 
-    def _clusters(self, method: str, ns: str, name: str | None, ctype: str, body: Any) -> tuple[int, Any]:
-        if not self.crd_installed:
-            return 404, objects.status(404, "NotFound", "the server could not find the requested resource")
+    def _admit(self, method: str, plural: str, installed: bool, ns: str, name: str | None,
+               body: Any) -> tuple[str, tuple[str, str], tuple[int, Any] | None]:
+        """What every ray.io request goes through first: the verb, the object's key, and the refusal
+        (CRD not installed, RBAC, missing namespace) or None."""
         verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, "get" if name else "list")
-        if (verb, "rayclusters") in self.forbidden:
-            return 403, objects.forbidden(verb, "rayclusters", "ray.io", ns)
-        if ns in self.missing_namespaces:
-            return 404, objects.status(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
         if name is None and isinstance(body, dict):
             name = body.get("metadata", {}).get("name", "")
         key = (ns, name or "")
+        if not installed:
+            return verb, key, (404, objects.status(404, "NotFound", "the server could not find the requested resource"))
+        if (verb, plural) in self.forbidden:
+            return verb, key, (403, objects.forbidden(verb, plural, "ray.io", ns))
+        if ns in self.missing_namespaces:
+            return verb, key, (404, objects.status(404, "NotFound", f'namespaces "{ns}" not found',
+                                                   {"name": ns, "kind": "namespaces"}))
+        return verb, key, None
+
+    def _clusters(self, method: str, ns: str, name: str | None, ctype: str, body: Any) -> tuple[int, Any]:
+        verb, key, refused = self._admit(method, "rayclusters", self.crd_installed, ns, name, body)
+        if refused:
+            return refused
+        name = key[1]
         if verb == "list":
             items = [self._view(k) for k in sorted(self.clusters) if k[0] == ns]
             return 200, {"apiVersion": "ray.io/v1", "kind": "RayClusterList", "metadata": {}, "items": items}
@@ -179,16 +190,9 @@ class FakeApiServer:
         return 200, self._view(key)
 
     def _rayjobs(self, method: str, ns: str, name: str | None, ctype: str, body: Any) -> tuple[int, Any]:
-        if not (self.crd_installed and self.rayjobs_installed):
-            return 404, objects.status(404, "NotFound", "the server could not find the requested resource")
-        verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, "get" if name else "list")
-        if (verb, "rayjobs") in self.forbidden:
-            return 403, objects.forbidden(verb, "rayjobs", "ray.io", ns)
-        if ns in self.missing_namespaces:
-            return 404, objects.status(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
-        if name is None and isinstance(body, dict):
-            name = body.get("metadata", {}).get("name", "")
-        key = (ns, name or "")
+        verb, key, refused = self._admit(method, "rayjobs", self.crd_installed and self.rayjobs_installed, ns, name, body)
+        if refused:
+            return refused
         missing = objects.status(404, "NotFound", f'rayjobs.ray.io "{key[1]}" not found',
                                  {"name": key[1], "group": "ray.io", "kind": "rayjobs"})
         if verb == "list":
