@@ -306,6 +306,8 @@ def train(
     submit: bool = typer.Option(False, "--submit", help="Run as a Ray Job on the cluster `raytf up` started (shown in the dashboard's Jobs view). Always on for KubeRay clusters."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output_dir (parameters, optimizer state, step)."),
     restart: bool = typer.Option(False, "--restart", help="Delete the checkpoints in output_dir and start over."),
+    trace: bool = typer.Option(False, "--trace", help="Record every actor's phases per step into output_dir/trace.json "
+                               "(Chrome trace format: open it in ui.perfetto.dev); the same as --set trace.enabled=true."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's native logs (CUDA probes, "
                                  "absl and oneDNN notices) from the driver and every actor, and Ray's INFO logs."),
     cluster: Optional[Path] = typer.Option(None, "--cluster", "-c", help="KubeRay spec: run once as a RayJob on a cluster "
@@ -325,6 +327,8 @@ def train(
     """
     if verbose:
         _show_native_logs()
+    if trace:
+        set_ = [*set_, "trace.enabled=true"]
     if cluster is not None or dry_run:
         _train_rayjob(config, set_, cluster, dry_run=dry_run, ttl=ttl, on_interrupt=on_interrupt, kubeconfig=kubeconfig,
                       context=context, flags=[flag for flag, on in (("--resume", resume), ("--restart", restart),
@@ -434,6 +438,8 @@ def print_summary(summary: dict) -> None:
     rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))
     if summary.get("checkpoint"):
         rows.append(("checkpoint", summary["checkpoint"]))
+    if summary.get("trace"):
+        rows.append(("trace", f"{summary['trace']} (open in ui.perfetto.dev)"))
     rows.append(("tensorboard", f"tensorboard --logdir {summary['tensorboard_dir']}"))
     for key, value in rows:
         table.add_row(key, value)

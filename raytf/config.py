@@ -156,6 +156,13 @@ class CheckpointConfig(_Frozen):
     keep: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
 
 
+class TraceConfig(_Frozen):
+    """A per-step timeline of every actor in output_dir/trace.json (raytf.trace); off: no cost but a check."""
+
+    enabled: bool = False
+    max_steps: int = Field(1000, ge=1, description="steps kept per actor (the newest), so memory and the file stay bounded")
+
+
 class TrainConfig(_Frozen):
     name: str = Field("raytf-run", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str
@@ -178,6 +185,7 @@ class TrainConfig(_Frozen):
     sparse: SparseConfig = SparseConfig()
     # A NaN/Inf gradient is dropped from its update (counted, with a warning), or ends the run.
     on_nonfinite: Literal["skip", "abort"] = "skip"
+    trace: TraceConfig = TraceConfig()
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -386,6 +394,7 @@ __all__ = [
     "OptimizerConfig",
     "Resources",
     "SparseConfig",
+    "TraceConfig",
     "TrainConfig",
     "config_from_dict",
     "load_config",

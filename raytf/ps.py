@@ -24,6 +24,7 @@ from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerStats, Status, policy_for
 from raytf.runtime import configure_tensorflow
 from raytf.startup import peak_rss
+from raytf.trace import DRIVER_TID
 from raytf.transport import LinkSpec, ServerSlots, shm_available, shm_root
 
 
@@ -38,6 +39,7 @@ class ServerSettings:
     every_versions: int = 0  # 0: checkpoint only at the target
     dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
     tables: tuple = ()  # the plan's sparse tables (raytf.sparse.TableSpec)
+    trace_steps: int = 0  # trace.max_steps when the run records a timeline (raytf.trace); 0: off
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class ParameterServer:
         self.slots: ServerSlots | None = None
         self.exchange: Exchange | None = None
         self._setup_lock = threading.Lock()
+        self.trace = None  # a raytf.trace.PhaseRecorder when settings.trace_steps
+        self._call = threading.local()  # tracing: which worker's call (and step) this thread serves
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -92,9 +96,11 @@ class ParameterServer:
             self.saved: dict[int, SavedShard] = {}
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
             self.seconds_publish = 0.0
+            if settings.trace_steps and self.trace is None:  # kept over a rollback: the timeline shows it
+                self.trace = _recorder(settings.trace_steps, settings.distribution.workers)
             self.exchange = Exchange(self.policy, self, workers=settings.distribution.workers,
                                      target=settings.target_version, version=state.version,
-                                     every_versions=settings.every_versions, observer=self.metrics)
+                                     every_versions=settings.every_versions, observer=self.metrics, tracer=self.trace)
             self.ready = True
         return {"timings": timer.spans}
 
@@ -133,6 +139,8 @@ class ParameterServer:
 
     # -- the exchange's backend (called with the exchange's lock held) ----------------------
     def apply(self, grads: list) -> None:
+        if self.trace is not None:
+            traced = self.trace.mark()
         started = time.perf_counter()
         if self.opt.size:
             self.opt.apply_mean([g.dense for g in grads])
@@ -142,8 +150,12 @@ class ParameterServer:
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
+        if self.trace is not None:
+            self._traced("apply", traced)
 
     def publish(self, version: int, worker: int) -> None:
+        if self.trace is not None:
+            traced = self.trace.mark()
         started = time.perf_counter()
         params = self.opt.params_view()
         self.slots.publish(params, version, worker)
@@ -152,32 +164,61 @@ class ParameterServer:
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
             self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, wanted))
         self.seconds_publish += time.perf_counter() - started
+        if self.trace is not None:
+            self._traced("publish", traced)
 
     def checkpoint(self, version: int) -> None:
         if not self.settings.checkpoint_dir:
             return
+        if self.trace is not None:
+            traced = self.trace.mark()
         params, slots, iterations = self.opt.state()
         tables = tuple(TableState(*table.state()) for table in self.tables)
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
         self.saved[version] = write_shard(directory, self.index, ShardState(params, slots, iterations, version, tables))
         for old in sorted(self.saved)[:-8]:  # the driver reads them every second; keep a few
             del self.saved[old]
+        if self.trace is not None:
+            self._traced("checkpoint", traced)
 
     # -- the workers' calls -----------------------------------------------------------------
     def pull(self, worker: int, at_version: int | None = None, want: tuple = ()) -> Reply:
         """The parameters, once the version is at least `at_version` (a rejoining worker's start),
         and per sparse table the rows at the local ids in `want`."""
+        if self.trace is None:
+            self._want(worker, want)
+            return self._reply(worker, self.exchange.pull(worker, at_version))
+        self._call.current, started = (worker, 0), self.trace.mark()
         self._want(worker, want)
-        return self._reply(worker, self.exchange.pull(worker, at_version))
+        reply = self._reply(worker, self.exchange.pull(worker, at_version))
+        self.trace.record("pull", started, 0, worker)
+        self._call.current = None
+        return reply
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None,
              finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
         """A gradient: the dense part through the transport (`payload`), per sparse table the touched
         rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        trace = self.trace
+        if trace is not None:
+            self._call.current, started = (worker, steps_done), trace.mark()
         grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
+        if trace is not None:
+            trace.record("receive", started, steps_done, worker)
         self._want(worker, want)
         outcome = self.exchange.push(Push(worker, base_version, steps_done, loss, finite), grad)
-        return self._reply(worker, outcome)
+        if trace is None:
+            return self._reply(worker, outcome)
+        replying = trace.mark()
+        reply = self._reply(worker, outcome)
+        trace.record("push", started, steps_done, worker, end=trace.record("reply", replying, steps_done, worker))
+        self._call.current = None
+        return reply
+
+    def _traced(self, phase: str, started) -> None:
+        """Trace a phase of the exchange on the timeline of the call it runs in (the driver's, if none)."""
+        worker, step = getattr(self._call, "current", None) or (DRIVER_TID, 0)
+        self.trace.record(phase, started, step, worker)
 
     def _want(self, worker: int, want: tuple) -> None:
         if self.tables:
@@ -231,9 +272,25 @@ class ParameterServer:
         with self.exchange.lock:
             return self.tables[k].params.numpy()
 
+    def trace_track(self):
+        """This process's recorded phases (a raytf.trace.Track), or None when tracing is off."""
+        if self.trace is None:
+            return None
+        return self.trace.track(f"ps {self.index}", self.node_info()[0], os.getpid())
+
     def close(self) -> None:
         if self.slots is not None:
             self.slots.close()
+
+
+def _recorder(max_steps: int, workers: int):
+    """A timeline of every worker's calls (one per worker, each step: push with its phases)."""
+    from raytf.trace import SERVER_PHASES, PhaseRecorder
+
+    recorder = PhaseRecorder(max_steps * workers * (len(SERVER_PHASES) + 2))  # + push, checkpoint
+    recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
+    recorder.threads[DRIVER_TID] = "driver's calls"
+    return recorder
 
 
 def _mean_rows(parts: list, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -272,6 +272,10 @@ def fit(
         raise
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
+    if cfg.trace.enabled:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, trace_steps=cfg.trace.max_steps)
     tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
@@ -299,6 +303,8 @@ def fit(
                 stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
                 non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
                 train_ended = time.time()
+                tracks = get([a.trace_track.remote() for a in actors.workers + actors.servers],
+                             "Collecting the trace") if cfg.trace.enabled else None
             finally:
                 actors.release()
         model = final_model(prepared, buffers, tables, non_trainable)
@@ -319,8 +325,20 @@ def fit(
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
                    nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
+    if tracks is not None:
+        summary["trace"] = _write_trace(prepared.output_dir / "trace.json", tracks)
     _write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _write_trace(path: Path, tracks: list) -> str:
+    """The actors' timelines as one Chrome trace (`raytf.trace`); returns its path."""
+    from raytf.trace import chrome_trace
+
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(chrome_trace(tracks), separators=(",", ":")))
+    os.replace(tmp, path)
+    return str(path)
 
 
 def _checkpoint_path(settings, step: int | None) -> str | None:

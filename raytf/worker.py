@@ -81,6 +81,7 @@ class Worker:
         self.description = description or f"index {index}"
         self.metrics = None  # set when connected (needs Ray)
         self.links: list[WorkerLink] = []
+        self.trace = None  # a raytf.trace.PhaseRecorder when the config's trace.enabled
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -102,6 +103,11 @@ class Worker:
             import raytf.model  # noqa: F401
         with timer.span("actor_model_build"):
             gpus = self._build(config, plan, num_workers)
+        if self.config.trace.enabled and self.trace is None:
+            from raytf.trace import WORKER_PHASES, PhaseRecorder
+
+            self.trace = PhaseRecorder(self.config.trace.max_steps * (len(WORKER_PHASES) + 1))  # + the step itself
+            self.trace.threads[0] = "step loop"
         return {"gpus": gpus, "timings": timer.spans}
 
     def _build(self, config: dict[str, Any], plan: ShardPlan, num_workers: int) -> int:
@@ -196,7 +202,7 @@ class Worker:
 
     def _compute(self):
         self._ahead(1)
-        x, y = self.upcoming.popleft()
+        x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
         if self._step_checked:
             return self._step(x, y)
         import tensorflow as tf
@@ -250,6 +256,8 @@ class Worker:
 
         replies: list[Reply] = ray.get(replies_refs)
         replied = time.perf_counter()
+        if self.trace is not None:
+            self._lap("wait_reply")  # the servers' receive, barrier, apply and publish, and the calls
         statuses = {reply.status for reply in replies}
         versions = [reply.version for reply in replies]
         if Status.ROLLBACK in statuses:
@@ -257,6 +265,8 @@ class Worker:
         self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
         received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
         self.traffic["pulled"] += received
+        if self.trace is not None:
+            self._lap("load")
         if self.metrics is not None:
             if self.tables.specs:
                 self.metrics.inc("raytf_sparse_rows", request.count())
@@ -318,20 +328,29 @@ class Worker:
         status = Status.OK
         try:
             pull_started = time.time()
+            if self.trace is not None:
+                self._trace_step, self._mark = 0, self.trace.mark()  # the first pull is step 0's
             status, versions = self._start(rejoin, lookahead)
             timer.startup["first_pull"] = (pull_started, time.time())
             pending = None
             while status is Status.OK:
                 base_versions = versions  # what this gradient is computed on: its staleness counts from there
                 timer.compute_started()
+                if self.trace is not None:
+                    self._trace_step, self._mark = steps + 1, self.trace.mark()
+                    step_started = self._mark
                 loss, flats, table_grads, finite = self._compute()
                 finite = bool(finite)
+                if self.trace is not None:
+                    self._lap("compute")
                 if not finite and self.config.on_nonfinite == "abort":
                     raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
                 grads = [flat.numpy() for flat in flats] if finite else [None] * len(flats)
                 # Per server, the touched rows; now, while the row cache still holds this batch's rows.
                 sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
                 loss_value = float(loss)
+                if self.trace is not None:
+                    self._lap("copy_out")
                 timer.computed(first=not steps)
                 if pending is not None:
                     status, versions = self._finish(pending, pending_request, pushed_at)
@@ -340,17 +359,33 @@ class Worker:
                         break  # the gradient just computed is not needed any more
                 pushed_at = time.perf_counter()
                 pending_request = self.tables.request(self._ahead(lookahead)[-1:])
+                if self.trace is not None:
+                    self._lap("next_batch")  # the batch of a coming step, read ahead (and the sparse rows it needs)
                 pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
                 steps += 1
+                if self.trace is not None:
+                    self._lap("push")  # into the slots, and the calls sent (not answered)
                 if not policy.overlaps_compute:
                     status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
+                if self.trace is not None:
+                    self.trace.record("step", step_started, steps, end=self._mark)
                 self._record_step(steps, loss_value, timer.exchanged(steps))
         except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError):
             # A server died: during the call, or (object store) between its reply and the fetch of the
             # parameters it put, which die with it. The driver restores a checkpoint and starts the run again.
             status = Status.SERVER_LOST
         return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
+
+    def _lap(self, phase: str) -> None:
+        """Trace `phase` of the current step: from where the last phase ended until now."""
+        self._mark = self.trace.record(phase, self._mark, self._trace_step)
+
+    def trace_track(self):
+        """This process's recorded phases (a raytf.trace.Track), or None when tracing is off."""
+        import os
+
+        return None if self.trace is None else self.trace.track(f"worker {self.index}", self.node_id(), os.getpid())
 
     def _nonfinite_error(self, step: int, loss: float):
         from raytf.errors import TrainingError

@@ -110,8 +110,18 @@ def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_pat
         tmp_path, steps=6, **{"optimizer": {"name": "sgd", "learning_rate": 0.5},
                               "data.shuffle_buffer": 0, "distribution.parameter_servers": 2,
                               "distribution.transport": transport})
+    traced = transport == "object_store"  # tracing must not change the numbers (and a run costs ~20 s)
+    if traced:
+        config["trace"] = {"enabled": True, "max_steps": 4}
     summary = raytf.fit(config, address=ray_cluster.gcs_address)
     assert summary["transport"] == transport
+    if traced:
+        from tests.test_trace import assert_a_trace_of_every_actor
+
+        assert summary["trace"] == str(tmp_path / "run" / "trace.json")
+        assert_a_trace_of_every_actor(tmp_path / "run" / "trace.json", servers=2, kept_steps=[3, 4, 5, 6])
+    else:
+        assert "trace" not in summary and not (tmp_path / "run" / "trace.json").exists()
     import keras
 
     trained = keras.models.load_model(summary["model_path"])
@@ -189,6 +199,7 @@ def test_a_worker_failing_mid_run_ends_the_run_and_releases_everything(ray_clust
     # Nothing it left in output_dir (no complete checkpoint) stands in the way of the next plain run.
     summary = raytf.fit(digits_config(tmp_path, steps=5), address=ray_cluster.gcs_address)
     assert summary["steps"] == 5 and summary["resumed_from_step"] is None
+    assert "trace" not in summary and not (tmp_path / "run" / "trace.json").exists()  # trace is off by default
 
 
 def test_status_shows_a_run_in_progress(ray_cluster, tmp_path):

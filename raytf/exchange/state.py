@@ -54,12 +54,14 @@ class Ticket:
 
 class Exchange:
     def __init__(self, policy: AggregationPolicy, backend: ShardBackend, *, workers: int, target: int,
-                 version: int = 0, every_versions: int = 0, observer: Observer | None = None) -> None:
+                 version: int = 0, every_versions: int = 0, observer: Observer | None = None,
+                 tracer: Any = None) -> None:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.policy = policy
         self.backend = backend
         self.observer = observer
+        self.tracer = tracer  # a raytf.trace.PhaseRecorder: the barrier's waits on the timeline
         self.version = version
         self.target = target
         self.every_versions = every_versions
@@ -127,9 +129,12 @@ class Exchange:
                 self._nonfinite += 1
             ticket = self.policy.push(self, push, grad if push.finite else None)
             started = time.monotonic()
+            waiting = self.tracer.mark() if self.tracer is not None else None
             while not self.stopped and not self.policy.released(self, ticket):
                 self.cond.wait()
             waited = time.monotonic() - started
+            if waiting is not None:
+                self.tracer.record("wait", waiting, push.steps_done, push.worker)
             self._waited[push.worker] = self._waited.get(push.worker, 0.0) + waited
             return self._outcome(push.worker, dropped=ticket.dropped, waited=waited)
 
