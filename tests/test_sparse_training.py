@@ -132,7 +132,10 @@ def test_a_killed_server_rolls_back_its_rows_too(ray_cluster, tmp_path):
     summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=killer, on_event=killer.on_event)
     assert killer.killed_at is not None
     (rollback,) = summary["rollbacks"]
-    assert rollback["servers_lost"] == [1] and rollback["to_step"] in (20, 40)
+    # The newest complete checkpoint before the loss was noticed (the kill lands at step 30 or later: the
+    # run goes on until the driver sees the death).
+    assert rollback["servers_lost"] == [1] and rollback["to_step"] % 20 == 0 and rollback["to_step"] >= 20
+    assert 0 <= rollback["at_step"] - rollback["to_step"] <= 40, rollback
     assert [s["version"] for s in summary["per_server"]] == [100, 100]
     assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
     assert live_actor_names(ray_cluster) == []
