@@ -179,15 +179,7 @@ class FakeApiServer:
             self.clusters[key]["metadata"]["deletionTimestamp"] = objects.TIME
             self._deleting[key] = self.gone_after - 1
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
-        # patch
-        obj = self.clusters[key]
-        try:
-            patched = objects.json_patch(obj, body) if ctype == "application/json-patch+json" else objects.merge(obj, body)
-        except (KeyError, IndexError, ValueError) as err:
-            return 422, objects.status(422, "Invalid", f"the server rejected our request due to an error in our request: {err}")
-        patched["metadata"]["generation"] = obj["metadata"]["generation"] + 1
-        self.clusters[key] = patched
-        return 200, self._view(key)
+        return self._patch(self.clusters, key, ctype, body, self._view)
 
     def _rayjobs(self, method: str, ns: str, name: str | None, ctype: str, body: Any) -> tuple[int, Any]:
         verb, key, refused = self._admit(method, "rayjobs", self.crd_installed and self.rayjobs_installed, ns, name, body)
@@ -214,14 +206,19 @@ class FakeApiServer:
             self.clusters.pop((ns, objects.job_cluster_name(key[1])), None)
             self.secrets.pop((ns, objects.job_cluster_name(key[1])), None)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
-        obj = self.jobs[key]
+        return self._patch(self.jobs, key, ctype, body, self._job_view)
+
+    @staticmethod
+    def _patch(store: dict, key: tuple[str, str], ctype: str, body: Any, view) -> tuple[int, Any]:
+        """A JSON or merge patch of a stored object, as the API server applies it (generation + 1)."""
+        obj = store[key]
         try:
             patched = objects.json_patch(obj, body) if ctype == "application/json-patch+json" else objects.merge(obj, body)
         except (KeyError, IndexError, ValueError) as err:
             return 422, objects.status(422, "Invalid", f"the server rejected our request due to an error in our request: {err}")
         patched["metadata"]["generation"] = obj["metadata"]["generation"] + 1
-        self.jobs[key] = patched
-        return 200, self._job_view(key)
+        store[key] = patched
+        return 200, view(key)
 
     def _job_view(self, key: tuple[str, str]) -> dict[str, Any]:
         """KubeRay's InteractiveMode, one step per GET: Initializing (cluster created) -> Waiting (cluster
