@@ -231,7 +231,7 @@ class Worker:
             from raytf.metrics import ActorMetrics
 
             self.metrics = ActorMetrics(self.config.name, "worker", self.index)
-        return [link.kind for link in self.links]
+        return self.link_kinds()
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
                target_version: int) -> WorkerResult:
