@@ -109,7 +109,7 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
     return ServerSettings(run_name=config.name, distribution=d, threads=threads, target_version=config.steps * ups,
                           updates_per_step=ups, checkpoint_dir=checkpoint_dir,
                           every_versions=config.checkpoint.every_steps * ups, dense_slots=config.sparse.slots == "dense",
-                          tables=plan.tables)
+                          tables=plan.tables, trace_steps=config.trace.max_steps if config.trace.enabled else 0)
 
 
 def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:

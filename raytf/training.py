@@ -272,10 +272,6 @@ def fit(
         raise
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
-    if cfg.trace.enabled:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, trace_steps=cfg.trace.max_steps)
     tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
