@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raytf.errors import ConfigError, TrainingError
-from raytf.sharding import ShardPlan
+from raytf.sharding import ShardPlan, aligned_offsets
 from raytf.sparse import TableSpec
 
 FORMAT = 1
@@ -138,7 +138,8 @@ def build_manifest(step: int, plan: ShardPlan, saved: Sequence[SavedShard], *, m
         "tables": [{"variable": t.variable, "layer": t.layer, "rows": t.rows, "width": t.width, "servers": t.servers,
                     "partition": t.partition} for t in plan.tables],
         "shards": [
-            {"file": s.file, "version": s.version, "crc32": s.crc32, "variables": list(shard.variables)}
+            {"file": s.file, "version": s.version, "crc32": s.crc32, "variables": list(shard.variables),
+             "offsets": list(shard.offsets)}
             for s, shard in zip(sorted(saved, key=lambda s: s.index), plan.shards)
         ],
     }
@@ -237,26 +238,21 @@ def load(checkpoint: Checkpoint, plan: ShardPlan, optimizer: str, updates_per_st
             if key.startswith("table"):
                 continue
             parts = per_variable.setdefault(key, [None] * len(ours))
-            offset = 0
-            for i in entry["variables"]:
-                size = plan.variables[i].size
-                parts[i] = flat[offset:offset + size]
-                offset += size
+            # Checkpoints written before the aligned layout have no offsets: end to end.
+            offsets = entry.get("offsets") or aligned_offsets([plan.variables[i].size for i in entry["variables"]], 1)
+            for i, offset in zip(entry["variables"], offsets):
+                parts[i] = flat[offset:offset + plan.variables[i].size]
     iterations = max(counters["iterations"] for _, counters in files)
     tables = [_recut_table(k, TableSpec(**t), plan.tables[k], files)
               for k, t in enumerate(manifest.get("tables", []))]
     version = checkpoint.step * updates_per_step
     states = []
     for server, shard in enumerate(plan.shards):
-        packed = {key: _concat([parts[i] for i in shard.variables]) for key, parts in per_variable.items()}
+        packed = {key: shard.pack([parts[i] for i in shard.variables]) for key, parts in per_variable.items()}
         slots = {key[len("slot."):]: value for key, value in packed.items() if key.startswith("slot.")}
         states.append(ShardState(params=packed["params"], slots=slots, iterations=iterations, version=version,
                                  tables=tuple(table[server] for table in tables)))
     return states
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
 
 
 def _read_shard(checkpoint: Checkpoint, entry: dict) -> tuple[dict[str, np.ndarray], dict[str, int]]:

@@ -94,6 +94,7 @@ class DistributionConfig(_Frozen):
     # The consistency policy (raytf.exchange.policies): sync (barrier), async, ssp (bounded staleness).
     mode: Literal["sync", "async", "ssp"] = "sync"
     transport: Literal["auto", "shm", "object_store"] = "auto"
+    doorbell: bool = Field(True, description="shared-memory links push over a Unix socket per server instead of a Ray call per step (models without sparse tables)")
     worker_resources: Resources = Resources(num_cpus=1)
     # Parameter servers are idle most of the step; they reserve no CPU by default so that
     # `workers` equal to the core count still schedules.

@@ -21,7 +21,7 @@ import numpy as np
 from raytf.checkpoint import SavedShard, ShardState, TableState, step_dir, write_shard
 from raytf.config import DistributionConfig, OptimizerConfig
 from raytf.errors import ClusterError
-from raytf.exchange import Exchange, Push, Reply, ServerStats, Status, policy_for
+from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
 from raytf.runtime import configure_tensorflow
 from raytf.startup import peak_rss
 from raytf.trace import DRIVER_TID
@@ -60,6 +60,7 @@ class ParameterServer:
         self.description = description or f"shard {index}"
         self.ready = False  # False in a fresh (or restarted) process until setup
         self.slots: ServerSlots | None = None
+        self.doorbell = None  # a raytf.doorbell.Doorbell while same-node workers push over it
         self.exchange: Exchange | None = None
         self._setup_lock = threading.Lock()
         self.trace = None  # a raytf.trace.PhaseRecorder when settings.trace_steps
@@ -81,9 +82,7 @@ class ParameterServer:
             from raytf.optimizers import FlatOptimizer, RowOptimizer
 
         with timer.span("actor_model_build"), self._setup_lock:
-            if self.slots is not None:
-                self.slots.close()
-                self.slots = None
+            self._close_links()
             if not self.ready:
                 self.metrics = ActorMetrics(settings.run_name, "ps", self.index)
             self.settings = settings
@@ -119,13 +118,42 @@ class ParameterServer:
         n = self.settings.distribution.workers
         self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
                                  shared_params=self.policy.shared_parameter_slot)
-        return [self.slots.link_spec(w) for w in range(n)]
+        return [self._with_bell(self.slots.link_spec(w)) for w in range(n)]
+
+    def _with_bell(self, spec: LinkSpec) -> LinkSpec:
+        """`spec` with this server's doorbell, where the worker pushes over it (a shared-memory link,
+        and no sparse table: their rows travel in the Ray call)."""
+        if spec.kind != "shm" or self.tables or not self.settings.distribution.doorbell:
+            return spec
+        from dataclasses import replace
+
+        from raytf.doorbell import MAX_PATH, Doorbell
+
+        if self.doorbell is None:
+            path = self.slots.bell_path()
+            if len(path) > MAX_PATH:
+                return spec  # too long for a Unix socket: Ray calls it is
+            self.doorbell = Doorbell(path, self._rung)
+        return replace(spec, bell_path=os.path.relpath(self.doorbell.path, shm_root()))
+
+    def _rung(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
+        """A push that came over the doorbell: the gradient is in the worker's slot."""
+        return self.push(worker, base_version, None, steps_done, loss, finite)
+
+    def _close_links(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
 
     def relink(self, worker: int, node: str) -> LinkSpec:
         """The link to a restarted worker, decided anew from the node it runs on now (Ray may have
         brought it back elsewhere: the slots of its old pairing would not be on its node)."""
         import ray
 
+        self._require_ready()
         transport = self.settings.distribution.transport
         local = node == ray.get_runtime_context().get_node_id() and shm_available()
         if transport == "shm" and not local:
@@ -135,7 +163,8 @@ class ParameterServer:
                 "Use transport: auto, which falls back to the object store across nodes.",
             )
         with self.exchange.lock:  # publish() reads the slots under it
-            return self.slots.relink(worker, local and transport != "object_store")
+            spec = self.slots.relink(worker, local and transport != "object_store")
+        return self._with_bell(spec)
 
     # -- the exchange's backend (called with the exchange's lock held) ----------------------
     def apply(self, grads: list) -> None:
@@ -185,6 +214,7 @@ class ParameterServer:
     def pull(self, worker: int, at_version: int | None = None, want: tuple = ()) -> Reply:
         """The parameters, once the version is at least `at_version` (a rejoining worker's start),
         and per sparse table the rows at the local ids in `want`."""
+        self._require_ready()
         if self.trace is None:
             self._want(worker, want)
             return self._reply(worker, self.exchange.pull(worker, at_version))
@@ -199,6 +229,7 @@ class ParameterServer:
              finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
         """A gradient: the dense part through the transport (`payload`), per sparse table the touched
         rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        self._require_ready()
         trace = self.trace
         if trace is not None:
             self._call.current, started = (worker, steps_done), trace.mark()
@@ -242,13 +273,20 @@ class ParameterServer:
         return self.exchange.set_target(version)
 
     def remove_worker(self, worker: int) -> None:
-        self.exchange.remove(worker)
+        if self.ready:  # else a restarted process: the rollback under way sets up every member anew
+            self.exchange.remove(worker)
 
     def admit(self, worker: int, first_round: int) -> bool:
+        self._require_ready()
         return self.exchange.admit(worker, first_round)
 
     def current_version(self) -> int:
+        self._require_ready()
         return self.exchange.current_version()
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise ServerNotReady(f"parameter server {self.index} was restarted and is not set up yet")
 
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> ServerStats:
@@ -279,8 +317,7 @@ class ParameterServer:
         return self.trace.track(f"ps {self.index}", self.node_info()[0], os.getpid())
 
     def close(self) -> None:
-        if self.slots is not None:
-            self.slots.close()
+        self._close_links()
 
 
 def _recorder(max_steps: int, workers: int):

@@ -1,8 +1,10 @@
 """Which parameter server owns which variable.
 
 Dense variables are placed greedily, largest first, on the server with the fewest bytes so far,
-so P servers carry about equal load. Each server's variables are laid end to end in one flat
-float32 buffer; `ShardPlan` records the offsets so both sides can pack and unpack. Sparse
+so P servers carry about equal load. Each server's variables are laid in one flat float32 buffer,
+each starting at a multiple of 64 bytes; `ShardPlan` records the offsets so both sides can pack and
+unpack. The alignment lets a worker hand each variable's part of a shared-memory slot to its XLA step
+as a tensor without a copy (TensorFlow copies a buffer that is not 64-byte aligned). Sparse
 embedding tables (`raytf.sparse`) are not placed whole: their rows are spread over every server.
 """
 
@@ -12,8 +14,23 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from raytf.errors import ConfigError
 from raytf.sparse import TableSpec
+
+
+ALIGN_FLOATS = 16  # 64 bytes: TensorFlow's EIGEN_MAX_ALIGN_BYTES
+
+
+def aligned_offsets(sizes: Sequence[int], align: int = ALIGN_FLOATS) -> tuple[int, ...]:
+    """Where each variable starts in a flat buffer: end to end, each start rounded up to `align` floats."""
+    offsets, end = [], 0
+    for size in sizes:
+        end = -(-end // align) * align
+        offsets.append(end)
+        end += size
+    return tuple(offsets)
 
 
 @dataclass(frozen=True)
@@ -37,12 +54,32 @@ class Shard:
 
     index: int
     variables: tuple[int, ...]
-    offsets: tuple[int, ...]  # start of each variable in the flat buffer
+    offsets: tuple[int, ...]  # start of each variable in the flat buffer (aligned: `aligned_offsets`)
     sizes: tuple[int, ...]
 
     @property
     def size(self) -> int:
+        """Floats in the flat buffer, the padding between variables included."""
+        return self.offsets[-1] + self.sizes[-1] if self.sizes else 0
+
+    @property
+    def values(self) -> int:
+        """Floats that are parameters (the buffer without its padding)."""
         return sum(self.sizes)
+
+    def pack(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """The variables' values (in `variables` order, any shape) as one flat buffer, padding zeroed
+        (a zero gradient keeps zero padding zero under every optimizer)."""
+        from raytf.runtime import aligned_zeros
+
+        flat = aligned_zeros(self.size)  # 64-byte aligned: the variables' parts can go to TensorFlow uncopied
+        for part, offset, size in zip(parts, self.offsets, self.sizes):
+            flat[offset:offset + size] = np.asarray(part, np.float32).reshape(-1)
+        return flat
+
+    def parts(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Views of each variable's values in `flat` (1-D)."""
+        return [flat[offset:offset + size] for offset, size in zip(self.offsets, self.sizes)]
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,6 @@ def plan_shards(variables: Sequence[VariableSpec], num_servers: int, tables: Seq
     for server, indices in enumerate(owned):
         indices.sort()  # model order inside a buffer keeps packing cache-friendly
         sizes = tuple(variables[i].size for i in indices)
-        offsets = tuple(sum(sizes[:k]) for k in range(len(sizes)))
+        offsets = aligned_offsets(sizes)
         shards.append(Shard(index=server, variables=tuple(indices), offsets=offsets, sizes=sizes))
     return ShardPlan(variables=tuple(variables), shards=tuple(shards), tables=tuple(tables))

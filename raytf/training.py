@@ -118,8 +118,7 @@ def initial_states(prepared: Prepared) -> list:
               if i not in {t.variable for t in plan.tables if t.cached}}  # a ShardedEmbedding's rows start on its servers
     states = []
     for server, shard in enumerate(plan.shards):
-        parts = [values[i].reshape(-1) for i in shard.variables]
-        buffer = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        buffer = shard.pack([values[i] for i in shard.variables])
         tables = tuple(TableState(params=None if t.cached else values[t.variable][t.global_ids(server)])
                        for t in plan.tables)
         states.append(ShardState(params=buffer, tables=tables))

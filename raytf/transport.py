@@ -3,7 +3,8 @@
 Two transports share one shape, so the exchange logic never knows which one it uses:
 
 * `shm`: when worker and server share a node, each (worker, server) pair gets a fixed gradient
-  slot and the server publishes parameters into fixed slots, all memory-mapped files in
+  slot and the server publishes parameters into fixed slots (which the worker's step reads in
+  place, no copy), all memory-mapped files in
   /dev/shm/raytf-<uid>/<run id>/ (directories 0700, files 0600: other local users read no
   gradient or parameter). A step copies bytes into a buffer that already exists; only a tiny control
   message goes through Ray. Fresh object-store allocations per step are what make the plain
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raytf.errors import ClusterError
+from raytf.runtime import aligned_zeros
 
 SHM_ROOT = "/dev/shm"
 SHM_ROOT_ENV = "RAYTF_SHM_ROOT"  # another tmpfs for the exchange files (read on each node)
@@ -96,22 +98,26 @@ class LinkSpec:
 
     grad_path: str | None = None
     params_path: str | None = None
+    halves: int = 1  # parameter buffers in the file: 2 where the worker computes while the server publishes
+    bell_path: str | None = None  # the server's doorbell (raytf.doorbell), when pushes go over it
 
     @property
     def kind(self) -> str:
         return "shm" if self.grad_path else "object_store"
 
 
-def _map(path: str, size: int, create: bool) -> np.ndarray:
-    """Map the slot file at `path`; a new one is created 0600 whatever the umask, and never over an
-    existing file (O_EXCL: a planted file or symlink makes this fail instead of being used)."""
+def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
+    """Map the slot file at `path` (`size` floats, or `halves` buffers of `size`: shape (halves, size));
+    a new one is created 0600 whatever the umask, and never over an existing file (O_EXCL: a planted
+    file or symlink makes this fail instead of being used)."""
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
+    shape = (halves, size) if halves else (size,)
     fd = os.open(path, flags, 0o600)
     try:
         if create:
-            os.ftruncate(fd, size * 4)
+            os.ftruncate(fd, max(halves, 1) * size * 4)
         with os.fdopen(os.dup(fd), "r+b") as file:
-            return np.memmap(file, dtype=np.float32, mode="r+", shape=(size,))  # the mapping outlives the file
+            return np.memmap(file, dtype=np.float32, mode="r+", shape=shape)  # the mapping outlives the file
     finally:
         os.close(fd)
 
@@ -129,7 +135,8 @@ class ServerSlots:
         self._specs: dict[int, LinkSpec] = {}
         self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
         self._shared_params = shared_params
-        self._slot_versions: dict[object, int] = {}  # "shared" or worker -> the version its slot holds
+        self._shared_version = -1  # the version the shared slot holds
+        self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
         self._published_ref = None
         self._published_version = -1
         if size == 0:
@@ -137,25 +144,29 @@ class ServerSlots:
         for worker in sorted(shm_workers):
             self._add(worker)
 
-    def _create(self, suffix: str) -> tuple[np.ndarray, str]:
+    def _create(self, suffix: str, halves: int = 0) -> tuple[np.ndarray, str]:
         if self._dir is None:
             self._dir = make_run_dir(self._run_id)
             for stale in glob.glob(os.path.join(self._dir, self._name + "*")):
                 _unlink(stale)  # left by a process of this server that died (its restart is here)
         path = os.path.join(self._dir, self._name + suffix)
-        return _map(path, self._size, create=True), path
+        return _map(path, self._size, create=True, halves=halves), path
 
     def _add(self, worker: int) -> None:
         self._grads[worker], grad_path = self._create(f"g{worker}")
         if self._shared_params:
-            # The policy guarantees nobody reads while it is written (a barrier releases all at once).
-            self._shared = self._shared or self._create("p")
+            # The policy guarantees nobody reads while it is written: a barrier releases all workers
+            # at once, and none computes again before every one has pushed.
+            self._shared = self._shared or self._create("p", halves=1)
             self._params[worker], params_path = self._shared
         else:
-            self._params[worker], params_path = self._create(f"p{worker}")
+            # Two buffers: a worker may compute on the parameters of its last answer while its next
+            # push is answered (async, ssp), so each answer goes to the buffer it is not reading.
+            self._params[worker], params_path = self._create(f"p{worker}", halves=2)
         root = shm_root()
         self._specs[worker] = LinkSpec(grad_path=os.path.relpath(grad_path, root),
-                                       params_path=os.path.relpath(params_path, root))
+                                       params_path=os.path.relpath(params_path, root),
+                                       halves=self._params[worker].shape[0])
 
     def _drop(self, worker: int) -> None:
         spec = self._specs.pop(worker, None)
@@ -166,7 +177,7 @@ class ServerSlots:
         _unlink(os.path.join(root, spec.grad_path))
         if not self._shared_params:
             _unlink(os.path.join(root, spec.params_path))
-            self._slot_versions.pop(worker, None)
+        self._given.pop(worker, None)
 
     def relink(self, worker: int, shm: bool) -> LinkSpec:
         """The link of a worker that came back, maybe on another node: fresh slots when it shares this
@@ -179,6 +190,12 @@ class ServerSlots:
     def link_spec(self, worker: int) -> LinkSpec:
         return self._specs.get(worker, LinkSpec())
 
+    def bell_path(self) -> str:
+        """Where this server's doorbell socket goes: beside its slots, in the run's private directory."""
+        if self._dir is None:
+            self._dir = make_run_dir(self._run_id)
+        return os.path.join(self._dir, self._name + "bell")
+
     def gradient(self, worker: int, payload: np.ndarray | None):
         """The worker's gradient as a TF tensor: over the slot it wrote, or from the payload it sent."""
         from raytf.runtime import as_tensor
@@ -190,23 +207,33 @@ class ServerSlots:
         before `worker` is answered.
 
         Shared slot (sync without backups): written once per version, while every shm worker waits
-        at the barrier. Otherwise each worker's own slot, copied only when it holds an older version.
-        Object-store workers get one `ray.put` per version, shared by all of them.
+        at the barrier. Otherwise the worker's own two buffers: the one it was not last answered with
+        gets the new version (the other may be under its step right now); the same version again is
+        answered with the same buffer, uncopied. Object-store workers get one `ray.put` per version,
+        shared by all of them.
         """
         if worker in self._params:
-            key = "shared" if self._shared_params else worker
-            if self._slot_versions.get(key) != version:
-                np.copyto(self._params[worker], params)
-                self._slot_versions[key] = version
+            slot = self._params[worker]
+            if self._shared_params:
+                if self._shared_version != version:
+                    np.copyto(slot[0], params)
+                    self._shared_version = version
+                self._given[worker] = (0, version)
+                return
+            half, held = self._given.get(worker, (1, -1))
+            if held != version:
+                half = 1 - half
+                np.copyto(slot[half], params)
+                self._given[worker] = (half, version)
         elif version != self._published_version:
             import ray
 
             self._published_ref, self._published_version = ray.put(params), version
 
     def reply(self, worker: int):
-        """What the reply to `worker` carries: nothing (it reads its slot) or the reference."""
+        """What the reply to `worker` carries: which buffer of its slot to read, or the reference."""
         if worker in self._params:
-            return None
+            return self._given[worker][0]
         return [self._published_ref]  # wrapped so Ray passes the reference, not the value
 
     def close(self) -> None:
@@ -231,27 +258,33 @@ def _unlink(path: str) -> None:
 
 
 class WorkerLink:
-    """Worker side of the link to one server."""
+    """Worker side of the link to one server, for a flat buffer of `size` floats."""
 
     def __init__(self, spec: LinkSpec, size: int) -> None:
         self.kind = spec.kind
         root = shm_root()
         self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
-        self._params = _map(os.path.join(root, spec.params_path), size, create=False) if spec.params_path else None
+        self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
+                        if spec.params_path else None)
+        # Object store: the gradient is gathered here and copied out by the call (Ray puts a large
+        # argument into the object store when the call is made); zeros stay between the parts.
+        self._staging = aligned_zeros(size) if self._grad is None else None
 
-    def send(self, grad: np.ndarray) -> np.ndarray | None:
-        """Hand over a gradient; returns what must travel in the call (None when it is in the slot)."""
-        if self._grad is None:
-            return grad
-        np.copyto(self._grad, grad)
-        return None
+    def send(self, parts, offsets) -> np.ndarray | None:
+        """Hand over a gradient given as `parts` (arrays) to lay at `offsets` of the flat buffer: one
+        copy each, straight into the slot. Returns what must travel in the call (None: it is in the slot)."""
+        buffer = self._grad if self._grad is not None else self._staging
+        for part, offset in zip(parts, offsets):
+            part = np.asarray(part).reshape(-1)
+            np.copyto(buffer[offset:offset + part.size], part)
+        return None if self._grad is not None else buffer
 
-    def receive(self, payload):
-        """The published parameters as a TF tensor (over the slot itself, for shm)."""
-        from raytf.runtime import as_tensor
-
+    def receive(self, payload) -> np.ndarray:
+        """The published parameters, flat: the buffer of the slot the reply names (read in place,
+        for shm; the server writes it again only after this worker's next call), or the
+        object-store copy (read-only)."""
         if self._params is not None:
-            return as_tensor(self._params)
+            return self._params[payload]
         import ray
 
-        return as_tensor(ray.get(payload[0]))
+        return ray.get(payload[0])

@@ -1,9 +1,12 @@
 """The worker actor: a model replica and a data shard that computes gradients.
 
-The hot path is two graph-compiled functions: `step` (next batch, forward, backward, one
-flat gradient buffer per parameter server, and whether they are all finite) and `load` (split
-fresh flat parameter buffers and assign them to the replica's variables). Between them the
-buffers go through the transport.
+The hot path is one graph-compiled function, `step`: forward and backward on a batch with the
+parameters the servers published passed in as tensors (over the shared-memory slots themselves,
+no copy: `keras.StatelessScope` maps the replica's variables to them), returning each variable's
+gradient and whether they are all finite. Each gradient is copied once, straight into its place
+in the server's slot (or the object-store buffer). The replica's own variables hold only what the
+servers do not publish: sparse-table row caches and non-trainable state (BatchNorm statistics,
+dropout seeds), which the step writes back.
 
 A worker trains until the servers reply DONE (they reached the target version) or ROLLBACK
 (the driver is restoring a checkpoint); if a server dies under it, `run` ends with SERVER_LOST
@@ -14,12 +17,14 @@ every server (by the policy's rules) and starts from the parameters of then.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import Any
 
 import numpy as np
 
-from raytf.exchange import Reply, Status, WorkerResult
+from raytf.doorbell import Bell, ServerGone
+from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
 from raytf.runtime import configure_tensorflow
 from raytf.sharding import ShardPlan
 from raytf.startup import peak_rss
@@ -81,6 +86,7 @@ class Worker:
         self.description = description or f"index {index}"
         self.metrics = None  # set when connected (needs Ray)
         self.links: list[WorkerLink] = []
+        self.bells: list = []  # per server, its raytf.doorbell.Bell where pushes go over it, else None
         self.trace = None  # a raytf.trace.PhaseRecorder when the config's trace.enabled
 
     def __repr__(self) -> str:
@@ -158,41 +164,48 @@ class Worker:
             ) from None
         loss_fn = make_loss(cfg.loss)
         tvars = model.trainable_variables
-        shards = plan.shards
         tables = plan.tables
+        # The servers' variables, in the order the step takes their values: shard by shard.
+        dense = [tvars[i] for shard in plan.shards for i in shard.variables]
+        mapped = {id(v) for v in dense}
+        kept = [v for v in model.variables if id(v) not in mapped]  # what the replica itself holds
 
-        def step(x, y):
+        def step(x, y, *params):
             with tf.GradientTape() as tape:
-                outputs = model(x, training=True)
-                loss = loss_fn(y, outputs)
-                if model.losses:
-                    loss = loss + tf.add_n(model.losses)
-            grads = tape.gradient(loss, tvars)
-            flats = []
-            for shard in shards:
-                parts = [
-                    tf.reshape(tf.zeros_like(tvars[i]) if grads[i] is None else tf.convert_to_tensor(grads[i]), [-1])
-                    for i in shard.variables
-                ]
-                flats.append(tf.zeros([0]) if not parts else parts[0] if len(parts) == 1 else tf.concat(parts, 0))
+                tape.watch(params)
+                with keras.StatelessScope(state_mapping=list(zip(dense, params))) as scope:
+                    outputs = model(x, training=True)
+                    loss = loss_fn(y, outputs)
+                    if model.losses:
+                        loss = loss + tf.add_n(model.losses)
+            for var in kept:  # what the forward pass assigned (BatchNorm statistics, dropout seeds)
+                value = scope.get_current_value(var)
+                if value is not None:
+                    var.assign(value)
+            grads = tape.gradient(loss, list(params) + [tvars[t.variable] for t in tables])
+            dense_grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for p, g in zip(params, grads)]
             # A sparse table's gradient leaves the step as it is: the ids looked up and their rows.
-            table_grads = [_sparse(grads[t.variable], t) for t in tables]
+            table_grads = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
             # Fused into the step by XLA: one more read of buffers that are hot in cache.
             finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
-                                             flats + [rows for _, rows in table_grads]]))
-            return loss, flats, table_grads, finite
-
-        def load(*flats):
-            for shard, flat in zip(shards, flats):
-                parts = tf.split(flat, list(shard.sizes)) if len(shard.sizes) > 1 else [flat]
-                for i, part in zip(shard.variables, parts):
-                    tvars[i].assign(tf.reshape(part, plan.variables[i].shape))
+                                             dense_grads + [rows for _, rows in table_grads]]))
+            return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
         self._step = tf.function(step, jit_compile=cfg.jit_compile)
         self._step_checked = not cfg.jit_compile
-        self._load = tf.function(load, input_signature=[tf.TensorSpec([s.size], tf.float32) for s in shards])
+        self.params: list = []  # per shard, the flat parameters of the last reply (the step reads them in place)
         return len(tf.config.list_logical_devices("GPU"))
+
+    def _param_tensors(self) -> list:
+        """Each server variable's values as a tensor over the last reply's buffers: no copy from a
+        shared-memory slot (64-byte aligned, see raytf.sharding); one from the object store, whose
+        buffers are read-only."""
+        from raytf.runtime import as_tensor
+
+        return [as_tensor(part.reshape(self.plan.variables[i].shape))
+                for shard, flat in zip(self.plan.shards, self.params)
+                for i, part in zip(shard.variables, shard.parts(flat))]
 
     def _ahead(self, count: int) -> list:
         """The next `count` batches, read ahead but not taken."""
@@ -201,21 +214,24 @@ class Worker:
         return list(self.upcoming)[:count]
 
     def _compute(self):
+        """One step on the next batch with the parameters of the last reply: (loss, per-variable
+        dense gradients in shard order, per sparse table (ids, rows), all finite)."""
         self._ahead(1)
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
+        params = self._param_tensors()
         if self._step_checked:
-            return self._step(x, y)
+            return self._step(x, y, *params)
         import tensorflow as tf
 
         self._step_checked = True
         try:
-            return self._step(x, y)
+            return self._step(x, y, *params)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
             self._step = tf.function(self._step_fn)
-            return self._step(x, y)
+            return self._step(x, y, *params)
 
     def process_id(self) -> int:
         import os
@@ -224,9 +240,17 @@ class Worker:
 
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
+        from raytf.doorbell import Bell
+        from raytf.transport import shm_root
+
         self.servers = servers
         self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
-        self.bytes_per_exchange = 4 * sum(shard.size for shard in self.plan.shards)
+        for bell in self.bells:
+            if bell is not None:
+                bell.close()
+        self.bells = [Bell(os.path.join(shm_root(), spec.bell_path), self.index) if spec.bell_path else None
+                      for spec in links]
+        self.bytes_per_exchange = 4 * sum(shard.values for shard in self.plan.shards)  # the padding carries nothing
         if self.metrics is None:
             from raytf.metrics import ActorMetrics
 
@@ -243,18 +267,28 @@ class Worker:
 
         self.setup(config, plan, num_workers, threads)
         node = self.node_id()
-        self.connect(servers, ray.get([server.relink.remote(self.index, node) for server in servers]))
+        try:
+            links = ray.get([server.relink.remote(self.index, node) for server in servers])
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            if not _server_lost(err):
+                raise
+            # A server died too: the driver rolls back and sets this worker up with the others.
+            return StepTimer(0).result(self.index, Status.SERVER_LOST, 0, float("nan"), self.config.batch_size)
+        self.connect(servers, links)
         return self.run(target_version, rejoin=True)
 
     def link_kinds(self) -> list[str]:
-        """How it reaches each server now ("shm" or "object_store")."""
-        return [link.kind for link in self.links]
+        """How it reaches each server now: "shm+doorbell" (slots, pushes over the socket), "shm"
+        (slots, pushes as Ray calls) or "object_store"."""
+        return [link.kind + ("+doorbell" if bell is not None else "") for link, bell in zip(self.links, self.bells)]
 
     def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
-        """Wait for the servers' replies and load the parameters (and the rows of `request`) they sent."""
+        """Wait for the servers' replies (Ray refs, or Bells rung) and take the parameters (and the rows
+        of `request`) they sent."""
         import ray
 
-        replies: list[Reply] = ray.get(replies_refs)
+        answers = iter(ray.get([p for p in replies_refs if not isinstance(p, Bell)]))
+        replies: list[Reply] = [p.answer() if isinstance(p, Bell) else next(answers) for p in replies_refs]
         replied = time.perf_counter()
         if self.trace is not None:
             self._lap("wait_reply")  # the servers' receive, barrier, apply and publish, and the calls
@@ -262,7 +296,7 @@ class Worker:
         versions = [reply.version for reply in replies]
         if Status.ROLLBACK in statuses:
             return Status.ROLLBACK, versions
-        self._load(*[link.receive(reply.payload) for link, reply in zip(self.links, replies)])
+        self.params = [link.receive(reply.payload) for link, reply in zip(self.links, replies)]
         received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
         self.traffic["pulled"] += received
         if self.trace is not None:
@@ -298,7 +332,8 @@ class Worker:
         """Hand the gradient (computed on `base_versions`; `sparse`: its rows per server, None when it
         is not finite) to every server, asking for the rows of `request`; returns the reply refs."""
         finite = sparse is not None
-        payloads = [link.send(grad) if finite else None for link, grad in zip(self.links, grads)]
+        payloads = [link.send(grad, shard.offsets) if finite else None
+                    for link, grad, shard in zip(self.links, grads, self.plan.shards)]
         rows, sent, distinct = sparse if finite else (((),) * len(self.servers), 0, 0)
         pushed = (self.bytes_per_exchange if finite else 0) + sent
         self.traffic["pushed"] += pushed
@@ -307,9 +342,15 @@ class Worker:
             self.metrics.inc("raytf_bytes_exchanged", pushed)
             if distinct:
                 self.metrics.inc("raytf_sparse_rows", distinct)
-        return [server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None, finite,
-                                   rows[j], request.want[j])
-                for j, (server, payload) in enumerate(zip(self.servers, payloads))]
+        pending = []
+        for j, (server, payload, bell) in enumerate(zip(self.servers, payloads, self.bells)):
+            if bell is not None:  # the gradient is in the slot: ring (a sparse table's rows never go this way)
+                bell.ring(base_versions[j], step, loss if j == 0 else None, finite)
+                pending.append(bell)
+            else:
+                pending.append(server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None,
+                                                  finite, rows[j], request.want[j]))
+        return pending
 
     def run(self, target_version: int, rejoin: bool = False) -> WorkerResult:
         """Train until the servers reach `target_version`. Where the policy overlaps compute with
@@ -339,13 +380,14 @@ class Worker:
                 if self.trace is not None:
                     self._trace_step, self._mark = steps + 1, self.trace.mark()
                     step_started = self._mark
-                loss, flats, table_grads, finite = self._compute()
+                loss, dense_grads, table_grads, finite = self._compute()
                 finite = bool(finite)
                 if self.trace is not None:
                     self._lap("compute")
                 if not finite and self.config.on_nonfinite == "abort":
                     raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
-                grads = [flat.numpy() for flat in flats] if finite else [None] * len(flats)
+                # Views of the step's outputs (`.numpy()` would copy): copied once, into the slots, by the push.
+                grads = self._by_shard([np.from_dlpack(g) for g in dense_grads]) if finite else [None] * len(self.links)
                 # Per server, the touched rows; now, while the row cache still holds this batch's rows.
                 sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
                 loss_value = float(loss)
@@ -371,11 +413,23 @@ class Worker:
                 if self.trace is not None:
                     self.trace.record("step", step_started, steps, end=self._mark)
                 self._record_step(steps, loss_value, timer.exchanged(steps))
-        except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError):
+        except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError, ray.exceptions.RayTaskError,
+                ServerGone) as err:
             # A server died: during the call, or (object store) between its reply and the fetch of the
-            # parameters it put, which die with it. The driver restores a checkpoint and starts the run again.
+            # parameters it put, which die with it; or it was restarted and is not set up yet. The
+            # driver restores a checkpoint and starts the run again.
+            if not _server_lost(err):
+                raise
             status = Status.SERVER_LOST
         return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
+
+    def _by_shard(self, values: list) -> list[list]:
+        """Per-variable values in shard order (the step's), grouped per server."""
+        groups, start = [], 0
+        for shard in self.plan.shards:
+            groups.append(values[start:start + len(shard.variables)])
+            start += len(shard.variables)
+        return groups
 
     def _lap(self, phase: str) -> None:
         """Trace `phase` of the current step: from where the last phase ended until now."""
@@ -409,6 +463,15 @@ class Worker:
         """The replica's non-trainable values (not the ids a ShardedEmbedding's row cache holds)."""
         cache = {id(v) for v in self.tables.cache_ids if v is not None}
         return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+
+
+def _server_lost(err: BaseException) -> bool:
+    """Whether a failed call to a server means the server is gone (died, or restarted and not set up)."""
+    import ray
+
+    if isinstance(err, ray.exceptions.RayTaskError):
+        return isinstance(err.cause, ServerNotReady)
+    return True
 
 
 def _sparse(grad, table):

@@ -24,9 +24,13 @@ VARIABLES = [VariableSpec("w1", (5, 3)), VariableSpec("b1", (3,)), VariableSpec(
 
 def save(root: Path, plan, step: int, optimizer: str = "adam", seed: int = 0) -> list[ShardState]:
     rng = np.random.default_rng(seed + step)
-    states = [ShardState(params=rng.standard_normal(s.size).astype(np.float32),
-                         slots={"m": rng.standard_normal(s.size).astype(np.float32),
-                                "v": rng.random(s.size).astype(np.float32)}, iterations=step, version=step)
+
+    def values(shard, draw):  # a server's buffer: the variables' values, zero padding between them
+        return shard.pack(shard.parts(draw(shard.size).astype(np.float32)))
+
+    states = [ShardState(params=values(s, rng.standard_normal),
+                         slots={"m": values(s, rng.standard_normal), "v": values(s, rng.random)},
+                         iterations=step, version=step)
               for s in plan.shards]
     directory = step_dir(root, step)
     saved = [write_shard(directory, j, state) for j, state in enumerate(states)]
@@ -184,3 +188,26 @@ def test_the_first_signal_asks_to_stop_and_the_second_quits(first):
             os.kill(os.getpid(), signal.SIGINT)
             stop.wait(timeout=5)  # the handler raises here, at the latest
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_checkpoint_from_before_the_aligned_layout_still_restores(tmp_path):
+    """Checkpoints written before variables were 64-byte aligned laid them end to end and name no offsets."""
+    import json
+
+    plan = plan_shards(VARIABLES, 1)
+    assert plan.shards[0].offsets != (0, 15, 18, 24)  # the aligned layout differs from the old one here
+    values = [np.full(v.size, k + 1, np.float32) for k, v in enumerate(VARIABLES)]
+    old = np.concatenate(values)
+    directory = step_dir(root_of(tmp_path), 10)
+    saved = [write_shard(directory, 0, ShardState(params=old, slots={"m": old * 2, "v": old * 3}, iterations=10,
+                                                  version=10))]
+    manifest = build_manifest(10, plan, saved, mode="sync", updates_per_step=1, optimizer="adam", run_id="old")
+    for entry in manifest["shards"]:
+        del entry["offsets"]
+    write_manifest(directory, manifest)
+    (restored,) = load(latest(root_of(tmp_path)), plan, "adam", updates_per_step=1)
+    for got, want in zip(per_variable(plan, [restored], "params"), values):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(per_variable(plan, [restored], "v"), values):
+        np.testing.assert_array_equal(got, want * 3)
+    assert json.loads((directory / "manifest.json").read_text())["shards"][0].get("offsets") is None

@@ -31,14 +31,13 @@ def test_gradient_and_parameters_round_trip():
     try:
         links = [WorkerLink(server.link_spec(w), size) for w in (0, 1)]
         grads = [np.full(size, w + 1.5, np.float32) for w in (0, 1)]
-        assert [link.send(g) for link, g in zip(links, grads)] == [None, None]  # nothing travels in the call
+        assert [link.send([g], (0,)) for link, g in zip(links, grads)] == [None, None]  # nothing travels in the call
         for w in (0, 1):
             np.testing.assert_array_equal(server.gradient(w, None).numpy(), grads[w])
         server.publish(np.arange(size, dtype=np.float32), version=1, worker=1)
-        assert server.reply(1) is None
-        np.testing.assert_array_equal(links[1].receive(None).numpy(), np.arange(size))
+        np.testing.assert_array_equal(links[1].receive(server.reply(1)), np.arange(size))
         # async slots are per worker: worker 0's slot was not written
-        assert not links[0].receive(None).numpy().any()
+        assert not links[0].receive(0).any() and not links[0].receive(1).any()
     finally:
         server.close()
     assert glob.glob(os.path.join(shm_run_dir(run), "*")) == []
@@ -51,10 +50,35 @@ def test_a_slot_is_written_once_per_version():
     try:
         link = WorkerLink(server.link_spec(0), 4)
         server.publish(np.full(4, 1.0, np.float32), version=7, worker=0)
-        server.publish(np.full(4, 2.0, np.float32), version=7, worker=0)  # same version: no copy
-        np.testing.assert_array_equal(link.receive(None).numpy(), np.full(4, 1.0))
+        first = server.reply(0)
+        server.publish(np.full(4, 2.0, np.float32), version=7, worker=0)  # same version: no copy, same buffer
+        assert server.reply(0) == first
+        np.testing.assert_array_equal(link.receive(first), np.full(4, 1.0))
         server.publish(np.full(4, 3.0, np.float32), version=8, worker=0)
-        np.testing.assert_array_equal(link.receive(None).numpy(), np.full(4, 3.0))
+        np.testing.assert_array_equal(link.receive(server.reply(0)), np.full(4, 3.0))
+    finally:
+        server.close()
+
+
+def test_a_new_version_never_lands_in_the_buffer_the_worker_computes_on():
+    """Async and ssp compute on the last answer's parameters while the next push is answered: each
+    new version goes to the other of the worker's two buffers, and the reply says which."""
+    run = f"test-{uuid.uuid4().hex[:8]}"
+    server = ServerSlots(run, 0, 5, shm_workers={0}, shared_params=False)
+    try:
+        spec = server.link_spec(0)
+        assert spec.halves == 2
+        link = WorkerLink(spec, 5)
+        server.publish(np.full(5, 1.0, np.float32), version=1, worker=0)
+        computing = server.reply(0)
+        in_use = link.receive(computing)
+        for version in range(2, 6):
+            server.publish(np.full(5, float(version), np.float32), version=version, worker=0)
+            answered = server.reply(0)
+            assert answered != computing
+            np.testing.assert_array_equal(in_use, np.full(5, float(version - 1)))  # untouched under the step
+            computing, in_use = answered, link.receive(answered)
+            np.testing.assert_array_equal(in_use, np.full(5, float(version)))
     finally:
         server.close()
 
@@ -77,8 +101,9 @@ def test_object_store_workers_get_no_slots():
     try:
         assert server.link_spec(0).kind == "object_store"
         assert server.link_spec(1).kind == "shm"
-        payload = np.ones(10, np.float32)
-        assert server.gradient(0, payload).numpy().sum() == 10
+        payload = WorkerLink(server.link_spec(0), 10).send([np.ones(3, np.float32), np.ones(2, np.float32)], (0, 5))
+        np.testing.assert_array_equal(payload, [1, 1, 1, 0, 0, 1, 1, 0, 0, 0])  # laid at the offsets, zeros between
+        assert server.gradient(0, payload).numpy().sum() == 5
     finally:
         server.close()
 
@@ -146,7 +171,7 @@ def test_a_restarted_server_replaces_the_files_of_its_dead_process():
     try:
         link = WorkerLink(again.link_spec(0), 8)
         again.publish(np.full(8, 4.0, np.float32), version=1, worker=0)
-        np.testing.assert_array_equal(link.receive(None).numpy(), np.full(8, 4.0))
+        np.testing.assert_array_equal(link.receive(again.reply(0)), np.full(8, 4.0))
         assert len(glob.glob(os.path.join(shm_run_dir(run), "ps1-*"))) == 2  # the other server's were left alone
     finally:
         again.close()
@@ -166,7 +191,7 @@ def test_relink_moves_a_worker_between_shared_memory_and_the_object_store():
         spec = server.relink(1, shm=True)
         assert spec.kind == "shm" and spec.params_path == server.link_spec(0).params_path
         link = WorkerLink(spec, 6)
-        assert link.send(np.full(6, 2.0, np.float32)) is None
+        assert link.send([np.full(6, 2.0, np.float32)], (0,)) is None
         np.testing.assert_array_equal(server.gradient(1, None).numpy(), np.full(6, 2.0))
     finally:
         server.close()

@@ -9,6 +9,7 @@ from raytf.exchange.messages import (
     Outcome,
     Push,
     Reply,
+    ServerNotReady,
     ServerStats,
     StalenessStats,
     Status,
@@ -27,7 +28,7 @@ from raytf.exchange.policies import (
 from raytf.exchange.state import Exchange, ShardBackend, Ticket
 
 __all__ = [
-    "POLICIES", "AggregationPolicy", "AsyncPolicy", "Exchange", "ExchangeStats", "Outcome", "Push", "Reply",
+    "POLICIES", "AggregationPolicy", "AsyncPolicy", "Exchange", "ExchangeStats", "Outcome", "Push", "Reply", "ServerNotReady",
     "SSPPolicy", "ServerStats", "ShardBackend", "StalenessStats", "Status", "SyncPolicy", "Ticket", "WorkerResult",
     "make_policy", "policy_for", "register",
 ]

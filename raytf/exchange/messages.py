@@ -20,6 +20,11 @@ class Status(str, Enum):
     SERVER_LOST = "server_lost"  # a server died under the worker; the driver restores and restarts the run
 
 
+class ServerNotReady(Exception):
+    """A worker called a server whose process Ray restarted and the driver has not set up again
+    (it is rolling back): for the worker, as good as a lost server."""
+
+
 @dataclass(frozen=True)
 class Push:
     """One worker's gradient for one server's shard (the gradient itself travels by the transport)."""
@@ -47,7 +52,7 @@ class Reply:
 
     status: Status
     version: int
-    payload: Any = None  # None: the parameters are in the worker's shared-memory slot
+    payload: Any = None  # shared memory: which buffer of the worker's slot; object store: [the reference]
     dropped: bool = False
     rows: tuple | None = None  # per sparse table: the rows the worker asked for (raytf.sparse)
 
