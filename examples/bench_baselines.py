@@ -1,7 +1,13 @@
-"""The non-raytf contenders of examples/benchmark.py: the no-exchange ceiling and Ray Train.
+"""The references of examples/benchmark.py and its Ray Train contender.
 
-Both train the same model on the same per-worker pipeline as raytf's workers (`raytf.model.batches`
-on shard i of 2, batch 256, same loss, SGD) and skip the same warm-up steps (`warmup_steps`).
+Two references, measured between every two contenders (`References`):
+- the ceiling: 2 independent Ray actors (one TF thread each) training the same model on the same
+  per-worker pipeline as raytf's workers (`raytf.model.batches` on shard i of 2, batch 256, same
+  loss, SGD), with no exchange at all;
+- single-process: ONE actor with 2 TF threads doing the same math as 2 synchronous workers, one SGD
+  update per step on a global batch of 512 (the data function's whole data, `batches` at 512).
+Ray Train trains the same model with MultiWorkerMirroredStrategy. All skip the same warm-up steps
+(`warmup_steps`) and XLA-compile the step when raytf's worker does (`jit_setting`).
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ def jit_setting(cfg) -> bool:
 
 
 class IndependentTrainer:
-    """One Ray actor training its own replica with local SGD and no exchange at all."""
+    """One Ray actor training its own replica with local SGD and no exchange at all: shard `index`
+    of `num_workers` at the config's batch size, with `threads` TF threads."""
 
-    def setup(self, config: dict, index: int, num_workers: int) -> None:
+    def setup(self, config: dict, index: int, num_workers: int, threads: int = 1) -> None:
         from raytf.runtime import configure_tensorflow
 
-        configure_tensorflow(1)  # one TF thread per 1-CPU actor, as raytf's workers get
+        configure_tensorflow(threads)  # ceiling: one per 1-CPU actor, as raytf's workers get
         import keras
         import tensorflow as tf
 
@@ -65,19 +72,61 @@ class IndependentTrainer:
         return {"samples_per_second": (steps - warmup) * self.batch_size / seconds, "final_loss": loss}
 
 
-def run_ceiling(cfg, steps: int) -> dict:
-    import ray
+REFERENCES = ("ceiling", "single-process")
 
-    workers = cfg.distribution.workers
-    actors = [ray.remote(num_cpus=1)(IndependentTrainer).remote() for _ in range(workers)]
-    try:
-        ray.get([a.setup.remote(cfg.to_dict(), i, workers) for i, a in enumerate(actors)])
-        # Started together only after both are built, so the timed steps really run side by side.
-        results = ray.get([a.run.remote(steps) for a in actors])
-    finally:
-        for actor in actors:
+
+class References:
+    """The reference actors, created once for a whole benchmark and measured again at every R.
+
+    They hold no logical CPUs (num_cpus=0): idle between measurements, they must not keep raytf's
+    actors from being scheduled on a 2-CPU cluster; they use real CPU only while they run."""
+
+    def __init__(self, cfg) -> None:
+        import ray
+
+        workers = cfg.distribution.workers
+        self.ceiling = [ray.remote(num_cpus=0)(IndependentTrainer).remote() for _ in range(workers)]
+        self.single = ray.remote(num_cpus=0)(IndependentTrainer).remote()
+        # Same math as `workers` synchronous workers in one process: one update on their global batch,
+        # with as many TF threads as they have between them.
+        whole = cfg.to_dict() | {"batch_size": cfg.batch_size * workers}
+        try:
+            ray.get([a.setup.remote(cfg.to_dict(), i, workers) for i, a in enumerate(self.ceiling)]
+                    + [self.single.setup.remote(whole, 0, 1, workers)])
+            self.measure(10)  # not recorded: the first R would otherwise also pay first-run costs (tracing, XLA)
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, steps: int) -> dict[str, dict]:
+        """{reference: {samples_per_second} or {error}}, the ceiling first, then single-process."""
+        import ray
+
+        results: dict[str, dict] = {}
+        for name, run in (("ceiling", self._ceiling), ("single-process", self._single)):
+            try:
+                results[name] = run(steps)
+            except ray.exceptions.RayError as err:  # recorded; the contenders next to it use the other R
+                results[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+        return results
+
+    def _ceiling(self, steps: int) -> dict:
+        import ray
+
+        # Both actors were built before, so the timed steps really run side by side.
+        results = ray.get([a.run.remote(steps) for a in self.ceiling])
+        return {"samples_per_second": sum(r["samples_per_second"] for r in results)}
+
+    def _single(self, steps: int) -> dict:
+        import ray
+
+        return {"samples_per_second": ray.get(self.single.run.remote(steps))["samples_per_second"]}
+
+    def close(self) -> None:
+        import ray
+
+        for actor in (*self.ceiling, self.single):
             ray.kill(actor)
-    return {"samples_per_second": sum(r["samples_per_second"] for r in results)}
 
 
 def _ray_train_loop(loop_config: dict) -> None:

@@ -1,14 +1,23 @@
-"""Steady-state training throughput of raytf against Ray Train and the no-exchange ceiling.
+"""Steady-state training throughput of raytf against Ray Train, TF's ParameterServerStrategy and
+two references, measured interleaved so that a machine whose speed drifts does not skew the ratios.
 
-    python examples/benchmark.py                      # every contender, 300 steps each
-    python examples/benchmark.py --steps 30 --only raytf-sync,ceiling --json runs/bench.json
+    python examples/benchmark.py                      # every contender, 3 repeats of 300 steps each
+    python examples/benchmark.py --steps 30 --repeats 1 --only raytf-sync --json runs/bench.json
+    python examples/benchmark.py --steps 60 --repeats 2 --only raytf-sync,raytf-async,tf-ps
     python examples/benchmark.py --steps 100 --only raytf-sync,raytf-sync-objstore,raytf-sync-2nodes
 
 Same model and data for all (examples/mlp_benchmark.yaml: MLP 784-1024-1024-10, batch 256 per
-worker, 2 workers, 1 parameter server, SGD), all on ONE local Ray cluster bound to 127.0.0.1 that is
+worker, 2 workers, 1 parameter server, SGD), on ONE local Ray cluster bound to 127.0.0.1 that is
 started once and stopped at the end; the `-2nodes` contenders run on a second cluster of two Ray
-nodes on this machine (server on one, workers on the other: the object store between nodes). samples/s is summed over the workers and excludes start-up and
-the first warm-up steps (`raytf.worker.warmup_steps`). It prints numbers; it judges none.
+nodes on this machine (server on one, workers on the other: the object store between nodes).
+
+The protocol: both references (examples/bench_baselines.py: `ceiling`, 2 independent actors with
+no exchange; `single-process`, one actor with 2 TF threads doing the same math at a global batch
+of 512) are measured at every R of R, C1, R, C2, R, ..., Cn, R, and that sequence is run
+`--repeats` times (one repeat's last R is the next one's first). A contender run's ratio is its
+samples/s over the larger of the two references, each the mean of the R just before and just
+after it. samples/s is summed over the workers and excludes start-up and the first warm-up steps
+(`raytf.worker.warmup_steps`). It prints numbers; it judges none.
 """
 
 from __future__ import annotations
@@ -40,45 +49,24 @@ TWO_NODES = {
     "raytf-async-2nodes": "async",
 }
 PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
-CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "ceiling")
+CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps")
+REFERENCE_NAMES = ("ceiling", "single-process")  # examples/bench_baselines.REFERENCES; measured at every R
 
 
-def run_raytf(base: dict, name: str, steps: int) -> dict:
+def say(message: str) -> None:
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def run_raytf(base: dict, name: str, steps: int, address: str | None = None) -> dict:
     import raytf
 
-    mode, transport = RAYTF[name]
-    summary = raytf.fit(base, overrides=[f"steps={steps}", f"distribution.mode={mode}",
-                                         f"distribution.transport={transport}", f"output_dir={OUT / name}"],
-                        restart=True)  # each benchmark run starts over
-    return _row(summary)
-
-
-def run_two_nodes(base: dict, names: list[str], steps: int, record) -> None:
-    """The two-node contenders, on a cluster of their own (started once, stopped after)."""
-    import tempfile
-
-    import raytf
-    from raytf import local_cluster
-    from tests import multinode
-
-    with tempfile.TemporaryDirectory(prefix="raytf-bench-") as root:
-        cluster = multinode.start(Path(root))
-        try:
-            cluster.add_node("servers", num_cpus=1, resources={"bench_ps": 1})
-            cluster.add_node("workers", num_cpus=2, resources={"bench_worker": 2})
-            with local_cluster.token_auth(cluster.head):
-                for name in names:
-                    def run(name=name) -> dict:
-                        summary = raytf.fit(base, address=cluster.address, restart=True, overrides=[
-                            f"steps={steps}", f"distribution.mode={TWO_NODES[name]}", "distribution.transport=auto",
-                            f"output_dir={OUT / name}", *PLACEMENT])
-                        return _row(summary)
-                    record(name, run)
-        finally:
-            cluster.stop()
-
-
-def _row(summary: dict) -> dict:
+    if name in TWO_NODES:
+        mode, transport, extra = TWO_NODES[name], "auto", PLACEMENT
+    else:
+        (mode, transport), extra = RAYTF[name], []
+    summary = raytf.fit(base, address=address, restart=True, overrides=[  # each benchmark run starts over
+        f"steps={steps}", f"distribution.mode={mode}", f"distribution.transport={transport}",
+        f"output_dir={OUT / name}", *extra])
     workers = summary["per_worker"]
     return {
         "samples_per_second": summary["samples_per_second"],
@@ -88,45 +76,116 @@ def _row(summary: dict) -> dict:
     }
 
 
-def run_one(base: dict, name: str, steps: int) -> dict:
-    from examples import bench_baselines
+def run_contender(base: dict, name: str, steps: int, address: str | None = None) -> dict:
     from raytf.config import config_from_dict
 
-    if name in RAYTF:
-        return run_raytf(base, name, steps)
+    if name in RAYTF or name in TWO_NODES:
+        return run_raytf(base, name, steps, address)
     cfg = config_from_dict(base, [f"steps={steps}"])
-    if name == "ceiling":
-        return bench_baselines.run_ceiling(cfg, steps)
+    if name == "tf-ps":
+        from examples import bench_tfps
+
+        return bench_tfps.run_tf_ps(cfg, steps)
+    from examples import bench_baselines
+
     return bench_baselines.run_ray_train(cfg, steps, str(OUT / "ray-train"))
 
 
-def table(rows: list[dict]) -> str:
-    ceiling = next((r.get("samples_per_second") for r in rows if r["name"] == "ceiling"), None)
-    lines = ["| contender | samples/s | ratio to ceiling | ms compute/step | ms exchange/step | wall s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['name']} | failed | - | - | - | {r['wall_seconds']:.0f} |")
-            continue
-        sps = r["samples_per_second"]
-        ratio = f"{sps / ceiling:.2f}" if ceiling else "-"
-        ms = [f"{r[k]:.1f}" if k in r else "-" for k in ("ms_compute_per_step", "ms_exchange_per_step")]
-        lines.append(f"| {r['name']} | {sps:,.0f} | {ratio} | {ms[0]} | {ms[1]} | {r['wall_seconds']:.0f} |")
-    return "\n".join(lines)
+class Protocol:
+    """Runs R, C1, R, ..., Cn, R `repeats` times on the cluster this process is connected to, and
+    records every measurement in `runs` (shared by both clusters, in order)."""
+
+    def __init__(self, base: dict, steps: int, repeats: int, runs: list[dict]) -> None:
+        self.base, self.steps, self.repeats, self.runs = base, steps, repeats, runs
+
+    def run(self, cluster: str, names: list[str], address: str | None = None) -> None:
+        from examples.bench_baselines import References
+        from raytf.config import config_from_dict
+
+        say(f"{cluster} cluster: starting the reference actors (ceiling, single-process)")
+        references = References(config_from_dict(self.base, [f"steps={self.steps}"]))
+        try:
+            before = self._reference(references, cluster, 1)
+            for repeat in range(1, self.repeats + 1):
+                if not names and repeat > 1:
+                    before = self._reference(references, cluster, repeat)
+                for name in names:
+                    at = len(self.runs)
+                    self.runs.append(self._contender(name, cluster, repeat, address) | {"ref_before": before})
+                    before = self._reference(references, cluster, repeat)
+                    self.runs[at]["ref_after"] = before
+        finally:
+            references.close()
+
+    def _reference(self, references, cluster: str, repeat: int) -> int:
+        say(f"repeat {repeat}/{self.repeats}: references (ceiling, single-process) ...")
+        t0 = time.perf_counter()
+        results = references.measure(self.steps)
+        for name, result in results.items():
+            if "error" in result:
+                say(f"reference {name} failed: {result['error']}")
+        self.runs.append({"kind": "reference", "cluster": cluster, "repeat": repeat, "results": results,
+                          "wall_seconds": time.perf_counter() - t0})
+        return len(self.runs) - 1
+
+    def _contender(self, name: str, cluster: str, repeat: int, address: str | None) -> dict:
+        say(f"repeat {repeat}/{self.repeats}: {name} ...")
+        t0 = time.perf_counter()
+        try:
+            row = run_contender(self.base, name, self.steps, address)
+        except Exception as err:  # noqa: BLE001 - report it in the table and go on to the next contender
+            row = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"}
+            say(f"{name} failed: {row['error']}")
+        return {"kind": "contender", "name": name, "cluster": cluster, "repeat": repeat, **row,
+                "wall_seconds": time.perf_counter() - t0}
+
+
+def run_two_nodes(protocol: Protocol, names: list[str]) -> None:
+    """The two-node contenders, on a cluster of their own (started once, stopped after), with the
+    references measured around them on that cluster too."""
+    import tempfile
+
+    from raytf import local_cluster
+    from raytf.cluster import connect
+    from tests import multinode
+
+    with tempfile.TemporaryDirectory(prefix="raytf-bench-") as root:
+        cluster = multinode.start(Path(root))
+        try:
+            cluster.add_node("servers", num_cpus=1, resources={"bench_ps": 1})
+            cluster.add_node("workers", num_cpus=2, resources={"bench_worker": 2})
+            with local_cluster.token_auth(cluster.head), connect(address=cluster.address, on_event=say):
+                protocol.run("two-node", names, address=cluster.address)
+        finally:
+            cluster.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per contender (default 300)")
-    parser.add_argument("--only", default=",".join(CONTENDERS), help=f"comma-separated subset of {','.join(CONTENDERS)}")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " " + __doc__.splitlines()[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--steps", type=int, default=300, help="training steps per run, contenders and references (default 300)")
+    parser.add_argument("--repeats", type=int, default=3, help="times the whole R, C1, R, ..., Cn, R sequence runs (default 3)")
+    parser.add_argument("--only", default=",".join(CONTENDERS),
+                        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all); the references "
+                             f"({', '.join(REFERENCE_NAMES)}) are measured anyway and may be named too")
+    parser.add_argument("--json", type=Path, help="also write every raw run and the aggregates to this file")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS))
+    unknown = [n for n in names if n not in CONTENDERS and n not in REFERENCE_NAMES]
     if unknown or not names:
-        parser.error(f"--only: unknown contender(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONTENDERS)}")
+        import difflib
+
+        hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, CONTENDERS + REFERENCE_NAMES, 1))
+                 else repr(n) for n in unknown]
+        print(f"benchmark.py: --only: unknown name(s) {', '.join(hints) or '(none given)'}; "
+              f"choose from {', '.join(CONTENDERS + REFERENCE_NAMES)}", file=sys.stderr)  # one line, no usage dump
+        return 2
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first is warm-up)")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    names = list(dict.fromkeys(n for n in names if n in CONTENDERS))  # in the order given, once each
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ray
@@ -134,54 +193,54 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from examples.bench_baselines import jit_setting
+    from examples.bench_report import aggregate, ratio_table, table
+    from raytf.cluster import connect
     from raytf.config import config_from_dict
 
     base = yaml.safe_load(CONFIG.read_text())
     started = time.perf_counter()
-    rows: list[dict] = []
-    from raytf.cluster import connect
-
+    runs: list[dict] = []
+    protocol = Protocol(base, args.steps, args.repeats, runs)
     # Examples import from the repo root, in this process and in every actor.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
-    def record(name: str, run) -> None:
-        print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            row = run()
-        except Exception as err:  # noqa: BLE001 - report it in the table and go on to the next contender
-            row = {"error": f"{type(err).__name__}: {err}"}
-            print(f"[benchmark] {name} failed: {row['error']}", file=sys.stderr, flush=True)
-        rows.append({"name": name, **row, "wall_seconds": time.perf_counter() - t0})
 
     one_node = [n for n in names if n not in TWO_NODES]
-    if one_node:
-        with connect(on_event=lambda message: print(f"[benchmark] {message}", file=sys.stderr, flush=True)):
-            for name in one_node:
-                record(name, lambda name=name: run_one(base, name, args.steps))
     two_nodes = [n for n in names if n in TWO_NODES]
+    if one_node or not two_nodes:
+        # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
+        with connect(on_event=say):
+            protocol.run("one-node", one_node)
     if two_nodes:
-        run_two_nodes(base, two_nodes, args.steps, record)
+        run_two_nodes(protocol, two_nodes)
 
+    aggregates = aggregate(runs, names)
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__, "ray": ray.__version__,
-        "steps": args.steps, "config": str(CONFIG.relative_to(REPO)), "total_seconds": time.perf_counter() - started,
-        "jit_compile": jit_setting(config_from_dict(base)),
+        "steps": args.steps, "repeats": args.repeats, "config": str(CONFIG.relative_to(REPO)),
+        "total_seconds": time.perf_counter() - started, "jit_compile": jit_setting(config_from_dict(base)),
     }
     print(f"command: {meta['command']}\ndate: {meta['date']}\nCPUs: {meta['cpus']}, Python {meta['python']}, "
           f"TensorFlow {meta['tensorflow']}, Ray {meta['ray']}\n"
-          f"model: {meta['config']} (jit_compile {meta['jit_compile']}), {args.steps} steps per contender, "
-          f"total {meta['total_seconds']:.0f} s\n")
-    print(table(rows))
-    for r in rows:
-        if "error" in r:
-            print(f"\n{r['name']} failed: {r['error']}")
+          f"model: {meta['config']} (jit_compile {meta['jit_compile']}), {args.steps} steps per run, "
+          f"{args.repeats} repeat(s) of R, C1, R, ..., Cn, R; total {meta['total_seconds']:.0f} s\n"
+          "ratio: contender samples/s over the larger reference (named), each reference the mean of the R "
+          "just before and just after the run; spread: min–max, sd over the repeats\n")
+    print(table(aggregates))
+    if names:
+        print()
+        print(ratio_table(aggregates))
+    if two_nodes:
+        print("\n[2-node cluster]: these contenders and the references around them ran on the second cluster "
+              "(two Ray nodes on this machine); their ratios are to those references.")
+    for name, a in aggregates["contenders"].items():
+        for error in dict.fromkeys(a["failed"]):
+            print(f"\n{name} failed: {error}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**meta, "results": rows}, indent=2))
-    return 1 if any("error" in r for r in rows) else 0
+        args.json.write_text(json.dumps({**meta, "runs": runs, "aggregates": aggregates}, indent=2))
+    return 1 if any(a["failed"] for a in aggregates["contenders"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The `tf-ps` contender of examples/benchmark.py: TensorFlow's own ParameterServerStrategy, with
+its servers in Ray actors, as a user would try it.
+
+Three Ray actors each run a `tf.distribute.Server` (1 `ps` task, 2 `worker` tasks) and a fourth is
+the coordinator (`chief`): it builds the variables under `ParameterServerStrategy` (they live on the
+ps task) and schedules steps on the workers with `ClusterCoordinator`. Every address in the
+cluster spec, so every address a task connects to, is 127.0.0.1; but TF's gRPC server LISTENS on
+all interfaces (`ss -ltn` shows `*:port`; tf.distribute.Server has no bind-address option), with no
+authentication, for as long as this contender runs. Training is asynchronous, as that strategy is:
+each scheduled step reads the current parameters from the ps, computes gradients of one batch of
+256 on one worker and applies them to the ps's variables with SGD.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+HOST = "127.0.0.1"
+WORKERS = 2
+
+
+def _free_port() -> int:
+    # Bound and released: the server takes it moments later (a rare race, then the run fails and says so).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class TaskServer:
+    """One task (ps or worker) of the TF cluster, in its own Ray actor."""
+
+    def port(self) -> int:
+        self._port = _free_port()
+        return self._port
+
+    def start(self, cluster: dict, job: str, index: int, threads: int) -> None:
+        os.environ["GRPC_FAIL_FAST"] = "use_caller"  # as TF's ParameterServerStrategy guide says
+        from raytf.runtime import configure_tensorflow
+
+        configure_tensorflow(threads)
+        import tensorflow as tf
+
+        # At least 2 inter-op threads: with 1, a scheduled step hangs for ever (the remote function
+        # holds the only thread while it waits for its own inputs; seen with TF 2.21).
+        session = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                           inter_op_parallelism_threads=max(2, threads))
+        self.server = tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index,
+                                           protocol="grpc", config=session, start=True)
+
+
+class Coordinator:
+    """The chief: variables on the ps, steps scheduled on the workers."""
+
+    def port(self) -> int:
+        self._port = _free_port()
+        return self._port
+
+    def setup(self, cluster: dict, config: dict) -> None:
+        os.environ["GRPC_FAIL_FAST"] = "use_caller"
+        from raytf.runtime import configure_tensorflow
+
+        configure_tensorflow(2)  # it only schedules; 2 inter-op threads as the servers (see TaskServer)
+        import tensorflow as tf
+
+        from examples.bench_baselines import jit_setting
+        from raytf.config import TrainConfig
+        from raytf.imports import resolve_callable
+        from raytf.model import batches, train_dataset
+
+        cfg = TrainConfig.model_validate(config)
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc")
+        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+        self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+        data_fn = resolve_callable(cfg.data.train, "data.train")
+
+        def dataset_fn(context):  # the same synthetic generator and pipeline, batch 256 per worker
+            shard = context.input_pipeline_id  # ClusterCoordinator builds one dataset function for all workers
+            return batches(train_dataset(data_fn, shard, WORKERS), cfg, shard)
+
+        def per_worker_dataset():
+            return strategy.distribute_datasets_from_function(dataset_fn)
+
+        self.iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
+
+        # Plain tf.Variables, not examples.synthetic's Keras model: the XLA-compiled forward/backward
+        # below is a pure function of the parameter values read from the ps. (Keras 3.15's model does
+        # build its variables on the ps under this strategy and runs a forward pass in a scheduled
+        # function; a Keras training loop under it was not tried.) The same MLP, written out:
+        # 784-1024-1024-10, relu, Glorot-uniform kernels and zero biases as Keras' Dense initializes them.
+        sizes = [784, 1024, 1024, 10]
+        with strategy.scope():
+            params = []
+            for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+                limit = (6 / (fan_in + fan_out)) ** 0.5
+                params.append(tf.Variable(tf.random.stateless_uniform(
+                    (fan_in, fan_out), seed=(cfg.seed, layer), minval=-limit, maxval=limit)))
+                params.append(tf.Variable(tf.zeros([fan_out])))
+        lr = cfg.optimizer.learning_rate
+
+        # Forward/backward is one XLA-compiled function of the parameters' values (as raytf's worker
+        # step and the other contenders are when jit_compile is on); reading the values from the ps
+        # and the SGD update on the ps stay outside it.
+        @tf.function(jit_compile=jit_setting(cfg))
+        def gradients(values, x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                h = x
+                for i in range(0, len(values) - 2, 2):
+                    h = tf.nn.relu(h @ values[i] + values[i + 1])
+                logits = h @ values[-2] + values[-1]
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
+            return loss, tape.gradient(loss, values)
+
+        def replica_step(x, y):
+            loss, grads = gradients([p.read_value() for p in params], x, y)
+            for p, g in zip(params, grads):
+                p.assign_sub(lr * g)
+            return loss
+
+        @tf.function
+        def worker_step(iterator):
+            x, y = next(iterator)
+            return strategy.run(replica_step, args=(x, y))
+
+        self._step = worker_step
+        self.batch_size = cfg.batch_size
+
+    def run(self, steps: int) -> dict:
+        from raytf.worker import warmup_steps
+
+        warmup = warmup_steps(steps)
+        # `steps` per worker: WORKERS * steps scheduled steps, the first WORKERS * warmup not timed.
+        for _ in range(WORKERS * warmup):
+            last = self.coordinator.schedule(self._step, args=(self.iterator,))
+        self.coordinator.join()
+        start = time.perf_counter()
+        for _ in range(WORKERS * (steps - warmup)):
+            last = self.coordinator.schedule(self._step, args=(self.iterator,))
+        self.coordinator.join()
+        seconds = time.perf_counter() - start
+        return {"samples_per_second": (steps - warmup) * WORKERS * self.batch_size / seconds,
+                "final_loss": float(last.fetch())}
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def run_tf_ps(cfg, steps: int) -> dict:
+    import ray
+
+    # Workers hold one CPU each as raytf's do; the ps and the chief none (raytf's servers hold none either).
+    ps = ray.remote(num_cpus=0)(TaskServer).remote()
+    workers = [ray.remote(num_cpus=1)(TaskServer).remote() for _ in range(WORKERS)]
+    chief = ray.remote(num_cpus=0)(Coordinator).remote()
+    actors = [ps, *workers, chief]
+    try:
+        ports = ray.get([a.port.remote() for a in actors])
+        cluster = {"ps": [f"{HOST}:{ports[0]}"], "worker": [f"{HOST}:{p}" for p in ports[1:1 + WORKERS]],
+                   "chief": [f"{HOST}:{ports[-1]}"]}
+        # One TF thread per task, as raytf's workers and its async server (this training is asynchronous) get.
+        ray.get([ps.start.remote(cluster, "ps", 0, 1)]
+                + [w.start.remote(cluster, "worker", i, 1) for i, w in enumerate(workers)])
+        _say(f"tf-ps: servers up at {cluster}")
+        ray.get(chief.setup.remote(cluster, cfg.to_dict()))
+        _say("tf-ps: coordinator ready")
+        result = ray.get(chief.run.remote(steps))
+    finally:
+        for actor in (chief, ps, *workers):  # the chief first: it would log every server that goes away
+            ray.kill(actor)
+    return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"]}
