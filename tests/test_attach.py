@@ -78,12 +78,5 @@ print("resources", ray.cluster_resources()["CPU"], "result", ray.get(square.remo
     assert "resources 1.0 result 49" in result.stdout
 
 
-def test_without_the_exports_a_plain_ray_init_is_refused(cluster_home):
-    """The token is what lets the tools in: the same driver without `raytf env` is turned away."""
-    address = next(line for line in sh("raytf env", cluster_home).stdout.splitlines() if "RAY_ADDRESS=" in line)
-    script = f"""{address}
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-timeout 60 python -c "import ray; ray.init(logging_level='ERROR'); print('connected')"
-"""
-    result = sh(script, cluster_home)
-    assert "connected" not in result.stdout and result.returncode != 0
+# The token is what lets the tools in: the same plain `ray.init()` without `raytf env`'s auth exports is turned
+# away (RAY_ADDRESS alone): tests/test_security.py::test_a_driver_without_the_token_cannot_connect.

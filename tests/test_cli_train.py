@@ -12,16 +12,20 @@ import pytest
 
 from raytf.native_logs import is_native_log_line
 from tests.conftest import ROOT
+from tests.test_policies import assert_one_async_worker_trains_on_parameters_one_version_old
 
 pytestmark = pytest.mark.slow
 
 
 def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tmp_path):
+    """The run is one async worker's: tests/test_policies.py::test_one_async_worker_trains_on_parameters_one_
+    version_old is checked on its summary (one run for both: a run costs ~20 s here)."""
     env = dict(os.environ, RAYTF_HOME=str(raytf_home))
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "raytf.cli", "train", "examples/digits.yaml", "--plain",
-         "--set", "steps=60", "--set", f"output_dir={out}", "--set", "distribution.mode=async"],
+         "--set", "steps=60", "--set", f"output_dir={out}", "--set", "distribution.mode=async",
+         "--set", "distribution.workers=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -34,6 +38,7 @@ def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tm
     assert "raytf summary" in result.stdout and "eval accuracy" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "async" and summary["steps"] == 60 and summary["ephemeral_cluster"] is True
+    assert_one_async_worker_trains_on_parameters_one_version_old(summary, steps=60)
     breakdown = summary["startup_breakdown"]
     assert breakdown["command"] > 0 and breakdown["cluster_start"] > 0  # counted from the process's start
     assert breakdown["total"] == pytest.approx(summary["startup_seconds"], abs=0.01)
@@ -46,16 +51,5 @@ def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tm
     assert leftovers == []
 
 
-def test_verbose_shows_the_native_logs_of_the_driver_and_the_actors(ray_cluster, tmp_path):
-    """--verbose lets through what the quiet run holds back, from the actors too (they print with a
-    "(Worker(...) pid=N)" prefix); on a machine without a GPU every process prints its CUDA probe."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAYTF_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
-    result = subprocess.run(
-        [sys.executable, "-m", "raytf.cli", "train", "examples/digits.yaml", "--plain", "--verbose",
-         "--address", ray_cluster.gcs_address, "--set", "steps=5", "--set", f"output_dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    native = [line for line in (result.stdout + result.stderr).splitlines() if is_native_log_line(line)]
-    assert any("pid=" not in line for line in native), "the driver's own native lines are missing"
-    assert any("Worker(" in line for line in native), "the workers' native lines are missing"
+# `raytf train --verbose` (TensorFlow's native lines of the driver and of the actors let through) is checked on
+# the interrupted CLI run of tests/test_faults.py::test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run.

@@ -42,31 +42,6 @@ def test_entrypoint_quotes_arguments():
 
 
 @pytest.mark.slow
-def test_submitted_run_succeeds_and_streams_its_output(ray_cluster, workdir, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    console, log = _console(tmp_path)
-    out_dir = tmp_path / "out"
-    code = submit_training_job(
-        ray_cluster.dashboard_url, str(workdir / "examples" / "digits.yaml"),
-        ["steps=30", f"output_dir={out_dir}"], working_dir=str(workdir), console=console,
-    )
-    console.file.close()
-    text = log.read_text()
-    print(text)
-    assert code == 0, text
-    assert "[raytf] step 30/30" in text
-    assert "raytf summary" in text and "final training loss" in text
-    assert (out_dir / "summary.json").is_file()
-    job_id = next(line.split()[3] for line in text.splitlines() if line.startswith("Submitted Ray job"))
-    assert job_id.startswith("raytf-digits-")
-    assert f"{ray_cluster.dashboard_url}/#/jobs/{job_id}" in text
-    client = JobSubmissionClient(ray_cluster.dashboard_url)
-    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
-    assert client.get_job_info(job_id).metadata.get("raytf_run") == "digits"
-
-
-@pytest.mark.slow
 def test_failing_job_returns_2(ray_cluster, workdir, tmp_path):
     console, log = _console(tmp_path)
     code = submit_training_job(
@@ -104,6 +79,7 @@ def test_cli_submit_without_a_cluster_says_how_to_start_one(raytf_home, monkeypa
 
 @pytest.mark.slow
 def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, workdir, monkeypatch):
+    from ray.job_submission import JobStatus, JobSubmissionClient
     from typer.testing import CliRunner
 
     from raytf import cli
@@ -115,6 +91,16 @@ def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, 
     assert result.exit_code == 0, result.output
     assert "Submitted Ray job raytf-digits-" in result.output and "[raytf] step 10/10" in result.output
     assert (workdir / "runs" / "digits" / "summary.json").is_file()  # relative output_dir: resolved here
+    # The submitted run streamed its output and ended SUCCEEDED (one job for the CLI and the library call
+    # under it, submit_training_job: a job costs ~30 s here).
+    text = result.output
+    assert "raytf summary" in text and "final training loss" in text
+    job_id = next(line.split()[3] for line in text.splitlines() if line.startswith("Submitted Ray job"))
+    assert job_id.startswith("raytf-digits-")
+    assert f"{ray_cluster.dashboard_url}/#/jobs/{job_id}" in text
+    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
+    assert client.get_job_info(job_id).metadata.get("raytf_run") == "digits"
     # Submitted with the token over HTTP, its driver connected with the inherited one: neither the output,
     # raytf's files nor Ray's session logs (the job's driver log included) hold the token.
     from tests.test_security import files_holding

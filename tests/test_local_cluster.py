@@ -33,10 +33,21 @@ def listening_addresses(cluster: LocalCluster) -> set[str]:
 
 @pytest.mark.slow
 def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
-    env = dict(os.environ, RAYTF_HOME=str(raytf_home))
+    """Also test_security.py's test_cluster_lifecycle_never_prints_or_stores_the_token: no command prints
+    the token and no file but its own holds it (one lifecycle for both: a head start costs ~10 s here)."""
+    from tests.test_security import files_holding, without_ray_auth
+
+    env = dict(without_ray_auth(os.environ), RAYTF_HOME=str(raytf_home))  # a user's shell: no Ray settings of this session
+    outputs = []
+
+    def raytf_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+        result = raytf(*args, env=env)
+        outputs.append(result.stdout + result.stderr)
+        return result
+
     bystander = local_cluster.start(num_cpus=1)  # someone else's Ray on this machine: down must not touch it
     try:
-        first = raytf("up", env=env)
+        first = raytf_cli("up", env=env)
         assert first.returncode == 0, first.stderr
         assert "Started local Ray cluster" in first.stdout
         record = json.loads((raytf_home / "cluster.json").read_text())
@@ -44,7 +55,9 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         assert cluster.dashboard_url in first.stdout and cluster.gcs_address in first.stdout
         # Token authentication is on: the API answers with the cluster's token and refuses without it.
         token_file = Path(cluster.token_path)
+        token = token_file.read_text().strip()
         assert token_file.parent == raytf_home / "auth" and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
         request = urllib.request.Request(cluster.dashboard_url + "/api/version", headers=local_cluster.auth_headers(cluster))
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
@@ -60,18 +73,19 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         assert addresses, "the cluster listens somewhere"
         assert all(a in ("127.0.0.1", "::ffff:127.0.0.1") for a in addresses), addresses
 
-        second = raytf("up", env=env)
+        second = raytf_cli("up", env=env)
         assert second.returncode == 0 and "Already running" in second.stdout
         assert json.loads((raytf_home / "cluster.json").read_text())["pid"] == cluster.pid
 
-        status = raytf("status", env=env)
+        status = raytf_cli("status", env=env)
         assert status.returncode == 0, status.stderr
         assert "ALIVE" in status.stdout and "127.0.0.1 (head)" in status.stdout and cluster.gcs_address in status.stdout
 
-        dashboard = raytf("dashboard", env=env)
+        dashboard = raytf_cli("dashboard", env=env)
         assert dashboard.returncode == 0 and dashboard.stdout.strip() == cluster.dashboard_url
+        stored = files_holding(raytf_home, token, skip=token_file) + files_holding(Path(cluster.temp_dir), token)
 
-        down = raytf("down", env=env)
+        down = raytf_cli("down", env=env)
         assert down.returncode == 0 and "Stopped the local Ray cluster" in down.stdout
         assert not local_cluster.is_alive(cluster)
         assert local_cluster._cluster_processes(cluster) == []
@@ -79,10 +93,13 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         assert not token_file.exists(), "a stopped cluster's token must not outlive it"
         assert local_cluster.is_alive(bystander), "raytf down stopped a cluster it did not start"
 
-        after = raytf("status", env=env)
+        after = raytf_cli("status", env=env)
         assert after.returncode == 1 and "No raytf cluster is up" in after.stdout
-        again = raytf("down", env=env)
+        again = raytf_cli("down", env=env)
         assert again.returncode == 0 and "nothing to stop" in again.stdout
+        leaked = [i for i, text in enumerate(outputs) if token in text]
+        assert leaked == [], f"the token appears in the output of commands {leaked}"
+        assert stored == [], f"the token is stored outside its file: {stored}"
     finally:
         raytf("down", env=env)  # a failed assertion must not leave the cluster `raytf up` started running
         local_cluster.stop(bystander)

@@ -21,7 +21,7 @@ tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
 from tests import multinode  # noqa: E402
-from tests.test_faults import KillAt  # noqa: E402
+from tests.test_faults import Both, KillAt  # noqa: E402
 from tests.test_training import digits_config, live_actor_names  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -76,17 +76,6 @@ class WatchFiles:
             self.during = exchange_files(self.root)
 
 
-class Both:
-    """Two progress reporters in one."""
-
-    def __init__(self, *reporters) -> None:
-        self.reporters = reporters
-
-    def update(self, snapshot) -> None:
-        for reporter in self.reporters:
-            reporter.update(snapshot)
-
-
 def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(cluster, tmp_path):
     """One worker on the servers' node (shared memory), one on another (object store): each pair uses
     what its placement allows; the files are 0600 in 0700 directories during the run (node umask 0).
@@ -100,11 +89,11 @@ def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(
     events = []
     summary = raytf.fit(cfg, address=cluster.address, progress=Both(watch, killer),
                         on_event=lambda m: (events.append(m), killer.on_event(m)))
-    assert summary["transport"] == "object_store and shm"
-    assert sorted(summary["links"]) == [["object_store", "object_store"], ["shm", "shm"]]
+    assert summary["transport"] == "object_store and shm+doorbell"
+    assert sorted(summary["links"]) == [["object_store", "object_store"], ["shm+doorbell", "shm+doorbell"]]
     assert summary["eval"]["accuracy"] > 0.3  # it learned (chance: 0.1)
     (run_id,) = [m.split()[1].rstrip(":") for m in events if m.startswith("Run ")]
-    local = summary["links"].index(["shm", "shm"])
+    local = summary["links"].index(["shm+doorbell", "shm+doorbell"])
     user_dir, run_dir = f"raytf-{UID}", f"raytf-{UID}/{run_id}"
     # sync without backup workers: per server one gradient slot per local worker and one shared parameter slot
     assert watch.during == {user_dir: 0o700, run_dir: 0o700,

@@ -42,10 +42,14 @@ def trained(summary) -> list[np.ndarray]:
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "learning_rate": 0.1},
                                        {"name": "adagrad", "learning_rate": 0.3}], ids=["sgd", "adagrad"])
 def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_cluster, tmp_path, optimizer):
+    """The SGD run checkpoints as it goes (that must not change its numbers) and is then resumed into
+    another number of servers (test_resume_into_another_number_of_servers: a run costs ~20 s here)."""
     events = []
     name = f"rows-{optimizer['name']}"
-    sparse = raytf.fit(recsys_config(tmp_path, name, optimizer=optimizer), address=ray_cluster.gcs_address,
-                       on_event=events.append)
+    config = recsys_config(tmp_path, name, optimizer=optimizer)
+    if optimizer["name"] == "sgd":
+        config["checkpoint"] = {"every_steps": 4}
+    sparse = raytf.fit(config, address=ray_cluster.gcs_address, on_event=events.append)
     dense = raytf.fit(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), address=ray_cluster.gcs_address)
     assert [t["layer"] for t in sparse["sparse"]["tables"]] == ["items"] and dense["sparse"]["tables"] == []
     assert any("Sparse tables" in e and "items (20,000 x 16" in e for e in events), events
@@ -58,6 +62,16 @@ def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_clus
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
     assert live_actor_names(ray_cluster) == []
     assert_bytes_follow_the_formula(ray_cluster, rows=sparse, whole=dense, run=name)
+    if optimizer["name"] == "sgd":
+        assert_resumes_into_another_number_of_servers(ray_cluster, config)
+
+
+def assert_resumes_into_another_number_of_servers(ray_cluster, config: dict) -> None:
+    """A run of 2 servers, checkpointed at step 8, resumed with 3 (its rows and dense parts resharded)."""
+    config = {**config, "steps": 12, "distribution": {**config["distribution"], "parameter_servers": 3}}
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, resume=True)
+    assert summary["resumed_from_step"] == 8 and summary["parameter_servers"] == 3
+    assert summary["per_server"][0]["version"] == 12
 
 
 def assert_bytes_follow_the_formula(ray_cluster, rows: dict, whole: dict, run: str) -> None:
@@ -75,27 +89,37 @@ def assert_bytes_follow_the_formula(ray_cluster, rows: dict, whole: dict, run: s
     assert ("ray_raytf_sparse_rows_total", "worker") in exported
 
 
-@pytest.mark.parametrize("mode", ["async", "ssp"])
-def test_row_exchange_under_overlapping_policies(ray_cluster, tmp_path, mode):
+@pytest.mark.parametrize("mode, model", [("async", "examples.recsys:build_small_model"),
+                                         ("ssp", "examples.recsys:build_small_sharded_model")], ids=["async", "ssp-sharded"])
+def test_row_exchange_under_overlapping_policies(ray_cluster, tmp_path, mode, model):
+    """The ssp run trains the model with a ShardedEmbedding: test_a_sharded_embedding_trains_and_saves_as_an_
+    ordinary_keras_model is checked on it (one run for both: a run costs ~25 s here)."""
     events = []
-    summary = raytf.fit(recsys_config(tmp_path, f"rows-{mode}", steps=100, mode=mode, optimizer=ADAM),
-                        address=ray_cluster.gcs_address, on_event=events.append)
+    config = recsys_config(tmp_path, f"rows-{mode}", steps=100, mode=mode, optimizer=ADAM)
+    config["model"] = model
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, on_event=events.append)
     assert summary["updates"] == 200 and summary["staleness"]["max"] >= 1
     assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
     # Adam on a row-exchanged table is lazy (only the touched rows' slots move), and the run says so.
     assert summary["sparse"]["lazy"] is True
     assert any("adam updates only the rows a step touches" in e for e in events), events
+    if model.endswith("sharded_model"):
+        assert_a_sharded_embedding_saves_as_an_ordinary_keras_model(summary)
+    assert live_actor_names(ray_cluster) == []
 
 
-def test_resume_into_another_number_of_servers(ray_cluster, tmp_path):
-    config = recsys_config(tmp_path, "reshard", steps=10)
-    config["checkpoint"] = {"every_steps": 5}
-    raytf.fit(config, address=ray_cluster.gcs_address)
-    config["steps"] = 16
-    config["distribution"]["parameter_servers"] = 3
-    summary = raytf.fit(config, address=ray_cluster.gcs_address, resume=True)
-    assert summary["resumed_from_step"] == 10 and summary["parameter_servers"] == 3
-    assert summary["per_server"][0]["version"] == 16
+def assert_a_sharded_embedding_saves_as_an_ordinary_keras_model(summary: dict) -> None:
+    import keras
+
+    assert [t["layer"] for t in summary["sparse"]["tables"]] == ["items"]
+    model = keras.models.load_model(summary["model_path"])
+    table = model.get_layer("items").embeddings.numpy()
+    assert table.shape == (20_000, 16)
+    assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
+
+
+# Resuming into another number of servers: assert_resumes_into_another_number_of_servers, on the SGD run of
+# test_row_exchange_trains_the_same_model_as_the_whole_table_exchange.
 
 
 def test_an_out_of_range_id_stops_the_run_naming_worker_table_and_id(ray_cluster, tmp_path):
@@ -107,18 +131,9 @@ def test_an_out_of_range_id_stops_the_run_naming_worker_table_and_id(ray_cluster
     assert live_actor_names(ray_cluster) == []
 
 
-def test_a_sharded_embedding_trains_and_saves_as_an_ordinary_keras_model(ray_cluster, tmp_path):
-    import keras
-
-    config = recsys_config(tmp_path, "sharded", steps=100, optimizer=ADAM)
-    config["model"] = "examples.recsys:build_small_sharded_model"
-    summary = raytf.fit(config, address=ray_cluster.gcs_address)
-    assert [t["layer"] for t in summary["sparse"]["tables"]] == ["items"]
-    model = keras.models.load_model(summary["model_path"])
-    table = model.get_layer("items").embeddings.numpy()
-    assert table.shape == (20_000, 16)
-    assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
-    assert live_actor_names(ray_cluster) == []
+# A sharded embedding trains (under ssp) and saves as an ordinary Keras model:
+# assert_a_sharded_embedding_saves_as_an_ordinary_keras_model, on the ssp run of
+# test_row_exchange_under_overlapping_policies.
 
 
 def test_a_killed_server_rolls_back_its_rows_too(ray_cluster, tmp_path):

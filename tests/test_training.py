@@ -104,8 +104,14 @@ def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
     return [v.numpy() for v in model.trainable_variables]
 
 
-@pytest.mark.parametrize("transport", ["shm", "object_store"])
+@pytest.mark.parametrize("transport", ["object_store"])
 def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport):
+    """Over shared memory: the run after the failed one in test_a_worker_failing_mid_run_ends_the_run_and_
+    releases_everything (a run costs ~20 s here)."""
+    assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport)
+
+
+def assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport: str) -> dict:
     config = digits_config(
         tmp_path, steps=6, **{"optimizer": {"name": "sgd", "learning_rate": 0.5},
                               "data.shuffle_buffer": 0, "distribution.parameter_servers": 2,
@@ -114,7 +120,7 @@ def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_pat
     if traced:
         config["trace"] = {"enabled": True, "max_steps": 4}
     summary = raytf.fit(config, address=ray_cluster.gcs_address)
-    assert summary["transport"] == transport
+    assert summary["transport"] == {"shm": "shm+doorbell"}.get(transport, transport)  # shm pushes ring the doorbell
     if traced:
         from tests.test_trace import assert_a_trace_of_every_actor
 
@@ -133,21 +139,29 @@ def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_pat
         assert not np.allclose(want, start), "the by-hand reference must have moved"
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
     assert live_actor_names(ray_cluster) == []
+    return summary
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
+    """The sync run is the one test_status_shows_a_run_in_progress watches (one run for both: a run costs
+    ~20 s here); it trains 800 steps (~10 s of training: time to be seen), the async one 400."""
     stream = io.StringIO()
     from raytf.progress import PlainProgress
 
-    summary = raytf.fit(digits_config(tmp_path, **{"distribution.mode": mode}), address=ray_cluster.gcs_address,
-                        progress=PlainProgress(stream))
+    steps = 800 if mode == "sync" else 400
+    # A name of its own: no other run's metrics in what the status and the scrape read.
+    config = digits_config(tmp_path, name=f"digits-{mode}", steps=steps, **{"distribution.mode": mode})
+    if mode == "sync":
+        summary = assert_status_shows_a_run_in_progress(ray_cluster, config, progress=PlainProgress(stream))
+    else:
+        summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=PlainProgress(stream))
     assert summary["eval"]["accuracy"] >= 0.95, summary["eval"]
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     for key in ("steps", "samples_per_second", "wall_seconds", "startup_seconds", "final_loss", "eval", "mode",
                 "workers", "parameter_servers"):
         assert key in written
-    assert written["mode"] == mode and written["steps"] == 400 and written["workers"] == 2
+    assert written["mode"] == mode and written["steps"] == steps and written["workers"] == 2
     assert written["samples_per_second"] > 0 and written["startup_seconds"] > 0
     breakdown = written["startup_breakdown"]
     assert breakdown["total"] == pytest.approx(written["startup_seconds"], abs=0.01)
@@ -165,16 +179,16 @@ def test_digits_reaches_95_percent(ray_cluster, tmp_path, mode):
     else:
         assert written["staleness"] == {"mean": 0.0, "max": 0}
     scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
-    assert max(scalars["train/loss"]) == 400 and scalars["eval/accuracy"] == [400]
-    assert all(0 < step <= 400 for step in scalars["train/samples_per_second"])
+    assert max(scalars["train/loss"]) == steps and scalars["eval/accuracy"] == [steps]
+    assert all(0 < step <= steps for step in scalars["train/samples_per_second"])
     assert ("train/staleness_mean" in scalars) == (mode == "async")
-    exported = scrape_raytf_metrics(ray_cluster, run="digits-test", wanted={"ray_raytf_step", "ray_raytf_loss",
+    exported = scrape_raytf_metrics(ray_cluster, run=config["name"], wanted={"ray_raytf_step", "ray_raytf_loss",
                                     "ray_raytf_push_seconds_bucket", "ray_raytf_staleness_bucket", "ray_raytf_apply_seconds_bucket",
                                     "ray_raytf_bytes_exchanged_total", "ray_raytf_pull_seconds_bucket"})
     assert {"worker", "ps"} <= {role for _, role in exported}
     lines = [line for line in stream.getvalue().splitlines() if line.startswith("[raytf] step")]
     assert lines, "non-terminal progress prints one line per update"
-    assert all(field in lines[-1] for field in ("step 400/400", "loss", "samples/s", "eta"))
+    assert all(field in lines[-1] for field in (f"step {steps}/{steps}", "loss", "samples/s", "eta"))
     if mode == "async":
         assert "staleness" in lines[-1]
     assert live_actor_names(ray_cluster) == []
@@ -196,37 +210,45 @@ def test_a_worker_failing_mid_run_ends_the_run_and_releases_everything(ray_clust
         raytf.fit(config, address=ray_cluster.gcs_address)
     assert live_actor_names(ray_cluster) == []
     assert not (tmp_path / "run" / "summary.json").exists()
-    # Nothing it left in output_dir (no complete checkpoint) stands in the way of the next plain run.
-    summary = raytf.fit(digits_config(tmp_path, steps=5), address=ray_cluster.gcs_address)
-    assert summary["steps"] == 5 and summary["resumed_from_step"] is None
+    # Nothing it left in output_dir (no complete checkpoint) stands in the way of the next plain run: the
+    # shared-memory run of test_sync_sgd_equals_averaged_gradients_applied_by_hand, in the same output_dir.
+    summary = assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, "shm")
+    assert summary["steps"] == 6 and summary["resumed_from_step"] is None
     assert "trace" not in summary and not (tmp_path / "run" / "trace.json").exists()  # trace is off by default
 
 
-def test_status_shows_a_run_in_progress(ray_cluster, tmp_path):
+# test_status_shows_a_run_in_progress: assert_status_shows_a_run_in_progress, on the sync run of
+# test_digits_reaches_95_percent.
+
+
+def assert_status_shows_a_run_in_progress(ray_cluster, config: dict, **fit_options) -> dict:
+    """Runs `config` in a thread while `raytf status`'s functions watch it; returns its summary."""
     import threading
     import time
 
     from raytf.run_status import add_metrics, live_runs
 
-    config = digits_config(tmp_path, steps=800, name="status-test")  # ~10 s of training: time to be seen
+    name, steps = config["name"], config["steps"]
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(summary=raytf.fit(config, address=ray_cluster.gcs_address)))
+    thread = threading.Thread(target=lambda: outcome.update(
+        summary=raytf.fit(config, address=ray_cluster.gcs_address, **fit_options)))
     thread.start()
     try:
         deadline = time.monotonic() + 180
         seen = None
         while time.monotonic() < deadline and thread.is_alive():
             runs = live_runs(ray_cluster.dashboard_url)
-            if "status-test" in runs:
+            if name in runs:
                 add_metrics(runs, f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics")
-                if runs["status-test"].step and runs["status-test"].samples_per_second:  # the rate: every 20 steps
-                    seen = runs["status-test"]
+                if runs[name].step and runs[name].samples_per_second:  # the rate: every 20 steps
+                    seen = runs[name]
                     break
             time.sleep(0.5)
     finally:
         thread.join(timeout=600)
     assert seen is not None, "the run never showed up with a step"
     assert (seen.workers, seen.servers) == (2, 1)
-    assert 0 < seen.step <= 800 and seen.loss > 0 and seen.samples_per_second > 0
-    assert outcome["summary"]["steps"] == 800
-    assert "status-test" not in live_runs(ray_cluster.dashboard_url)
+    assert 0 < seen.step <= steps and seen.loss > 0 and seen.samples_per_second > 0
+    assert outcome["summary"]["steps"] == steps
+    assert name not in live_runs(ray_cluster.dashboard_url)
+    return outcome["summary"]
