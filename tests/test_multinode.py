@@ -95,9 +95,10 @@ def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(
     (run_id,) = [m.split()[1].rstrip(":") for m in events if m.startswith("Run ")]
     local = summary["links"].index(["shm+doorbell", "shm+doorbell"])
     user_dir, run_dir = f"raytf-{UID}", f"raytf-{UID}/{run_id}"
-    # sync without backup workers: per server one gradient slot per local worker and one shared parameter slot
+    # sync without backup workers: per server one gradient slot per local worker, one shared parameter slot
+    # and the doorbell socket the local worker pushes over
     assert watch.during == {user_dir: 0o700, run_dir: 0o700,
-                            **{f"{run_dir}/ps{s}-{slot}": 0o600 for s in (0, 1) for slot in (f"g{local}", "p")}}
+                            **{f"{run_dir}/ps{s}-{slot}": 0o600 for s in (0, 1) for slot in (f"g{local}", "p", "bell")}}
     # The server kill and its restore.
     assert killer.killed_at is not None
     assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("ps", 1)]
