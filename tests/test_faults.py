@@ -136,7 +136,10 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(ray_cluster, tmp
     from raytf.native_logs import is_native_log_line
 
     path = tmp_path / "digits.yaml"
-    path.write_text(yaml.safe_dump(fault_config(tmp_path, "interrupt")))
+    steps = 1000  # 300 steps of digits end in ~3 s now: the interrupt would come after the end
+    config = fault_config(tmp_path, "interrupt")
+    config["steps"] = steps
+    path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if k not in ("RAYTF_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     env.update(auth_env(ray_cluster), PYTHONUNBUFFERED="1")
     errors = (tmp_path / "stderr.txt").open("w+")  # a file, not a pipe: the verbose lines could fill a pipe unread
@@ -161,8 +164,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(ray_cluster, tmp
     native = [line for line in ("".join(before) + stdout + stderr).splitlines() if is_native_log_line(line)]
     assert any("pid=" not in line for line in native), "the driver's own native lines are missing"
     assert any("Worker(" in line for line in native), "the workers' native lines are missing"
-    stopped = int(re.search(r"Stopped at step (\d+) of 300; the checkpoint is in", stderr).group(1))
-    assert 80 < stopped < STEPS
+    stopped = int(re.search(rf"Stopped at step (\d+) of {steps}; the checkpoint is in", stderr).group(1))
+    assert 80 < stopped < steps
     assert f"raytf train {path} --resume" in " ".join(stderr.split())
     manifest = json.loads((tmp_path / "run" / "checkpoints" / f"step-{stopped:08d}" / "manifest.json").read_text())
     assert manifest["step"] == stopped
@@ -171,8 +174,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(ray_cluster, tmp
 
     summary = raytf.fit(path, address=ray_cluster.gcs_address, resume=True)
     assert summary["resumed_from_step"] == stopped
-    assert summary["per_server"][0]["version"] == STEPS
-    assert summary["per_server"][0]["pushes"] == 2 * (STEPS - stopped)  # only the remaining steps were trained
+    assert summary["per_server"][0]["version"] == steps
+    assert summary["per_server"][0]["pushes"] == 2 * (steps - stopped)  # only the remaining steps were trained
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.01, (summary["eval"], clean_accuracy)
 
 
