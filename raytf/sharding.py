@@ -17,10 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from raytf.errors import ConfigError
+from raytf.runtime import ALIGN_BYTES, aligned_zeros
 from raytf.sparse import TableSpec
 
 
-ALIGN_FLOATS = 16  # 64 bytes: TensorFlow's EIGEN_MAX_ALIGN_BYTES
+ALIGN_FLOATS = ALIGN_BYTES // 4  # float32s per TensorFlow alignment unit
 
 
 def aligned_offsets(sizes: Sequence[int], align: int = ALIGN_FLOATS) -> tuple[int, ...]:
@@ -70,8 +71,6 @@ class Shard:
     def pack(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         """The variables' values (in `variables` order, any shape) as one flat buffer, padding zeroed
         (a zero gradient keeps zero padding zero under every optimizer)."""
-        from raytf.runtime import aligned_zeros
-
         flat = aligned_zeros(self.size)  # 64-byte aligned: the variables' parts can go to TensorFlow uncopied
         for part, offset, size in zip(parts, self.offsets, self.sizes):
             flat[offset:offset + size] = np.asarray(part, np.float32).reshape(-1)

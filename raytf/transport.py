@@ -144,12 +144,17 @@ class ServerSlots:
         for worker in sorted(shm_workers):
             self._add(worker)
 
-    def _create(self, suffix: str, halves: int = 0) -> tuple[np.ndarray, str]:
+    def _path(self, suffix: str) -> str:
+        """A file of this server in the run's private directory (made on first use, when what a dead
+        process of this server left there is swept)."""
         if self._dir is None:
             self._dir = make_run_dir(self._run_id)
             for stale in glob.glob(os.path.join(self._dir, self._name + "*")):
                 _unlink(stale)  # left by a process of this server that died (its restart is here)
-        path = os.path.join(self._dir, self._name + suffix)
+        return os.path.join(self._dir, self._name + suffix)
+
+    def _create(self, suffix: str, halves: int = 0) -> tuple[np.ndarray, str]:
+        path = self._path(suffix)
         return _map(path, self._size, create=True, halves=halves), path
 
     def _add(self, worker: int) -> None:
@@ -192,9 +197,7 @@ class ServerSlots:
 
     def bell_path(self) -> str:
         """Where this server's doorbell socket goes: beside its slots, in the run's private directory."""
-        if self._dir is None:
-            self._dir = make_run_dir(self._run_id)
-        return os.path.join(self._dir, self._name + "bell")
+        return self._path("bell")
 
     def gradient(self, worker: int, payload: np.ndarray | None):
         """The worker's gradient as a TF tensor: over the slot it wrote, or from the payload it sent."""

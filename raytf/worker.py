@@ -28,7 +28,7 @@ from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
 from raytf.runtime import configure_tensorflow
 from raytf.sharding import ShardPlan
 from raytf.startup import peak_rss
-from raytf.transport import LinkSpec, WorkerLink
+from raytf.transport import LinkSpec, WorkerLink, shm_root
 from raytf.worker_tables import Request, WorkerTables
 
 
@@ -234,15 +234,10 @@ class Worker:
             return self._step(x, y, *params)
 
     def process_id(self) -> int:
-        import os
-
         return os.getpid()
 
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
-        from raytf.doorbell import Bell
-        from raytf.transport import shm_root
-
         self.servers = servers
         self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
         for bell in self.bells:
@@ -437,8 +432,6 @@ class Worker:
 
     def trace_track(self):
         """This process's recorded phases (a raytf.trace.Track), or None when tracing is off."""
-        import os
-
         return None if self.trace is None else self.trace.track(f"worker {self.index}", self.node_id(), os.getpid())
 
     def _nonfinite_error(self, step: int, loss: float):
