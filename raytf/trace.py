@@ -26,7 +26,10 @@ Mark = tuple[int, int, int, int, int]
 # (phase, step, tid, start ns, end ns, thread CPU ns, process CPU ns, minor faults, major faults)
 Event = tuple[str, int, int, int, int, int, int, int, int]
 
-WORKER_PHASES = ("compute", "copy_out", "next_batch", "push", "wait_reply", "load")  # inside each "step", in order
+# Inside each "step", in the order of a dense sync step. A model with sparse tables reads the next
+# batch before its push (the push asks for that batch's rows); async/ssp wait for the last push's
+# reply before pushing.
+WORKER_PHASES = ("compute", "copy_out", "push", "next_batch", "wait_reply", "load")
 SERVER_PHASES = ("receive", "apply", "wait", "publish", "reply")  # inside each "push" (and "pull")
 DRIVER_TID = 10_000  # a server's timeline of the driver's calls (an update a worker's removal completes)
 

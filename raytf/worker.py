@@ -198,12 +198,12 @@ class Worker:
         return len(tf.config.list_logical_devices("GPU"))
 
     def _param_tensors(self) -> list:
-        """Each server variable's values as a tensor over the last reply's buffers: no copy from a
-        shared-memory slot (64-byte aligned, see raytf.sharding); one from the object store, whose
-        buffers are read-only."""
+        """Each server variable's values as a tensor over the last reply's buffers, without a copy:
+        a shared-memory slot, or the object store's read-only buffer (both 64-byte aligned per
+        variable, see raytf.sharding; the step only reads its parameters)."""
         from raytf.runtime import as_tensor
 
-        return [as_tensor(part.reshape(self.plan.variables[i].shape))
+        return [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
                 for shard, flat in zip(self.plan.shards, self.params)
                 for i, part in zip(shard.variables, shard.parts(flat))]
 
@@ -395,13 +395,22 @@ class Worker:
                     if status is not Status.OK:
                         break  # the gradient just computed is not needed any more
                 pushed_at = time.perf_counter()
-                pending_request = self.tables.request(self._ahead(lookahead)[-1:])
-                if self.trace is not None:
-                    self._lap("next_batch")  # the batch of a coming step, read ahead (and the sparse rows it needs)
+                if self.tables.specs:  # the push asks for the rows of a coming batch: read it first
+                    pending_request = self.tables.request(self._ahead(lookahead)[-1:])
+                    if self.trace is not None:
+                        self._lap("next_batch")  # the batch of a coming step, read ahead, and the rows it needs
+                else:
+                    pending_request = self.tables.request([])
                 pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
                 steps += 1
                 if self.trace is not None:
                     self._lap("push")  # into the slots, and the calls sent (not answered)
+                if not self.tables.specs:
+                    # Dense only: the next batch is read while the servers work on the push (in sync,
+                    # the wait at the barrier), not before it.
+                    self._ahead(lookahead)
+                    if self.trace is not None:
+                        self._lap("next_batch")
                 if not policy.overlaps_compute:
                     status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
