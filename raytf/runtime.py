@@ -59,7 +59,7 @@ def _use_compilation_cache() -> None:
     os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
-def as_tensor(array):
+def as_tensor(array, *, read_only: bool = False):
     """A TF tensor over `array`'s memory when possible (no copy), else a copy.
 
     Exchange buffers are page-aligned slots in shared memory with every variable at a 64-byte
@@ -68,12 +68,32 @@ def as_tensor(array):
     written again (the exchange protocol guarantees it: a buffer is rewritten only after the call
     that reads it has returned). Memory that is not 64-byte aligned is copied: DLPack would pass it
     through, and TensorFlow's kernels abort the process on an unaligned tensor.
+
+    `read_only`: the tensor is only ever an input to the caller's steps, so read-only memory (an
+    object-store buffer, ~2-3 ms to copy) is handed over too. TensorFlow writes into an input's
+    buffer only when nothing else references it (buffer forwarding checks the reference count),
+    and the caller's tensor is such a reference for as long as the step runs.
     """
     import tensorflow as tf
 
-    if array.flags.writeable and array.flags.c_contiguous and array.ctypes.data % ALIGN_BYTES == 0:
-        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    return tf.convert_to_tensor(array)
+    if not (array.flags.c_contiguous and array.ctypes.data % ALIGN_BYTES == 0):
+        return tf.convert_to_tensor(array)
+    if not array.flags.writeable:
+        if not read_only:
+            return tf.convert_to_tensor(array)
+        array = np.asarray(_Borrowed(array))  # DLPack exports writable arrays only
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+class _Borrowed:
+    """Read-only memory presented as writable to DLPack; holds the owner, so the memory (a pinned
+    object-store buffer) lives as long as the tensor made over it."""
+
+    def __init__(self, owner: np.ndarray) -> None:
+        self._owner = owner
+        interface = dict(owner.__array_interface__)
+        interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
 
 
 def aligned_zeros(size: int) -> np.ndarray:

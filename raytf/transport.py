@@ -200,10 +200,11 @@ class ServerSlots:
         return self._path("bell")
 
     def gradient(self, worker: int, payload: np.ndarray | None):
-        """The worker's gradient as a TF tensor: over the slot it wrote, or from the payload it sent."""
+        """The worker's gradient as a TF tensor: over the slot it wrote, or over the payload it sent
+        (the call's own argument in the object store: read by the update only, never copied)."""
         from raytf.runtime import as_tensor
 
-        return as_tensor(payload if payload is not None else self._grads[worker])
+        return as_tensor(payload if payload is not None else self._grads[worker], read_only=True)
 
     def publish(self, params: np.ndarray, version: int, worker: int) -> None:
         """Make `params` (at `version`) readable for `worker`; called by the server with its lock held,

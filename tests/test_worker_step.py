@@ -79,6 +79,52 @@ def test_the_step_reads_the_published_buffers_in_place(tmp_path, monkeypatch):
     np.testing.assert_allclose(float(after[0]), np.log(10), rtol=1e-5)  # zero weights: uniform over 10 classes
 
 
+def test_the_step_reads_a_read_only_object_store_buffer_in_place_and_never_writes_it(tmp_path, monkeypatch):
+    """Over the object store the parameters come back read-only (shared by the node's workers): the
+    step reads them without a copy, with XLA and with the graph fallback, and leaves them as they were."""
+    monkeypatch.chdir(tmp_path)
+    worker, plan = make_worker("examples.digits:build_model", servers=1)
+    from raytf.runtime import aligned_zeros
+
+    (flat,) = worker.params
+    shared = aligned_zeros(flat.size)
+    shared[:] = flat
+    shared.flags.writeable = False  # what ray.get gives for a numpy array
+    before = shared.copy()
+    worker.params = [shared]
+    for tensor, part in zip(worker._param_tensors(), plan.shards[0].parts(shared)):
+        assert np.shares_memory(np.from_dlpack(tensor), part)
+    x, y = worker._ahead(1)[0]
+    xla_loss = float(worker._compute()[0])
+    worker._step = tf.function(worker._step_fn)  # the fallback without XLA: graph kernels
+    worker.upcoming.appendleft((x, y))
+    graph_loss = float(worker._compute()[0])
+    np.testing.assert_array_equal(shared, before)
+    np.testing.assert_allclose(graph_loss, xla_loss, rtol=1e-5)
+
+
+def test_a_read_only_buffer_lives_as_long_as_the_tensor_over_it():
+    """The tensor over a read-only buffer holds the buffer's owner (an object-store buffer stays pinned)."""
+    import gc
+    import weakref
+
+    from raytf.runtime import aligned_zeros, as_tensor
+
+    owner = aligned_zeros(4096)
+    owner[:] = np.arange(4096)
+    owner.flags.writeable = False
+    alive = weakref.ref(owner.base)
+    tensor = as_tensor(owner, read_only=True)
+    assert np.shares_memory(np.from_dlpack(tensor), owner)
+    assert not np.shares_memory(np.from_dlpack(as_tensor(owner)), owner)  # not vouched for: a copy
+    del owner
+    gc.collect()
+    assert alive() is not None and float(tf.reduce_sum(tensor)) == float(np.arange(4096).sum())
+    del tensor
+    gc.collect()
+    assert alive() is None
+
+
 def test_step_flags_a_non_finite_gradient(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Shard 1 of nan_data has a NaN pixel in example 100: the 7th batch of 16 holds it.
