@@ -124,6 +124,60 @@ def write_shard(directory: Path, index: int, state: ShardState) -> SavedShard:
     return SavedShard(index=index, version=state.version, file=name, crc32=_checksum(arrays))
 
 
+class ShardWriter:
+    """A server's shard files, written by one writer thread so that the exchange goes on meanwhile.
+
+    The caller hands over copies of its state (the next updates must not change what is written)
+    with the exchange's lock held. A periodic checkpoint's file is written in the background, one
+    at a time (the next waits for it, so a slow disk holds training back instead of piling up
+    copies in memory); the run's last checkpoint is written before `write` returns (the driver
+    reads it as soon as the workers are done). A failed background write is raised by the next
+    `write` or `collect`: in a call of the exchange or of the driver, not lost in the thread.
+    """
+
+    KEEP = 8  # shards remembered for the driver (it reads them every second)
+
+    def __init__(self, index: int, write=None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.index = index
+        self.saved: dict[int, SavedShard] = {}  # version -> its shard, once the file is complete
+        self._write = write or write_shard
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raytf-checkpoint")
+        self._pending = None  # (version, Future) of the file being written
+
+    def write(self, directory: Path, state: ShardState, last: bool) -> None:
+        self.collect(wait=True)
+        if last:
+            self._record(state.version, self._write(directory, self.index, state))
+        else:
+            self._pending = (state.version, self._thread.submit(self._write, directory, self.index, state))
+
+    def collect(self, wait: bool) -> None:
+        """Record the background write once it is done (waiting for it if `wait`); raise its error."""
+        if self._pending is None or not (wait or self._pending[1].done()):
+            return
+        (version, future), self._pending = self._pending, None
+        self._record(version, future.result())
+
+    def reset(self) -> None:
+        """Forget every shard (a rollback restarts the run); a write under way is finished first."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].result()
+        self.saved = {}
+
+    def close(self) -> None:
+        """Let a write under way finish (the run ended early); its error is not raised over the
+        reason it ended, and its checkpoint gets no manifest anyway."""
+        self._thread.shutdown(wait=True)
+
+    def _record(self, version: int, shard: SavedShard) -> None:
+        self.saved[version] = shard
+        for old in sorted(self.saved)[:-self.KEEP]:
+            del self.saved[old]
+
+
 def build_manifest(step: int, plan: ShardPlan, saved: Sequence[SavedShard], *, mode: str, updates_per_step: int,
                    optimizer: str, run_id: str) -> dict[str, Any]:
     return {

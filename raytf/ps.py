@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from raytf.checkpoint import SavedShard, ShardState, TableState, step_dir, write_shard
+from raytf.checkpoint import ShardState, ShardWriter, TableState, step_dir
 from raytf.config import DistributionConfig, OptimizerConfig
 from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
@@ -65,6 +65,7 @@ class ParameterServer:
         self._setup_lock = threading.Lock()
         self.trace = None  # a raytf.trace.PhaseRecorder when settings.trace_steps
         self._call = threading.local()  # tracing: which worker's call (and step) this thread serves
+        self.writer = ShardWriter(index)  # its checkpoint shards
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -92,7 +93,7 @@ class ParameterServer:
                            for t, spec in zip(state.tables, settings.tables)]
             self._wanted: dict[int, tuple] = {}  # worker -> per table, the local ids of the rows to send it
             self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
-            self.saved: dict[int, SavedShard] = {}
+            self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
             self.seconds_publish = 0.0
             if settings.trace_steps and self.trace is None:  # kept over a rollback: the timeline shows it
@@ -197,16 +198,18 @@ class ParameterServer:
             self._traced("publish", traced)
 
     def checkpoint(self, version: int) -> None:
+        """Write the shard at `version`. Called with the exchange's lock held (every worker of a
+        sync round waits), so only the copy of the state is made here; the file is written while
+        the exchange goes on (raytf.checkpoint.ShardWriter)."""
         if not self.settings.checkpoint_dir:
             return
         if self.trace is not None:
             traced = self.trace.mark()
-        params, slots, iterations = self.opt.state()
+        params, slots, iterations = self.opt.state()  # copies: the next updates do not touch them
         tables = tuple(TableState(*table.state()) for table in self.tables)
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
-        self.saved[version] = write_shard(directory, self.index, ShardState(params, slots, iterations, version, tables))
-        for old in sorted(self.saved)[:-8]:  # the driver reads them every second; keep a few
-            del self.saved[old]
+        self.writer.write(directory, ShardState(params, slots, iterations, version, tables),
+                          last=version >= self.exchange.target)
         if self.trace is not None:
             self._traced("checkpoint", traced)
 
@@ -296,8 +299,9 @@ class ParameterServer:
             return ServerStats(ready=False)
         exchange = self.exchange.stats()
         with self.exchange.lock:  # the backend's counters move under the exchange's lock
+            self.writer.collect(wait=False)
             updates = max(exchange.updates, 1)
-            return ServerStats(ready=True, exchange=exchange, saved=dict(self.saved),
+            return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
                                ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss())
 
@@ -318,6 +322,7 @@ class ParameterServer:
 
     def close(self) -> None:
         self._close_links()
+        self.writer.close()
 
 
 def _recorder(max_steps: int, workers: int):
