@@ -446,6 +446,27 @@ def print_summary(summary: dict) -> None:
     out.print(table)
 
 
+@app.command("trace")
+@command
+def trace_summary(
+    path: Path = typer.Argument(Path("."), help="A trace.json from `raytf train --trace`, or the output_dir holding it."),
+    from_step: Optional[int] = typer.Option(None, "--from-step", min=0,
+                                            help="Read the steps from this one on (default: all but the first tenth)."),
+) -> None:
+    """Where each actor's step time goes: per phase of a recorded timeline, the mean and median
+    duration, CPU time and page faults (the numbers behind a trace you would open in Perfetto)."""
+    from raytf.trace import phase_stats, read_trace
+
+    first, rows = phase_stats(read_trace(path), from_step)
+    table = Table("track", "phase", "n", "mean", "median", "cpu", "proc cpu", "faults",
+                  title=f"phases from step {first} on (ms; cpu: the phase's thread, proc cpu: its whole process; "
+                        "faults: minor page faults)")
+    for r in rows:
+        table.add_row(r.track, r.phase, str(r.count), f"{r.mean_ms:.2f}", f"{r.median_ms:.2f}", f"{r.cpu_ms:.2f}",
+                      f"{r.process_cpu_ms:.2f}", f"{r.minor_faults:.0f}")
+    out.print(table)
+
+
 def main() -> None:
     # TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) is noise in a CLI.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

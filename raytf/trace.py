@@ -19,6 +19,7 @@ import itertools
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # (monotonic ns, thread CPU ns, process CPU ns, thread minor faults, thread major faults)
@@ -132,3 +133,65 @@ def phase_means(trace: dict[str, Any]) -> dict[str, dict[str, float]]:
         if e["ph"] == "X":
             sums.setdefault(names[e["pid"]], {}).setdefault(e["name"], []).append(e["dur"] / 1000)
     return {track: {phase: sum(v) / len(v) for phase, v in phases.items()} for track, phases in sums.items()}
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    """One phase of one track over the steps read: how long it took and what it cost."""
+
+    track: str
+    phase: str
+    count: int
+    mean_ms: float
+    median_ms: float
+    cpu_ms: float  # the recording thread's CPU time, mean
+    process_cpu_ms: float  # the whole process's CPU time over the same span (other threads too), mean
+    minor_faults: float  # mean
+
+
+def phase_stats(trace: dict[str, Any], from_step: int | None = None) -> tuple[int, list[PhaseStats]]:
+    """Per track and phase, over the steps from `from_step` on (default: all but the first tenth,
+    where XLA compiles and caches are cold). Returns the first step read and the rows, in track
+    order and, within a track, in the order the phases first occur."""
+    import statistics
+
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    last = max((e["args"]["step"] for e in events), default=0)
+    first = max(1, last // 10) if from_step is None else from_step
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for e in events:
+        if e["args"]["step"] >= first:
+            grouped.setdefault((e["pid"], e["name"]), []).append(e)
+    rows = []
+    for (pid, phase), group in grouped.items():
+        durations = [e["dur"] / 1000 for e in group]
+        rows.append(PhaseStats(names.get(pid, str(pid)), phase, len(group), statistics.fmean(durations),
+                               statistics.median(durations), statistics.fmean(e["args"]["cpu_ms"] for e in group),
+                               statistics.fmean(e["args"]["process_cpu_ms"] for e in group),
+                               statistics.fmean(e["args"]["minor_faults"] for e in group)))
+    order = {key: i for i, key in enumerate(dict.fromkeys((e["pid"], e["name"]) for e in events if e["args"]["step"] >= first))}
+    pids = {name: pid for pid, name in names.items()}
+    rows.sort(key=lambda r: (pids.get(r.track, 0), order[(pids.get(r.track, 0), r.phase)]))
+    return first, rows
+
+
+def read_trace(path: Path) -> dict[str, Any]:
+    """A trace.json written by `raytf train --trace` (or the output_dir holding one)."""
+    import json
+
+    from raytf.errors import ConfigError
+
+    if path.is_dir():
+        path = path / "trace.json"
+    try:
+        trace = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist.",
+                          "Record a timeline with `raytf train CONFIG --trace`; it is written to output_dir/trace.json.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not JSON ({err}).", "Pass the trace.json that `raytf train --trace` wrote.") from None
+    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
+        raise ConfigError(f"{path} is not a Chrome trace (no traceEvents list).",
+                          "Pass the trace.json that `raytf train --trace` wrote.")
+    return trace

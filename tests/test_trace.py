@@ -257,3 +257,38 @@ def assert_a_trace_of_every_actor(path, servers: int, kept_steps: list[int]) -> 
             assert any(p["tid"] == wait["tid"] and p["args"]["step"] == wait["args"]["step"]
                        and p["ts"] <= wait["ts"] and wait["ts"] + wait["dur"] <= p["ts"] + p["dur"] + 0.001
                        for p in pushes), "a barrier wait lies within its push"
+
+
+# -- reading a trace back (`raytf trace`) -------------------------------------------------------
+
+def test_phase_stats_skip_the_first_tenth_and_keep_the_order_of_a_step(tmp_path):
+    from raytf.trace import phase_stats
+
+    trace = chrome_trace([worker_track(40), worker_track(40, name="worker 1")])
+    first, rows = phase_stats(trace)
+    assert first == 4  # steps 1-3 (compile, cold caches) are left out
+    assert [(r.track, r.phase) for r in rows[:len(WORKER_PHASES) + 1]] == [("worker 0", "step"), *[("worker 0", p) for p in WORKER_PHASES]]
+    assert {r.track for r in rows} == {"worker 0", "worker 1"}
+    assert all(r.count == 37 for r in rows)
+    step = next(r for r in rows if r.phase == "step")
+    parts = sum(r.mean_ms for r in rows if r.track == "worker 0" and r.phase != "step")
+    assert parts <= step.mean_ms + 0.01  # the phases lie within the step
+    _, rows = phase_stats(trace, from_step=31)
+    assert all(r.count == 10 for r in rows)
+
+
+def test_raytf_trace_prints_the_phases_of_a_written_trace_and_names_a_missing_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from raytf import cli
+
+    (tmp_path / "trace.json").write_text(json.dumps(chrome_trace([worker_track(20)])))
+    result = CliRunner().invoke(cli.app, ["trace", str(tmp_path), "--from-step", "5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "phases from step 5 on" in result.output
+    assert all(phase in result.output for phase in WORKER_PHASES)
+    missing = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "nothing.json")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output and "--trace" in missing.output
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "not a Chrome trace" in bad.output
