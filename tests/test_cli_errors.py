@@ -342,7 +342,7 @@ def test_train_output_dir_not_writable(tmp_path):
     [
         pytest.param(("train", "cfg.yaml", "--adress", "127.0.0.1:6379"), ("No such option: --adress", "--address"),
                      id="option-typo"),
-        pytest.param(("trian", "cfg.yaml"), ("No such command 'trian'", "Did you mean 'train'?"), id="command-typo"),
+        pytest.param(("trian", "cfg.yaml"), ("No such command 'trian'", "Did you mean 'train'"), id="command-typo"),
         pytest.param(("train",), ("Missing argument 'config'", "raytf train -h"), id="missing-config"),
         pytest.param(("train", "cfg.yaml", "--set"), ("Option '--set' requires an argument",), id="set-without-value"),
     ],
