@@ -455,9 +455,10 @@ def trace_summary(
 ) -> None:
     """Where each actor's step time goes: per phase of a recorded timeline, the mean and median
     duration, CPU time and page faults (the numbers behind a trace you would open in Perfetto)."""
-    from raytf.trace import phase_stats, read_trace
+    from raytf.trace import phase_stats, read_trace, stale_trace_note
 
-    first, rows = phase_stats(read_trace(path), from_step)
+    trace = read_trace(path)
+    first, rows = phase_stats(trace, from_step)
     table = Table("track", "phase", "n", "mean", "median", "cpu", "proc cpu", "faults",
                   title=f"phases from step {first} on (ms; cpu: the phase's thread, proc cpu: its whole process; "
                         "faults: minor page faults)")
@@ -465,6 +466,9 @@ def trace_summary(
         table.add_row(r.track, r.phase, str(r.count), f"{r.mean_ms:.2f}", f"{r.median_ms:.2f}", f"{r.cpu_ms:.2f}",
                       f"{r.process_cpu_ms:.2f}", f"{r.minor_faults:.0f}")
     out.print(table)
+    note = stale_trace_note(path, trace)
+    if note:
+        err.print(note, soft_wrap=True)
 
 
 def main() -> None:

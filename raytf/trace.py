@@ -92,9 +92,10 @@ def _us(ns: int) -> float:
     return round(ns / 1000, 3)
 
 
-def chrome_trace(tracks: list[Track]) -> dict[str, Any]:
+def chrome_trace(tracks: list[Track], run_id: str | None = None) -> dict[str, Any]:
     """Chrome Trace Event Format: a complete ("X") event per phase, with ts and dur in µs from the
-    earliest event of any track; metadata ("M") events name each actor's process and its threads."""
+    earliest event of any track; metadata ("M") events name each actor's process and its threads;
+    `otherData.run_id` names the run (as summary.json does)."""
     starts = [e[3] for t in tracks for e in t.events]
     origin = min(starts, default=0)
     nodes = {t.node for t in tracks}
@@ -121,6 +122,7 @@ def chrome_trace(tracks: list[Track]) -> dict[str, Any]:
             "clock": "CLOCK_MONOTONIC (one clock per node; ts counts from the earliest event)",
             "nodes": sorted(n for n in nodes if n),
             "aligned": len(nodes) <= 1,  # actors on several nodes: compare durations, not positions
+            "run_id": run_id,
         },
     }
 
@@ -195,3 +197,20 @@ def read_trace(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a Chrome trace (no traceEvents list).",
                           "Pass the trace.json that `raytf train --trace` wrote.")
     return trace
+
+
+def stale_trace_note(path: Path, trace: dict[str, Any]) -> str | None:
+    """A warning when the trace is not of the latest run in its output_dir: a later run without
+    --trace leaves the earlier trace.json in place, and its summary.json names another run."""
+    import json
+
+    directory = path if path.is_dir() else path.parent
+    try:
+        latest = json.loads((directory / "summary.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None  # no summary beside it (a copied trace): nothing to compare with
+    traced = trace.get("otherData", {}).get("run_id")
+    if latest and traced != latest:
+        return (f"Note: this trace is of run {traced or 'an earlier run'}, not of the latest run in {directory} "
+                f"({latest}, which was not traced). Run again with --trace for a fresh one.")
+    return None

@@ -321,17 +321,17 @@ def fit(
                    nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
     if tracks is not None:
-        summary["trace"] = _write_trace(prepared.output_dir / "trace.json", tracks)
+        summary["trace"] = _write_trace(prepared.output_dir / "trace.json", tracks, run_id)
     _write_json(prepared.output_dir / "summary.json", summary)
     return summary
 
 
-def _write_trace(path: Path, tracks: list) -> str:
+def _write_trace(path: Path, tracks: list, run_id: str) -> str:
     """The actors' timelines as one Chrome trace (`raytf.trace`); returns its path."""
     from raytf.trace import chrome_trace
 
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(chrome_trace(tracks), separators=(",", ":")))
+    tmp.write_text(json.dumps(chrome_trace(tracks, run_id), separators=(",", ":")))
     os.replace(tmp, path)
     return str(path)
 

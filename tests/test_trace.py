@@ -236,6 +236,8 @@ def assert_a_trace_of_every_actor(path, servers: int, kept_steps: list[int]) -> 
     (test_sync_sgd_equals_averaged_gradients_applied_by_hand[object_store]: tracing on must not change
     the numbers, and a run costs ~20 s here, so one run checks both)."""
     trace = json.loads(path.read_text())
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert trace["otherData"]["run_id"] == summary["run_id"], "the trace names its run"
     names = process_names(trace)
     assert sorted(names.values()) == [*(f"ps {i}" for i in range(servers)), "worker 0", "worker 1"]
     events = x_events(trace)
@@ -292,3 +294,17 @@ def test_raytf_trace_prints_the_phases_of_a_written_trace_and_names_a_missing_on
     (tmp_path / "bad.json").write_text("[1, 2]")
     bad = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "bad.json")])
     assert bad.exit_code == 2 and "not a Chrome trace" in bad.output
+
+
+def test_raytf_trace_says_when_the_trace_is_not_of_the_latest_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from raytf import cli
+
+    (tmp_path / "trace.json").write_text(json.dumps(chrome_trace([worker_track(20)], run_id="m-aaaa")))
+    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "m-aaaa", "trace": "trace.json"}))
+    fresh = CliRunner().invoke(cli.app, ["trace", str(tmp_path)])
+    assert fresh.exit_code == 0 and "not of the latest run" not in fresh.output
+    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "m-bbbb"}))  # a later run without --trace
+    stale = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "trace.json")])
+    assert stale.exit_code == 0 and "run m-aaaa, not of the latest run" in stale.stderr and "m-bbbb" in stale.stderr
