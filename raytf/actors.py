@@ -83,6 +83,7 @@ class RunActors:
     worker_threads: int = 1
     links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker], as wired (a rejoin relinks)
     link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
+    server_nodes: set[str] = field(default_factory=set)  # every node a server ran on (its exchange files are there)
 
     def links_of(self, worker: int) -> list[LinkSpec]:
         return [per_server[worker] for per_server in self.links]
@@ -98,6 +99,24 @@ class RunActors:
         for actor in self.servers + self.workers:
             ray.kill(actor, no_restart=True)
         remove_shm_files(self.run_id)
+        self._sweep_other_nodes()
+
+    def _sweep_other_nodes(self) -> None:
+        """Remove the run's exchange files on the other nodes a server ran on: a server that was
+        killed there (and restarted elsewhere, or not at all) could not remove its own. One
+        zero-CPU task per such node; a node that is gone meanwhile took its files along."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        nodes = sorted((self.server_nodes - {here}) & alive)
+        if not nodes:
+            return
+        sweep = ray.remote(num_cpus=0, max_retries=0)(remove_shm_files)
+        refs = [sweep.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(self.run_id)
+                for node in nodes]
+        ray.wait(refs, num_returns=len(refs), timeout=30)  # bounded: the run is over, do not hang on a sick node
 
 
 def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: ShardPlan) -> ServerSettings:
@@ -160,6 +179,7 @@ def wire(actors: RunActors, config: TrainConfig) -> None:
     servers, workers = actors.servers, actors.workers
     server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")
     worker_nodes = get([w.node_id.remote() for w in workers], "Locating the workers")
+    actors.server_nodes.update(node for node, has_shm in server_nodes if has_shm)
     links: list[list[LinkSpec]] = []
     for server, (node, has_shm) in zip(servers, server_nodes):
         local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]

@@ -110,6 +110,23 @@ def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(
     assert live_actor_names(cluster.head) == []
 
 
+def test_a_server_killed_for_good_on_another_node_leaves_no_exchange_files_there(cluster, tmp_path):
+    """Server 1 is SIGKILLed on node `ps` (not the driver's) and not restarted (max_restarts 0): the
+    run fails, and the driver's release sweeps the run's files on that node, which the dead process
+    could not remove itself."""
+    root = cluster.nodes["ps"].shm_root
+    cfg = config(tmp_path, "mn-gone", steps=400)
+    cfg["distribution"]["max_restarts"] = 0
+    killer = KillAt("mn-gone", "ps", 1, step=5)
+    watch = WatchFiles(root)
+    with pytest.raises(raytf.TrainingError, match="did not come back"):
+        raytf.fit(cfg, address=cluster.address, progress=Both(watch, killer), on_event=killer.on_event)
+    assert killer.killed_at is not None
+    assert any(name.endswith("/ps1-p") for name in watch.during), "server 1 had its files on node ps"
+    assert exchange_files(root) == {f"raytf-{UID}": 0o700}
+    assert live_actor_names(cluster.head) == []
+
+
 class MoveWorker:
     """Once training passes `step`: add node `w2`, drain node `ps` (Ray places nothing new there) and
     SIGKILL the worker that runs on it, so Ray restarts that worker on `w2`, the only place left."""
