@@ -279,7 +279,7 @@ def test_phase_stats_skip_the_first_tenth_and_keep_the_order_of_a_step(tmp_path)
     assert all(r.count == 10 for r in rows)
 
 
-def test_raytf_trace_prints_the_phases_of_a_written_trace_and_names_a_missing_one(tmp_path):
+def test_raytf_trace_prints_the_phases_of_a_written_trace(tmp_path):
     from typer.testing import CliRunner
 
     from raytf import cli
@@ -289,11 +289,23 @@ def test_raytf_trace_prints_the_phases_of_a_written_trace_and_names_a_missing_on
     assert result.exit_code == 0, result.output
     assert "phases from step 5 on" in result.output
     assert all(phase in result.output for phase in WORKER_PHASES)
-    missing = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "nothing.json")])
-    assert missing.exit_code == 2 and "does not exist" in missing.output and "--trace" in missing.output
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    bad = CliRunner().invoke(cli.app, ["trace", str(tmp_path / "bad.json")])
-    assert bad.exit_code == 2 and "not a Chrome trace" in bad.output
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    pytest.param("nothing.json", None, ["does not exist", "--trace"], id="missing"),
+    pytest.param("bad.json", "[1, 2]", ["not a Chrome trace", "raytf train --trace"], id="not-a-trace"),
+    pytest.param("broken.json", "{", ["is not JSON"], id="not-json"),
+])
+def test_raytf_trace_bad_input(tmp_path, name, text, expected):
+    from typer.testing import CliRunner
+
+    from raytf import cli
+
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(cli.app, ["trace", str(tmp_path / name)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert all(fragment in result.output for fragment in expected), result.output
 
 
 def test_raytf_trace_says_when_the_trace_is_not_of_the_latest_run(tmp_path):
