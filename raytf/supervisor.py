@@ -131,12 +131,16 @@ class Supervisor:
         """Read every server's statistics; False when a server is gone or was restarted."""
         import ray
 
+        refs = [s.stats.remote() for s in self.actors.servers]
         try:
-            stats = ray.get([s.stats.remote() for s in self.actors.servers], timeout=CALL_TIMEOUT)
+            stats = ray.get(refs, timeout=CALL_TIMEOUT)
         except ray.exceptions.RayActorError:
             return False
         except ray.exceptions.GetTimeoutError:
             return True  # busy (a large checkpoint); ask again next time
+        except ray.exceptions.RayTaskError:
+            get(refs, "A parameter server")  # its error as raytf's (a checkpoint file it failed to write, say)
+            raise
         if not all(s.ready for s in stats):
             return False
         self.stats = stats

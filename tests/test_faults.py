@@ -218,3 +218,28 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
     assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the restarted worker trained to the end
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.02, (summary["eval"], clean_accuracy)
     assert live_actor_names(ray_cluster) == []
+
+
+class BlockCheckpoint:
+    """A progress reporter that puts a plain file where the checkpoint of `step` is to go, so the
+    server's writer thread fails to create that directory (a full or broken disk, in effect)."""
+
+    def __init__(self, root, step: int) -> None:
+        self.path = root / "checkpoints" / f"step-{step:08d}"
+
+    def update(self, snapshot) -> None:
+        if snapshot.step >= 1 and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("in the way")
+
+
+def test_a_checkpoint_file_the_server_cannot_write_fails_the_run_with_its_error(ray_cluster, tmp_path):
+    """The server writes a periodic checkpoint in a thread of its own; its failure is not lost
+    there: the run ends with a TrainingError that names it (and no actor is left)."""
+    config = digits_config(tmp_path, name="ckpt-fail", steps=400, batch_size=32, log_every_seconds=0.2)
+    config["checkpoint"] = {"every_steps": 20, "keep": 2}
+    blocker = BlockCheckpoint(tmp_path / "run", 20)
+    with pytest.raises(TrainingError, match="FileExistsError|File exists") as err:
+        raytf.fit(config, address=ray_cluster.gcs_address, progress=blocker)
+    assert "step-00000020" in str(err.value)
+    assert live_actor_names(ray_cluster) == []
