@@ -33,11 +33,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-_FLUSH = np.zeros(64 * 1024 * 1024 // 4, np.float32)  # 64 MB: more than this machine's caches
+_FLUSH: list[np.ndarray] = []  # 64 MB once used: more than this machine's caches
+# The echo peers start fresh interpreters: a fork would copy whatever threads the caller runs
+# (Ray's gRPC clients, TensorFlow's pools), which is not safe.
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def _cold() -> None:
-    np.add(_FLUSH, 1.0, out=_FLUSH)
+    if not _FLUSH:
+        _FLUSH.append(np.zeros(64 * 1024 * 1024 // 4, np.float32))
+    np.add(_FLUSH[0], 1.0, out=_FLUSH[0])
 
 
 def median_ms(operation, repeats: int) -> float:
@@ -85,7 +90,7 @@ def local_costs(floats: int, repeats: int) -> dict[str, float]:
         slot = np.memmap(Path(tmp) / "slot", dtype=np.float32, mode="w+", shape=(floats,))
         results["shared memory: copy into the slot"] = median_ms(lambda: np.copyto(slot, source), repeats)
         path = str(Path(tmp) / "bell")
-        server = multiprocessing.Process(target=_echo_unix, args=(path, 26, 18), daemon=True)
+        server = _SPAWN.Process(target=_echo_unix, args=(path, 26, 18), daemon=True)
         server.start()
         bell = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         for _ in range(500):
@@ -99,8 +104,8 @@ def local_costs(floats: int, repeats: int) -> dict[str, float]:
             lambda: (bell.sendall(frame), bell.recv(18, socket.MSG_WAITALL)), repeats)
         bell.close()
         server.join(5)
-    ports = multiprocessing.Queue()
-    server = multiprocessing.Process(target=_echo_tcp, args=(ports, floats * 4), daemon=True)
+    ports = _SPAWN.Queue()
+    server = _SPAWN.Process(target=_echo_tcp, args=(ports, floats * 4), daemon=True)
     server.start()
     conn = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
