@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from examples.synthetic import build_model
-    from raytf.sharding import ALIGN_FLOATS
+    from raytf.model import variable_specs
+    from raytf.sharding import plan_shards
 
     x = tf.random.normal((256, 784))
     y = tf.random.uniform((256,), 0, 10, tf.int32)
@@ -57,16 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = build_model()
     model(x)
-    dense = list(model.trainable_variables)
+    shard = plan_shards(variable_specs(model), 1).shards[0]  # one server's aligned layout, as raytf lays it
+    dense = [model.trainable_variables[i] for i in shard.variables]
     shapes = [tuple(v.shape) for v in dense]
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    offsets, end = [], 0
-    for size in sizes:
-        offsets.append(end)
-        end += -(-size // ALIGN_FLOATS) * ALIGN_FLOATS
-    params, grads_out = aligned_zeros(end), aligned_zeros(end)
-    for var, offset, size in zip(dense, offsets, sizes):
-        params[offset:offset + size] = var.numpy().reshape(-1)
+    params, grads_out = shard.pack([v.numpy() for v in dense]), aligned_zeros(shard.size)
 
     @tf.function(jit_compile=True)
     def raytf_step(x, y, *values):
@@ -82,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         float(ceiling_step(x, y))
 
     def run_raytf() -> None:
-        values = [as_tensor(params[o:o + n].reshape(shape)) for o, n, shape in zip(offsets, sizes, shapes)]
+        values = [as_tensor(part.reshape(shape)) for part, shape in zip(shard.parts(params), shapes)]
         loss, grads, finite = raytf_step(x, y, *values)
         bool(finite)
-        for grad, offset, size in zip(grads, offsets, sizes):
-            np.copyto(grads_out[offset:offset + size], np.from_dlpack(grad).reshape(-1))
+        for grad, part in zip(grads, shard.parts(grads_out)):
+            np.copyto(part, np.from_dlpack(grad).reshape(-1))
         float(loss)
 
     contenders = {"ceiling step (update fused)": run_ceiling, "raytf worker step + copy out": run_raytf}

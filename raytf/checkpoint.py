@@ -162,9 +162,7 @@ class ShardWriter:
 
     def reset(self) -> None:
         """Forget every shard (a rollback restarts the run); a write under way is finished first."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending[1].result()
+        self.collect(wait=True)
         self.saved = {}
 
     def close(self) -> None:

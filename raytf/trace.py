@@ -127,9 +127,14 @@ def chrome_trace(tracks: list[Track], run_id: str | None = None) -> dict[str, An
     }
 
 
+def _process_names(trace: dict[str, Any]) -> dict[int, str]:
+    """pid -> the track's name, from the trace's metadata events."""
+    return {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+
+
 def phase_means(trace: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per track name, the mean duration (ms) of each phase: a quick reading of a trace.json."""
-    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    names = _process_names(trace)
     sums: dict[str, dict[str, list[float]]] = {}
     for e in trace["traceEvents"]:
         if e["ph"] == "X":
@@ -160,21 +165,18 @@ def phase_stats(trace: dict[str, Any], from_step: int | None = None) -> tuple[in
     events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     last = max((e["args"]["step"] for e in events), default=0)
     first = max(1, last // 10) if from_step is None else from_step
-    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
-    grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    names = _process_names(trace)
+    grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}  # in the order the phases first occur
     for e in events:
         if e["args"]["step"] >= first:
             grouped.setdefault((e["pid"], e["name"]), []).append(e)
     rows = []
-    for (pid, phase), group in grouped.items():
+    for (pid, phase), group in sorted(grouped.items(), key=lambda item: item[0][0]):  # stable: per pid, first occurrence
         durations = [e["dur"] / 1000 for e in group]
         rows.append(PhaseStats(names.get(pid, str(pid)), phase, len(group), statistics.fmean(durations),
                                statistics.median(durations), statistics.fmean(e["args"]["cpu_ms"] for e in group),
                                statistics.fmean(e["args"]["process_cpu_ms"] for e in group),
                                statistics.fmean(e["args"]["minor_faults"] for e in group)))
-    order = {key: i for i, key in enumerate(dict.fromkeys((e["pid"], e["name"]) for e in events if e["args"]["step"] >= first))}
-    pids = {name: pid for pid, name in names.items()}
-    rows.sort(key=lambda r: (pids.get(r.track, 0), order[(pids.get(r.track, 0), r.phase)]))
     return first, rows
 
 

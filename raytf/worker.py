@@ -362,6 +362,7 @@ class Worker:
         loss_value = float("nan")
         steps = 0
         status = Status.OK
+        no_rows = self.tables.request([])  # what a dense model's push asks for: nothing
         try:
             pull_started = time.time()
             if self.trace is not None:
@@ -400,7 +401,7 @@ class Worker:
                     if self.trace is not None:
                         self._lap("next_batch")  # the batch of a coming step, read ahead, and the rows it needs
                 else:
-                    pending_request = self.tables.request([])
+                    pending_request = no_rows
                 pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
                 steps += 1
                 if self.trace is not None:
