@@ -362,7 +362,7 @@ class Worker:
         loss_value = float("nan")
         steps = 0
         status = Status.OK
-        no_rows = self.tables.request([])  # what a dense model's push asks for: nothing
+        no_rows = None if self.tables.specs else self.tables.request([])  # what a dense model's push asks for
         try:
             pull_started = time.time()
             if self.trace is not None:
