@@ -2,7 +2,7 @@
 
 Two references, measured between every two contenders (`References`):
 - the ceiling: 2 independent Ray actors (one TF thread each) training the same model on the same
-  per-worker pipeline as raytf's workers (`raytf.model.batches` on shard i of 2, batch 256, same
+  per-worker pipeline as raytf's workers (`raytf.replica.model.batches` on shard i of 2, batch 256, same
   loss, SGD), with no exchange at all;
 - single-process: ONE actor with 2 TF threads doing the same math as 2 synchronous workers, one SGD
   update per step on a global batch of 512 (the data function's whole data, `batches` at 512).
@@ -33,8 +33,8 @@ class IndependentTrainer:
         import tensorflow as tf
 
         from raytf.config import TrainConfig
-        from raytf.imports import resolve_callable
-        from raytf.model import batches, first_batch, make_loss, train_dataset
+        from raytf.config.imports import resolve_callable
+        from raytf.replica.model import batches, first_batch, make_loss, train_dataset
 
         cfg = TrainConfig.model_validate(config)
         self.batch_size = cfg.batch_size
@@ -59,7 +59,7 @@ class IndependentTrainer:
         self._step = tf.function(step, jit_compile=jit_setting(cfg))
 
     def run(self, steps: int) -> dict:
-        from raytf.worker import warmup_steps
+        from raytf.replica.worker import warmup_steps
 
         warmup = warmup_steps(steps)
         start = time.perf_counter()
@@ -138,9 +138,9 @@ def _ray_train_loop(loop_config: dict) -> None:
     import tensorflow as tf
 
     from raytf.config import TrainConfig
-    from raytf.imports import resolve_callable
-    from raytf.model import batches, make_loss, train_dataset
-    from raytf.worker import warmup_steps
+    from raytf.config.imports import resolve_callable
+    from raytf.replica.model import batches, make_loss, train_dataset
+    from raytf.replica.worker import warmup_steps
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     steps = loop_config["steps"]

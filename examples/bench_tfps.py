@@ -66,8 +66,8 @@ class Coordinator:
 
         from examples.bench_baselines import jit_setting
         from raytf.config import TrainConfig
-        from raytf.imports import resolve_callable
-        from raytf.model import batches, train_dataset
+        from raytf.config.imports import resolve_callable
+        from raytf.replica.model import batches, train_dataset
 
         cfg = TrainConfig.model_validate(config)
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -129,7 +129,7 @@ class Coordinator:
         self.batch_size = cfg.batch_size
 
     def run(self, steps: int) -> dict:
-        from raytf.worker import warmup_steps
+        from raytf.replica.worker import warmup_steps
 
         warmup = warmup_steps(steps)
         # `steps` per worker: WORKERS * steps scheduled steps, the first WORKERS * warmup not timed.

@@ -17,7 +17,7 @@ of 512) are measured at every R of R, C1, R, C2, R, ..., Cn, R, and that sequenc
 `--repeats` times (one repeat's last R is the next one's first). A contender run's ratio is its
 samples/s over the larger of the two references, each the mean of the R just before and just
 after it. samples/s is summed over the workers and excludes start-up and the first warm-up steps
-(`raytf.worker.warmup_steps`). It prints numbers; it judges none.
+(`raytf.replica.worker.warmup_steps`). It prints numbers; it judges none.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ RAYTF = {  # name: (mode, transport)
     "raytf-sync-objstore": ("sync", "object_store"),
     "raytf-async-objstore": ("async", "object_store"),
 }
-# On a cluster of two Ray nodes (both on this machine, tests/multinode.py): the server on one, both
+# On a cluster of two Ray nodes (both on this machine, tests/driver/multinode.py): the server on one, both
 # workers on the other, so every exchange crosses nodes through the object store (`transport: auto`).
 TWO_NODES = {
     "raytf-sync-2nodes": "sync",
@@ -145,9 +145,9 @@ def run_two_nodes(protocol: Protocol, names: list[str]) -> None:
     references measured around them on that cluster too."""
     import tempfile
 
-    from raytf import local_cluster
-    from raytf.cluster import connect
-    from tests import multinode
+    from raytf.cluster import local as local_cluster
+    from raytf.cluster.connection import connect
+    from tests.driver import multinode
 
     with tempfile.TemporaryDirectory(prefix="raytf-bench-") as root:
         cluster = multinode.start(Path(root))
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from examples.bench_baselines import jit_setting
     from examples.bench_report import aggregate, ratio_table, table
-    from raytf.cluster import connect
+    from raytf.cluster.connection import connect
     from raytf.config import config_from_dict
 
     base = yaml.safe_load(CONFIG.read_text())

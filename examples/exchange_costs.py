@@ -127,7 +127,7 @@ def local_costs(floats: int, repeats: int) -> dict[str, float]:
 def ray_costs(floats: int, repeats: int) -> dict[str, float]:
     import ray
 
-    from raytf.cluster import connect
+    from raytf.cluster.connection import connect
 
     # The cluster `raytf up` started, or an embedded one for this script (on 127.0.0.1 only).
     with connect(on_event=lambda message: print(f"[exchange_costs] {message}", file=sys.stderr)):

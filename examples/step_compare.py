@@ -4,7 +4,7 @@
 
 The ceiling (examples/bench_baselines.py) trains with a local update fused into its XLA step;
 raytf's worker step reads the parameters through DLPack views of a 64-byte aligned flat buffer
-(`keras.StatelessScope`, as `raytf.worker` does), returns per-variable gradients and a finite
+(`keras.StatelessScope`, as `raytf.replica.worker` does), returns per-variable gradients and a finite
 check, and the gradients are then copied into a flat buffer (what the push does into a slot). Same
 model (examples/synthetic.py's MLP), same batch of 256. Prints min and median ms per step of each;
 judges nothing. The README's benchmark section uses it to show that a raytf worker's `compute` is
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from examples.synthetic import build_model
-    from raytf.model import variable_specs
-    from raytf.sharding import plan_shards
+    from raytf.replica.model import variable_specs
+    from raytf.exchange.sharding import plan_shards
 
     x = tf.random.normal((256, 784))
     y = tf.random.uniform((256,), 0, 10, tf.int32)

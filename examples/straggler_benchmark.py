@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--only", choices=sorted({scenario for scenario, *_ in RUNS}), help="one scenario only")
     args = parser.parse_args(argv)
-    from raytf.cluster import connect
+    from raytf.cluster.connection import connect
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     started = time.perf_counter()

@@ -10,11 +10,11 @@ __all__ = ["ClusterError", "ConfigError", "RaytfError", "TrainingError", "__vers
 def __getattr__(name):
     # Lazy: importing raytf must stay cheap (the CLI's --help must not import TensorFlow or Ray).
     if name == "fit":
-        from raytf.training import fit
+        from raytf.driver.fit import fit
 
         return fit
     if name == "connect":
-        from raytf.attach import connect
+        from raytf.cluster.attach import connect
 
         return connect
     if name == "load_config":

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raytf.errors import ClusterError, Interrupted, RaytfError
+from raytf.exchange.policies import policy_for
 
 app = typer.Typer(
     name="raytf",
@@ -66,8 +67,8 @@ def main_options(
 
 
 def _show_native_logs() -> None:
-    """Let TensorFlow's native logs through, here and in every actor of the run (`raytf.native_logs`)."""
-    from raytf.native_logs import VERBOSE_ENV
+    """Let TensorFlow's native logs through, here and in every actor of the run (`raytf.observe.native_logs`)."""
+    from raytf.observe.native_logs import VERBOSE_ENV
 
     os.environ[VERBOSE_ENV] = "1"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -82,13 +83,13 @@ KUBE_CONTEXT = typer.Option(None, "--context", help="KubeRay: kubeconfig context
 
 
 def _kuberay_spec(path: Optional[Path]) -> bool:
-    from raytf.cluster_spec import spec_provider
+    from raytf.cluster.spec import spec_provider
 
     return path is not None and spec_provider(path) == "kuberay"
 
 
 def _recorded_provider() -> str | None:
-    from raytf.state import load_cluster_record
+    from raytf.cluster.record import load_cluster_record
 
     record = load_cluster_record()
     return record.get("provider") if record else None
@@ -110,14 +111,14 @@ def up(
     twice reports the running cluster instead of starting another.
     """
     if _kuberay_spec(cluster):
-        from raytf.kuberay import commands as kuberay
+        from raytf.cluster.kuberay import commands as kuberay
 
         kuberay.up(cluster, dry_run=dry_run, timeout=timeout or 600.0, kubeconfig=kubeconfig, context=context, console=out)
         return
     if dry_run:
         raise ClusterError("--dry-run renders a KubeRay manifest; the embedded cluster has none.", "Pass --cluster with a KubeRay spec, e.g. cluster-configs/kuberay-cpu.yaml.")
-    from raytf.cluster import up_local
-    from raytf.cluster_spec import load_local_spec
+    from raytf.cluster.connection import up_local
+    from raytf.cluster.spec import load_local_spec
 
     spec = load_local_spec(cluster) if cluster else None
     cpus = num_cpus or (spec.num_cpus if spec else None)
@@ -143,11 +144,11 @@ def down(
 ) -> None:
     """Stop the cluster `raytf up` started (and nothing else)."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
-        from raytf.kuberay import commands as kuberay
+        from raytf.cluster.kuberay import commands as kuberay
 
         kuberay.down(cluster, timeout=timeout, kubeconfig=kubeconfig, context=context, console=out)
         return
-    from raytf.cluster import down_local
+    from raytf.cluster.connection import down_local
 
     with err.status("Stopping the local Ray cluster..."):
         stopped = down_local()
@@ -166,17 +167,17 @@ def status(
 ) -> None:
     """Show whether a cluster is up: address, dashboard, nodes and CPU/GPU resources."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
-        from raytf.kuberay import commands as kuberay
+        from raytf.cluster.kuberay import commands as kuberay
 
         kuberay.status(cluster, kubeconfig=kubeconfig, context=context, console=out)
         return
-    from raytf.cluster import recorded_local_cluster
+    from raytf.cluster.connection import recorded_local_cluster
 
     local = recorded_local_cluster()
     if local is None:
         out.print("No raytf cluster is up. Start one with `raytf up` (`raytf train` starts one per run otherwise).")
         raise typer.Exit(1)
-    from raytf.local_cluster import nodes
+    from raytf.cluster.local import nodes
 
     try:
         node_list = nodes(local.dashboard_url)
@@ -198,7 +199,7 @@ def status(
 
 
 def _print_runs(local) -> None:
-    from raytf.run_status import add_metrics, live_runs
+    from raytf.cluster.run_status import add_metrics, live_runs
 
     runs = live_runs(local.dashboard_url)
     if not runs:
@@ -226,17 +227,17 @@ def dashboard(
 ) -> None:
     """Print the Ray dashboard URL (KubeRay: port-forward it to 127.0.0.1 until Ctrl-C)."""
     if _kuberay_spec(cluster) or _recorded_provider() == "kuberay":
-        from raytf.kuberay import commands as kuberay
+        from raytf.cluster.kuberay import commands as kuberay
 
         kuberay.dashboard(cluster, port=port, kubeconfig=kubeconfig, context=context, console=out)
         return
-    from raytf.cluster import recorded_local_cluster
+    from raytf.cluster.connection import recorded_local_cluster
 
     local = recorded_local_cluster()
     if local is None:
         raise ClusterError("No raytf cluster is up, so there is no dashboard to show.", "Start one with `raytf up`.")
     out.print(local.dashboard_url)
-    from raytf.cluster import dashboard_login_hint
+    from raytf.cluster.connection import dashboard_login_hint
 
     hint = dashboard_login_hint(local)
     if hint:
@@ -258,7 +259,7 @@ def env(
     use that cluster: its address on 127.0.0.1 and its token (by file path; the token is never printed).
     In Python, `raytf.connect()` does the same for the running process.
     """
-    from raytf.attach import current_cluster, ray_env, shell_exports, shell_unsets
+    from raytf.cluster.attach import current_cluster, ray_env, shell_exports, shell_unsets
 
     variables = ray_env(current_cluster())
     out.print(shell_unsets(variables) if unset else shell_exports(variables), soft_wrap=True, markup=False)
@@ -288,7 +289,7 @@ def scale(
     if not _kuberay_spec(cluster) and _recorded_provider() != "kuberay":
         raise ClusterError("`raytf scale` changes a KubeRay worker group; the current cluster is not a KubeRay cluster.",
                            "Bring one up with `raytf up --cluster cluster-configs/kuberay-cpu.yaml`.")
-    from raytf.kuberay import commands as kuberay
+    from raytf.cluster.kuberay import commands as kuberay
 
     kuberay.scale(group, replicas, cluster, kubeconfig=kubeconfig, context=context, console=out)
 
@@ -344,10 +345,10 @@ def train(
     if submit:
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
-              f"{cfg.distribution.parameter_servers} parameter servers, {cfg.policy.describe()}) for {cfg.steps} steps")
-    from raytf.progress import make_progress
-    from raytf.startup import process_start_time
-    from raytf.training import fit
+              f"{cfg.distribution.parameter_servers} parameter servers, {policy_for(cfg.distribution).describe()}) for {cfg.steps} steps")
+    from raytf.observe.progress import make_progress
+    from raytf.observe.startup import process_start_time
+    from raytf.driver.fit import fit
 
     progress = make_progress(cfg.steps, console=out, plain=plain or None)
     try:
@@ -364,7 +365,7 @@ def train(
 def _train_rayjob(config: Path, overrides: List[str], cluster: Optional[Path], *, dry_run: bool, ttl: Optional[int],
                   on_interrupt: str, kubeconfig: Optional[str], context: Optional[str], flags: List[str],
                   conflicts: List[str]) -> None:
-    """One run as a KubeRay RayJob whose cluster is deleted after it (raytf/kuberay/oneshot.py)."""
+    """One run as a KubeRay RayJob whose cluster is deleted after it (raytf/cluster/kuberay/oneshot.py)."""
     if cluster is None or not _kuberay_spec(cluster):
         raise ClusterError("--cluster for `raytf train` (and --dry-run) takes a KubeRay cluster spec: the run becomes a RayJob.",
                            "Pass e.g. --cluster cluster-configs/kuberay-cpu.yaml; for a local cluster use `raytf up` then `raytf train`.")
@@ -373,7 +374,7 @@ def _train_rayjob(config: Path, overrides: List[str], cluster: Optional[Path], *
                            f"Drop {' and '.join(conflicts)}.")
     if on_interrupt not in ("ask", "stop", "detach"):
         raise ClusterError(f"--on-interrupt takes ask, stop or detach, not '{on_interrupt}'.", "Pass one of ask, stop, detach.")
-    from raytf.kuberay import oneshot
+    from raytf.cluster.kuberay import oneshot
 
     code = oneshot.train(config, overrides, cluster, flags=flags, dry_run=dry_run, ttl_seconds=ttl,
                          on_interrupt=on_interrupt, kubeconfig=kubeconfig, context=context, console=out, err_console=err)  # type: ignore[arg-type]
@@ -383,16 +384,16 @@ def _train_rayjob(config: Path, overrides: List[str], cluster: Optional[Path], *
 
 def _submit_train(config: Path, overrides: List[str], cfg, flags: List[str]) -> None:
     """Submit the run as a Ray Job to the recorded cluster (KubeRay: through a port-forward)."""
-    from raytf.jobs import submit_training_job
+    from raytf.cluster.jobs import submit_training_job
 
     codes: list[int] = []
     if _recorded_provider() == "kuberay":
-        from raytf.kuberay import commands as kuberay
+        from raytf.cluster.kuberay import commands as kuberay
 
         # Placement, the shared-storage check, the token and the runtime_env that brings raytf live there.
         codes.append(kuberay.train(config, overrides, flags, console=out))
     else:
-        from raytf.cluster import recorded_local_cluster
+        from raytf.cluster.connection import recorded_local_cluster
 
         local = recorded_local_cluster()
         if local is None:
@@ -455,7 +456,7 @@ def trace_summary(
 ) -> None:
     """Where each actor's step time goes: per phase of a recorded timeline, the mean and median
     duration, CPU time and page faults (the numbers behind a trace you would open in Perfetto)."""
-    from raytf.trace import phase_stats, read_trace, stale_trace_note
+    from raytf.observe.trace import phase_stats, read_trace, stale_trace_note
 
     trace = read_trace(path)
     first, rows = phase_stats(trace, from_step)

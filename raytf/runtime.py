@@ -1,10 +1,17 @@
-"""Process-level TensorFlow settings for raytf's actors."""
+"""The process that runs raytf: TensorFlow's thread pools, logs and XLA cache for the actors and the
+driver, aligned memory for tensors read in place, and private per-user directories.
+
+Shared by every package; may import `raytf.observe` and `raytf.errors` only."""
 
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import numpy as np
+
+from raytf.errors import ClusterError
 
 ALIGN_BYTES = 64  # TensorFlow's EIGEN_MAX_ALIGN_BYTES: its kernels need tensors aligned to it
 
@@ -14,9 +21,9 @@ def configure_tensorflow(threads: int) -> None:
 
     Each actor gets as many compute threads as the CPUs it reserved, so actors sharing a node do
     not oversubscribe the cores (that costs more than it gains on small machines). TensorFlow's
-    native start-up chatter is held back unless verbose output was asked for (`raytf.native_logs`).
+    native start-up chatter is held back unless verbose output was asked for (`raytf.observe.native_logs`).
     """
-    from raytf.native_logs import native_stderr_filtered, verbose_requested
+    from raytf.observe.native_logs import native_stderr_filtered, verbose_requested
 
     verbose = verbose_requested()
     _use_compilation_cache()
@@ -49,9 +56,6 @@ def _use_compilation_cache() -> None:
     flags = os.environ.get("TF_XLA_FLAGS", "")
     if "tf_xla_persistent_cache_directory" in flags:
         return  # the user chose a cache (or none) already
-    from raytf.errors import ClusterError
-    from raytf.local_cluster import private_temp_dir
-
     try:
         directory = private_temp_dir("xla-cache")
     except (OSError, ClusterError):
@@ -63,7 +67,7 @@ def as_tensor(array, *, read_only: bool = False):
     """A TF tensor over `array`'s memory when possible (no copy), else a copy.
 
     Exchange buffers are page-aligned slots in shared memory with every variable at a 64-byte
-    boundary (raytf.sharding); DLPack hands them to TensorFlow without the ~3 ms copy per 7 MB that
+    boundary (raytf.exchange.sharding); DLPack hands them to TensorFlow without the ~3 ms copy per 7 MB that
     `tf.convert_to_tensor` makes. The caller must finish with the tensor before the buffer is
     written again (the exchange protocol guarantees it: a buffer is rewritten only after the call
     that reads it has returned). Memory that is not 64-byte aligned is copied: DLPack would pass it
@@ -101,3 +105,28 @@ def aligned_zeros(size: int) -> np.ndarray:
     raw = np.zeros(size + ALIGN_BYTES // 4, np.float32)
     start = (-raw.ctypes.data % ALIGN_BYTES) // 4
     return raw[start:start + size]
+
+
+def private_temp_root() -> Path:
+    """/tmp/raytf-<uid>: Ray makes its temp dir world-writable and keeps its Unix sockets and logs
+    there; a parent only this user may enter keeps other local users out of them."""
+    return private_dir(Path(f"/tmp/raytf-{os.getuid()}"))
+
+
+def private_temp_dir(name: str) -> Path:
+    """/tmp/raytf-<uid>/<name>, owned by this user with mode 0700 (e.g. XLA's compilation cache)."""
+    return private_dir(private_temp_root() / name)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory owned by this user with mode 0700; refuses one planted by someone else."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ClusterError(
+            f"{path} is not a directory owned by you (uid {os.getuid()}); another user may have created it.",
+            "Remove it (or have its owner remove it), then retry.",
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path

@@ -24,7 +24,7 @@ def raytf_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A real Ray head on 127.0.0.1 (2 CPUs), shared by the training tests and stopped at the end."""
-    from raytf import local_cluster
+    from raytf.cluster import local as local_cluster
 
     patch = pytest.MonkeyPatch()
     patch.setenv("RAYTF_HOME", str(tmp_path_factory.mktemp("cluster-home")))  # its log goes there

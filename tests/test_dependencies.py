@@ -67,8 +67,8 @@ def test_tensorboard_events_are_written_without_tensorflow(tmp_path):
     script = f"""
 import sys
 from pathlib import Path
-from raytf.progress import Snapshot
-from raytf.tensorboard import TensorBoardLog
+from raytf.observe.progress import Snapshot
+from raytf.observe.tensorboard import TensorBoardLog
 log = TensorBoardLog(Path({str(tmp_path / 'tb')!r}))
 log.update(Snapshot(step=1, total=2, loss=0.5, samples_per_second=10.0, elapsed=1.0))
 log.close()

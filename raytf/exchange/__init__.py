@@ -1,7 +1,11 @@
-"""The parameter-server exchange: a state machine per server, consistency policies, typed messages.
+"""Everything that moves and applies a gradient.
 
-Pure Python (no Ray, no TensorFlow): `raytf.ps.ParameterServer` and `raytf.worker.Worker` are
-thin Ray actors around it, and its tests run in milliseconds with threads.
+The protocol, pure Python (no Ray, no TensorFlow; its tests run in milliseconds with threads): a
+state machine per server (`state`), consistency policies (`policies`), typed messages (`messages`).
+The bytes: the shard plan (`sharding`), sparse tables' rows (`tables`), the shared slots
+(`transport`), the doorbell (`doorbell`), the server actor and its fused updates (`server`,
+`optimizers`) and its state and checkpoint shard (`shard_state`).
+May import: `raytf.config`, `raytf.observe`, `raytf.runtime`, `raytf.errors`.
 """
 
 from raytf.exchange.messages import (

@@ -54,7 +54,7 @@ class Reply:
     version: int
     payload: Any = None  # shared memory: which buffer of the worker's slot; object store: [the reference]
     dropped: bool = False
-    rows: tuple | None = None  # per sparse table: the rows the worker asked for (raytf.sparse)
+    rows: tuple | None = None  # per sparse table: the rows the worker asked for (raytf.exchange.tables)
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,12 @@ class WorkerResult:
     bytes_pulled: int = 0  # parameters loaded: dense buffers, and the rows asked for
     unique_ids: int = 0  # distinct sparse ids of its batches (all tables), over the run
     peak_rss: int = 0  # the process's peak resident memory, bytes
+
+
+@dataclass
+class Ticket:
+    """A push's claim, kept by the policy: the round it waits for, or that it was dropped."""
+
+    worker: int
+    round: int | None = None  # released once the server's version reaches it (sync)
+    dropped: bool = False

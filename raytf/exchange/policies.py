@@ -20,13 +20,25 @@ New rules are a new subclass, registered with `@register`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from raytf.exchange.messages import ExchangeStats, Push
-from raytf.exchange.state import Ticket
+from raytf.exchange.messages import ExchangeStats, Push, Ticket
 
-if TYPE_CHECKING:
-    from raytf.exchange.state import Exchange
+
+class Exchange(Protocol):
+    """What a policy reads and changes of its server's exchange (`raytf.exchange.state.Exchange`),
+    always with the exchange's lock held."""
+
+    version: int  # the server's parameter version
+    members: set[int]  # live workers the policy counts
+    joining: dict[int, int]  # worker -> first round it takes part in (a rejoin in sync)
+    clock_skew_max: int
+
+    def drop(self, worker: int) -> Ticket:
+        """A ticket for a push that is not applied (counted as dropped)."""
+
+    def apply(self, grads: list, workers: list[int], bases: list[int]) -> None:
+        """Apply `grads` (pushed by `workers` at `bases`) as one update, or take a version for none."""
 
 POLICIES: dict[str, type["AggregationPolicy"]] = {}
 

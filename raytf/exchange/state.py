@@ -5,7 +5,7 @@ with one lock and one condition: each call of a worker runs in a thread of its o
 a threaded Ray actor) and may wait, for a barrier or a staleness bound, until the policy
 releases it, the target version is reached, or the driver aborts. What an arriving gradient means
 is the `AggregationPolicy`'s business (`raytf.exchange.policies`); what an update and a publish
-are is the `ShardBackend`'s (the TensorFlow shard and the transport in `raytf.ps`, a plain list in
+are is the `ShardBackend`'s (the TensorFlow shard and the transport in `raytf.exchange.server`, a plain list in
 the tests). So the protocol runs, and is tested, without Ray or TensorFlow.
 """
 
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from raytf.exchange.messages import ExchangeStats, Outcome, Push, StalenessStats, Status
+from raytf.exchange.messages import ExchangeStats, Outcome, Push, StalenessStats, Status, Ticket
+from raytf.exchange.policies import AggregationPolicy
 
-if TYPE_CHECKING:
-    from raytf.exchange.policies import AggregationPolicy
 
 
 class ShardBackend(Protocol):
@@ -43,15 +41,6 @@ class Observer(Protocol):
     def inc(self, name: str, value: float = 1.0) -> None: ...
 
 
-@dataclass
-class Ticket:
-    """A push's claim, kept by the policy: the round it waits for, or that it was dropped."""
-
-    worker: int
-    round: int | None = None  # released once the server's version reaches it (sync)
-    dropped: bool = False
-
-
 class Exchange:
     def __init__(self, policy: AggregationPolicy, backend: ShardBackend, *, workers: int, target: int,
                  version: int = 0, every_versions: int = 0, observer: Observer | None = None,
@@ -61,7 +50,7 @@ class Exchange:
         self.policy = policy
         self.backend = backend
         self.observer = observer
-        self.tracer = tracer  # a raytf.trace.PhaseRecorder: the barrier's waits on the timeline
+        self.tracer = tracer  # a raytf.observe.trace.PhaseRecorder: the barrier's waits on the timeline
         self.version = version
         self.target = target
         self.every_versions = every_versions

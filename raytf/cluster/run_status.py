@@ -1,0 +1,82 @@
+"""What `raytf status` shows about runs in progress, read over HTTP without joining the cluster.
+
+Live runs come from the state API (alive actors named `raytf:<run>:<role>-<i>`), which wants the
+cluster's token; their step, loss and rate from the node's Prometheus endpoint, where raytf's
+metrics land (raytf/observe/metrics.py). Ray serves that endpoint without authentication (Prometheus scrapes
+it), on 127.0.0.1 for the local cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+_SAMPLE = re.compile(r'^ray_(raytf_step|raytf_loss|raytf_samples_per_second)\{([^}]*)\}\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass
+class RunStatus:
+    name: str
+    workers: int = 0
+    servers: int = 0
+    steps: dict[str, float] = field(default_factory=dict)  # worker index -> step
+    losses: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int | None:
+        return int(min(self.steps.values())) if self.steps else None
+
+    @property
+    def loss(self) -> float | None:
+        return sum(self.losses.values()) / len(self.losses) if self.losses else None
+
+    @property
+    def samples_per_second(self) -> float | None:
+        return sum(self.rates.values()) if self.rates else None
+
+
+def live_runs(dashboard_url: str, headers: dict[str, str] | None = None) -> dict[str, RunStatus]:
+    """raytf's runs with actors alive. `headers` default to the recorded local cluster's token when
+    `dashboard_url` is its dashboard; without one, Ray's client uses RAY_AUTH_* of the environment."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    from raytf.cluster.local import headers_for
+
+    auth = headers_for(dashboard_url) if headers is None else headers
+    client = StateApiClient(address=dashboard_url, headers={"Content-Type": "application/json", **auth})
+    options = ListApiOptions(filters=[("state", "=", "ALIVE")], limit=10_000)
+    runs: dict[str, RunStatus] = {}
+    for actor in client.list(StateResource.ACTORS, options=options, raise_on_missing_output=True):
+        parts = (actor.name or "").split(":")
+        if len(parts) != 3 or parts[0] != "raytf":
+            continue
+        run = runs.setdefault(parts[1], RunStatus(parts[1]))
+        if parts[2].startswith("worker-"):
+            run.workers += 1
+        elif parts[2].startswith("ps-"):
+            run.servers += 1
+    return runs
+
+
+def add_metrics(runs: dict[str, RunStatus], metrics_url: str) -> None:
+    """Fill in step, loss and rate from the Prometheus text (missing until Ray's first export)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            body = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return
+    for line in body.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match.group(2)))
+        run = runs.get(labels.get("run", ""))
+        if run is None or labels.get("role") != "worker":
+            continue
+        target = {"raytf_step": run.steps, "raytf_loss": run.losses, "raytf_samples_per_second": run.rates}[match.group(1)]
+        target[labels.get("index", "?")] = float(match.group(3))

@@ -1,0 +1,142 @@
+"""`raytf.fit`: one training run from config to saved model and summary.
+
+Prepare (`raytf.driver.prepare`: everything checked before a cluster is used), launch the actors
+(`raytf.driver.actors`), supervise the run (`raytf.driver.supervisor`), collect the trained values,
+evaluate, save, and report (`raytf.driver.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from raytf.config import TrainConfig
+from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
+from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
+from raytf.observe.startup import StartupClock
+from raytf.exchange.policies import policy_for
+
+
+def fit(
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    progress=None,
+    on_event: Callable[[str], None] = lambda message: None,
+    resume: bool = False,
+    restart: bool = False,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """Train as configured and return the summary (also written to output_dir/summary.json).
+
+    `config` is a TrainConfig, a dict of the YAML's keys, or a path to a YAML file. Without
+    `address` it trains on the cluster `raytf up` started, or on an embedded one for this run.
+    `resume` continues from the newest checkpoint in output_dir; `restart` deletes the
+    checkpoints there first. Ctrl-C / SIGTERM stop at the next step, write a checkpoint and
+    raise `Interrupted` (a second one quits at once). `started_at` (wall clock) is when the
+    command that calls this started, so that start-up accounting includes it (the CLI passes it).
+    """
+    import ray
+
+    from raytf.driver.actors import check_resources, get, launch, server_settings
+    from raytf.exchange.shard_state import root_of
+    from raytf.cluster import local as local_cluster
+    from raytf.cluster.connection import connect, needs_embedded_cluster
+    from raytf.driver.supervisor import Supervisor, stop_on_signals
+    from raytf.observe.tensorboard import TensorBoardLog
+
+    clock = StartupClock(origin=started_at or time.time())
+    if started_at is not None:
+        clock.add("command", "driver", started_at, time.time())
+    cfg = coerce_config(config, overrides)
+    # With no cluster up, the embedded head starts while this process imports TensorFlow and
+    # checks the model (seconds each); bad input stops it again before it is used.
+    head = local_cluster.launch() if needs_embedded_cluster(address) else None
+    try:
+        prepared = prepare(cfg, clock)
+        states = start_states(prepared, resume, restart)
+    except BaseException:
+        if head is not None:
+            head.stop()
+        raise
+    run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
+    tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
+    try:
+        # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
+        metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
+                    "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
+        with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
+            check_resources(cfg, ray.cluster_resources())
+            actors = launch(cfg, run_id, prepared.plan, states, settings, clock)
+            try:
+                resumed = states[0].version // settings.updates_per_step
+                for notice in prepared.notices:
+                    on_event(notice)
+                on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
+                         f"parameter servers, {policy_for(cfg.distribution).describe()}, exchange via {link_kinds_text(actors.link_kinds)}"
+                         + (f", resuming at step {resumed}" if resumed else ""))
+                supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
+                                        [r for r in (progress, tensorboard) if r is not None], on_event)
+                with stop_on_signals(supervisor.stop_requested):
+                    supervisor.run()
+                if supervisor.interrupted:
+                    raise _interrupted(supervisor, cfg)
+                buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
+                tables = [get([s.get_table.remote(k) for s in actors.servers], "Collecting the sparse tables")
+                          for k in range(len(prepared.plan.tables))]
+                stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
+                non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
+                train_ended = time.time()
+                tracks = get([a.trace_track.remote() for a in actors.workers + actors.servers],
+                             "Collecting the trace") if cfg.trace.enabled else None
+            finally:
+                actors.release()
+        model = final_model(prepared, buffers, tables, non_trainable)
+        compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
+        eval_results = evaluate(model, prepared)
+        tensorboard.evaluation(eval_results, cfg.steps)
+    finally:
+        tensorboard.close()
+    model_path = prepared.output_dir / "model.keras"
+    model.save(model_path)
+    results = [supervisor.results[i] for i in sorted(supervisor.results)]
+    summary = build_summary(cfg, prepared.plan, results, supervisor.steps_done, stats, eval_results, actors.link_kinds)
+    ready = first_steps(clock, supervisor.first_steps)
+    summary.update(wall_seconds=time.time() - clock.origin, startup_seconds=ready - clock.origin,
+                   train_seconds=train_ended - ready, startup_breakdown=clock.breakdown(ready))
+    summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
+                   tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
+                   restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
+                   nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
+                   checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
+    if tracks is not None:
+        summary["trace"] = write_trace(prepared.output_dir / "trace.json", tracks, run_id)
+    write_json(prepared.output_dir / "summary.json", summary)
+    return summary
+
+
+def _checkpoint_path(settings, step: int | None) -> str | None:
+    from raytf.exchange.shard_state import step_dir
+
+    return str(step_dir(Path(settings.checkpoint_dir), step)) if step is not None else None
+
+
+def _interrupted(supervisor, cfg: TrainConfig):
+    from raytf.errors import Interrupted
+
+    step = supervisor.stop_version // supervisor.ups
+    where = _checkpoint_path(supervisor.settings, supervisor.checkpoint_step)
+    if supervisor.checkpoint_step == step:
+        problem = f"Stopped at step {step} of {cfg.steps}; the checkpoint is in {where}."
+    else:
+        problem = (f"Stopped at step {step} of {cfg.steps}, but its checkpoint could not be completed; "
+                   + (f"the newest is {where}." if where else "there is no checkpoint."))
+    return Interrupted(problem, "Continue with `raytf train CONFIG --resume` (same config and output_dir), "
+                                "or raytf.fit(..., resume=True).")
+

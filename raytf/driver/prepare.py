@@ -1,0 +1,224 @@
+"""Before any actor exists: the config, import paths, data, model shapes and output directory are
+checked, the driver's replica is built, and where every server starts is decided. Bad input
+therefore never leaves a cluster or actors behind; after the run the trained values are loaded
+back into the replica, which is evaluated and saved."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from raytf.config import TrainConfig, config_from_dict, load_config
+from raytf.errors import ConfigError
+from raytf.observe.startup import StartupClock
+from raytf.exchange.policies import policy_for
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver learned before any actor exists."""
+
+    config: TrainConfig
+    model: Any  # the driver's replica: initial values, final evaluation, saving
+    plan: Any
+    eval_fn: Callable[[], Any] | None
+    output_dir: Path
+    notices: tuple[str, ...] = ()  # what the user should know before training (e.g. tables left dense)
+    first_batch: tuple = ()  # (features, labels) the model was built on (to build it again for saving)
+
+
+def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config_from_dict(config.to_dict(), overrides) if overrides else config
+    if isinstance(config, Mapping):
+        return config_from_dict(config, overrides)
+    return load_config(config, overrides)
+
+
+def prepare_output_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is a file.", "Point output_dir at a directory (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".raytf-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} is not writable ({err.strerror}).", "Choose a directory you can write to.") from None
+    return out
+
+
+def prepare(config: TrainConfig, clock: StartupClock | None = None) -> Prepared:
+    """Check everything that can be checked here and build the driver's replica and the shard plan."""
+    clock = clock or StartupClock()
+    with clock.span("driver_imports"):
+        from raytf.runtime import configure_tensorflow
+
+        configure_tensorflow(threads=max(1, (os.cpu_count() or 1)))
+        import keras  # noqa: F401 - timed here; _prepare uses it
+
+        import raytf.replica.model  # noqa: F401
+    with clock.span("driver_model_build"):
+        return _prepare(config)
+
+
+def _prepare(config: TrainConfig) -> Prepared:
+    import keras
+
+    from raytf.config.imports import resolve_callable
+    from raytf.replica.layers import rows_on_servers
+    from raytf.replica.model import build_model, check_labels_in_range, eval_dataset, first_batch, train_dataset, variable_specs
+    from raytf.exchange.sharding import plan_shards
+    from raytf.replica.sparse import find_tables
+
+    output_dir = prepare_output_dir(config.output_dir)
+    model_fn = resolve_callable(config.model, "model")
+    train_fn = resolve_callable(config.data.train, "data.train")
+    eval_fn = resolve_callable(config.data.eval, "data.eval") if config.data.eval else None
+    keras.utils.set_random_seed(config.seed)
+    features, labels = first_batch(train_dataset(train_fn, 0, config.distribution.workers), config.batch_size, "data.train")
+    with rows_on_servers(config.batch_size):  # a ShardedEmbedding's table is created on the servers, not here
+        model = build_model(model_fn, features, labels, config)
+    if eval_fn is not None:
+        eval_features, eval_labels = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
+        if [tuple(t.shape[1:]) for t in _flat(eval_features)] != [tuple(t.shape[1:]) for t in _flat(features)]:
+            raise ConfigError(
+                f"data.eval gives features of shape {[tuple(t.shape[1:]) for t in _flat(eval_features)]}, "
+                f"but data.train gives {[tuple(t.shape[1:]) for t in _flat(features)]}.",
+                "Make both datasets yield features of the same shape.",
+            )
+        check_labels_in_range(eval_labels, model(eval_features, training=False), config.loss, key="data.eval")
+    tables, notices = find_tables(model, config, features, labels)
+    plan = plan_shards(variable_specs(model), config.distribution.parameter_servers, tables)
+    return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir,
+                    notices=tuple(notices) + _table_notice(plan, config), first_batch=(features, labels))
+
+
+def _flat(value):
+    import tensorflow as tf
+
+    return tf.nest.flatten(value)
+
+
+def initial_states(prepared: Prepared) -> list:
+    """What each server starts from: its dense buffer and its rows of every sparse table."""
+    from raytf.exchange.shard_state import ShardState, TableState
+
+    plan = prepared.plan
+    tvars = prepared.model.trainable_variables
+    values = {i: np.asarray(tvars[i].numpy(), dtype=np.float32) for i in range(len(tvars))
+              if i not in {t.variable for t in plan.tables if t.cached}}  # a ShardedEmbedding's rows start on its servers
+    states = []
+    for server, shard in enumerate(plan.shards):
+        buffer = shard.pack([values[i] for i in shard.variables])
+        tables = tuple(TableState(params=None if t.cached else values[t.variable][t.global_ids(server)])
+                       for t in plan.tables)
+        states.append(ShardState(params=buffer, tables=tables))
+    return states
+
+
+def final_model(prepared: Prepared, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+                non_trainable: list[np.ndarray]):
+    """The trained model: the driver's replica with the trained values (dense buffers, and every
+    sparse table from its servers' rows: `tables`, per table, per server). With a ShardedEmbedding,
+    whose table no replica holds, it is the model built anew with full tables (all in memory here)."""
+    model = prepared.model
+    if any(t.cached for t in prepared.plan.tables):
+        from raytf.config.imports import resolve_callable
+        from raytf.replica.model import build_model
+
+        model = build_model(resolve_callable(prepared.config.model, "model"), *prepared.first_batch, prepared.config)
+    load_final(model, prepared.plan, buffers, tables, non_trainable)
+    return model
+
+
+def load_final(model, plan, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+               non_trainable: list[np.ndarray]) -> None:
+    tvars = model.trainable_variables
+    for shard, buffer in zip(plan.shards, buffers):
+        for i, offset, size in zip(shard.variables, shard.offsets, shard.sizes):
+            tvars[i].assign(buffer[offset : offset + size].reshape(plan.variables[i].shape))
+    for spec, rows in zip(plan.tables, tables):
+        whole = np.empty((spec.rows, spec.width), np.float32)
+        for server, part in enumerate(rows):
+            whole[spec.global_ids(server)] = part
+        tvars[spec.variable].assign(whole)
+    for var, value in zip(model.non_trainable_variables, non_trainable):
+        var.assign(value)
+
+
+def _table_notice(plan, config: TrainConfig) -> tuple[str, ...]:
+    """Announce the sparse tables once, and say when their updates differ from the dense ones."""
+    if not plan.tables:
+        return ()
+    from raytf.exchange.optimizers import RowOptimizer
+    from raytf.exchange.tables import describe
+
+    notice = (f"Sparse tables, rows over {config.distribution.parameter_servers} servers "
+              f"({config.sparse.partition}): {describe(plan.tables)}.")
+    if config.optimizer.name in RowOptimizer.LAZY and config.sparse.slots == "lazy":
+        notice += (f" {config.optimizer.name} updates only the rows a step touches (sparse.slots: lazy); "
+                   "sparse.slots: dense updates every row, as the dense exchange does.")
+    return (notice,)
+
+
+def compile_for_saving(model, config: TrainConfig, build_optimizer: bool = True) -> None:
+    """Compile with the Keras twin of the run's optimizer, built, so the saved model loads cleanly
+    and can be fine-tuned with `model.fit` (its slots start fresh; the servers' slots are not Keras's).
+    Not built for models with ShardedEmbedding tables: its slots would be as large as the tables."""
+    from raytf.replica.model import keras_optimizer, make_loss
+
+    optimizer = keras_optimizer(config.optimizer)
+    model.compile(optimizer=optimizer, loss=make_loss(config.loss), metrics=list(config.metrics))
+    if build_optimizer:
+        optimizer.build(model.trainable_variables)
+
+
+def evaluate(model, prepared: Prepared) -> dict[str, float]:
+    if prepared.eval_fn is None:
+        return {}
+    from raytf.replica.model import eval_dataset
+
+    config = prepared.config
+    results = model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
+    return {name: float(value) for name, value in results.items()}
+
+
+def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:
+    """Where the servers start: the model's initial values, or the newest complete checkpoint.
+
+    Checked before any cluster starts, like the rest of the config."""
+    from raytf.driver.checkpoints import complete, latest, load
+    from raytf.exchange.shard_state import root_of
+
+    config = prepared.config
+    root = root_of(prepared.output_dir)
+    if resume and restart:
+        raise ConfigError("--resume and --restart contradict each other.", "Use --resume to continue from the newest "
+                          "checkpoint, or --restart to delete the checkpoints and start over.")
+    newest = latest(root)
+    if resume:
+        if newest is None:
+            raise ConfigError(f"--resume: there is no complete checkpoint in {root}.",
+                              "Check output_dir (it must be the interrupted run's), or train without --resume.")
+        if newest.step >= config.steps:
+            raise ConfigError(f"--resume: the newest checkpoint ({newest.directory}) is at step {newest.step}, and steps "
+                              f"is {config.steps}, so there is nothing left to train.",
+                              f"Raise steps to train further, e.g. --set steps={newest.step + config.steps}.")
+        return load(newest, prepared.plan, config.optimizer.name, policy_for(config.distribution).updates_per_step)
+    if newest is not None:
+        if not restart:
+            raise ConfigError(f"{root} holds checkpoints of an earlier run (newest: step {newest.step}); starting over "
+                              "would mix them with this run's.",
+                              "Add --resume to continue that run, --restart to delete its checkpoints and start over, "
+                              "or set another output_dir.")
+        import shutil
+
+        for checkpoint in complete(root):
+            shutil.rmtree(checkpoint.directory)
+    return initial_states(prepared)

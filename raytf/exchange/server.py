@@ -1,0 +1,357 @@
+"""The parameter-server actor: one shard of the variables, and the exchange that updates it.
+
+What a push means (barrier, async, bounded staleness, backup workers) is the run's consistency
+policy, in the `Exchange` state machine of `raytf.exchange`; this actor gives that state machine
+its backend: the shard as a flat TensorFlow variable with fused `ResourceApply*` updates
+(`raytf.exchange.optimizers`), the transport that publishes the parameters (`raytf.exchange.transport`), and the
+server's own checkpoint shards (the driver writes a checkpoint's manifest once all are in).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
+from raytf.config import DistributionConfig, OptimizerConfig
+from raytf.errors import ClusterError
+from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
+from raytf.runtime import configure_tensorflow
+from raytf.observe.startup import peak_rss
+from raytf.observe.trace import DRIVER_TID
+from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    run_name: str
+    distribution: DistributionConfig  # the workers and the consistency policy
+    threads: int
+    target_version: int
+    updates_per_step: int = 1  # server versions per training step (the policy's)
+    checkpoint_dir: str | None = None
+    every_versions: int = 0  # 0: checkpoint only at the target
+    dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
+    tables: tuple = ()  # the plan's sparse tables (raytf.exchange.tables.TableSpec)
+    trace_steps: int = 0  # trace.max_steps when the run records a timeline (raytf.observe.trace); 0: off
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """One worker's gradient for this server: its dense buffer and, per sparse table, the rows it
+    touched (unique local ids and their summed gradient rows)."""
+
+    dense: Any
+    tables: tuple = ()
+
+
+class ParameterServer:
+    """A Ray actor (threaded: one thread per waiting worker) holding one shard."""
+
+    def __init__(self, run_id: str, index: int, description: str = "") -> None:
+        self.run_id = run_id
+        self.index = index
+        self.description = description or f"shard {index}"
+        self.ready = False  # False in a fresh (or restarted) process until setup
+        self.slots: ServerSlots | None = None
+        self.doorbell = None  # a raytf.exchange.doorbell.Doorbell while same-node workers push over it
+        self.exchange: Exchange | None = None
+        self._setup_lock = threading.Lock()
+        self.trace = None  # a raytf.observe.trace.PhaseRecorder when settings.trace_steps
+        self._call = threading.local()  # tracing: which worker's call (and step) this thread serves
+        self.writer = ShardWriter(index)  # its checkpoint shards
+
+    def __repr__(self) -> str:
+        # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
+        return f"ParameterServer(run={self.run_id}, {self.description})"
+
+    # -- set-up -----------------------------------------------------------------------------
+    def setup(self, state: ShardState, optimizer: OptimizerConfig, settings: ServerSettings) -> dict:
+        """Start (or restart, after a rollback) from `state`. Returns where its start-up time went."""
+        from raytf.observe.startup import ActorTimer
+
+        timer = ActorTimer()
+        with timer.span("actor_imports"):
+            configure_tensorflow(settings.threads)
+            from raytf.observe.metrics import ActorMetrics
+            from raytf.exchange.optimizers import FlatOptimizer, RowOptimizer
+
+        with timer.span("actor_model_build"), self._setup_lock:
+            self._close_links()
+            if not self.ready:
+                self.metrics = ActorMetrics(settings.run_name, "ps", self.index)
+            self.settings = settings
+            self.policy = policy_for(settings.distribution)
+            self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
+            self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
+                           for t, spec in zip(state.tables, settings.tables)]
+            self._wanted: dict[int, tuple] = {}  # worker -> per table, the local ids of the rows to send it
+            self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
+            self.writer.reset()
+            self.seconds_apply = 0.0  # where a server's time goes, for the summary
+            self.seconds_publish = 0.0
+            if settings.trace_steps and self.trace is None:  # kept over a rollback: the timeline shows it
+                self.trace = _recorder(settings.trace_steps, settings.distribution.workers)
+            self.exchange = Exchange(self.policy, self, workers=settings.distribution.workers,
+                                     target=settings.target_version, version=state.version,
+                                     every_versions=settings.every_versions, observer=self.metrics, tracer=self.trace)
+            self.ready = True
+        return {"timings": timer.spans}
+
+    def node_info(self) -> tuple[str, bool]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), shm_available()
+
+    def process_id(self) -> int:
+        return os.getpid()
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
+        n = self.settings.distribution.workers
+        self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
+                                 shared_params=self.policy.shared_parameter_slot)
+        return [self._with_bell(self.slots.link_spec(w)) for w in range(n)]
+
+    def _with_bell(self, spec: LinkSpec) -> LinkSpec:
+        """`spec` with this server's doorbell, where the worker pushes over it (a shared-memory link,
+        and no sparse table: their rows travel in the Ray call)."""
+        if spec.kind != "shm" or self.tables or not self.settings.distribution.doorbell:
+            return spec
+        from dataclasses import replace
+
+        from raytf.exchange.doorbell import MAX_PATH, Doorbell
+
+        if self.doorbell is None:
+            path = self.slots.bell_path()
+            if len(path) > MAX_PATH:
+                return spec  # too long for a Unix socket: Ray calls it is
+            self.doorbell = Doorbell(path, self._rung)
+        return replace(spec, bell_path=os.path.relpath(self.doorbell.path, shm_root()))
+
+    def _rung(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
+        """A push that came over the doorbell: the gradient is in the worker's slot."""
+        return self.push(worker, base_version, None, steps_done, loss, finite)
+
+    def _close_links(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
+
+    def relink(self, worker: int, node: str) -> LinkSpec:
+        """The link to a restarted worker, decided anew from the node it runs on now (Ray may have
+        brought it back elsewhere: the slots of its old pairing would not be on its node)."""
+        import ray
+
+        self._require_ready()
+        transport = self.settings.distribution.transport
+        local = node == ray.get_runtime_context().get_node_id() and shm_available()
+        if transport == "shm" and not local:
+            raise ClusterError(
+                f"distribution.transport is 'shm', but worker {worker} came back on another node than parameter "
+                f"server {self.index} (or the node has no usable {shm_root()}).",
+                "Use transport: auto, which falls back to the object store across nodes.",
+            )
+        with self.exchange.lock:  # publish() reads the slots under it
+            spec = self.slots.relink(worker, local and transport != "object_store")
+        return self._with_bell(spec)
+
+    # -- the exchange's backend (called with the exchange's lock held) ----------------------
+    def apply(self, grads: list) -> None:
+        if self.trace is not None:
+            traced = self.trace.mark()
+        started = time.perf_counter()
+        if self.opt.size:
+            self.opt.apply_mean([g.dense for g in grads])
+        for k, table in enumerate(self.tables):
+            ids, rows = _mean_rows([g.tables[k] for g in grads], table.shape[1])
+            table.apply(ids, rows)  # with no rows, too: its step count stays the dense one's
+        seconds = time.perf_counter() - started
+        self.seconds_apply += seconds
+        self.metrics.observe("raytf_apply_seconds", seconds)
+        if self.trace is not None:
+            self._traced("apply", traced)
+
+    def publish(self, version: int, worker: int) -> None:
+        if self.trace is not None:
+            traced = self.trace.mark()
+        started = time.perf_counter()
+        params = self.opt.params_view()
+        self.slots.publish(params, version, worker)
+        del params  # a live view would make the next update copy the buffer first
+        wanted = self._wanted.pop(worker, None)
+        if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
+            self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, wanted))
+        self.seconds_publish += time.perf_counter() - started
+        if self.trace is not None:
+            self._traced("publish", traced)
+
+    def checkpoint(self, version: int) -> None:
+        """Write the shard at `version`. Called with the exchange's lock held (every worker of a
+        sync round waits), so only the copy of the state is made here; the file is written while
+        the exchange goes on (raytf.exchange.shard_state.ShardWriter)."""
+        if not self.settings.checkpoint_dir:
+            return
+        if self.trace is not None:
+            traced = self.trace.mark()
+        params, slots, iterations = self.opt.state()  # copies: the next updates do not touch them
+        tables = tuple(TableState(*table.state()) for table in self.tables)
+        directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
+        self.writer.write(directory, ShardState(params, slots, iterations, version, tables),
+                          last=version >= self.exchange.target)
+        if self.trace is not None:
+            self._traced("checkpoint", traced)
+
+    # -- the workers' calls -----------------------------------------------------------------
+    def pull(self, worker: int, at_version: int | None = None, want: tuple = ()) -> Reply:
+        """The parameters, once the version is at least `at_version` (a rejoining worker's start),
+        and per sparse table the rows at the local ids in `want`."""
+        self._require_ready()
+        if self.trace is None:
+            self._want(worker, want)
+            return self._reply(worker, self.exchange.pull(worker, at_version))
+        self._call.current, started = (worker, 0), self.trace.mark()
+        self._want(worker, want)
+        reply = self._reply(worker, self.exchange.pull(worker, at_version))
+        self.trace.record("pull", started, 0, worker)
+        self._call.current = None
+        return reply
+
+    def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None,
+             finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
+        """A gradient: the dense part through the transport (`payload`), per sparse table the touched
+        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        self._require_ready()
+        trace = self.trace
+        if trace is not None:
+            self._call.current, started = (worker, steps_done), trace.mark()
+        grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
+        if trace is not None:
+            trace.record("receive", started, steps_done, worker)
+        self._want(worker, want)
+        outcome = self.exchange.push(Push(worker, base_version, steps_done, loss, finite), grad)
+        if trace is None:
+            return self._reply(worker, outcome)
+        replying = trace.mark()
+        reply = self._reply(worker, outcome)
+        trace.record("push", started, steps_done, worker, end=trace.record("reply", replying, steps_done, worker))
+        self._call.current = None
+        return reply
+
+    def _traced(self, phase: str, started) -> None:
+        """Trace a phase of the exchange on the timeline of the call it runs in (the driver's, if none)."""
+        worker, step = getattr(self._call, "current", None) or (DRIVER_TID, 0)
+        self.trace.record(phase, started, step, worker)
+
+    def _want(self, worker: int, want: tuple) -> None:
+        if self.tables:
+            with self.exchange.lock:
+                self._wanted[worker] = want
+
+    def _reply(self, worker: int, outcome) -> Reply:
+        if outcome.status is Status.ROLLBACK:
+            return Reply(outcome.status, outcome.version)
+        with self.exchange.lock:
+            rows = self._rows_out.pop(worker, None)
+        return Reply(outcome.status, outcome.version, self.slots.reply(worker), outcome.dropped, rows)
+
+    # -- control by the driver --------------------------------------------------------------
+    def abort(self) -> None:
+        """Release every waiting call with ROLLBACK (a checkpoint is about to be restored)."""
+        self.exchange.abort()
+
+    def set_target(self, version: int) -> bool:
+        """Stop at `version` (a step boundary the driver chose); False if already past it."""
+        return self.exchange.set_target(version)
+
+    def remove_worker(self, worker: int) -> None:
+        if self.ready:  # else a restarted process: the rollback under way sets up every member anew
+            self.exchange.remove(worker)
+
+    def admit(self, worker: int, first_round: int) -> bool:
+        self._require_ready()
+        return self.exchange.admit(worker, first_round)
+
+    def current_version(self) -> int:
+        self._require_ready()
+        return self.exchange.current_version()
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise ServerNotReady(f"parameter server {self.index} was restarted and is not set up yet")
+
+    # -- reporting --------------------------------------------------------------------------
+    def stats(self) -> ServerStats:
+        """The exchange's counts, checkpoint shards written and timings; a restarted process that
+        was not set up again reports only that it is not ready."""
+        if not self.ready:
+            return ServerStats(ready=False)
+        exchange = self.exchange.stats()
+        with self.exchange.lock:  # the backend's counters move under the exchange's lock
+            self.writer.collect(wait=False)
+            updates = max(exchange.updates, 1)
+            return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),
+                               ms_apply_per_update=1000 * self.seconds_apply / updates,
+                               ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss())
+
+    def get_params(self) -> np.ndarray:
+        with self.exchange.lock:
+            return np.array(self.opt.params_view(), copy=True)
+
+    def get_table(self, k: int) -> np.ndarray:
+        """This server's rows of sparse table `k`, in its local order (`TableSpec.global_ids`)."""
+        with self.exchange.lock:
+            return self.tables[k].params.numpy()
+
+    def trace_track(self):
+        """This process's recorded phases (a raytf.observe.trace.Track), or None when tracing is off."""
+        if self.trace is None:
+            return None
+        return self.trace.track(f"ps {self.index}", self.node_info()[0], os.getpid())
+
+    def close(self) -> None:
+        self._close_links()
+        self.writer.close()
+
+
+def _recorder(max_steps: int, workers: int):
+    """A timeline of every worker's calls (one per worker, each step: push with its phases)."""
+    from raytf.observe.trace import SERVER_PHASES, PhaseRecorder
+
+    recorder = PhaseRecorder(max_steps * workers * (len(SERVER_PHASES) + 2))  # + push, checkpoint
+    recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
+    recorder.threads[DRIVER_TID] = "driver's calls"
+    return recorder
+
+
+def _mean_rows(parts: list, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The round's gradient rows of one table: duplicates across workers summed, divided by the
+    number of gradients in the round (what the dense mean gives a row that some workers left at 0)."""
+    from raytf.exchange.tables import dedupe
+
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, width), np.float32)
+    ids = np.concatenate([ids for ids, _ in parts])
+    rows = np.concatenate([rows for _, rows in parts]) if len(ids) else np.zeros((0, width), np.float32)
+    unique, summed = dedupe(ids, rows)
+    return unique, summed / len(parts)
+
+
+def _rows(state: TableState, spec, server: int) -> np.ndarray:
+    """A table's rows to start from: restored, or (a ShardedEmbedding, which no replica holds) new."""
+    if state.params is not None:
+        return state.params
+    from raytf.exchange.tables import initial_rows
+
+    return initial_rows(spec, server)

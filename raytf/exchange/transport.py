@@ -1,0 +1,294 @@
+"""How a worker's gradient buffer reaches a parameter server and fresh parameters come back.
+
+Two transports share one shape, so the exchange logic never knows which one it uses:
+
+* `shm`: when worker and server share a node, each (worker, server) pair gets a fixed gradient
+  slot and the server publishes parameters into fixed slots (which the worker's step reads in
+  place, no copy), all memory-mapped files in
+  /dev/shm/raytf-<uid>/<run id>/ (directories 0700, files 0600: other local users read no
+  gradient or parameter). A step copies bytes into a buffer that already exists; only a tiny control
+  message goes through Ray. Fresh object-store allocations per step are what make the plain
+  path slow, and reused buffers avoid them.
+* `object_store`: the buffers travel as Ray call arguments and return values (works across
+  nodes). The server puts each published version into the object store once and hands every
+  worker the same reference.
+
+The server side is a `ServerSlots`, the worker side a `WorkerLink` per server. Which one a pair
+uses is decided by the nodes the two run on: at wiring, and again when a restarted worker
+rejoins (it may come back on another node, where the slot files of its old node do not exist).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from raytf.errors import ClusterError
+from raytf.runtime import aligned_zeros
+
+SHM_ROOT = "/dev/shm"
+SHM_ROOT_ENV = "RAYTF_SHM_ROOT"  # another tmpfs for the exchange files (read on each node)
+
+
+def shm_root() -> str:
+    return os.environ.get(SHM_ROOT_ENV) or SHM_ROOT
+
+
+def shm_available() -> bool:
+    root = shm_root()
+    return os.path.isdir(root) and os.access(root, os.W_OK)
+
+
+def shm_user_dir() -> str:
+    """<root>/raytf-<uid>: only this user may enter it, so nobody else can open (or plant) a run's files."""
+    return os.path.join(shm_root(), f"raytf-{os.getuid()}")
+
+
+def shm_run_dir(run_id: str) -> str:
+    """Where a run's exchange files live on this node: <root>/raytf-<uid>/<run id>/ (both 0700)."""
+    return os.path.join(shm_user_dir(), run_id)
+
+
+def _private_dir(path: str) -> str:
+    """`path` as a directory owned by this user with mode 0700; refuses a symlink or one planted by
+    someone else (the root is world-writable: another user could create the name first)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ClusterError(
+            f"{path} is not a directory owned by you (uid {os.getuid()}); another user may have created it, "
+            "and raytf will not put its exchange buffers where others can read them.",
+            f"Remove it (or have its owner remove it), then retry; or set {SHM_ROOT_ENV} to a tmpfs only you can write.",
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def make_run_dir(run_id: str) -> str:
+    _private_dir(shm_user_dir())
+    return _private_dir(shm_run_dir(run_id))
+
+
+def remove_shm_files(run_id: str) -> int:
+    """Remove every slot file of a run on this node, and its directory (after a crash, too).
+    Returns how many files there were."""
+    run_dir = shm_run_dir(run_id)
+    if os.path.islink(run_dir) or not os.path.isdir(run_dir):
+        return 0
+    count = len(os.listdir(run_dir))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return count
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """What a worker needs to talk to one server: the slot files, or None for the object store.
+
+    The paths are relative to the shared-memory root of the node: a worker maps them under its own
+    node's root, so a link made for another node finds no file rather than some other file."""
+
+    grad_path: str | None = None
+    params_path: str | None = None
+    halves: int = 1  # parameter buffers in the file: 2 where the worker computes while the server publishes
+    bell_path: str | None = None  # the server's doorbell (raytf.exchange.doorbell), when pushes go over it
+
+    @property
+    def kind(self) -> str:
+        return "shm" if self.grad_path else "object_store"
+
+
+def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
+    """Map the slot file at `path` (`size` floats, or `halves` buffers of `size`: shape (halves, size));
+    a new one is created 0600 whatever the umask, and never over an existing file (O_EXCL: a planted
+    file or symlink makes this fail instead of being used)."""
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
+    shape = (halves, size) if halves else (size,)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, max(halves, 1) * size * 4)
+        with os.fdopen(os.dup(fd), "r+b") as file:
+            return np.memmap(file, dtype=np.float32, mode="r+", shape=shape)  # the mapping outlives the file
+    finally:
+        os.close(fd)
+
+
+class ServerSlots:
+    """Server side of the links to all workers for one shard of `size` floats."""
+
+    def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool) -> None:
+        self._size = size
+        self._run_id = run_id
+        self._name = f"ps{server}-"
+        self._dir: str | None = None
+        self._grads: dict[int, np.ndarray] = {}
+        self._params: dict[int, np.ndarray] = {}
+        self._specs: dict[int, LinkSpec] = {}
+        self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
+        self._shared_params = shared_params
+        self._shared_version = -1  # the version the shared slot holds
+        self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
+        self._published_ref = None
+        self._published_version = -1
+        if size == 0:
+            shm_workers = set()  # a server that holds rows of sparse tables only: nothing dense to map
+        for worker in sorted(shm_workers):
+            self._add(worker)
+
+    def _path(self, suffix: str) -> str:
+        """A file of this server in the run's private directory (made on first use, when what a dead
+        process of this server left there is swept)."""
+        if self._dir is None:
+            self._dir = make_run_dir(self._run_id)
+            for stale in glob.glob(os.path.join(self._dir, self._name + "*")):
+                _unlink(stale)  # left by a process of this server that died (its restart is here)
+        return os.path.join(self._dir, self._name + suffix)
+
+    def _create(self, suffix: str, halves: int = 0) -> tuple[np.ndarray, str]:
+        path = self._path(suffix)
+        return _map(path, self._size, create=True, halves=halves), path
+
+    def _add(self, worker: int) -> None:
+        self._grads[worker], grad_path = self._create(f"g{worker}")
+        if self._shared_params:
+            # The policy guarantees nobody reads while it is written: a barrier releases all workers
+            # at once, and none computes again before every one has pushed.
+            self._shared = self._shared or self._create("p", halves=1)
+            self._params[worker], params_path = self._shared
+        else:
+            # Two buffers: a worker may compute on the parameters of its last answer while its next
+            # push is answered (async, ssp), so each answer goes to the buffer it is not reading.
+            self._params[worker], params_path = self._create(f"p{worker}", halves=2)
+        root = shm_root()
+        self._specs[worker] = LinkSpec(grad_path=os.path.relpath(grad_path, root),
+                                       params_path=os.path.relpath(params_path, root),
+                                       halves=self._params[worker].shape[0])
+
+    def _drop(self, worker: int) -> None:
+        spec = self._specs.pop(worker, None)
+        if spec is None:
+            return
+        del self._grads[worker], self._params[worker]
+        root = shm_root()
+        _unlink(os.path.join(root, spec.grad_path))
+        if not self._shared_params:
+            _unlink(os.path.join(root, spec.params_path))
+        self._given.pop(worker, None)
+
+    def relink(self, worker: int, shm: bool) -> LinkSpec:
+        """The link of a worker that came back, maybe on another node: fresh slots when it shares this
+        server's node (`shm`), else none (the object store). Called with the exchange's lock held."""
+        self._drop(worker)
+        if shm and self._size:
+            self._add(worker)
+        return self.link_spec(worker)
+
+    def link_spec(self, worker: int) -> LinkSpec:
+        return self._specs.get(worker, LinkSpec())
+
+    def bell_path(self) -> str:
+        """Where this server's doorbell socket goes: beside its slots, in the run's private directory."""
+        return self._path("bell")
+
+    def gradient(self, worker: int, payload: np.ndarray | None):
+        """The worker's gradient as a TF tensor: over the slot it wrote, or over the payload it sent
+        (the call's own argument in the object store: read by the update only, never copied)."""
+        from raytf.runtime import as_tensor
+
+        return as_tensor(payload if payload is not None else self._grads[worker], read_only=True)
+
+    def publish(self, params: np.ndarray, version: int, worker: int) -> None:
+        """Make `params` (at `version`) readable for `worker`; called by the server with its lock held,
+        before `worker` is answered.
+
+        Shared slot (sync without backups): written once per version, while every shm worker waits
+        at the barrier. Otherwise the worker's own two buffers: the one it was not last answered with
+        gets the new version (the other may be under its step right now); the same version again is
+        answered with the same buffer, uncopied. Object-store workers get one `ray.put` per version,
+        shared by all of them.
+        """
+        if worker in self._params:
+            slot = self._params[worker]
+            if self._shared_params:
+                if self._shared_version != version:
+                    np.copyto(slot[0], params)
+                    self._shared_version = version
+                self._given[worker] = (0, version)
+                return
+            half, held = self._given.get(worker, (1, -1))
+            if held != version:
+                half = 1 - half
+                np.copyto(slot[half], params)
+                self._given[worker] = (half, version)
+        elif version != self._published_version:
+            import ray
+
+            self._published_ref, self._published_version = ray.put(params), version
+
+    def reply(self, worker: int):
+        """What the reply to `worker` carries: which buffer of its slot to read, or the reference."""
+        if worker in self._params:
+            return self._given[worker][0]
+        return [self._published_ref]  # wrapped so Ray passes the reference, not the value
+
+    def close(self) -> None:
+        for worker in list(self._specs):
+            self._drop(worker)
+        if self._shared is not None:
+            _unlink(self._shared[1])
+            self._shared = None
+        if self._dir is not None:
+            try:
+                os.rmdir(self._dir)  # the last server of the run on this node takes the directory along
+            except OSError:
+                pass  # another server's files are still in it
+            self._dir = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class WorkerLink:
+    """Worker side of the link to one server, for a flat buffer of `size` floats."""
+
+    def __init__(self, spec: LinkSpec, size: int) -> None:
+        self.kind = spec.kind
+        root = shm_root()
+        self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
+        self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
+                        if spec.params_path else None)
+        # Object store: the gradient is gathered here and copied out by the call (Ray puts a large
+        # argument into the object store when the call is made); zeros stay between the parts.
+        self._staging = aligned_zeros(size) if self._grad is None else None
+
+    def send(self, parts, offsets) -> np.ndarray | None:
+        """Hand over a gradient given as `parts` (arrays) to lay at `offsets` of the flat buffer: one
+        copy each, straight into the slot. Returns what must travel in the call (None: it is in the slot)."""
+        buffer = self._grad if self._grad is not None else self._staging
+        for part, offset in zip(parts, offsets):
+            part = np.asarray(part).reshape(-1)
+            np.copyto(buffer[offset:offset + part.size], part)
+        return None if self._grad is not None else buffer
+
+    def receive(self, payload) -> np.ndarray:
+        """The published parameters, flat: the buffer of the slot the reply names (read in place,
+        for shm; the server writes it again only after this worker's next call), or the
+        object-store copy (read-only)."""
+        if self._params is not None:
+            return self._params[payload]
+        import ray
+
+        return ray.get(payload[0])

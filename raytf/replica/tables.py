@@ -1,0 +1,137 @@
+"""A worker's side of the sparse tables: which rows it asks for, what it pushes, loading what comes back.
+
+The worker's replica keeps its embedding tables as Keras built them, but only the rows of the
+batches it is about to compute are ever fresh: before computing a batch it has loaded, from the
+servers that own them, the rows of that batch's ids (asked for with the push before, or with the
+first pull). Its gradient for a table is sparse; it leaves the worker as the distinct ids each
+server owns and their summed gradient rows. The ids of a batch are read from the embedding
+layers' inputs by a small model of the replica (functional and Sequential models have one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raytf.errors import ConfigError
+from raytf.exchange.sharding import ShardPlan
+from raytf.exchange.tables import ABSENT, TableSpec, dedupe, split
+
+ID_BYTES = 8  # ids travel as int64
+
+
+@dataclass(frozen=True)
+class Request:
+    """Rows asked for: per server, per table, the local ids (what travels) and the global ids (where
+    the rows go in the replica)."""
+
+    want: tuple[tuple[np.ndarray, ...], ...]
+    ids: tuple[tuple[np.ndarray, ...], ...]
+
+    def count(self) -> int:
+        return sum(len(ids) for per_server in self.ids for ids in per_server)
+
+
+class WorkerTables:
+    def __init__(self, model, plan: ShardPlan, worker: int) -> None:
+        self.specs: tuple[TableSpec, ...] = plan.tables
+        self.servers = len(plan.shards)
+        self.worker = worker
+        tvars = model.trainable_variables
+        layers = [_layer_of(model, tvars[t.variable]) for t in self.specs]
+        # The tf.Variables under Keras's: a whole table, or (ShardedEmbedding) the cache of a batch's rows.
+        self.variables = [tvars[t.variable].value for t in self.specs]
+        self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
+        self._cached = [v.numpy() if v is not None else None for v in self.cache_ids]  # what the cache holds now
+        self._read_ids = _id_reader(model, layers) if self.specs else None
+        self.row_bytes = [4 * t.width + ID_BYTES for t in self.specs]
+
+    def request(self, batches: list) -> Request:
+        """The rows the worker needs to compute `batches` (features, labels), by server."""
+        want: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
+        ids_out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
+        if self.specs:
+            read = [self._read_ids(x) for x, _ in batches]
+            for k, spec in enumerate(self.specs):
+                ids, _ = dedupe(np.concatenate([np.asarray(r[k]).reshape(-1) for r in read]).astype(np.int64))
+                spec.check_ids(ids, self.worker)
+                owners = spec.owner(ids)
+                for server, (local, _) in enumerate(split(spec, ids)):
+                    want[server].append(local)
+                    ids_out[server].append(ids[owners == server])
+        return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)))
+
+    def load(self, request: Request, rows: list) -> int:
+        """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
+        import tensorflow as tf
+
+        received = 0
+        for k, spec in enumerate(self.specs):
+            ids = [request.ids[server][k] for server in range(self.servers)]
+            values = [per_table[k] for per_table in rows]
+            received += sum(len(i) for i in ids) * self.row_bytes[k]
+            if not spec.cached:
+                for server_ids, server_rows in zip(ids, values):
+                    if len(server_ids):
+                        self.variables[k].scatter_update(tf.IndexedSlices(tf.constant(server_rows), tf.constant(server_ids)))
+                continue
+            # The cache now holds exactly these rows, sorted by id (the layer looks ids up by binary search).
+            all_ids, all_rows = np.concatenate(ids), np.concatenate(values)
+            order = np.argsort(all_ids)
+            cached = np.full(len(self._cached[k]), ABSENT, np.int64)
+            cached[: len(order)] = all_ids[order]
+            cache = np.zeros((len(cached), spec.width), np.float32)
+            cache[: len(order)] = all_rows[order]
+            self.variables[k].assign(cache)
+            self.cache_ids[k].assign(cached)
+            self._cached[k] = cached
+        return received
+
+    def gradient(self, table_grads) -> tuple[tuple, int, int]:
+        """A step's sparse gradients (per table: looked-up ids and their gradient rows) as what each
+        server gets (per table: unique local ids, summed rows); also the bytes and the distinct ids."""
+        per_server: list[list] = [[] for _ in range(self.servers)]
+        sent = distinct = 0
+        for k, (spec, (ids, rows)) in enumerate(zip(self.specs, table_grads)):
+            ids = np.asarray(ids).astype(np.int64)
+            if spec.cached:  # positions in the cache, not ids: translate while the cache still holds this batch's rows
+                ids = self._cached[k][ids]
+            unique, summed = dedupe(ids, np.asarray(rows))
+            distinct += len(unique)
+            sent += len(unique) * self.row_bytes[k]
+            for server, (local, part) in enumerate(split(spec, unique, summed)):
+                per_server[server].append((local, part))
+        return tuple(map(tuple, per_server)), sent, distinct
+
+
+def _layer_of(model, variable):
+    import keras
+
+    from raytf.replica.model import all_layers
+
+    return next(layer for layer in all_layers(model)
+                if isinstance(layer, keras.layers.Embedding) and layer.embeddings is variable)
+
+
+def _id_reader(model, layers: list):
+    """A function of a batch's features that returns the ids each table's layer looks up."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        reader = keras.Model(model.inputs, [layer.input for layer in layers])
+    except (AttributeError, ValueError, TypeError) as err:
+        raise ConfigError(
+            f"sparse tables: cannot read the ids of the embedding layers {[layer.name for layer in layers]} from the "
+            f"model's inputs ({err}); raytf reads them from the layers' inputs, which a functional or Sequential "
+            "model built on keras.Input has.",
+            "Build the model with keras.Input (functional or Sequential), or set sparse.tables: none.",
+        ) from None
+
+    @tf.function
+    def read(x):
+        ids = reader(x, training=False)
+        return ids if isinstance(ids, (list, tuple)) else [ids]
+
+    return read

@@ -1,0 +1,491 @@
+"""The worker actor: a model replica and a data shard that computes gradients.
+
+The hot path is one graph-compiled function, `step`: forward and backward on a batch with the
+parameters the servers published passed in as tensors (over the shared-memory slots themselves,
+no copy: `keras.StatelessScope` maps the replica's variables to them), returning each variable's
+gradient and whether they are all finite. Each gradient is copied once, straight into its place
+in the server's slot (or the object-store buffer). The replica's own variables hold only what the
+servers do not publish: sparse-table row caches and non-trainable state (BatchNorm statistics,
+dropout seeds), which the step writes back.
+
+A worker trains until the servers reply DONE (they reached the target version) or ROLLBACK
+(the driver is restoring a checkpoint); if a server dies under it, `run` ends with SERVER_LOST
+and the driver takes over. A restarted worker `rejoin`s: it sets up again, is admitted again by
+every server (by the policy's rules) and starts from the parameters of then.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from raytf.exchange.doorbell import Bell, ServerGone
+from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
+from raytf.runtime import configure_tensorflow
+from raytf.exchange.sharding import ShardPlan
+from raytf.observe.startup import peak_rss
+from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
+from raytf.replica.tables import Request, WorkerTables
+from raytf.exchange.policies import policy_for
+
+
+def warmup_steps(steps: int) -> int:
+    """Steps excluded from the steady-state rate (graph tracing, first allocations)."""
+    return max(1, min(20, steps // 10))
+
+
+class StepTimer:
+    """Where a worker's steps go (compute, exchange), after the warm-up steps; and its start-up."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.compute = self.exchange = 0.0
+        self.warm_time = time.perf_counter()
+        self.startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
+        self._t0 = self._t1 = 0.0
+        self._wall0 = 0.0
+
+    def compute_started(self) -> None:
+        self._t0, self._wall0 = time.perf_counter(), time.time()
+
+    def computed(self, first: bool) -> None:
+        self._t1 = time.perf_counter()
+        if first:
+            self.startup["first_compile"] = (self._wall0, time.time())
+
+    def exchanged(self, steps: int) -> float:
+        now = time.perf_counter()
+        if steps == self.warmup:
+            self.warm_time = now
+            self.compute = self.exchange = 0.0
+        else:
+            self.compute += self._t1 - self._t0
+            self.exchange += now - self._t1
+        return now
+
+    def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int,
+               pushed: int = 0, pulled: int = 0, unique_ids: int = 0) -> WorkerResult:
+        measured = steps - self.warmup
+        seconds = time.perf_counter() - self.warm_time
+        return WorkerResult(
+            index=index, status=status, steps=steps, final_loss=final_loss, measured_steps=max(measured, 0),
+            samples_per_second=measured * batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
+            ms_compute_per_step=1000 * self.compute / max(measured, 1),
+            ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
+            startup=self.startup, bytes_pushed=pushed, bytes_pulled=pulled, unique_ids=unique_ids, peak_rss=peak_rss(),
+        )
+
+
+class Worker:
+    def __init__(self, run_id: str, index: int, description: str = "") -> None:
+        self.run_id = run_id
+        self.index = index
+        self.description = description or f"index {index}"
+        self.metrics = None  # set when connected (needs Ray)
+        self.links: list[WorkerLink] = []
+        self.bells: list = []  # per server, its raytf.exchange.doorbell.Bell where pushes go over it, else None
+        self.trace = None  # a raytf.observe.trace.PhaseRecorder when the config's trace.enabled
+
+    def __repr__(self) -> str:
+        # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
+        return f"Worker(run={self.run_id}, {self.description})"
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int) -> dict[str, Any]:
+        """Build the replica and the data shard. Returns the GPUs it sees and where its start-up time went."""
+        from raytf.observe.startup import ActorTimer
+
+        timer = ActorTimer()
+        with timer.span("actor_imports"):
+            configure_tensorflow(threads)
+            import keras  # noqa: F401 - timed here; _build uses it
+            import raytf.replica.model  # noqa: F401
+        with timer.span("actor_model_build"):
+            gpus = self._build(config, plan, num_workers)
+        if self.config.trace.enabled and self.trace is None:
+            from raytf.observe.trace import WORKER_PHASES, PhaseRecorder
+
+            self.trace = PhaseRecorder(self.config.trace.max_steps * (len(WORKER_PHASES) + 1))  # + the step itself
+            self.trace.threads[0] = "step loop"
+        return {"gpus": gpus, "timings": timer.spans}
+
+    def _build(self, config: dict[str, Any], plan: ShardPlan, num_workers: int) -> int:
+        """The replica, its data shard and its compiled step; returns the number of GPUs TensorFlow sees."""
+        import keras
+        import tensorflow as tf
+
+        from raytf.config import TrainConfig
+        from raytf.config.imports import resolve_callable
+        from raytf.replica.layers import rows_on_servers
+        from raytf.replica.model import IdOutOfRange, batches, build_model, first_batch, make_loss, train_dataset, variable_specs
+
+        cfg = TrainConfig.model_validate(config)
+        self.config = cfg
+        keras.utils.set_random_seed(cfg.seed + 1 + self.index)  # dropout and shuffles differ per worker
+        dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
+        features, labels = first_batch(dataset, cfg.batch_size, "data.train")
+        # A ShardedEmbedding holds a cache of the rows of the batches it is about to compute, not its table.
+        with rows_on_servers(cfg.batch_size, batches=2 if policy_for(cfg.distribution).overlaps_compute else 1):
+            try:
+                model = build_model(resolve_callable(cfg.model, "model"), features, labels, cfg)
+            except IdOutOfRange as err:  # this worker's data: say which worker
+                from raytf.errors import TrainingError
+
+                raise TrainingError(f"worker {self.index}: {err.problem}", err.fix) from None
+        # Shapes, not names: Keras numbers layer names per process (dense_3 here, dense there).
+        if [(v.shape, v.dtype) for v in variable_specs(model)] != [(v.shape, v.dtype) for v in plan.variables]:
+            from raytf.errors import TrainingError
+
+            raise TrainingError(
+                f"worker {self.index}: the model it built has different variables than the driver's.",
+                "Make the model function deterministic (same layers and shapes on every call).",
+            )
+        self.model = model
+        self.plan = plan
+        self.iterator = iter(batches(dataset, cfg, self.index))
+        self.upcoming: collections.deque = collections.deque()  # batches read ahead (their sparse rows are asked early)
+        self.tables = WorkerTables(model, plan, self.index)
+        try:
+            next(iter(dataset.batch(cfg.batch_size, drop_remainder=True)))
+        except StopIteration:
+            from raytf.errors import ConfigError
+
+            raise ConfigError(
+                f"data.train: shard {self.index} of {num_workers} has fewer than batch_size={cfg.batch_size} examples, "
+                "so it yields no full batch.",
+                "Lower batch_size, use fewer workers, or give each shard more data.",
+            ) from None
+        loss_fn = make_loss(cfg.loss)
+        tvars = model.trainable_variables
+        tables = plan.tables
+        # The servers' variables, in the order the step takes their values: shard by shard.
+        dense = [tvars[i] for shard in plan.shards for i in shard.variables]
+        mapped = {id(v) for v in dense}
+        kept = [v for v in model.variables if id(v) not in mapped]  # what the replica itself holds
+
+        def step(x, y, *params):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                with keras.StatelessScope(state_mapping=list(zip(dense, params))) as scope:
+                    outputs = model(x, training=True)
+                    loss = loss_fn(y, outputs)
+                    if model.losses:
+                        loss = loss + tf.add_n(model.losses)
+            for var in kept:  # what the forward pass assigned (BatchNorm statistics, dropout seeds)
+                value = scope.get_current_value(var)
+                if value is not None:
+                    var.assign(value)
+            grads = tape.gradient(loss, list(params) + [tvars[t.variable] for t in tables])
+            dense_grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for p, g in zip(params, grads)]
+            # A sparse table's gradient leaves the step as it is: the ids looked up and their rows.
+            table_grads = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
+            # Fused into the step by XLA: one more read of buffers that are hot in cache.
+            finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
+                                             dense_grads + [rows for _, rows in table_grads]]))
+            return loss, dense_grads, table_grads, finite
+
+        self._step_fn = step
+        self._step = tf.function(step, jit_compile=cfg.jit_compile)
+        self._step_checked = not cfg.jit_compile
+        self.params: list = []  # per shard, the flat parameters of the last reply (the step reads them in place)
+        return len(tf.config.list_logical_devices("GPU"))
+
+    def _param_tensors(self) -> list:
+        """Each server variable's values as a tensor over the last reply's buffers, without a copy:
+        a shared-memory slot, or the object store's read-only buffer (both 64-byte aligned per
+        variable, see raytf.exchange.sharding; the step only reads its parameters)."""
+        from raytf.runtime import as_tensor
+
+        return [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
+                for shard, flat in zip(self.plan.shards, self.params)
+                for i, part in zip(shard.variables, shard.parts(flat))]
+
+    def _ahead(self, count: int) -> list:
+        """The next `count` batches, read ahead but not taken."""
+        while len(self.upcoming) < count:
+            self.upcoming.append(next(self.iterator))  # outside the step: XLA cannot compile dataset iterators
+        return list(self.upcoming)[:count]
+
+    def _compute(self):
+        """One step on the next batch with the parameters of the last reply: (loss, per-variable
+        dense gradients in shard order, per sparse table (ids, rows), all finite)."""
+        self._ahead(1)
+        x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
+        params = self._param_tensors()
+        if self._step_checked:
+            return self._step(x, y, *params)
+        import tensorflow as tf
+
+        self._step_checked = True
+        try:
+            return self._step(x, y, *params)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+            # Some ops have no XLA kernel; train without XLA rather than fail the run.
+            print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
+                  "continuing without it (set jit_compile: false to skip this check).", flush=True)
+            self._step = tf.function(self._step_fn)
+            return self._step(x, y, *params)
+
+    def process_id(self) -> int:
+        return os.getpid()
+
+    def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
+        """Map the exchange buffers of every server (again, after the servers were set up anew)."""
+        self.servers = servers
+        self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
+        for bell in self.bells:
+            if bell is not None:
+                bell.close()
+        self.bells = [Bell(os.path.join(shm_root(), spec.bell_path), self.index) if spec.bell_path else None
+                      for spec in links]
+        self.bytes_per_exchange = 4 * sum(shard.values for shard in self.plan.shards)  # the padding carries nothing
+        if self.metrics is None:
+            from raytf.observe.metrics import ActorMetrics
+
+            self.metrics = ActorMetrics(self.config.name, "worker", self.index)
+        return self.link_kinds()
+
+    def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
+               target_version: int) -> WorkerResult:
+        """A restarted worker: set up, connect, be admitted again and train on.
+
+        Ray may have restarted it on another node than before, so every server decides its link
+        again (shared memory only on the server's own node); the pairing of its old process is gone."""
+        import ray
+
+        self.setup(config, plan, num_workers, threads)
+        node = self.node_id()
+        try:
+            links = ray.get([server.relink.remote(self.index, node) for server in servers])
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            if not _server_lost(err):
+                raise
+            # A server died too: the driver rolls back and sets this worker up with the others.
+            return StepTimer(0).result(self.index, Status.SERVER_LOST, 0, float("nan"), self.config.batch_size)
+        self.connect(servers, links)
+        return self.run(target_version, rejoin=True)
+
+    def link_kinds(self) -> list[str]:
+        """How it reaches each server now: "shm+doorbell" (slots, pushes over the socket), "shm"
+        (slots, pushes as Ray calls) or "object_store"."""
+        return [link.kind + ("+doorbell" if bell is not None else "") for link, bell in zip(self.links, self.bells)]
+
+    def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
+        """Wait for the servers' replies (Ray refs, or Bells rung) and take the parameters (and the rows
+        of `request`) they sent."""
+        import ray
+
+        answers = iter(ray.get([p for p in replies_refs if not isinstance(p, Bell)]))
+        replies: list[Reply] = [p.answer() if isinstance(p, Bell) else next(answers) for p in replies_refs]
+        replied = time.perf_counter()
+        if self.trace is not None:
+            self._lap("wait_reply")  # the servers' receive, barrier, apply and publish, and the calls
+        statuses = {reply.status for reply in replies}
+        versions = [reply.version for reply in replies]
+        if Status.ROLLBACK in statuses:
+            return Status.ROLLBACK, versions
+        self.params = [link.receive(reply.payload) for link, reply in zip(self.links, replies)]
+        received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
+        self.traffic["pulled"] += received
+        if self.trace is not None:
+            self._lap("load")
+        if self.metrics is not None:
+            if self.tables.specs:
+                self.metrics.inc("raytf_sparse_rows", request.count())
+            if pushed_at is not None:
+                self.metrics.observe("raytf_push_seconds", replied - pushed_at)
+            self.metrics.observe("raytf_pull_seconds", time.perf_counter() - replied)
+            self.metrics.inc("raytf_bytes_exchanged", received)
+        return (Status.DONE if statuses == {Status.DONE} else Status.OK), versions
+
+    def _start(self, rejoin: bool, lookahead: int) -> tuple[Status, list[int]]:
+        """Pull the parameters to start from (and the rows of the first batches); a restarted worker
+        is admitted again first. Where the policy counts on rounds, that is a round no server has
+        started yet, so that every server admits it to the same one and they all keep the same version."""
+        import ray
+
+        request = self.tables.request(self._ahead(lookahead))
+        at_version = None
+        if rejoin:
+            while True:
+                first = max(ray.get([s.current_version.remote() for s in self.servers])) + 2
+                if all(ray.get([s.admit.remote(self.index, first) for s in self.servers])):
+                    break
+                ray.get([s.remove_worker.remote(self.index) for s in self.servers])  # a server moved on meanwhile
+            at_version = first - 1 if policy_for(self.config.distribution).admits_by_round else None
+        return self._finish([s.pull.remote(self.index, at_version, request.want[j]) for j, s in enumerate(self.servers)],
+                            request)
+
+    def _push(self, base_versions: list[int], grads: list, sparse, step: int, loss: float, request: Request) -> list:
+        """Hand the gradient (computed on `base_versions`; `sparse`: its rows per server, None when it
+        is not finite) to every server, asking for the rows of `request`; returns the reply refs."""
+        finite = sparse is not None
+        payloads = [link.send(grad, shard.offsets) if finite else None
+                    for link, grad, shard in zip(self.links, grads, self.plan.shards)]
+        rows, sent, distinct = sparse if finite else (((),) * len(self.servers), 0, 0)
+        pushed = (self.bytes_per_exchange if finite else 0) + sent
+        self.traffic["pushed"] += pushed
+        self.traffic["unique_ids"] += distinct
+        if self.metrics is not None:
+            self.metrics.inc("raytf_bytes_exchanged", pushed)
+            if distinct:
+                self.metrics.inc("raytf_sparse_rows", distinct)
+        pending = []
+        for j, (server, payload, bell) in enumerate(zip(self.servers, payloads, self.bells)):
+            if bell is not None:  # the gradient is in the slot: ring (a sparse table's rows never go this way)
+                bell.ring(base_versions[j], step, loss if j == 0 else None, finite)
+                pending.append(bell)
+            else:
+                pending.append(server.push.remote(self.index, base_versions[j], payload, step, loss if j == 0 else None,
+                                                  finite, rows[j], request.want[j]))
+        return pending
+
+    def run(self, target_version: int, rejoin: bool = False) -> WorkerResult:
+        """Train until the servers reach `target_version`. Where the policy overlaps compute with
+        the exchange (async, ssp), the next gradient is computed while the last push is in flight
+        (so it is one push staler); otherwise (sync) every step waits for its push's answer. The
+        rows of a sparse table are asked for one batch ahead of the one computed next (two when
+        overlapping: that batch is computed before the reply to the push in flight)."""
+        import ray
+
+        policy = policy_for(self.config.distribution)
+        lookahead = 2 if policy.overlaps_compute else 1
+        timer = StepTimer(warmup_steps(target_version // policy.updates_per_step))
+        self.traffic = {"pushed": 0, "pulled": 0, "unique_ids": 0}
+        loss_value = float("nan")
+        steps = 0
+        status = Status.OK
+        no_rows = None if self.tables.specs else self.tables.request([])  # what a dense model's push asks for
+        try:
+            pull_started = time.time()
+            if self.trace is not None:
+                self._trace_step, self._mark = 0, self.trace.mark()  # the first pull is step 0's
+            status, versions = self._start(rejoin, lookahead)
+            timer.startup["first_pull"] = (pull_started, time.time())
+            pending = None
+            while status is Status.OK:
+                base_versions = versions  # what this gradient is computed on: its staleness counts from there
+                timer.compute_started()
+                if self.trace is not None:
+                    self._trace_step, self._mark = steps + 1, self.trace.mark()
+                    step_started = self._mark
+                loss, dense_grads, table_grads, finite = self._compute()
+                finite = bool(finite)
+                if self.trace is not None:
+                    self._lap("compute")
+                if not finite and self.config.on_nonfinite == "abort":
+                    raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
+                # Views of the step's outputs (`.numpy()` would copy): copied once, into the slots, by the push.
+                grads = self._by_shard([np.from_dlpack(g) for g in dense_grads]) if finite else [None] * len(self.links)
+                # Per server, the touched rows; now, while the row cache still holds this batch's rows.
+                sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
+                loss_value = float(loss)
+                if self.trace is not None:
+                    self._lap("copy_out")
+                timer.computed(first=not steps)
+                if pending is not None:
+                    status, versions = self._finish(pending, pending_request, pushed_at)
+                    pending = None
+                    if status is not Status.OK:
+                        break  # the gradient just computed is not needed any more
+                pushed_at = time.perf_counter()
+                if self.tables.specs:  # the push asks for the rows of a coming batch: read it first
+                    pending_request = self.tables.request(self._ahead(lookahead)[-1:])
+                    if self.trace is not None:
+                        self._lap("next_batch")  # the batch of a coming step, read ahead, and the rows it needs
+                else:
+                    pending_request = no_rows
+                pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
+                steps += 1
+                if self.trace is not None:
+                    self._lap("push")  # into the slots, and the calls sent (not answered)
+                if not self.tables.specs:
+                    # Dense only: the next batch is read while the servers work on the push (in sync,
+                    # the wait at the barrier), not before it.
+                    self._ahead(lookahead)
+                    if self.trace is not None:
+                        self._lap("next_batch")
+                if not policy.overlaps_compute:
+                    status, versions = self._finish(pending, pending_request, pushed_at)
+                    pending = None
+                if self.trace is not None:
+                    self.trace.record("step", step_started, steps, end=self._mark)
+                self._record_step(steps, loss_value, timer.exchanged(steps))
+        except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError, ray.exceptions.RayTaskError,
+                ServerGone) as err:
+            # A server died: during the call, or (object store) between its reply and the fetch of the
+            # parameters it put, which die with it; or it was restarted and is not set up yet. The
+            # driver restores a checkpoint and starts the run again.
+            if not _server_lost(err):
+                raise
+            status = Status.SERVER_LOST
+        return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
+
+    def _by_shard(self, values: list) -> list[list]:
+        """Per-variable values in shard order (the step's), grouped per server."""
+        groups, start = [], 0
+        for shard in self.plan.shards:
+            groups.append(values[start:start + len(shard.variables)])
+            start += len(shard.variables)
+        return groups
+
+    def _lap(self, phase: str) -> None:
+        """Trace `phase` of the current step: from where the last phase ended until now."""
+        self._mark = self.trace.record(phase, self._mark, self._trace_step)
+
+    def trace_track(self):
+        """This process's recorded phases (a raytf.observe.trace.Track), or None when tracing is off."""
+        return None if self.trace is None else self.trace.track(f"worker {self.index}", self.node_id(), os.getpid())
+
+    def _nonfinite_error(self, step: int, loss: float):
+        from raytf.errors import TrainingError
+
+        return TrainingError(
+            f"worker {self.index}: the gradient of step {step} is not finite (NaN or Inf; loss {loss:.4g}), and "
+            "on_nonfinite is 'abort'.",
+            "Lower optimizer.learning_rate, check the data for NaN/Inf, or set on_nonfinite: skip to drop such gradients.",
+        )
+
+    def _record_step(self, step: int, loss: float, now: float, window: int = 20) -> None:
+        self.metrics.set("raytf_step", step)
+        self.metrics.set("raytf_loss", loss)
+        if step % window == 0:
+            started = getattr(self, "_window_start", None)
+            if started is not None:
+                self.metrics.set("raytf_samples_per_second", window * self.config.batch_size / (now - started))
+            self._window_start = now
+
+    def non_trainable(self) -> list[np.ndarray]:
+        """The replica's non-trainable values (not the ids a ShardedEmbedding's row cache holds)."""
+        cache = {id(v) for v in self.tables.cache_ids if v is not None}
+        return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+
+
+def _server_lost(err: BaseException) -> bool:
+    """Whether a failed call to a server means the server is gone (died, or restarted and not set up)."""
+    import ray
+
+    if isinstance(err, ray.exceptions.RayTaskError):
+        return isinstance(err.cause, ServerNotReady)
+    return True
+
+
+def _sparse(grad, table):
+    """A sparse table's gradient in the step: the ids looked up, flat, and their gradient rows."""
+    import tensorflow as tf
+
+    if not isinstance(grad, tf.IndexedSlices):
+        from raytf.errors import TrainingError
+
+        raise TrainingError(
+            f"The gradient of the sparse table '{table.layer}' is dense in this worker's replica, though it was sparse "
+            "on the driver.", "Make the model function build the same model on every call, or set sparse.tables: none.")
+    return tf.reshape(grad.indices, [-1]), tf.reshape(grad.values, [-1, table.width])

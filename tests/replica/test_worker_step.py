@@ -1,0 +1,164 @@
+"""The worker's gradient step, in-process (no Ray): parameters passed in, per-variable gradients
+laid into each server's flat buffer, XLA and its fallback."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from raytf.config import config_from_dict  # noqa: E402
+from raytf.replica.model import variable_specs  # noqa: E402
+from raytf.exchange.sharding import plan_shards  # noqa: E402
+from raytf.replica.worker import Worker  # noqa: E402
+
+
+def make_worker(model: str, servers: int = 2, data: str = "examples.digits:train_examples", index: int = 0):
+    cfg = config_from_dict({"model": model, "data": {"train": data},
+                            "loss": "sparse_categorical_crossentropy", "batch_size": 16})
+    from raytf.driver.prepare import prepare
+
+    plan = plan_shards(variable_specs(prepare(cfg).model), servers)
+    worker = Worker("test", index)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    give_own_parameters(worker)
+    return worker, plan
+
+
+def give_own_parameters(worker):
+    """What a pull does: the servers' flat buffers, here packed from the replica's own initial values."""
+    tvars = worker.model.trainable_variables
+    worker.params = [shard.pack([tvars[i].numpy() for i in shard.variables]) for shard in worker.plan.shards]
+
+
+def test_step_returns_every_servers_gradients_and_they_land_in_its_buffer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # output_dir default lands here
+    worker, plan = make_worker("examples.digits:build_model")
+    loss, grads, table_grads, finite = worker._compute()
+    assert np.isfinite(float(loss)) and bool(finite) and table_grads == []
+    assert [tuple(g.shape) for g in grads] == [plan.variables[i].shape for s in plan.shards for i in s.variables]
+    assert all(np.abs(g.numpy()).sum() > 0 for g in grads)
+    # The same gradients as Keras computes on the replica's variables (which hold the same values).
+    import keras
+
+    from raytf.replica.model import make_loss
+
+    x, y = next(iter(worker.iterator))  # not the same batch: compare on one batch below instead
+    worker.upcoming.appendleft((x, y))
+    _, grads, _, _ = worker._compute()
+    with tf.GradientTape() as tape:
+        loss = make_loss(worker.config.loss)(y, worker.model(x, training=True))
+    want = dict(zip(map(id, worker.model.trainable_variables), tape.gradient(loss, worker.model.trainable_variables)))
+    order = [worker.model.trainable_variables[i] for s in plan.shards for i in s.variables]
+    for got, var in zip(grads, order):
+        np.testing.assert_allclose(got.numpy(), want[id(var)].numpy(), rtol=1e-4, atol=1e-6)
+    assert isinstance(worker.model, keras.Model)
+    # Laid into each server's flat buffer at the plan's offsets, one copy per variable.
+    from raytf.exchange.transport import LinkSpec, WorkerLink
+
+    for shard, group in zip(plan.shards, worker._by_shard([g.numpy() for g in grads])):
+        buffer = WorkerLink(LinkSpec(), shard.size).send(group, shard.offsets)  # object store: a staging buffer
+        for part, g in zip(shard.parts(buffer), group):
+            np.testing.assert_array_equal(part, g.reshape(-1))
+
+
+def test_the_step_reads_the_published_buffers_in_place(tmp_path, monkeypatch):
+    """No copy from a slot: the step's parameter tensors are the slot's memory, so a new version
+    the server writes there is what the next step computes with."""
+    monkeypatch.chdir(tmp_path)
+    worker, plan = make_worker("examples.digits:build_model", servers=1)
+    (flat,) = worker.params
+    tensors = worker._param_tensors()
+    for tensor, part in zip(tensors, plan.shards[0].parts(flat)):
+        assert np.shares_memory(np.from_dlpack(tensor), part)  # the tensor is a view of the buffer
+    x, y = worker.upcoming[0] if worker.upcoming else worker._ahead(1)[0]
+    before = float(worker._compute()[0])
+    flat[:] = 0.0  # the server publishes all-zero parameters in place
+    worker.upcoming.appendleft((x, y))
+    after = worker._compute()
+    assert float(after[0]) != before
+    np.testing.assert_allclose(float(after[0]), np.log(10), rtol=1e-5)  # zero weights: uniform over 10 classes
+
+
+def test_the_step_reads_a_read_only_object_store_buffer_in_place_and_never_writes_it(tmp_path, monkeypatch):
+    """Over the object store the parameters come back read-only (shared by the node's workers): the
+    step reads them without a copy, with XLA and with the graph fallback, and leaves them as they were."""
+    monkeypatch.chdir(tmp_path)
+    worker, plan = make_worker("examples.digits:build_model", servers=1)
+    from raytf.runtime import aligned_zeros
+
+    (flat,) = worker.params
+    shared = aligned_zeros(flat.size)
+    shared[:] = flat
+    shared.flags.writeable = False  # what ray.get gives for a numpy array
+    before = shared.copy()
+    worker.params = [shared]
+    for tensor, part in zip(worker._param_tensors(), plan.shards[0].parts(shared)):
+        assert np.shares_memory(np.from_dlpack(tensor), part)
+    x, y = worker._ahead(1)[0]
+    xla_loss = float(worker._compute()[0])
+    worker._step = tf.function(worker._step_fn)  # the fallback without XLA: graph kernels
+    worker.upcoming.appendleft((x, y))
+    graph_loss = float(worker._compute()[0])
+    np.testing.assert_array_equal(shared, before)
+    np.testing.assert_allclose(graph_loss, xla_loss, rtol=1e-5)
+
+
+def test_a_read_only_buffer_lives_as_long_as_the_tensor_over_it():
+    """The tensor over a read-only buffer holds the buffer's owner (an object-store buffer stays pinned)."""
+    import gc
+    import weakref
+
+    from raytf.runtime import aligned_zeros, as_tensor
+
+    owner = aligned_zeros(4096)
+    owner[:] = np.arange(4096)
+    owner.flags.writeable = False
+    alive = weakref.ref(owner.base)
+    tensor = as_tensor(owner, read_only=True)
+    assert np.shares_memory(np.from_dlpack(tensor), owner)
+    assert not np.shares_memory(np.from_dlpack(as_tensor(owner)), owner)  # not vouched for: a copy
+    del owner
+    gc.collect()
+    assert alive() is not None and float(tf.reduce_sum(tensor)) == float(np.arange(4096).sum())
+    del tensor
+    gc.collect()
+    assert alive() is None
+
+
+def test_step_flags_a_non_finite_gradient(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Shard 1 of nan_data has a NaN pixel in example 100: the 7th batch of 16 holds it.
+    worker, _ = make_worker("examples.digits:build_model", data="tests.badinput.nan_data:train_examples", index=1)
+    flags = [bool(worker._compute()[3]) for _ in range(8)]
+    assert flags == [True] * 6 + [False, True]
+
+
+def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    worker, plan = make_worker("tests.badinput.xla_models:build_model", servers=1)
+    loss, grads, _, _ = worker._compute()
+    assert "XLA could not compile the step" in capsys.readouterr().out
+    assert np.isfinite(float(loss)) and sum(int(np.prod(g.shape)) for g in grads) == plan.shards[0].values
+    worker._compute()  # later steps use the graph function without checking again
+
+
+def test_a_sparse_tables_gradient_leaves_the_step_as_ids_and_rows(tmp_path, monkeypatch):
+    """The table is in no server's flat buffer; its gradient is the looked-up ids and their rows."""
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"model": "examples.recsys:build_small_model", "loss": "binary_crossentropy",
+                            "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
+                            "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 2}})
+    from raytf.driver.prepare import prepare
+
+    plan = prepare(cfg).plan
+    assert [t.layer for t in plan.tables] == ["items"]
+    worker = Worker("test", 0)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    give_own_parameters(worker)
+    loss, grads, table_grads, finite = worker._compute()
+    assert bool(finite) and sum(int(np.prod(g.shape)) for g in grads) == 16 * 32 + 32 + 32 + 1  # the dense layers only
+    ((ids, rows),) = table_grads
+    assert ids.shape == (8 * 20,) and rows.shape == (8 * 20, 16)
+    per_server, _, distinct = worker.tables.gradient([(ids.numpy(), rows.numpy())])
+    assert distinct == len(np.unique(ids.numpy()))
+    assert sum(len(local) for tables in per_server for local, _ in tables) == distinct  # each id to one server
