@@ -20,7 +20,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from raytf.errors import ClusterError, Interrupted, RaytfError
-from raytf.exchange.policies import policy_for
 
 app = typer.Typer(
     name="raytf",
@@ -337,6 +336,7 @@ def train(
                       conflicts=[name for name, on in (("--address", address is not None), ("--submit", submit)) if on])
         return
     from raytf.config import load_config
+    from raytf.exchange.policies import policy_for
 
     cfg = load_config(config, set_)  # config errors before anything heavy starts
     if address is None and (submit or _recorded_provider() == "kuberay"):

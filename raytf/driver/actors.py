@@ -76,6 +76,20 @@ def get(refs, what: str):
         raise TrainingError(f"{what}: an actor died ({err.__class__.__name__}).", "See the actor's log in the Ray dashboard.") from err
 
 
+def actor_state(handle) -> tuple[int, str] | None:
+    """(restarts, state) of an actor as Ray's GCS has it: how many times Ray restarted its process,
+    and ALIVE, RESTARTING, DEAD (Ray gave up on it) or PENDING_CREATION; None if the GCS does not
+    know it. Ray's public API has neither (`ray.util.state` goes through the dashboard, which may be
+    off, and has no restart count), so this reads the GCS's actor table through Ray's private
+    `ray._private.state`, here and nowhere else."""
+    from ray._private.state import state
+
+    info = state.actor_table(handle._actor_id.hex())
+    if not info:
+        return None
+    return int(info["NumRestarts"]), str(info["State"])
+
+
 @dataclass
 class RunActors:
     run_id: str

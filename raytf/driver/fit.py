@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from raytf.config import TrainConfig
 from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
@@ -91,10 +93,10 @@ def fit(
                 tables = [get([s.get_table.remote(k) for s in actors.servers], "Collecting the sparse tables")
                           for k in range(len(prepared.plan.tables))]
                 stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
-                non_trainable = get(actors.workers[0].non_trainable.remote(), "Collecting non-trainable variables")
+                non_trainable = _non_trainable(actors.workers, prepared.model, on_event)
                 train_ended = time.time()
-                tracks = get([a.trace_track.remote() for a in actors.workers + actors.servers],
-                             "Collecting the trace") if cfg.trace.enabled else None
+                tracks = _tracks(actors.workers + actors.servers) if cfg.trace.enabled else None
+                supervisor.finish()  # deaths Ray saw after the actors' work was done, up to this moment
             finally:
                 actors.release()
         model = final_model(prepared, buffers, tables, non_trainable)
@@ -119,6 +121,43 @@ def fit(
         summary["trace"] = write_trace(prepared.output_dir / "trace.json", tracks, run_id)
     write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _non_trainable(workers: list, model, on_event: Callable[[str], None]) -> list[np.ndarray]:
+    """The trained non-trainable values (BatchNorm statistics, ...), from the first worker whose
+    process still holds its replica: one that died after its work was done holds none (or is
+    restarting), and that must not cost the finished run. If none does, the driver's initial values."""
+    for worker in workers:
+        values = _answer(worker.non_trainable, "Collecting non-trainable variables")
+        if values is not None:
+            return values
+    values = [np.asarray(v.numpy()) for v in model.non_trainable_variables]
+    if values:
+        on_event("Warning: no worker process holds its replica any more; the model keeps its initial "
+                 "non-trainable values (BatchNorm statistics and the like).")
+    return values
+
+
+def _tracks(actors: list) -> list:
+    """Every actor's recorded timeline; one that died after its work was done took its own along."""
+    tracks = (_answer(actor.trace_track, "Collecting the trace") for actor in actors)
+    return [track for track in tracks if track is not None]
+
+
+def _answer(method, what: str) -> Any:
+    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile."""
+    import ray
+
+    from raytf.driver.actors import get
+
+    ref = method.remote()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError:
+        return None
+    except ray.exceptions.RayTaskError:
+        get(ref, what)  # raises raytf's error for it
+        raise
 
 
 def _checkpoint_path(settings, step: int | None) -> str | None:

@@ -8,6 +8,9 @@
   manifest once every shard of it is in, then prunes old checkpoints.
 * A stop request (Ctrl-C, SIGTERM) sets one target version on every server: training ends at
   that step boundary and the servers write the final checkpoint there.
+* Every death of an actor is recorded (`restarts` in the summary) and announced once: seen as a
+  failed call, or, where the driver had no call pending (a worker whose work was done), read from
+  Ray's restart count of the actor, during the run and once more at its end.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from raytf.driver.actors import RunActors, get, setup_servers, setup_workers, wire
+from raytf.driver.actors import RunActors, actor_state, get, setup_servers, setup_workers, wire
 from raytf.exchange.shard_state import ShardState, step_dir
 from raytf.driver.checkpoints import build_manifest, discard_after, latest, load, prune, write_manifest
 from raytf.config import TrainConfig
@@ -34,6 +37,56 @@ from raytf.exchange.policies import policy_for
 
 CALL_TIMEOUT = 30.0  # seconds for a control call to a live actor
 RESTART_TIMEOUT = 300.0  # seconds for Ray to bring a lost actor back (a new process imports TensorFlow)
+
+# What became of a lost actor: the "recovery" of its record in the summary's `restarts`.
+REJOINED = "restarted and rejoined"
+AFTER_WORK = "restarted after its work was done"
+RESTORED = "restarted, restored"
+RESTORED_FROM_CHECKPOINT = "restarted, restored from checkpoint"
+LOST_AGAIN = "restarted, lost again before it rejoined"
+ENDED = "restarting when the run ended"
+GAVE_UP = "gave up"  # Ray will not restart it (its max_restarts are used up)
+# Not known yet, while Ray brings the process back; `settle` replaces them before the summary.
+RESTARTING = "restarting"
+RESTARTING_AFTER_WORK = "restarting after its work was done"
+PENDING = (RESTARTING, RESTARTING_AFTER_WORK)
+
+
+def deaths_known_to_ray(restarts: int, state: str) -> int:
+    """Deaths of an actor that Ray knows of: one before each restart, and one more for an actor it
+    gave up on (DEAD)."""
+    return restarts + (state == "DEAD")
+
+
+def unrecorded(records: list[dict], role: str, index: int, restarts: int, state: str) -> int:
+    """How many deaths of this actor Ray knows of and `records` lack. Ray's count can also lag behind
+    raytf's (a failed call is seen before the GCS counts the restart, and a death on a preempted node
+    may not count): then there is nothing to add."""
+    recorded = sum(1 for r in records if r["role"] == role and r["index"] == index)
+    return max(deaths_known_to_ray(restarts, state) - recorded, 0)
+
+
+def came_back(recovery: str) -> str:
+    """The outcome of a pending record once the actor is known to have come back (it died again
+    after, or it was set up anew)."""
+    return AFTER_WORK if recovery == RESTARTING_AFTER_WORK else LOST_AGAIN if recovery == RESTARTING else recovery
+
+
+def settle(records: list[dict], role: str, index: int, state: str) -> None:
+    """At the end of the run: each pending record of this actor gets its outcome. All but its last
+    were followed by another death, so the actor had come back; the last one depends on what Ray
+    says now (`state`)."""
+    pending = [r for r in records if r["role"] == role and r["index"] == index and r["recovery"] in PENDING]
+    for record in pending[:-1]:
+        record["recovery"] = came_back(record["recovery"])
+    if pending:
+        last = pending[-1]
+        if state == "DEAD":
+            last["recovery"] = GAVE_UP
+        elif state == "ALIVE" and last["recovery"] == RESTARTING_AFTER_WORK:
+            last["recovery"] = AFTER_WORK
+        else:
+            last["recovery"] = ENDED
 
 
 class Supervisor:
@@ -61,6 +114,7 @@ class Supervisor:
         self.manifests: set[int] = set()  # steps whose manifest this run wrote
         self.checkpoint_step: int | None = self.start_step if start[0].version else None
         self.rejoining: dict[int, float] = {}  # restarted worker -> deadline for its process to come back
+        self.bare: set[int] = set()  # workers restarted after their work was done: no replica, nothing set up
         self.stop_requested = threading.Event()
         self.stop_version: int | None = None
         self.stats: list[ServerStats] | None = None
@@ -98,6 +152,8 @@ class Supervisor:
                     raise
                 self._record(worker, result)
                 lost_server |= result.status is not Status.DONE
+            # A worker with no call pending (its run ended) cannot fail a call: ask Ray whether it died.
+            self._reconcile([("worker", i, w) for i, w in enumerate(self.actors.workers) if i not in self.runs])
             if not self._poll() or lost_server:
                 self._roll_back()
                 continue
@@ -124,6 +180,7 @@ class Supervisor:
     def _record(self, worker: int, result: WorkerResult) -> None:
         if self.rejoining.pop(worker, None) is not None:
             self._relinked(worker)
+            self._rejoined(worker)
         self.steps_done[worker] += result.steps
         self.first_steps.setdefault(worker, result.startup)
         if result.status is Status.DONE:
@@ -153,7 +210,9 @@ class Supervisor:
         import ray
 
         step = self.step()
-        self._count_restart("worker", worker, step, self.worker_restarts, "restarted and rejoined")
+        # Its call was pending, so its work was not done: it rejoins (even if the others have trained every
+        # step meanwhile: Ray takes a second or two to fail the call, and the others do not wait).
+        self._count_restart("worker", worker, step, RESTARTING)
         self.on_event(f"Worker {worker} was lost near step {step} ({type(err).__name__}); the others go on while Ray "
                       f"restarts it (restart {self.worker_restarts[worker]} of at most "
                       f"{self.config.distribution.max_restarts}).")
@@ -181,6 +240,12 @@ class Supervisor:
             self.config.to_dict(), self.plan, len(self.actors.workers), self.actors.worker_threads, self.actors.servers,
             self.target_version)
 
+    def _rejoined(self, worker: int) -> None:
+        """A restarted worker's rejoin call returned: its process is back and set up."""
+        for record in self._pending("worker", worker):
+            record["recovery"] = REJOINED
+        self.on_event(f"Worker {worker} rejoined the training near step {self.step()}.")
+
     def _relinked(self, worker: int) -> None:
         """Record how a worker that rejoined reaches the servers now (the summary shows it)."""
         import ray
@@ -204,7 +269,7 @@ class Supervisor:
                 self._record(worker, ray.get(ref, timeout=RESTART_TIMEOUT))
             except ray.exceptions.RayActorError:
                 needs_setup.append(worker)
-                self._count_restart("worker", worker, at_step, self.worker_restarts, "restarted, restored")
+                self._count_restart("worker", worker, at_step, RESTORED)
             except ray.exceptions.GetTimeoutError:
                 raise TrainingError(f"Worker {worker} did not stop within {RESTART_TIMEOUT:.0f} s after a parameter "
                                     "server was lost.", "See the worker's log in the Ray dashboard.") from None
@@ -212,6 +277,7 @@ class Supervisor:
                 get(ref, f"Worker {worker}")
                 raise
         self.runs = {}
+        needs_setup += self._take_bare(needs_setup)
         lost = []
         for j, server in enumerate(self.actors.servers):
             try:
@@ -222,7 +288,7 @@ class Supervisor:
                                     "See its log in the Ray dashboard; resume with --resume once the cluster is healthy.") from None
             if not ready:
                 lost.append(j)
-                self._count_restart("ps", j, at_step, self.server_restarts, "restarted, restored from checkpoint")
+                self._count_restart("ps", j, at_step, RESTORED_FROM_CHECKPOINT)
         checkpoint = latest(self.root) if self.root is not None else None
         if checkpoint is not None:
             states = load(checkpoint, self.plan, self.config.optimizer.name, self.ups)
@@ -244,16 +310,74 @@ class Supervisor:
         wire(self.actors, self.config)
         self._start_runs(range(len(self.actors.workers)))
 
-    def _count_restart(self, role: str, index: int, step: int, counts: list[int], recovery: str) -> None:
-        counts[index] += 1
+    def _take_bare(self, set_up_already: list[int]) -> list[int]:
+        """The workers restarted after their run had ended, which hold no replica: a rollback sets
+        them up with the others, and they train again (restored)."""
+        bare = sorted(self.bare - set(set_up_already))
+        for worker in bare:
+            for record in self._pending("worker", worker):
+                record["recovery"] = RESTORED
+        self.bare.clear()
+        return bare
+
+    def _count_restart(self, role: str, index: int, step: int, recovery: str) -> None:
+        """Record a death raytf saw (a failed call) that it recovers from; more than max_restarts end the run."""
         limit = self.config.distribution.max_restarts
-        if counts[index] > limit:
+        died = self._counts(role)[index] + 1
+        if died > limit:
             name = "Worker" if role == "worker" else "Parameter server"
             raise TrainingError(
-                f"{name} {index} died {counts[index]} times (last near step {step}); distribution.max_restarts is {limit}.",
+                f"{name} {index} died {died} times (last near step {step}); distribution.max_restarts is {limit}.",
                 "See its log in the Ray dashboard for why its process died (running out of memory is the usual cause), "
                 "or raise distribution.max_restarts.")
+        self._add_record(role, index, step, recovery)
+
+    def _add_record(self, role: str, index: int, step: int, recovery: str) -> None:
+        for record in self._pending(role, index):
+            record["recovery"] = came_back(record["recovery"])  # it died again, so it had come back
+        self._counts(role)[index] += 1
         self.restarts.append({"role": role, "index": index, "step": step, "recovery": recovery})
+
+    def _counts(self, role: str) -> list[int]:
+        return self.worker_restarts if role == "worker" else self.server_restarts
+
+    def _pending(self, role: str, index: int) -> list[dict]:
+        return [r for r in self.restarts if r["role"] == role and r["index"] == index and r["recovery"] in PENDING]
+
+    # -- deaths seen only by Ray ---------------------------------------------------------------
+    def _reconcile(self, actors: list[tuple[str, int, Any]]) -> dict[tuple[str, int], str]:
+        """Record the deaths Ray knows of these actors (role, index, handle) and raytf has not seen:
+        they come after the actor's work was done (the failed call of a pending one is seen first).
+        Announces each once; returns each actor's state."""
+        states = {}
+        for role, index, handle in actors:
+            known = actor_state(handle)
+            if known is None:
+                continue
+            restarts, state = known
+            states[(role, index)] = state
+            missing = unrecorded(self.restarts, role, index, restarts, state)
+            for k in range(missing):
+                step = self.step()
+                self._add_record(role, index, step, RESTARTING_AFTER_WORK)  # no limit check: Ray applies it
+                if role == "worker":
+                    self.bare.add(index)
+                name = f"Worker {index}" if role == "worker" else f"Parameter server {index}"
+                now = state if k == missing - 1 else "ALIVE"  # an earlier death was followed by a restart
+                fate = {"DEAD": "Ray will not restart it (distribution.max_restarts is "
+                                f"{self.config.distribution.max_restarts})",
+                        "ALIVE": "Ray restarted it"}.get(now, "Ray restarts it")
+                self.on_event(f"{name} was lost near step {step}, after its work was done; {fate}.")
+        return states
+
+    def finish(self) -> None:
+        """Once the run's results are collected (before the actors are released): record the deaths
+        of any actor that raytf has not seen, and give every record its outcome."""
+        actors = ([("worker", i, w) for i, w in enumerate(self.actors.workers)]
+                  + [("ps", j, s) for j, s in enumerate(self.actors.servers)])
+        states = self._reconcile(actors)
+        for role, index in sorted({(r["role"], r["index"]) for r in self.restarts if r["recovery"] in PENDING}):
+            settle(self.restarts, role, index, states.get((role, index), "unknown"))
 
     # -- stopping ------------------------------------------------------------------------------
     def _stop_at_boundary(self) -> None:

@@ -89,6 +89,7 @@ class Worker:
         self.links: list[WorkerLink] = []
         self.bells: list = []  # per server, its raytf.exchange.doorbell.Bell where pushes go over it, else None
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when the config's trace.enabled
+        self.model = None  # the replica, once set up
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -463,8 +464,11 @@ class Worker:
                 self.metrics.set("raytf_samples_per_second", window * self.config.batch_size / (now - started))
             self._window_start = now
 
-    def non_trainable(self) -> list[np.ndarray]:
-        """The replica's non-trainable values (not the ids a ShardedEmbedding's row cache holds)."""
+    def non_trainable(self) -> list[np.ndarray] | None:
+        """The replica's non-trainable values (not the ids a ShardedEmbedding's row cache holds);
+        None in a process restarted after its work was done, which was never set up."""
+        if self.model is None:
+            return None
         cache = {id(v) for v in self.tables.cache_ids if v is not None}
         return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
 

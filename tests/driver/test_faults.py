@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
 from raytf.errors import TrainingError  # noqa: E402
+from raytf.driver.supervisor import AFTER_WORK, ENDED, REJOINED  # noqa: E402
 from tests.driver.test_training import digits_config, live_actor_names, scrape_raytf_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -33,12 +35,17 @@ def fault_config(tmp_path, name: str, **overrides) -> dict:
 
 class KillAt:
     """A progress reporter that SIGKILLs one actor's process once training passes `step` (and, with
-    `after`, once an event containing that text was seen)."""
+    `after`, once an event containing that text was seen; with `at_event`, at that event already if
+    the last report had passed `step`: no report may follow). It returns once Ray shows the death,
+    so the driver is certain to learn of it, whenever it looks."""
 
-    def __init__(self, run_name: str, role: str, index: int, step: int, after: str | None = None) -> None:
+    def __init__(self, run_name: str, role: str, index: int, step: int, after: str | None = None,
+                 at_event: bool = False) -> None:
         self.run_name, self.role, self.index, self.step = run_name, role, index, step
         self.waiting_for = after
+        self.at_event = at_event
         self.run_id = None
+        self.reported = 0  # the step of the last report
         self.killed_at = None
 
     def on_event(self, message: str) -> None:
@@ -47,16 +54,28 @@ class KillAt:
             self.run_id = match.group(1)
         if self.waiting_for is not None and self.waiting_for in message:
             self.waiting_for = None
+            if self.at_event:
+                self._kill_if_due()
 
     def update(self, snapshot) -> None:
+        self.reported = snapshot.step
+        self._kill_if_due()
+
+    def _kill_if_due(self) -> None:
         import ray
 
-        from raytf.driver.actors import actor_name
+        from raytf.driver.actors import actor_name, actor_state
 
-        if self.killed_at is None and self.waiting_for is None and snapshot.step >= self.step:
+        if self.killed_at is None and self.waiting_for is None and self.reported >= self.step:
             actor = ray.get_actor(actor_name(self.run_name, self.role, self.index), namespace=f"raytf-{self.run_id}")
-            os.kill(ray.get(actor.process_id.remote()), signal.SIGKILL)
-            self.killed_at = snapshot.step
+            pid = ray.get(actor.process_id.remote())
+            restarts, _ = actor_state(actor)
+            os.kill(pid, signal.SIGKILL)
+            self.killed_at = self.reported
+            deadline = time.monotonic() + 60
+            while actor_state(actor) == (restarts, "ALIVE"):
+                assert time.monotonic() < deadline, f"Ray did not notice in 60 s that {self.role} {self.index} died"
+                time.sleep(0.05)  # polling the GCS until it shows the death
 
 
 def restarts_exported(cluster, run: str) -> dict[tuple[str, str], float]:
@@ -97,7 +116,8 @@ def test_a_killed_server_rolls_back_and_a_killed_worker_is_restarted_and_the_run
     """Server 1 of 2 is killed at step 130: the run rolls back to the last checkpoint. Once that is done,
     worker 1 is killed at step 200: it is restarted and costs no rollback; the survivor goes on meanwhile.
     (One run for both, one fault at a time: a run costs ~20 s here.)"""
-    config = fault_config(tmp_path, "kill-both", **{"distribution.parameter_servers": 2})
+    # Frequent reports: each kill lands near its step (300 steps take ~3 s), not after the run's end.
+    config = fault_config(tmp_path, "kill-both", log_every_seconds=0.25, **{"distribution.parameter_servers": 2})
     server_killer = KillAt("kill-both", "ps", 1, step=130)
     worker_killer = KillAt("kill-both", "worker", 1, step=200, after="every server rolls back")
     events = []
@@ -201,22 +221,51 @@ def test_non_finite_gradient_with_abort_names_the_step_and_worker(ray_cluster, t
 
 
 @pytest.mark.parametrize("name, distribution", [
-    pytest.param("kill-ssp", {"mode": "ssp", "staleness_bound": 1}, id="ssp"),
     pytest.param("kill-backup", {"mode": "sync", "backup_workers": 1}, id="sync-backup"),
+    pytest.param("kill-ssp", {"mode": "ssp", "staleness_bound": 1}, id="ssp"),
+    pytest.param("kill-async", {"mode": "async"}, id="async"),
 ])
 def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, clean_accuracy, name, distribution):
     """The survivor goes on while the killed worker restarts (the bound and the quorum count live
-    workers only), and the restarted worker is admitted back."""
-    config = fault_config(tmp_path, name)
+    workers only), and the restarted worker is admitted back. Once it is back and every step is
+    trained, it is killed again: that death, after its work was done, is recorded as well (the
+    driver may have no call pending to it any more; Ray's restart count tells). Two restarts are
+    within the default max_restarts of 3. (One run for both kills: a run costs ~20 s here.)"""
+    config = fault_config(tmp_path, name, log_every_seconds=0.25)  # frequent reports: the first kill lands mid-run
     config["distribution"].update(distribution)
-    killer = KillAt(name, "worker", 1, step=60)
-    summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=killer, on_event=killer.on_event)
-    assert killer.killed_at is not None
-    assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("worker", 1)]
+    mid_run = KillAt(name, "worker", 1, step=60)
+    at_end = KillAt(name, "worker", 1, step=STEPS, after="Worker 1 rejoined", at_event=True)
+    events = []
+
+    def on_event(message: str) -> None:
+        events.append(message)
+        mid_run.on_event(message)
+        at_end.on_event(message)
+
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=Both(mid_run, at_end), on_event=on_event)
+    assert mid_run.killed_at is not None and mid_run.killed_at < STEPS, events
+    assert at_end.killed_at is not None and at_end.killed_at >= STEPS, events
+    first, second = summary["restarts"]
+    # Its run call failed: it rejoined (the step is where the driver noticed: Ray fails the call a second or
+    # two after the kill, and the survivor may have trained every step by then).
+    assert (first["role"], first["index"], first["recovery"]) == ("worker", 1, REJOINED), summary["restarts"]
+    assert first["step"] >= 60
+    assert (second["role"], second["index"], second["step"]) == ("worker", 1, STEPS), summary["restarts"]
+    lost = [m for m in events if m.startswith("Worker 1 was lost")]
+    assert len(lost) == 2, events  # each death announced once
+    if "after its work was done" in lost[1]:
+        # Its run had returned (it rejoined after the others had trained every step, or finished with them):
+        # Ray's restart count told. Back, or still coming back, when the driver looked last: either is so.
+        assert second["recovery"] in (AFTER_WORK, ENDED), summary["restarts"]
+    else:
+        # It had rejoined while the others trained and was killed before its run returned: the call failed.
+        assert second["recovery"] == REJOINED, (summary["restarts"], events)
     assert summary["rollbacks"] == []
-    assert summary["updates"] == STEPS * (2 if distribution["mode"] == "ssp" else 1)
+    assert summary["updates"] == STEPS * (1 if distribution["mode"] == "sync" else 2)
     assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the restarted worker trained to the end
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.02, (summary["eval"], clean_accuracy)
+    assert (tmp_path / "run" / "model.keras").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["restarts"] == summary["restarts"]
     assert live_actor_names(ray_cluster) == []
 
 
