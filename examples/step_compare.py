@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from examples.synthetic import build_model
-    from raytf.replica.model import variable_specs
     from raytf.exchange.sharding import plan_shards
+    from raytf.replica.model import variable_specs
 
     x = tf.random.normal((256, 784))
     y = tf.random.uniform((256,), 0, 10, tf.int32)

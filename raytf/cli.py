@@ -346,9 +346,9 @@ def train(
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
               f"{cfg.distribution.parameter_servers} parameter servers, {policy_for(cfg.distribution).describe()}) for {cfg.steps} steps")
+    from raytf.driver.fit import fit
     from raytf.observe.progress import make_progress
     from raytf.observe.startup import process_start_time
-    from raytf.driver.fit import fit
 
     progress = make_progress(cfg.steps, console=out, plain=plain or None)
     try:

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad-input.md"
 HEADER = ["id", "category", "bad input", "exit", "error", "test"]

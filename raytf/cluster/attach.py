@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import shlex
 
-from raytf.errors import ClusterError
 from raytf.cluster.local import LOOPBACK_ENV, LocalCluster, auth_env
+from raytf.errors import ClusterError
 
 # Outranks RAY_AUTH_TOKEN_PATH in Ray, so a value left over from another cluster must go.
 STALE_TOKEN_VAR = "RAY_AUTH_TOKEN"

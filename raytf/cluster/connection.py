@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from raytf.cluster import local as local_cluster
-from raytf.errors import ClusterError
 from raytf.cluster.local import LocalCluster
-from raytf.observe.startup import StartupClock
 from raytf.cluster.record import clear_cluster_record, load_cluster_record, save_cluster_record
+from raytf.errors import ClusterError
+from raytf.observe.startup import StartupClock
 
 
 def _local_record() -> LocalCluster | None:

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from raytf.runtime import private_temp_root
-from raytf.errors import ClusterError
 from raytf.cluster.record import load_cluster_record, raytf_home
+from raytf.errors import ClusterError
+from raytf.runtime import private_temp_root
 
 HOST = "127.0.0.1"
 # Ray resolves 127.0.0.1 to the machine's routable address unless it runs in single-machine mode

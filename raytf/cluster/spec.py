@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from raytf.errors import ConfigError
 from raytf.config.yaml_source import read_yaml_file
+from raytf.errors import ConfigError
 
 PROVIDERS = ("local", "kuberay")
 

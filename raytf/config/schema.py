@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from raytf.errors import ConfigError
 from raytf.config.yaml_source import YamlSource, parse_yaml, read_yaml_file
+from raytf.errors import ConfigError
 
 # Keras 3 loss names accepted by `keras.losses.get` (kept here so validation needs no TensorFlow).
 LOSSES = (

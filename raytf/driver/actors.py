@@ -1,4 +1,4 @@
-"""Creating, naming, wiring and releasing a run's actors.
+"""Creating, naming, wiring and releasing a run's actors (spoken to through `raytf.driver.groups`).
 
 Names are stable so the Ray dashboard's Actors view tells the story:
 `raytf:<run name>:ps-<i>` and `raytf:<run name>:worker-<i>`, in the Ray namespace `raytf-<run id>`
@@ -11,14 +11,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from raytf.exchange.shard_state import ShardState
 from raytf.config import Resources, TrainConfig
-from raytf.errors import ClusterError, RaytfError, TrainingError
-from raytf.exchange.server import ServerSettings
-from raytf.exchange.sharding import ShardPlan
-from raytf.observe.startup import StartupClock
-from raytf.exchange.transport import LinkSpec, remove_shm_files
+from raytf.driver.groups import ServerGroup, WorkerGroup
+from raytf.errors import ClusterError
 from raytf.exchange.policies import policy_for
+from raytf.exchange.server import ServerSettings
+from raytf.exchange.shard_state import ShardState
+from raytf.exchange.sharding import ShardPlan
+from raytf.exchange.transport import LinkSpec, remove_shm_files
+from raytf.observe.startup import StartupClock
 
 
 def actor_name(run_name: str, role: str, index: int) -> str:
@@ -51,51 +52,12 @@ def check_resources(config: TrainConfig, available: dict[str, float]) -> None:
             )
 
 
-def unwrap(err: BaseException) -> BaseException:
-    """The user-facing error behind a Ray task error, when there is one."""
-    import ray
-
-    if isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, RaytfError):
-        return err.cause
-    return err
-
-
-def get(refs, what: str):
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as err:
-        cause = unwrap(err)
-        if cause is not err:
-            raise cause from None
-        detail = " ".join(str(err.cause).split())[:400]  # one line; TF's messages span many
-        raise TrainingError(f"{what} failed: {type(err.cause).__name__}: {detail}",
-                            "Fix the cause above; rerun with --debug for the actor's traceback.") from err
-    except ray.exceptions.RayActorError as err:
-        raise TrainingError(f"{what}: an actor died ({err.__class__.__name__}).", "See the actor's log in the Ray dashboard.") from err
-
-
-def actor_state(handle) -> tuple[int, str] | None:
-    """(restarts, state) of an actor as Ray's GCS has it: how many times Ray restarted its process,
-    and ALIVE, RESTARTING, DEAD (Ray gave up on it) or PENDING_CREATION; None if the GCS does not
-    know it. Ray's public API has neither (`ray.util.state` goes through the dashboard, which may be
-    off, and has no restart count), so this reads the GCS's actor table through Ray's private
-    `ray._private.state`, here and nowhere else."""
-    from ray._private.state import state
-
-    info = state.actor_table(handle._actor_id.hex())
-    if not info:
-        return None
-    return int(info["NumRestarts"]), str(info["State"])
-
 
 @dataclass
 class RunActors:
     run_id: str
-    servers: list
-    workers: list
-    worker_threads: int = 1
+    servers: ServerGroup
+    workers: WorkerGroup
     links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker], as wired (a rejoin relinks)
     link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
     server_nodes: set[str] = field(default_factory=set)  # every node a server ran on (its exchange files are there)
@@ -106,12 +68,8 @@ class RunActors:
     def release(self) -> None:
         import ray
 
-        for server in self.servers:
-            try:
-                ray.get(server.close.remote(), timeout=10)
-            except (ray.exceptions.RayError, TimeoutError):
-                pass  # it may already be dead; its files are swept below
-        for actor in self.servers + self.workers:
+        self.servers.close()
+        for actor in self.servers.handles + self.workers.handles:
             ray.kill(actor, no_restart=True)
         remove_shm_files(self.run_id)
         self._sweep_other_nodes()
@@ -172,31 +130,20 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
             run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {mode}")
         for i in range(d.workers)
     ]
-    return RunActors(run_id=run_id, servers=servers, workers=workers,
-                     worker_threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus)))
+    return RunActors(run_id=run_id, servers=ServerGroup(servers),
+                     workers=WorkerGroup(workers, threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus))))
 
-
-def setup_servers(actors: RunActors, config: TrainConfig, states: list[ShardState], settings: ServerSettings) -> list:
-    """Start the set-up calls of every server (from `states`); returns their refs."""
-    return [s.setup.remote(states[i], config.optimizer, settings) for i, s in enumerate(actors.servers)]
-
-
-def setup_workers(actors: RunActors, config: TrainConfig, plan: ShardPlan, which: list[int] | None = None) -> list:
-    """Start the set-up calls of the workers (all, or `which`); returns their refs."""
-    which = range(len(actors.workers)) if which is None else which
-    return [actors.workers[i].setup.remote(config.to_dict(), plan, len(actors.workers), actors.worker_threads)
-            for i in which]
 
 
 def wire(actors: RunActors, config: TrainConfig) -> None:
     """Open every server's exchange buffers and connect every worker to them."""
     d = config.distribution
     servers, workers = actors.servers, actors.workers
-    server_nodes = get([s.node_info.remote() for s in servers], "Locating the parameter servers")
-    worker_nodes = get([w.node_id.remote() for w in workers], "Locating the workers")
+    server_nodes = servers.locate()
+    worker_nodes = workers.locate()
     actors.server_nodes.update(node for node, has_shm in server_nodes if has_shm)
     links: list[list[LinkSpec]] = []
-    for server, (node, has_shm) in zip(servers, server_nodes):
+    for server, (node, has_shm) in enumerate(server_nodes):
         local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]
         if d.transport == "shm" and len(local) < len(workers):
             raise ClusterError(
@@ -205,12 +152,9 @@ def wire(actors: RunActors, config: TrainConfig) -> None:
                 "Use transport: auto, which falls back to the object store across nodes.",
             )
         use = [] if d.transport == "object_store" else local
-        links.append(get(server.open_links.remote(use), "Opening the exchange buffers"))
+        links.append(servers.open_links(server, use))
     actors.links = links
-    actors.link_kinds = get(
-        [w.connect.remote(servers, actors.links_of(i)) for i, w in enumerate(workers)],
-        "Connecting workers to parameter servers",
-    )
+    actors.link_kinds = workers.connect(servers, [actors.links_of(i) for i in range(len(workers))])
 
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
@@ -220,8 +164,8 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[Shard
     actors = create(config, run_id, plan)
     try:
         # Together: each actor's first call imports TensorFlow, which takes seconds.
-        set_up = get(setup_servers(actors, config, states, settings) + setup_workers(actors, config, plan),
-                     "Setting up the actors")
+        set_up = (actors.servers.set_up(states, config.optimizer, settings)
+                  + actors.workers.set_up(config, plan)).join("Setting up the actors")
         if clock is not None:
             names = [f"ps-{i}" for i in range(len(actors.servers))] + [f"worker-{i}" for i in range(len(actors.workers))]
             for name, result in zip(names, set_up):

@@ -19,8 +19,8 @@ import numpy as np
 from raytf.config import TrainConfig
 from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
-from raytf.observe.startup import StartupClock
 from raytf.exchange.policies import policy_for
+from raytf.observe.startup import StartupClock
 
 
 def fit(
@@ -45,11 +45,12 @@ def fit(
     """
     import ray
 
-    from raytf.driver.actors import check_resources, get, launch, server_settings
-    from raytf.exchange.shard_state import root_of
     from raytf.cluster import local as local_cluster
     from raytf.cluster.connection import connect, needs_embedded_cluster
+    from raytf.driver.actors import check_resources, launch, server_settings
+    from raytf.driver.groups import trace_tracks
     from raytf.driver.supervisor import Supervisor, stop_on_signals
+    from raytf.exchange.shard_state import root_of
     from raytf.observe.tensorboard import TensorBoardLog
 
     clock = StartupClock(origin=started_at or time.time())
@@ -89,13 +90,12 @@ def fit(
                     supervisor.run()
                 if supervisor.interrupted:
                     raise _interrupted(supervisor, cfg)
-                buffers = get([s.get_params.remote() for s in actors.servers], "Collecting parameters")
-                tables = [get([s.get_table.remote(k) for s in actors.servers], "Collecting the sparse tables")
-                          for k in range(len(prepared.plan.tables))]
-                stats = get([s.stats.remote() for s in actors.servers], "Collecting statistics")
+                buffers = actors.servers.parameters()
+                tables = [actors.servers.table(k) for k in range(len(prepared.plan.tables))]
+                stats = actors.servers.final_statistics()
                 non_trainable = _non_trainable(actors.workers, prepared.model, on_event)
                 train_ended = time.time()
-                tracks = _tracks(actors.workers + actors.servers) if cfg.trace.enabled else None
+                tracks = trace_tracks([actors.workers, actors.servers]) if cfg.trace.enabled else None
                 supervisor.finish()  # deaths Ray saw after the actors' work was done, up to this moment
             finally:
                 actors.release()
@@ -123,41 +123,18 @@ def fit(
     return summary
 
 
-def _non_trainable(workers: list, model, on_event: Callable[[str], None]) -> list[np.ndarray]:
-    """The trained non-trainable values (BatchNorm statistics, ...), from the first worker whose
-    process still holds its replica: one that died after its work was done holds none (or is
-    restarting), and that must not cost the finished run. If none does, the driver's initial values."""
-    for worker in workers:
-        values = _answer(worker.non_trainable, "Collecting non-trainable variables")
-        if values is not None:
-            return values
+def _non_trainable(workers, model, on_event: Callable[[str], None]) -> list[np.ndarray]:
+    """The trained non-trainable values (BatchNorm statistics, ...) from a worker that still holds its
+    replica (one that died after its work was done must not cost the finished run); if none does,
+    the driver's initial values."""
+    values = workers.non_trainable()
+    if values is not None:
+        return values
     values = [np.asarray(v.numpy()) for v in model.non_trainable_variables]
     if values:
         on_event("Warning: no worker process holds its replica any more; the model keeps its initial "
                  "non-trainable values (BatchNorm statistics and the like).")
     return values
-
-
-def _tracks(actors: list) -> list:
-    """Every actor's recorded timeline; one that died after its work was done took its own along."""
-    tracks = (_answer(actor.trace_track, "Collecting the trace") for actor in actors)
-    return [track for track in tracks if track is not None]
-
-
-def _answer(method, what: str) -> Any:
-    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile."""
-    import ray
-
-    from raytf.driver.actors import get
-
-    ref = method.remote()
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError:
-        return None
-    except ray.exceptions.RayTaskError:
-        get(ref, what)  # raises raytf's error for it
-        raise
 
 
 def _checkpoint_path(settings, step: int | None) -> str | None:

@@ -14,8 +14,8 @@ import numpy as np
 
 from raytf.config import TrainConfig, config_from_dict, load_config
 from raytf.errors import ConfigError
-from raytf.observe.startup import StartupClock
 from raytf.exchange.policies import policy_for
+from raytf.observe.startup import StartupClock
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,16 @@ def _prepare(config: TrainConfig) -> Prepared:
     import keras
 
     from raytf.config.imports import resolve_callable
-    from raytf.replica.layers import rows_on_servers
-    from raytf.replica.model import build_model, check_labels_in_range, eval_dataset, first_batch, train_dataset, variable_specs
     from raytf.exchange.sharding import plan_shards
+    from raytf.replica.layers import rows_on_servers
+    from raytf.replica.model import (
+        build_model,
+        check_labels_in_range,
+        eval_dataset,
+        first_batch,
+        train_dataset,
+        variable_specs,
+    )
     from raytf.replica.sparse import find_tables
 
     output_dir = prepare_output_dir(config.output_dir)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from raytf.config import TrainConfig
-from raytf.observe.startup import StartupClock
 from raytf.exchange.policies import policy_for
+from raytf.observe.startup import StartupClock
 
 
 def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], stats: list, eval_results: dict,

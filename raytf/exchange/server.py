@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
 from raytf.config import DistributionConfig, OptimizerConfig
 from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
-from raytf.runtime import configure_tensorflow
+from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
+from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
 from raytf.observe.startup import peak_rss
 from raytf.observe.trace import DRIVER_TID
-from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
+from raytf.runtime import configure_tensorflow
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class ParameterServer:
         timer = ActorTimer()
         with timer.span("actor_imports"):
             configure_tensorflow(settings.threads)
-            from raytf.observe.metrics import ActorMetrics
             from raytf.exchange.optimizers import FlatOptimizer, RowOptimizer
+            from raytf.observe.metrics import ActorMetrics
 
         with timer.span("actor_model_build"), self._setup_lock:
             self._close_links()

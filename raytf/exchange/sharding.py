@@ -17,9 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from raytf.errors import ConfigError
-from raytf.runtime import ALIGN_BYTES, aligned_zeros
 from raytf.exchange.tables import TableSpec
-
+from raytf.runtime import ALIGN_BYTES, aligned_zeros
 
 ALIGN_FLOATS = ALIGN_BYTES // 4  # float32s per TensorFlow alignment unit
 

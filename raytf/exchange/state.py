@@ -19,7 +19,6 @@ from raytf.exchange.messages import ExchangeStats, Outcome, Push, StalenessStats
 from raytf.exchange.policies import AggregationPolicy
 
 
-
 class ShardBackend(Protocol):
     """What the exchange asks of the server that holds the shard; called with the exchange's lock held."""
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from raytf.exchange.doorbell import Bell, ServerGone
 from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
-from raytf.runtime import configure_tensorflow
-from raytf.exchange.sharding import ShardPlan
-from raytf.observe.startup import peak_rss
-from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
-from raytf.replica.tables import Request, WorkerTables
+from raytf.exchange.doorbell import Bell, ServerGone
 from raytf.exchange.policies import policy_for
+from raytf.exchange.sharding import ShardPlan
+from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
+from raytf.observe.startup import peak_rss
+from raytf.replica.tables import Request, WorkerTables
+from raytf.runtime import configure_tensorflow
 
 
 def warmup_steps(steps: int) -> int:
@@ -108,6 +108,7 @@ class Worker:
         with timer.span("actor_imports"):
             configure_tensorflow(threads)
             import keras  # noqa: F401 - timed here; _build uses it
+
             import raytf.replica.model  # noqa: F401
         with timer.span("actor_model_build"):
             gpus = self._build(config, plan, num_workers)
@@ -126,7 +127,15 @@ class Worker:
         from raytf.config import TrainConfig
         from raytf.config.imports import resolve_callable
         from raytf.replica.layers import rows_on_servers
-        from raytf.replica.model import IdOutOfRange, batches, build_model, first_batch, make_loss, train_dataset, variable_specs
+        from raytf.replica.model import (
+            IdOutOfRange,
+            batches,
+            build_model,
+            first_batch,
+            make_loss,
+            train_dataset,
+            variable_specs,
+        )
 
         cfg = TrainConfig.model_validate(config)
         self.config = cfg

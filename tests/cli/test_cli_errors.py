@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 
 from raytf import cli
 from raytf.errors import ConfigError
-
 from tests.badinput.helpers import GOOD_YAML, line_of, write
 
 REPO = Path(__file__).resolve().parents[2]

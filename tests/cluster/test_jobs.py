@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from raytf.errors import ClusterError
 from raytf.cluster.jobs import job_entrypoint, submit_training_job
+from raytf.errors import ClusterError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,9 +117,9 @@ def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, 
 
 
 def test_kuberay_placement_requests_the_resources_the_manifest_offers():
-    from raytf.config import config_from_dict
     from raytf.cluster.kuberay.manifest import PLACEMENT_OVERRIDES, render_raycluster
     from raytf.cluster.kuberay.specfile import load_cluster_spec
+    from raytf.config import config_from_dict
     from tests.conftest import ROOT
 
     config = {"model": "a:b", "data": {"train": "a:c"}, "loss": "mse",
@@ -147,12 +147,12 @@ def test_kuberay_token_and_py_modules_on_a_real_ray_head(ray_cluster, workdir):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from raytf.cluster.kuberay.auth import bearer
-    from raytf.cluster.kuberay.token import cluster_token
     from raytf.cluster.kuberay.client import KubeClient
     from raytf.cluster.kuberay.manifest import render_raycluster
     from raytf.cluster.kuberay.portforward import forward_dashboard
     from raytf.cluster.kuberay.runtime_env import job_runtime_env
     from raytf.cluster.kuberay.specfile import load_cluster_spec
+    from raytf.cluster.kuberay.token import cluster_token
     from tests.cluster.kuberay.fake_apiserver import FakeApiServer
 
     spec = load_cluster_spec(REPO / "cluster-configs" / "kuberay-shared-storage.yaml")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from raytf.cluster import local as local_cluster
-from raytf.runtime import private_dir
-from raytf.errors import ClusterError
 from raytf.cluster.local import LocalCluster
+from raytf.errors import ClusterError
+from raytf.runtime import private_dir
 
 WRONG = {"Authorization": "Bearer " + "0" * 64}
 

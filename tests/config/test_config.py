@@ -9,7 +9,6 @@ import pytest
 
 from raytf.config import config_from_dict, load_config
 from raytf.errors import ConfigError, RaytfError
-
 from tests.badinput.helpers import GOOD_YAML, assert_names, line_of, write
 
 

@@ -7,12 +7,11 @@ manifest is in. tests/driver/test_checkpoint.py SIGKILLs it mid-write.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from raytf.exchange.shard_state import ShardState, root_of, step_dir, write_shard
 from raytf.driver.checkpoints import build_manifest, write_manifest
+from raytf.exchange.shard_state import ShardState, root_of, step_dir, write_shard
 from raytf.exchange.sharding import VariableSpec, plan_shards
 
 # Two big shards, so a kill usually lands inside a write.

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raytf.exchange.shard_state import ShardState, root_of, step_dir, write_shard
 from raytf.driver.checkpoints import build_manifest, complete, latest, load, prune, write_manifest
 from raytf.errors import ConfigError, TrainingError
+from raytf.exchange.shard_state import ShardState, root_of, step_dir, write_shard
 from raytf.exchange.sharding import VariableSpec, plan_shards
 from tests.badinput.helpers import GOOD_YAML, write
 from tests.cli.test_cli_errors import assert_clean_error, home, run  # noqa: F401  (home: autouse fixture)

@@ -17,8 +17,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
+from raytf.driver.restarts import AFTER_WORK, ENDED, REJOINED  # noqa: E402
 from raytf.errors import TrainingError  # noqa: E402
-from raytf.driver.supervisor import AFTER_WORK, ENDED, REJOINED  # noqa: E402
 from tests.driver.test_training import digits_config, live_actor_names, scrape_raytf_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,8 @@ class KillAt:
     def _kill_if_due(self) -> None:
         import ray
 
-        from raytf.driver.actors import actor_name, actor_state
+        from raytf.driver.actors import actor_name
+        from raytf.driver.groups import actor_state
 
         if self.killed_at is None and self.waiting_for is None and self.reported >= self.step:
             actor = ray.get_actor(actor_name(self.run_name, self.role, self.index), namespace=f"raytf-{self.run_id}")

@@ -1,15 +1,25 @@
 """The summary's `restarts` records, from the deaths raytf saw and the restart counts Ray keeps
-(raytf.driver.supervisor): the counting and the outcomes, without Ray (Ray's answers are given)."""
+(raytf.driver.restarts, and the supervisor that feeds it): the counting and the outcomes, without Ray
+(Ray's answers are given, through groups of actors passed in)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from raytf.driver import supervisor
-from raytf.driver.supervisor import (AFTER_WORK, ENDED, GAVE_UP, LOST_AGAIN, REJOINED, RESTARTING, RESTARTING_AFTER_WORK,
-                              RESTORED, Supervisor, deaths_known_to_ray, settle, unrecorded)
+from raytf.driver.restarts import (
+    AFTER_WORK,
+    ENDED,
+    GAVE_UP,
+    LOST_AGAIN,
+    REJOINED,
+    RESTARTING,
+    RESTARTING_AFTER_WORK,
+    RESTORED,
+    RestartLog,
+    deaths_known_to_ray,
+    settle,
+    unrecorded,
+)
 
 
 def record(index: int, recovery: str, role: str = "worker", step: int = 10) -> dict:
@@ -54,84 +64,105 @@ def test_pending_records_followed_by_another_death_had_come_back():
     assert [r["recovery"] for r in records] == [LOST_AGAIN, AFTER_WORK, GAVE_UP, RESTARTING_AFTER_WORK]
 
 
-class FakeRay:
-    """What Ray's GCS says of each actor: (restarts, state), by handle."""
-
-    def __init__(self, **known: tuple[int, str]) -> None:
-        self.known = known
-
-    def __call__(self, handle: str) -> tuple[int, str] | None:
-        return self.known.get(handle)
+def restart_log(workers: int = 2, servers: int = 1) -> tuple[RestartLog, list[str]]:
+    events: list[str] = []
+    return RestartLog(workers, servers, max_restarts=3, on_event=events.append), events
 
 
-def bare_supervisor(workers: int = 2, servers: int = 1, step: int = 300) -> Supervisor:
-    """A Supervisor with just what recording deaths needs (no actors, no Ray)."""
-    sup = Supervisor.__new__(Supervisor)
-    sup.config = SimpleNamespace(distribution=SimpleNamespace(max_restarts=3))
-    sup.actors = SimpleNamespace(workers=[f"w{i}" for i in range(workers)], servers=[f"ps{j}" for j in range(servers)])
-    sup.restarts, sup.bare, sup.events = [], set(), []
-    sup.on_event = sup.events.append
-    sup.worker_restarts, sup.server_restarts = [0] * workers, [0] * servers
-    sup.stats, sup.start_step = None, step
-    return sup
+def test_a_death_after_the_work_is_recorded_once_announced_once_and_settled():
+    log, events = restart_log()
+    log.lost("worker", 1, 80, RESTARTING)  # the failed run call of a mid-run kill
+    log.rejoined(1, 80)
+    log.seen_by_ray("worker", 1, 2, "RESTARTING", step=300)  # in the loop: worker 1's run had ended
+    log.seen_by_ray("worker", 1, 2, "RESTARTING", step=300)  # asked again: nothing new
+    log.settle_all({("worker", 0): "ALIVE", ("worker", 1): "ALIVE", ("ps", 0): "ALIVE"})
+    assert log.records == [record(1, REJOINED, step=80), record(1, AFTER_WORK, step=300)]
+    assert [e for e in events if "was lost" in e] == ["Worker 1 was lost near step 300, after its work was done; "
+                                                      "Ray restarts it."]
+    assert log.bare == {1} and log.counts["worker"] == [0, 2]
 
 
-def test_a_death_after_the_work_is_recorded_once_announced_once_and_settled(monkeypatch):
-    sup = bare_supervisor()
-    sup._count_restart("worker", 1, 80, RESTARTING)  # the failed run call of a mid-run kill
-    sup._rejoined(1)
-    monkeypatch.setattr(supervisor, "actor_state", FakeRay(w0=(0, "ALIVE"), w1=(2, "RESTARTING"), ps0=(0, "ALIVE")))
-    sup._reconcile([("worker", 1, "w1")])  # in the loop: worker 1's run had ended
-    sup._reconcile([("worker", 1, "w1")])  # asked again: nothing new
-    monkeypatch.setattr(supervisor, "actor_state", FakeRay(w0=(0, "ALIVE"), w1=(2, "ALIVE"), ps0=(0, "ALIVE")))
-    sup.finish()
-    assert sup.restarts == [record(1, REJOINED, step=80), record(1, AFTER_WORK, step=300)]
-    assert [e for e in sup.events if "was lost" in e] == ["Worker 1 was lost near step 300, after its work was done; "
-                                                          "Ray restarts it."]
-    assert sup.bare == {1} and sup.worker_restarts == [0, 2]
+def test_a_worker_whose_failed_call_was_seen_rejoins_and_says_so():
+    log, events = restart_log()
+    log.lost("worker", 0, 300, RESTARTING)
+    log.rejoined(0, 300)
+    assert log.records == [record(0, REJOINED, step=300)]
+    assert events == ["Worker 0 rejoined the training near step 300."]
 
 
-def test_deaths_only_ray_saw_are_found_at_the_end_for_every_actor(monkeypatch):
-    sup = bare_supervisor()
-    monkeypatch.setattr(supervisor, "actor_state", FakeRay(w0=(1, "RESTARTING"), w1=(3, "DEAD"), ps0=(1, "ALIVE")))
+def test_more_deaths_than_max_restarts_end_the_run_but_deaths_only_ray_saw_do_not():
+    from raytf.errors import TrainingError
+
+    log, _ = restart_log()
+    for _ in range(3):
+        log.lost("worker", 1, 50, RESTARTING)
+    assert [r["recovery"] for r in log.records] == [LOST_AGAIN, LOST_AGAIN, RESTARTING]
+    with pytest.raises(TrainingError, match="Worker 1 died 4 times.*max_restarts is 3"):
+        log.lost("worker", 1, 60, RESTARTING)
+    log.seen_by_ray("worker", 0, 5, "ALIVE", step=70)  # Ray restarted it more often than raytf would have: Ray's rule holds
+    assert log.counts["worker"] == [5, 3]
+
+
+def test_a_worker_restarted_after_its_work_is_set_up_again_by_a_rollback_and_counts_as_restored():
+    log, _ = restart_log(workers=3)
+    log.seen_by_ray("worker", 0, 1, "ALIVE", step=300)
+    log.seen_by_ray("worker", 2, 1, "ALIVE", step=300)
+    assert log.bare == {0, 2} and log.records == [record(0, RESTARTING_AFTER_WORK, step=300),
+                                                  record(2, RESTARTING_AFTER_WORK, step=300)]
+    assert log.take_bare(set_up_already=[2]) == [0]  # worker 2's run failed too: it is set up already
+    assert log.bare == set()
+    log.settle_all({("worker", 2): "ALIVE"})
+    assert log.records == [record(0, RESTORED, step=300), record(2, AFTER_WORK, step=300)]
+
+
+# -- the supervisor asks Ray through the groups it is given ------------------------------------
+class FakeGroup:
+    """A group of actors whose Ray states are given: (restarts, state) per actor, None if unknown."""
+
+    def __init__(self, states: list[tuple[int, str] | None]) -> None:
+        self.states = states
+        self.handles = [object() for _ in states]
+        self.calls: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def ray_states(self) -> list[tuple[int, str] | None]:
+        return self.states
+
+
+def supervisor_with(workers: list, servers: list):
+    import numpy as np
+
+    from raytf.config import config_from_dict
+    from raytf.driver.actors import RunActors
+    from raytf.driver.supervisor import Supervisor
+    from raytf.exchange.server import ServerSettings
+    from raytf.exchange.shard_state import ShardState
+
+    config = config_from_dict({"name": "records", "model": "m:f", "data": {"train": "m:g"}, "loss": "mse",
+                               "steps": 300, "distribution": {"workers": len(workers), "parameter_servers": len(servers)}})
+    settings = ServerSettings(run_name="records", distribution=config.distribution, threads=1, target_version=300)
+    actors = RunActors(run_id="records-1", servers=FakeGroup(servers), workers=FakeGroup(workers))
+    events: list[str] = []
+    sup = Supervisor(config, "records-1", None, actors, settings, [ShardState(params=np.zeros(1), version=300)], [],
+                     events.append)
+    return sup, events
+
+
+def test_deaths_only_ray_saw_are_found_at_the_end_for_every_actor():
+    sup, events = supervisor_with(workers=[(1, "RESTARTING"), (3, "DEAD")], servers=[(1, "ALIVE")])
     sup.finish()
     assert [(r["role"], r["index"], r["recovery"]) for r in sup.restarts] == [
         ("worker", 0, ENDED),
         ("worker", 1, AFTER_WORK), ("worker", 1, AFTER_WORK), ("worker", 1, AFTER_WORK), ("worker", 1, GAVE_UP),
         ("ps", 0, AFTER_WORK)]
-    assert sum("Ray will not restart it" in e for e in sup.events) == 1
-    assert len(sup.events) == 6
+    assert sum("Ray will not restart it" in e for e in events) == 1
+    assert len(events) == 6
+    assert {r["step"] for r in sup.restarts} == {300}  # the step the run had reached
 
 
-def test_a_worker_whose_failed_call_was_seen_rejoins_and_says_so():
-    sup = bare_supervisor()
-    sup._count_restart("worker", 0, 300, RESTARTING)
-    sup._rejoined(0)
-    assert sup.restarts == [record(0, REJOINED, step=300)]
-    assert sup.events == ["Worker 0 rejoined the training near step 300."]
-
-
-def test_more_deaths_than_max_restarts_end_the_run_but_deaths_only_ray_saw_do_not(monkeypatch):
-    from raytf.errors import TrainingError
-
-    sup = bare_supervisor()
-    for _ in range(3):
-        sup._count_restart("worker", 1, 50, RESTARTING)
-    assert [r["recovery"] for r in sup.restarts] == [LOST_AGAIN, LOST_AGAIN, RESTARTING]
-    with pytest.raises(TrainingError, match="Worker 1 died 4 times.*max_restarts is 3"):
-        sup._count_restart("worker", 1, 60, RESTARTING)
-    monkeypatch.setattr(supervisor, "actor_state", FakeRay(w0=(5, "ALIVE")))
-    sup._reconcile([("worker", 0, "w0")])  # Ray restarted it more often than raytf would have: Ray's rule holds
-    assert sup.worker_restarts == [5, 3]
-
-
-def test_a_worker_restarted_after_its_work_is_set_up_again_by_a_rollback_and_counts_as_restored(monkeypatch):
-    sup = bare_supervisor(workers=3)
-    monkeypatch.setattr(supervisor, "actor_state", FakeRay(w0=(1, "ALIVE"), w2=(1, "ALIVE")))
-    sup._reconcile([("worker", 0, "w0"), ("worker", 2, "w2")])
-    assert sup.bare == {0, 2} and sup.restarts == [record(0, RESTARTING_AFTER_WORK, step=300),
-                                                   record(2, RESTARTING_AFTER_WORK, step=300)]
-    assert sup._take_bare(set_up_already=[2]) == [0]  # worker 2's run failed too: it is set up already
-    assert sup.bare == set()
+def test_an_actor_ray_does_not_know_is_left_alone():
+    sup, events = supervisor_with(workers=[None, (0, "ALIVE")], servers=[None])
     sup.finish()
-    assert sup.restarts == [record(0, RESTORED, step=300), record(2, AFTER_WORK, step=300)]
+    assert sup.restarts == [] and events == []

@@ -81,8 +81,8 @@ def tensorboard_scalars(logdir) -> dict[str, list[int]]:
 
 def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
     """The synchronous update rule, computed in this process: theta -= lr * mean_i(grad_i)."""
-    from raytf.driver.prepare import prepare
     from raytf.config.imports import resolve_callable
+    from raytf.driver.prepare import prepare
     from raytf.replica.model import batches, make_loss
 
     cfg = config_from_dict(config)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from raytf.exchange.doorbell import Bell, Doorbell, ServerGone
 from raytf.exchange import Reply, Status
+from raytf.exchange.doorbell import Bell, Doorbell, ServerGone
 
 
 def _until(condition, what: str, timeout: float = 10.0) -> None:

@@ -8,7 +8,6 @@ keras = pytest.importorskip("keras")
 
 from raytf.config import OptimizerConfig  # noqa: E402
 from raytf.exchange.optimizers import FlatOptimizer  # noqa: E402
-
 from raytf.replica.model import keras_optimizer  # noqa: E402
 
 # RMSprop is left out: Keras adds epsilon outside the square root, TensorFlow's kernel inside.

@@ -8,11 +8,11 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from raytf.exchange.shard_state import ShardState, TableState, step_dir, write_shard
-from raytf.driver.checkpoints import build_manifest, latest, load, write_manifest  # noqa: E402
 from raytf.config import OptimizerConfig, config_from_dict  # noqa: E402
+from raytf.driver.checkpoints import build_manifest, latest, load, write_manifest  # noqa: E402
 from raytf.errors import ConfigError, TrainingError  # noqa: E402
 from raytf.exchange.optimizers import FlatOptimizer, RowOptimizer  # noqa: E402
+from raytf.exchange.shard_state import ShardState, TableState, step_dir, write_shard
 from raytf.exchange.sharding import VariableSpec, plan_shards  # noqa: E402
 from raytf.exchange.tables import TableSpec, dedupe, split  # noqa: E402
 

@@ -14,7 +14,16 @@ import pytest
 
 from raytf.config import config_from_dict
 from raytf.errors import ConfigError
-from raytf.observe.trace import DRIVER_TID, SERVER_PHASES, WORKER_PHASES, PhaseRecorder, Track, chrome_trace, mark, phase_means
+from raytf.observe.trace import (
+    DRIVER_TID,
+    SERVER_PHASES,
+    WORKER_PHASES,
+    PhaseRecorder,
+    Track,
+    chrome_trace,
+    mark,
+    phase_means,
+)
 
 BASE = {"model": "m:f", "data": {"train": "d:f"}, "loss": "mse"}
 

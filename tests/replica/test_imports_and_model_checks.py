@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from raytf.config import config_from_dict
-from raytf.errors import ConfigError
 from raytf.config.imports import resolve_callable
-
+from raytf.errors import ConfigError
 from tests.badinput.helpers import assert_names
 
 M = "tests.badinput.models:"

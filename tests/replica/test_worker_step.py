@@ -7,8 +7,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from raytf.config import config_from_dict  # noqa: E402
-from raytf.replica.model import variable_specs  # noqa: E402
 from raytf.exchange.sharding import plan_shards  # noqa: E402
+from raytf.replica.model import variable_specs  # noqa: E402
 from raytf.replica.worker import Worker  # noqa: E402
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raytf.errors import ClusterError
 from raytf.cluster.kuberay.spec import ClusterSpec
+from raytf.errors import ClusterError
 
 TOKEN_KEY = "auth_token"  # utils.RAY_AUTH_TOKEN_SECRET_KEY
 _MAX_NAME = 50  # utils.CheckName's limit

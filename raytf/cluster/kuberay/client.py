@@ -19,7 +19,6 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
 
-from raytf.errors import RaytfError
 from raytf.cluster.kuberay.errors import (
     AlreadyExists,
     CrdNotInstalled,
@@ -30,6 +29,7 @@ from raytf.cluster.kuberay.errors import (
     Unauthorized,
 )
 from raytf.cluster.kuberay.manifest import GROUP, PLURAL, VERSION
+from raytf.errors import RaytfError
 
 RAYCLUSTERS = f"{PLURAL}.{GROUP}"
 T = TypeVar("T")

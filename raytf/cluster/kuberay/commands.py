@@ -20,10 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from raytf.errors import ClusterError
 from raytf.cluster.kuberay import lifecycle
 from raytf.cluster.kuberay.auth import auth_disabled_warning, auth_secret_name, bearer, token_command
-from raytf.cluster.kuberay.token import cluster_token, read_token
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.dashboard import dashboard_responds, probe_dashboard, wait_for_dashboard
 from raytf.cluster.kuberay.errors import AuthTokenUnavailable
@@ -35,8 +33,10 @@ from raytf.cluster.kuberay.spec import ClusterSpec
 from raytf.cluster.kuberay.specfile import load_cluster_spec
 from raytf.cluster.kuberay.status import ClusterStatus, get_cluster_or_raise, read_status
 from raytf.cluster.kuberay.storage import check_output_dir
+from raytf.cluster.kuberay.token import cluster_token, read_token
 from raytf.cluster.kuberay.versions import version_mismatch_warning
 from raytf.cluster.record import clear_cluster_record, load_cluster_record, save_cluster_record
+from raytf.errors import ClusterError
 
 
 def up(
@@ -311,8 +311,8 @@ def train(
     the cluster's token (from its Secret) and, unless the spec says `image_has_raytf`, the runtime_env
     that brings raytf and its pinned dependencies. Returns the job's exit code (see submit_training_job).
     """
-    from raytf.config import load_config
     from raytf.cluster.jobs import submit_training_job
+    from raytf.config import load_config
 
     target = _target(None, kubeconfig, context)
     spec, spec_source = _recorded_spec(target)

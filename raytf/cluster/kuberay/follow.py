@@ -16,11 +16,11 @@ from kubernetes import client as k8s
 from rich.console import Console
 from rich.text import Text
 
-from raytf.errors import RaytfError
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.errors import AlreadyExists, CrdNotInstalled, NotFound
 from raytf.cluster.kuberay.manifest import GROUP, VERSION
 from raytf.cluster.kuberay.rayjob import PLURAL, describe, outcome, read_state, waits_for_submission
+from raytf.errors import RaytfError
 
 RAYJOBS = f"{PLURAL}.{GROUP}"
 InterruptChoice = Literal["ask", "stop", "detach"]

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import yaml
-
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException

@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from raytf.errors import ClusterError, ConfigError
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.diagnose import explain_not_ready
 from raytf.cluster.kuberay.errors import NotFound, UnknownWorkerGroup, WaitTimeout
 from raytf.cluster.kuberay.manifest import SPEC_HASH_ANNOTATION, render_raycluster
 from raytf.cluster.kuberay.spec import ClusterSpec
 from raytf.cluster.kuberay.status import ClusterStatus, get_cluster_or_raise, pod_selector, snapshot
+from raytf.errors import ClusterError, ConfigError
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

@@ -30,19 +30,19 @@ from kubernetes import client as k8s
 from rich.console import Console
 from rich.text import Text
 
-from raytf.errors import ClusterError, RaytfError
 from raytf.cluster.kuberay import follow as follower
 from raytf.cluster.kuberay.auth import bearer
-from raytf.cluster.kuberay.token import cluster_token
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.kubeconfig import build_api_client
 from raytf.cluster.kuberay.manifest import PLACEMENT_OVERRIDES, manifest_yaml
 from raytf.cluster.kuberay.portforward import LocalForward, forward_dashboard
-from raytf.cluster.kuberay.rayjob import SUFFIX_LENGTH, render_rayjob, rayjob_name
+from raytf.cluster.kuberay.rayjob import SUFFIX_LENGTH, rayjob_name, render_rayjob
 from raytf.cluster.kuberay.runtime_env import job_runtime_env
 from raytf.cluster.kuberay.specfile import load_cluster_spec
 from raytf.cluster.kuberay.storage import check_output_dir
+from raytf.cluster.kuberay.token import cluster_token
 from raytf.cluster.kuberay.versions import version_mismatch_warning
+from raytf.errors import ClusterError, RaytfError
 
 _SUFFIX_CHARS = string.ascii_lowercase + string.digits
 
@@ -83,8 +83,8 @@ def prepare(
 ) -> Prepared:
     """Validate spec and config and render the RayJob. `strict_output=False` (dry runs) turns an
     output_dir off the shared storage into a warning instead of an error."""
-    from raytf.config import load_config
     from raytf.cluster.jobs import EXCLUDES, _config_in_working_dir, job_entrypoint, submission_id
+    from raytf.config import load_config
 
     spec = load_cluster_spec(spec_path)
     if ttl_seconds is not None and ttl_seconds < 0:

@@ -14,10 +14,10 @@ import socket
 import threading
 from typing import Any, Callable
 
-from raytf.errors import ClusterError, RaytfError
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.manifest import DASHBOARD_PORT
 from raytf.cluster.kuberay.status import get_cluster_or_raise, pod_selector, snapshot
+from raytf.errors import ClusterError, RaytfError
 
 _CHUNK = 64 * 1024
 

@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from raytf.errors import ClusterError
 from raytf.cluster.kuberay.spec import ClusterSpec
+from raytf.errors import ClusterError
 
 # raytf's dependencies (pyproject.toml) that the job needs on the cluster. Left out: Ray (the image has
 # it, and it must be the image's), and the Kubernetes client with its urllib3 (used only on this side).

@@ -13,11 +13,11 @@ from rich.console import Console
 
 from raytf.cluster.kuberay import commands
 from raytf.cluster.kuberay.auth import auth_secret_name, check_name, render_auth_options
-from raytf.cluster.kuberay.token import cluster_token, read_token
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.errors import AuthTokenUnavailable, ClusterSpecError
 from raytf.cluster.kuberay.manifest import render_raycluster
 from raytf.cluster.kuberay.specfile import load_cluster_spec, parse_cluster_spec
+from raytf.cluster.kuberay.token import cluster_token, read_token
 
 from .fake_apiserver import FakeApiServer
 from .fake_ray_api import FakeRayDashboard

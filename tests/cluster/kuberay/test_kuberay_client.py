@@ -10,7 +10,6 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from raytf.errors import ClusterError
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.errors import (
     HELM_INSTALL,
@@ -24,9 +23,10 @@ from raytf.cluster.kuberay.errors import (
 from raytf.cluster.kuberay.kubeconfig import build_api_client, current_context
 from raytf.cluster.kuberay.manifest import render_raycluster
 from raytf.cluster.kuberay.specfile import load_cluster_spec
+from raytf.errors import ClusterError
 
-from .helpers import CONFIGS
 from .fake_apiserver import FakeApiServer, Stuck
+from .helpers import CONFIGS
 
 
 def cpu_manifest(namespace: str = "default") -> dict:

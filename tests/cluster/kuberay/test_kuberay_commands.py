@@ -14,15 +14,15 @@ import yaml
 from kubernetes import client as k8s
 from rich.console import Console
 
-from raytf.errors import ClusterError, ConfigError
 from raytf.cluster.kuberay import commands
 from raytf.cluster.kuberay.errors import CrdNotInstalled, WaitTimeout
 from raytf.cluster.kuberay.manifest import render_raycluster
 from raytf.cluster.kuberay.specfile import load_cluster_spec
 from raytf.cluster.record import load_cluster_record, save_cluster_record
+from raytf.errors import ClusterError, ConfigError
 
-from .helpers import CONFIGS, output
 from .fake_apiserver import FakeApiServer, Stuck
+from .helpers import CONFIGS, output
 
 CPU = CONFIGS / "kuberay-cpu.yaml"
 # A crash in the Kubernetes client's port-forward thread must fail the test, not just warn.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from raytf.errors import ClusterError, ConfigError
 from raytf.cluster.kuberay import lifecycle
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.errors import NotFound, UnknownWorkerGroup, WaitTimeout
@@ -13,9 +12,10 @@ from raytf.cluster.kuberay.spec import ClusterSpec
 from raytf.cluster.kuberay.specfile import load_cluster_spec, parse_cluster_spec
 from raytf.cluster.kuberay.status import is_ready, read_status
 from raytf.cluster.kuberay.versions import cluster_python_version, version_mismatch_warning
+from raytf.errors import ClusterError, ConfigError
 
-from .helpers import CONFIGS, FakeClock
 from .fake_apiserver import FakeApiServer, Stuck
+from .helpers import CONFIGS, FakeClock
 
 
 def spec_of(name: str = "kuberay-cpu", **replace: str) -> ClusterSpec:

@@ -13,16 +13,16 @@ import urllib.request
 
 import pytest
 
-from raytf.errors import ClusterError
 from raytf.cluster.kuberay.client import KubeClient
 from raytf.cluster.kuberay.dashboard import dashboard_responds, require_loopback, wait_for_dashboard
 from raytf.cluster.kuberay.errors import Forbidden
 from raytf.cluster.kuberay.manifest import render_raycluster
 from raytf.cluster.kuberay.portforward import LocalForward, _close_gracefully, head_dashboard_target
 from raytf.cluster.kuberay.specfile import load_cluster_spec
+from raytf.errors import ClusterError
 
-from .helpers import CONFIGS, FakeClock
 from .fake_apiserver import FakeApiServer
+from .helpers import CONFIGS, FakeClock
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

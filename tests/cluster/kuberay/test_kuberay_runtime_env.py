@@ -6,19 +6,25 @@ from __future__ import annotations
 import io
 import os
 import re
-import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from kubernetes import client as k8s
 from rich.console import Console
 
 import raytf
 from raytf.cluster.kuberay import commands
 from raytf.cluster.kuberay.manifest import PLACEMENT_OVERRIDES, render_raycluster
-from raytf.cluster.kuberay.runtime_env import CLIENT_ONLY, CLUSTER_PACKAGES, job_runtime_env, pinned_requirements, requirements_txt
+from raytf.cluster.kuberay.runtime_env import (
+    CLIENT_ONLY,
+    CLUSTER_PACKAGES,
+    job_runtime_env,
+    pinned_requirements,
+    requirements_txt,
+)
 from raytf.cluster.kuberay.specfile import load_cluster_spec, parse_cluster_spec
 from raytf.cluster.record import save_cluster_record
 

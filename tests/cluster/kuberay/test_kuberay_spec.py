@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from raytf.errors import ConfigError
 from raytf.cluster.kuberay.errors import ClusterSpecError
 from raytf.cluster.kuberay.spec import ClusterSpec
 from raytf.cluster.kuberay.specfile import is_kuberay_spec, load_cluster_spec, parse_cluster_spec
+from raytf.errors import ConfigError
 
 from .helpers import CONFIG_NAMES, CONFIGS
 

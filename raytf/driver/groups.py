@@ -1,0 +1,324 @@
+"""The run's parameter servers and workers as two groups the driver speaks to in intents
+(`servers.stop_at(version)`, `workers.start_rejoin(i, ...)`, `servers.restarted()`), so that Ray's
+calls, waits and exceptions stay here, at the boundary, and come out as raytf's errors or as plain
+outcomes (`Lost`) the supervisor decides on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from raytf.config import OptimizerConfig, TrainConfig
+from raytf.errors import RaytfError, TrainingError
+from raytf.exchange.messages import ServerStats, WorkerResult
+from raytf.exchange.server import ServerSettings
+from raytf.exchange.shard_state import ShardState
+from raytf.exchange.sharding import ShardPlan
+from raytf.exchange.transport import LinkSpec
+
+CALL_TIMEOUT = 30.0  # seconds for a control call to a live actor
+RESTART_TIMEOUT = 300.0  # seconds for Ray to bring a lost actor back (a new process imports TensorFlow)
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """The user-facing error behind a Ray task error, when there is one."""
+    import ray
+
+    if isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, RaytfError):
+        return err.cause
+    return err
+
+
+def get(refs, what: str):
+    """`ray.get`, with an actor's failure raised as raytf's error (the actor's own RaytfError when it
+    raised one, else a TrainingError naming `what` and the cause)."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = unwrap(err)
+        if cause is not err:
+            raise cause from None
+        detail = " ".join(str(err.cause).split())[:400]  # one line; TF's messages span many
+        raise TrainingError(f"{what} failed: {type(err.cause).__name__}: {detail}",
+                            "Fix the cause above; rerun with --debug for the actor's traceback.") from err
+    except ray.exceptions.RayActorError as err:
+        raise TrainingError(f"{what}: an actor died ({err.__class__.__name__}).", "See the actor's log in the Ray dashboard.") from err
+
+
+def actor_state(handle) -> tuple[int, str] | None:
+    """(restarts, state) of an actor as Ray's GCS has it: how many times Ray restarted its process,
+    and ALIVE, RESTARTING, DEAD (Ray gave up on it) or PENDING_CREATION; None if the GCS does not
+    know it. Ray's public API has neither (`ray.util.state` goes through the dashboard, which may be
+    off, and has no restart count), so this reads the GCS's actor table through Ray's private
+    `ray._private.state`, here and nowhere else."""
+    from ray._private.state import state
+
+    info = state.actor_table(handle._actor_id.hex())
+    if not info:
+        return None
+    return int(info["NumRestarts"]), str(info["State"])
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Calls under way on several actors, waited for together (`join`)."""
+
+    refs: tuple
+    what: str
+
+    def __add__(self, other: "Pending") -> "Pending":
+        return Pending(self.refs + other.refs, self.what)
+
+    def join(self, what: str | None = None) -> list:
+        return get(list(self.refs), what or self.what)
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A worker's call failed because its process died. `restarting`: Ray says it is coming back
+    (the actor is restarting, or its node was preempted, a death Ray restarts without counting)."""
+
+    error: str  # the Ray exception's name, for the message
+    restarting: bool
+
+
+class ServerGroup:
+    """The run's parameter servers, in shard order."""
+
+    def __init__(self, handles: list) -> None:
+        self.handles = list(handles)
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def set_up(self, states: list[ShardState], optimizer: OptimizerConfig, settings: ServerSettings) -> Pending:
+        """Start (re)building every server from `states`."""
+        return Pending(tuple(s.setup.remote(states[j], optimizer, settings) for j, s in enumerate(self.handles)),
+                       "Setting up the parameter servers")
+
+    def locate(self) -> list[tuple[str, bool]]:
+        """Per server: its node, and whether the node has shared memory for the exchange."""
+        return get([s.node_info.remote() for s in self.handles], "Locating the parameter servers")
+
+    def open_links(self, server: int, shm_workers: list[int]) -> list[LinkSpec]:
+        return get(self.handles[server].open_links.remote(shm_workers), "Opening the exchange buffers")
+
+    def statistics(self) -> list[ServerStats] | None:
+        """Every server's statistics; None when one is gone or came back empty (a rollback is due).
+        A server busy beyond CALL_TIMEOUT (a large checkpoint) keeps the last answer: `BUSY`."""
+        import ray
+
+        refs = [s.stats.remote() for s in self.handles]
+        try:
+            stats = ray.get(refs, timeout=CALL_TIMEOUT)
+        except ray.exceptions.RayActorError:
+            return None
+        except ray.exceptions.GetTimeoutError:
+            return BUSY
+        except ray.exceptions.RayTaskError:
+            get(refs, "A parameter server")  # its error as raytf's (a checkpoint file it failed to write, say)
+            raise
+        return stats if all(s.ready for s in stats) else None
+
+    def forget_worker(self, worker: int) -> None:
+        """Every barrier stops waiting for `worker` (it is admitted again when it rejoins)."""
+        import ray
+
+        try:
+            ray.get([s.remove_worker.remote(worker) for s in self.handles], timeout=CALL_TIMEOUT)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # a server is gone as well: the next statistics roll everything back
+
+    def abort(self) -> None:
+        """Release every waiting exchange call with "rollback" (not waited for: a server may be dead)."""
+        for server in self.handles:
+            server.abort.remote()
+
+    def restarted(self, max_restarts: int) -> list[int]:
+        """After an abort: the servers that came back empty (restarted by Ray), waiting for those still
+        restarting. One that does not come back within RESTART_TIMEOUT ends the run."""
+        import ray
+
+        lost = []
+        for j, server in enumerate(self.handles):
+            try:
+                ready = _when_back(lambda: server.is_ready.remote())
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                raise TrainingError(f"Parameter server {j} was lost and did not come back within {RESTART_TIMEOUT:.0f} s "
+                                    f"(distribution.max_restarts is {max_restarts}).",
+                                    "See its log in the Ray dashboard; resume with --resume once the cluster is healthy.") from None
+            if not ready:
+                lost.append(j)
+        return lost
+
+    def stop_at(self, version: int) -> bool:
+        """Ask every server to end the run at `version`; False if one has passed it already."""
+        return all(get([s.set_target.remote(version) for s in self.handles], "Stopping the servers"))
+
+    def parameters(self) -> list[np.ndarray]:
+        return get([s.get_params.remote() for s in self.handles], "Collecting parameters")
+
+    def table(self, k: int) -> list[np.ndarray]:
+        """Every server's rows of sparse table `k`."""
+        return get([s.get_table.remote(k) for s in self.handles], "Collecting the sparse tables")
+
+    def final_statistics(self) -> list[ServerStats]:
+        return get([s.stats.remote() for s in self.handles], "Collecting statistics")
+
+    def ray_states(self) -> list[tuple[int, str] | None]:
+        return [actor_state(s) for s in self.handles]
+
+    def close(self) -> None:
+        """Let every server remove its exchange files (bounded: one may be dead; its files are swept)."""
+        import ray
+
+        for server in self.handles:
+            try:
+                ray.get(server.close.remote(), timeout=10)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # it may already be dead; the driver sweeps its files
+
+
+BUSY: Any = object()  # ServerGroup.statistics: no answer in time, nothing is known to be wrong
+
+
+class WorkerGroup:
+    """The run's workers, and the one call (`run` or `rejoin`) each may have under way."""
+
+    def __init__(self, handles: list, threads: int) -> None:
+        self.handles = list(handles)
+        self.threads = threads  # compute threads per worker
+        self.calls: dict[int, Any] = {}  # worker -> its `run`/`rejoin` under way
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def set_up(self, config: TrainConfig, plan: ShardPlan, which: Iterable[int] | None = None) -> Pending:
+        """Start building the replicas of all workers, or of `which`."""
+        which = range(len(self.handles)) if which is None else which
+        return Pending(tuple(self.handles[i].setup.remote(config.to_dict(), plan, len(self.handles), self.threads)
+                             for i in which), "Setting up the workers")
+
+    def locate(self) -> list[str]:
+        return get([w.node_id.remote() for w in self.handles], "Locating the workers")
+
+    def connect(self, servers: ServerGroup, links: list[list[LinkSpec]]) -> list[list[str]]:
+        """Connect each worker to every server by the links given (per worker); returns how each reaches each."""
+        return get([w.connect.remote(servers.handles, links[i]) for i, w in enumerate(self.handles)],
+                   "Connecting workers to parameter servers")
+
+    # -- the calls that train --------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return bool(self.calls)
+
+    def start_run(self, worker: int, target_version: int) -> None:
+        self.calls[worker] = self.handles[worker].run.remote(target_version)
+
+    def start_rejoin(self, worker: int, config: TrainConfig, plan: ShardPlan, servers: ServerGroup,
+                     target_version: int) -> None:
+        """Set a restarted worker up again and let it train. No links are passed: the restarted process
+        may be on another node, so the servers decide them anew."""
+        self.calls[worker] = self.handles[worker].rejoin.remote(
+            config.to_dict(), plan, len(self.handles), self.threads, servers.handles, target_version)
+
+    def finished(self, timeout: float) -> list[tuple[int, WorkerResult | Lost]]:
+        """The calls that ended within `timeout` (at least one, unless none did): each worker's result,
+        or `Lost`. A worker whose call raised an error ends the run with it."""
+        import ray
+
+        by_ref = {ref: worker for worker, ref in self.calls.items()}
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        return [self._outcome(by_ref[ref]) for ref in ready]
+
+    def drain(self) -> list[tuple[int, WorkerResult | Lost]]:
+        """Wait for every call under way (the servers were aborted, so each ends soon)."""
+        import ray
+
+        outcomes = []
+        for worker, ref in list(self.calls.items()):
+            try:
+                ray.get(ref, timeout=RESTART_TIMEOUT)
+            except ray.exceptions.GetTimeoutError:
+                raise TrainingError(f"Worker {worker} did not stop within {RESTART_TIMEOUT:.0f} s after a parameter "
+                                    "server was lost.", "See the worker's log in the Ray dashboard.") from None
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+                pass  # _outcome says which
+            outcomes.append(self._outcome(worker))
+        return outcomes
+
+    def _outcome(self, worker: int) -> tuple[int, WorkerResult | Lost]:
+        import ray
+
+        ref = self.calls.pop(worker)
+        try:
+            return worker, ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            restarting = isinstance(err, ray.exceptions.ActorUnavailableError) or bool(getattr(err, "preempted", False))
+            return worker, Lost(type(err).__name__, restarting)
+        except ray.exceptions.RayTaskError:
+            get(ref, f"Worker {worker}")  # raises the user-facing error
+            raise
+
+    # -- asking the workers --------------------------------------------------------------------
+    def link_kinds(self, worker: int) -> list[str] | None:
+        """How `worker` reaches each server now; None if it is lost again."""
+        import ray
+
+        try:
+            return ray.get(self.handles[worker].link_kinds.remote(), timeout=CALL_TIMEOUT)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None
+
+    def non_trainable(self) -> list[np.ndarray] | None:
+        """The trained non-trainable values (BatchNorm statistics, ...) of the first worker whose
+        process still holds its replica (one that died after its work was done holds none); None if
+        none does."""
+        for worker in self.handles:
+            values = answer(worker.non_trainable, "Collecting non-trainable variables")
+            if values is not None:
+                return values
+        return None
+
+    def ray_states(self) -> list[tuple[int, str] | None]:
+        return [actor_state(w) for w in self.handles]
+
+
+def trace_tracks(groups: Iterable[ServerGroup | WorkerGroup]) -> list:
+    """Every actor's recorded timeline; one that died after its work was done took its own along."""
+    tracks = (answer(actor.trace_track, "Collecting the trace") for group in groups for actor in group.handles)
+    return [track for track in tracks if track is not None]
+
+
+def answer(method, what: str) -> Any:
+    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile."""
+    import ray
+
+    ref = method.remote()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError:
+        return None
+    except ray.exceptions.RayTaskError:
+        get(ref, what)  # raises raytf's error for it
+        raise
+
+
+def _when_back(call: Callable[[], Any], timeout: float = RESTART_TIMEOUT) -> Any:
+    """The result of `call()`, asked again while Ray says the actor is restarting (unavailable)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(call(), timeout=max(deadline - time.monotonic(), 0.1))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # its new process is starting
