@@ -36,7 +36,7 @@ CONFIGS = [  # (push codec, pull codec, encrypt)
 PULLS = ["none", "bf16"]  # the push's `version` field names the reply's codec (this benchmark's convention)
 
 
-def serve(host: str, size: int, secret: bytes) -> None:
+def serve(host: str, size: int, secret: bytes, chunk_bytes: int) -> None:
     from raytf.exchange.wire import REPLY, PeerGone, WireListener
 
     params = np.random.default_rng(0).standard_normal(size).astype(np.float32)
@@ -55,16 +55,17 @@ def serve(host: str, size: int, secret: bytes) -> None:
             except PeerGone:
                 return
 
-    listeners = [WireListener(host, secret, on_peer, encrypt=encrypt) for encrypt in (False, True)]
+    listeners = [WireListener(host, secret, on_peer, encrypt=encrypt, chunk_bytes=chunk_bytes) for encrypt in (False, True)]
     print(json.dumps([listener.address[1] for listener in listeners]), flush=True)
     sys.stdin.readline()  # the parent closes our stdin when the run is over
 
 
-def push(host: str, ports: list[int], size: int, secret: bytes, repeats: int) -> None:
+def push(host: str, ports: list[int], size: int, secret: bytes, repeats: int, chunk_bytes: int) -> None:
     from raytf.exchange.codecs import ErrorFeedback
     from raytf.exchange.wire import Duplex, connect
 
-    links = {encrypt: Duplex(connect(host, ports[encrypt], secret, peer_id=1, encrypt=encrypt))
+    links = {encrypt: Duplex(connect(host, ports[encrypt], secret, peer_id=1, encrypt=encrypt,
+                                            chunk_bytes=chunk_bytes))
              for encrypt in (False, True)}
     gradient = np.random.default_rng(1).standard_normal(size).astype(np.float32)
     into = np.zeros(size, np.float32)
@@ -93,6 +94,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bytes", type=int, default=7_454_760)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--chunk-bytes", type=int, default=4 * 1024 * 1024, help="the wire's chunk size")
     parser.add_argument("--link", default=None, help="RATE,DELAY between two namespaces, e.g. 10gbit,0.1ms")
     parser.add_argument("--role", choices=["serve", "push"], help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
@@ -102,9 +104,9 @@ def main() -> int:
     if args.role:
         secret = bytes.fromhex(sys.stdin.readline().strip())
         if args.role == "serve":
-            serve(args.host, size, secret)
+            serve(args.host, size, secret, args.chunk_bytes)
         else:
-            push(args.host, json.loads(args.ports), size, secret, args.repeats)
+            push(args.host, json.loads(args.ports), size, secret, args.repeats, args.chunk_bytes)
         return 0
 
     from examples.netns import Link, Namespaces, NamespacesUnavailable
@@ -112,7 +114,8 @@ def main() -> int:
 
     link = Link.parse(args.link) if args.link else None
     secret = new_secret().hex()
-    me = [sys.executable, str(Path(__file__).resolve()), "--bytes", str(args.bytes), "--repeats", str(args.repeats)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--bytes", str(args.bytes), "--repeats", str(args.repeats),
+          "--chunk-bytes", str(args.chunk_bytes)]
     try:
         if link is None:
             raise NamespacesUnavailable("no --link given")
@@ -141,7 +144,8 @@ def main() -> int:
             shaping = nodes.shaping
             nodes.close()
     where = f"two namespaces, {shaping}" if nodes else "loopback, unshaped"
-    print(f"push + reply of {args.bytes:,} bytes, {where}, {args.repeats} interleaved repeats")
+    print(f"push + reply of {args.bytes:,} bytes in chunks of {args.chunk_bytes:,}, {where}, "
+          f"{args.repeats} interleaved repeats")
     print("| push | pull | encrypt | MB out / back | median ms | min ms | floor ms at the rate | median / floor |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for i, (push_codec, pull_codec, encrypt) in enumerate(CONFIGS):
