@@ -15,6 +15,7 @@ import pytest
 from raytf.exchange.codecs import ErrorFeedback
 from raytf.exchange.wire import (
     HEADER,
+    HELLO,
     KIND_HELLO,
     MAGIC,
     PROTOCOL,
@@ -50,6 +51,7 @@ class ApplyServer:
         self.received: list[np.ndarray] = []
         self.order: list[tuple[int, int, int]] = []
         self.errors: list[Exception] = []
+        self.failed = threading.Event()  # set once a connection ended with a protocol error
         self.listener = WireListener("127.0.0.1", SECRET, self._serve, encrypt=encrypt, poll_seconds=0.05,
                                      handshake_timeout=handshake_timeout, chunk_bytes=chunk_bytes)
         self.port = self.listener.address[1]
@@ -73,6 +75,7 @@ class ApplyServer:
                 return
             except WireProtocolError as err:
                 self.errors.append(err)
+                self.failed.set()
                 return
 
     def close(self) -> None:
@@ -243,6 +246,7 @@ def test_an_authenticated_peer_with_a_lying_length_is_cut_off():
     with pytest.raises(PeerGone):
         conn.receive(np.zeros(size, np.float32), deadline=soon())  # the server hung up on it
     conn.close()
+    assert server.failed.wait(DEADLINE)
     server.close()
     assert len(server.errors) == 1 and "payload length of 999999 bytes" in str(server.errors[0])
 
@@ -291,3 +295,60 @@ def test_a_silent_peer_is_a_timeout_while_alive_and_peer_gone_once_dead():
     conn.close()
     other.close()
     listener.close()
+
+
+class FlippingProxy:
+    """A man in the middle on loopback: pumps bytes both ways and flips one byte of what the worker
+    sends, `at` bytes into the stream (past the handshake: inside the first data payload)."""
+
+    def __init__(self, port: int, at: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._target, self._at = port, at
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection(("127.0.0.1", self._target))
+        threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+        self._pump(client, server, self._at)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, flip_at: int | None) -> None:
+        seen = 0
+        try:
+            while data := source.recv(65536):
+                if flip_at is not None and seen <= flip_at < seen + len(data):
+                    data = bytearray(data)
+                    data[flip_at - seen] ^= 0x01
+                seen += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_a_byte_altered_on_the_way_is_caught_only_when_encrypted(encrypt):
+    size = 1000
+    server = ApplyServer(size, encrypt=encrypt)
+    handshake = HEADER.size + HELLO.size  # the worker's HELLO frame
+    proxy = FlippingProxy(server.port, at=handshake + HEADER.size + 100)
+    worker = Duplex(connect("127.0.0.1", proxy.port, SECRET, peer_id=4, encrypt=encrypt))
+    gradient = np.ones(size, np.float32)
+    into = np.zeros(size, np.float32)
+    if encrypt:
+        with pytest.raises(PeerGone):  # the server refuses the frame and hangs up
+            worker.exchange(0, 0, gradient, into, deadline=soon())
+        assert server.failed.wait(DEADLINE)
+        assert len(server.errors) == 1 and "seal does not verify" in str(server.errors[0])
+    else:
+        # Documented in docs/security.md: without encryption, integrity after the handshake is TCP's.
+        worker.exchange(0, 0, gradient, into, deadline=soon())
+        assert not np.array_equal(server.received[0], gradient)
+    worker.close()
+    server.close()
