@@ -16,6 +16,7 @@ kernel counts CPU in 10 ms ticks, so only the mean over many repeats means somet
 * `socket, 4 MB chunks, duplex`: the same sockets, the buffer in 4 MB pieces (BytePS's partition
   size); the peer answers piece k as soon as it is in while k+1 arrives, and the caller sends on a
   thread while it receives the answer (what raytf.exchange.wire does).
+* `raytf.exchange.wire`: the module built on that choice (frames, checks, Duplex), to see what it adds.
 * `pyzmq PAIR, copy=False`: `send(buffer, copy=False)` / `recv(copy=False)`; ZeroMQ owns the received
   message, so each side copies it into its destination (there is no recv-into-my-buffer in ZeroMQ).
 * `pyzmq, no destination copy`: the same without those copies (what ZeroMQ costs if the received
@@ -129,6 +130,52 @@ class SocketContender:
         self.peer.join(10)
 
 
+def _wire_peer(port_queue, size: int) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from raytf.exchange.wire import REPLY, PeerGone, WireListener
+
+    params = np.zeros(size // 4, np.float32)
+
+    def on_peer(conn) -> None:
+        grads = np.zeros(size // 4, np.float32)
+
+        def reply(frame, start, stop):  # chunk k's answer goes back while k+1 arrives
+            conn.send_chunk(REPLY, frame.seq, frame.version, frame.index, frame.count, start, params[start:stop])
+
+        while True:
+            try:
+                conn.receive(grads, reply)
+            except PeerGone:
+                return
+
+    listener = WireListener("127.0.0.1", b"wire-costs-secret", on_peer)
+    port_queue.put(listener.address[1])
+    threading.Event().wait()
+
+
+class WireContender:
+    """raytf.exchange.wire itself: handshake done once, frames, 4 MB chunks, Duplex."""
+
+    def __init__(self, size: int) -> None:
+        from raytf.exchange.wire import Duplex, connect
+
+        ports = _SPAWN.Queue()
+        self.peer = _SPAWN.Process(target=_wire_peer, args=(ports, size), daemon=True)
+        self.peer.start()
+        self.link = Duplex(connect("127.0.0.1", ports.get(timeout=60), b"wire-costs-secret", peer_id=0))
+        self.grads, self.params = np.zeros(size // 4, np.float32), np.zeros(size // 4, np.float32)
+
+    def round_trip(self) -> None:
+        self.link.exchange(0, 0, self.grads, self.params)
+
+    def close(self) -> None:
+        self.link.close()
+        self.peer.kill()
+
+
 class ZmqContender:
     def __init__(self, size: int, copy_out: bool) -> None:
         import zmq
@@ -166,6 +213,8 @@ def main() -> None:
         "socket, 4 MB chunks, duplex": lambda: SocketContender(args.bytes, CHUNK),
         "socket, 1 MB chunks, duplex": lambda: SocketContender(args.bytes, 1024 * 1024),
     }
+    if args.bytes % 4 == 0:
+        contenders["raytf.exchange.wire (4 MB chunks, Duplex)"] = lambda: WireContender(args.bytes)
     try:
         import zmq  # noqa: F401
 
