@@ -597,20 +597,28 @@ class Duplex:
                 if self._closed:
                     return
                 job = self._job
+            sent = False
             try:
                 self.conn.send(*job)
+                sent = True
             except (PeerGone, WireTimeout, OSError) as err:
                 with self._cond:
                     self._error = err
-                self.conn.close()  # the receiving side sees it at once instead of at its deadline
-            with self._cond:
-                self._job, self._busy = None, False
-                self._cond.notify_all()
+            finally:
+                if not sent:
+                    self.conn.close()  # the receiving side sees it at once instead of at its deadline
+                with self._cond:
+                    self._job, self._busy = None, False
+                    self._cond.notify_all()
 
     def exchange(self, seq: int, version: int, gradient: np.ndarray, into: np.ndarray, *, push_codec: str = "none",
                  feedback: ErrorFeedback | None = None, on_chunk: Callable[[Frame, int, int], None] | None = None,
                  deadline: float | None = None) -> Message:
         """Push `gradient` (sent from its own memory) and receive the reply into `into`."""
+        for name, array in (("gradient", gradient), ("into", into)):
+            if array.dtype != np.float32 or array.ndim != 1 or not array.flags.c_contiguous:
+                raise TypeError(f"{name} must be a contiguous 1-D float32 buffer, not {array.dtype} {array.shape}")
+        self.conn._encoder(push_codec)  # an unknown codec is a ConfigError here, not a dead sender thread
         with self._cond:
             if self._busy:
                 raise RuntimeError("Duplex.exchange called again before the last one returned")

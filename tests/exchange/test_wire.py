@@ -352,3 +352,20 @@ def test_a_byte_altered_on_the_way_is_caught_only_when_encrypted(encrypt):
         assert not np.array_equal(server.received[0], gradient)
     worker.close()
     server.close()
+
+
+def test_a_bad_exchange_call_is_refused_up_front_and_the_link_stays_usable():
+    from raytf.errors import ConfigError
+
+    size = 1000
+    server = ApplyServer(size)
+    worker = _worker(server.port)
+    into = np.zeros(size, np.float32)
+    with pytest.raises(ConfigError, match="none, bf16, int8"):
+        worker.exchange(0, 0, np.ones(size, np.float32), into, push_codec="zstd", deadline=soon())
+    with pytest.raises(TypeError, match="float32"):
+        worker.exchange(0, 0, np.ones(size), into, deadline=soon())
+    worker.exchange(0, 0, np.ones(size, np.float32), into, deadline=soon())
+    assert np.array_equal(into, np.arange(size, dtype=np.float32) - 1)
+    worker.close()
+    server.close()
