@@ -3,8 +3,10 @@
 The protocol, pure Python (no Ray, no TensorFlow; its tests run in milliseconds with threads): a
 state machine per server (`state`), consistency policies (`policies`), typed messages (`messages`).
 The bytes: the shard plan (`sharding`), sparse tables' rows (`tables`), the shared slots
-(`transport`), the doorbell (`doorbell`), the server actor and its fused updates (`server`,
-`optimizers`) and its state and checkpoint shard (`shard_state`).
+(`transport`), the doorbell (`doorbell`), the cross-node data plane (`wire`: an authenticated,
+chunked TCP connection per worker-server pair, not wired into training yet) and its compression
+(`codecs`), the server actor and its fused updates (`server`, `optimizers`) and its state and
+checkpoint shard (`shard_state`).
 May import: `raytf.config`, `raytf.observe`, `raytf.runtime`, `raytf.errors`.
 """
 

@@ -1,0 +1,174 @@
+"""Wire compression of float32 buffers, one chunk at a time (`distribution.compression`).
+
+* `none`: the bytes as they are; encoding hands out a view of the caller's buffer (no copy) and
+  decoding is done by receiving straight into the destination, so it is bit-exact.
+* `bf16`: the upper 16 bits of each float32, rounded to nearest even (what TPUs and
+  `tf.cast(x, tf.bfloat16)` do): half the bytes, a relative error of at most 2**-8 per value.
+* `int8`: one signed byte per value and one float32 scale per chunk (max |x| / 127): a quarter of
+  the bytes, an absolute error of at most scale / 2 per value. Meant for gradients, with an
+  `ErrorFeedback` on the worker: what rounding took from this step's gradient is added to the next
+  one, so nothing is lost over the steps, only delayed.
+
+Everything is vectorized numpy over preallocated scratch buffers (one set per codec instance, sized
+for the largest chunk), so a step allocates nothing. A codec instance is not thread-safe: each
+direction of each connection has its own.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from raytf.errors import ConfigError
+
+
+class Codec:
+    """Turns a float32 chunk into payload bytes and back."""
+
+    name: ClassVar[str]
+    id: ClassVar[int]  # on the wire, in each frame's header
+    bytes_per_value: ClassVar[int]
+    lossy: ClassVar[bool] = True
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity  # the most values one chunk may have
+
+    def encoded_nbytes(self, values: int) -> int:
+        return values * self.bytes_per_value
+
+    def encode(self, chunk: np.ndarray, residual: np.ndarray | None = None) -> tuple[memoryview, float]:
+        """The payload of `chunk` (float32, contiguous) and its scale. With `residual` (the same
+        length), encodes chunk + residual and leaves in `residual` what the payload misses of it.
+        The payload is valid until the next call."""
+        raise NotImplementedError
+
+    def decode(self, payload: np.ndarray, scale: float, out: np.ndarray) -> None:
+        """Write the values of `payload` (uint8, `encoded_nbytes(out.size)` bytes) into `out` (float32)."""
+        raise NotImplementedError
+
+    def _check(self, chunk: np.ndarray) -> None:
+        if chunk.dtype != np.float32 or not chunk.flags.c_contiguous:
+            raise TypeError(f"codec {self.name} takes a contiguous float32 chunk, not {chunk.dtype} "
+                            f"(contiguous: {chunk.flags.c_contiguous})")
+        if chunk.size > self.capacity:
+            raise ValueError(f"a chunk of {chunk.size} values is more than this codec's capacity of {self.capacity}")
+
+
+class NoCompression(Codec):
+    name, id, bytes_per_value, lossy = "none", 0, 4, False
+
+    def encode(self, chunk: np.ndarray, residual: np.ndarray | None = None) -> tuple[memoryview, float]:
+        self._check(chunk)
+        # Exact, so nothing is left over for error feedback.
+        if residual is not None and residual.any():
+            raise ValueError("an ErrorFeedback residual with codec none: it would never be sent")
+        return memoryview(chunk).cast("B"), 1.0
+
+    def decode(self, payload: np.ndarray, scale: float, out: np.ndarray) -> None:
+        np.copyto(out, payload.view(np.float32))
+
+
+class BFloat16(Codec):
+    name, id, bytes_per_value = "bf16", 1, 2
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._wide = np.empty(capacity, np.uint32)
+        self._sum = np.empty(capacity, np.float32)
+        self._out = np.empty(capacity, np.uint16)
+        self._nan = np.empty(capacity, np.bool_)
+
+    def encode(self, chunk: np.ndarray, residual: np.ndarray | None = None) -> tuple[memoryview, float]:
+        self._check(chunk)
+        n = chunk.size
+        if residual is not None:
+            chunk = np.add(chunk, residual, out=self._sum[:n])
+        bits, wide, out = chunk.view(np.uint32), self._wide[:n], self._out[:n]
+        # Round to nearest even: add 0x7FFF plus the lowest kept bit, then drop the low 16 bits.
+        np.right_shift(bits, 16, out=wide)
+        np.bitwise_and(wide, 1, out=wide)
+        np.add(wide, 0x7FFF, out=wide)
+        np.add(wide, bits, out=wide)
+        np.right_shift(wide, 16, out=wide)
+        np.copyto(out, wide, casting="unsafe")
+        # A NaN's low bits could carry into the exponent (NaN -> Inf); keep it a quiet NaN.
+        nan = np.isnan(chunk, out=self._nan[:n])
+        if nan.any():
+            out[nan] = 0x7FC0
+        if residual is not None:  # what the receiver will decode, exactly, taken from what was meant
+            np.subtract(chunk, self._decode_into(out, wide), out=residual)
+        return memoryview(out).cast("B"), 1.0
+
+    @staticmethod
+    def _decode_into(halves: np.ndarray, wide: np.ndarray) -> np.ndarray:
+        np.copyto(wide, halves)
+        np.left_shift(wide, 16, out=wide)
+        return wide.view(np.float32)
+
+    def decode(self, payload: np.ndarray, scale: float, out: np.ndarray) -> None:
+        self._decode_into(payload.view(np.uint16), out.view(np.uint32))
+
+
+class Int8(Codec):
+    name, id, bytes_per_value = "int8", 2, 1
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._sum = np.empty(capacity, np.float32)
+        self._scaled = np.empty(capacity, np.float32)
+        self._out = np.empty(capacity, np.int8)
+
+    def encode(self, chunk: np.ndarray, residual: np.ndarray | None = None) -> tuple[memoryview, float]:
+        self._check(chunk)
+        n = chunk.size
+        if residual is not None:
+            chunk = np.add(chunk, residual, out=self._sum[:n])
+        peak = float(np.max(np.abs(chunk))) if n else 0.0
+        scale = np.float32(peak / 127.0) if peak > 0 else np.float32(0.0)
+        scaled, out = self._scaled[:n], self._out[:n]
+        if scale > 0:
+            np.divide(chunk, scale, out=scaled)
+            np.rint(scaled, out=scaled)
+            np.clip(scaled, -127, 127, out=scaled)  # |x| / scale can round to 127.00001
+        else:
+            scaled.fill(0)  # all zeros, or not finite (the worker reports that gradient as such)
+        np.copyto(out, scaled, casting="unsafe")
+        if residual is not None:
+            np.multiply(scaled, scale, out=scaled)  # what the receiver will decode, exactly
+            np.subtract(chunk, scaled, out=residual)
+        return memoryview(out).cast("B"), float(scale)
+
+    def decode(self, payload: np.ndarray, scale: float, out: np.ndarray) -> None:
+        np.multiply(payload.view(np.int8), np.float32(scale), out=out)
+
+
+CODECS: dict[str, type[Codec]] = {codec.name: codec for codec in (NoCompression, BFloat16, Int8)}
+BY_ID: dict[int, type[Codec]] = {codec.id: codec for codec in CODECS.values()}
+PUSH_CODECS = ("none", "bf16", "int8")
+PULL_CODECS = ("none", "bf16")  # parameters: int8's error would not be fed back anywhere
+
+
+def make_codec(name: str, capacity: int) -> Codec:
+    try:
+        return CODECS[name](capacity)
+    except KeyError:
+        raise ConfigError(f"unknown wire compression {name!r}.",
+                          f"Use one of: {', '.join(CODECS)} (distribution.compression).") from None
+
+
+class ErrorFeedback:
+    """The worker's memory of what compression left out of its gradients (one per server link).
+
+    Hand `residual(start, stop)` to the codec with each chunk: the codec encodes gradient + residual
+    and writes back what the payload misses, which the next step's gradient then carries."""
+
+    def __init__(self, size: int) -> None:
+        self.values = np.zeros(size, np.float32)
+
+    def residual(self, start: int, stop: int) -> np.ndarray:
+        return self.values[start:stop]
+
+    def reset(self) -> None:
+        """Forget it (after a rollback: the gradients it belongs to were never applied)."""
+        self.values.fill(0)
