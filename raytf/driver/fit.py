@@ -125,16 +125,15 @@ def fit(
 
 def _non_trainable(workers, model, on_event: Callable[[str], None]) -> list[np.ndarray]:
     """The trained non-trainable values (BatchNorm statistics, ...) from a worker that still holds its
-    replica (one that died after its work was done must not cost the finished run); if none does,
-    the driver's initial values."""
+    replica (one that died after its work was done must not cost the finished run). If none does:
+    none, and the model keeps its initial ones (not the driver replica's values: their order may differ)."""
     values = workers.non_trainable()
     if values is not None:
         return values
-    values = [np.asarray(v.numpy()) for v in model.non_trainable_variables]
-    if values:
+    if model.non_trainable_variables:
         on_event("Warning: no worker process holds its replica any more; the model keeps its initial "
                  "non-trainable values (BatchNorm statistics and the like).")
-    return values
+    return []
 
 
 def _checkpoint_path(settings, step: int | None) -> str | None:

@@ -281,6 +281,9 @@ class WorkerGroup:
         process still holds its replica (one that died after its work was done holds none); None if
         none does."""
         for worker in self.handles:
+            known = actor_state(worker)
+            if known is None or known[1] != "ALIVE":
+                continue  # dead or being restarted: no replica there, and no waiting for its process
             values = answer(worker.non_trainable, "Collecting non-trainable variables")
             if values is not None:
                 return values
@@ -297,13 +300,14 @@ def trace_tracks(groups: Iterable[ServerGroup | WorkerGroup]) -> list:
 
 
 def answer(method, what: str) -> Any:
-    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile."""
+    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile, or did not
+    answer within CALL_TIMEOUT."""
     import ray
 
     ref = method.remote()
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError:
+        return ray.get(ref, timeout=CALL_TIMEOUT)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return None
     except ray.exceptions.RayTaskError:
         get(ref, what)  # raises raytf's error for it

@@ -88,9 +88,11 @@ class RestartLog:
 
     def rejoined(self, worker: int, step: int) -> None:
         """A restarted worker's rejoin call returned: its process is back and set up."""
-        for record in self.pending("worker", worker):
+        pending = self.pending("worker", worker)
+        for record in pending:
             record["recovery"] = REJOINED
-        self.on_event(f"Worker {worker} rejoined the training near step {step}.")
+        if pending:  # a worker set up again by a rollback rejoins nothing
+            self.on_event(f"Worker {worker} rejoined the training near step {step}.")
 
     def seen_by_ray(self, role: str, index: int, restarts: int, state: str, step: int) -> None:
         """Record the deaths Ray knows of this actor and raytf has not seen: they come after the actor's

@@ -173,6 +173,7 @@ class Supervisor:
         for worker, outcome in self.workers.drain():
             if isinstance(outcome, Lost):
                 needs_setup.append(worker)
+                self.rejoining.pop(worker, None)  # it is set up below with the others, not rejoined
                 self.log.lost("worker", worker, at_step, RESTORED)
             else:
                 self._record(worker, outcome)

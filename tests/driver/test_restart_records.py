@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from raytf.driver.restarts import (
@@ -88,6 +90,8 @@ def test_a_worker_whose_failed_call_was_seen_rejoins_and_says_so():
     log.rejoined(0, 300)
     assert log.records == [record(0, REJOINED, step=300)]
     assert events == ["Worker 0 rejoined the training near step 300."]
+    log.rejoined(0, 300)  # nothing pending for it: nothing to announce
+    assert len(events) == 1
 
 
 def test_more_deaths_than_max_restarts_end_the_run_but_deaths_only_ray_saw_do_not():
@@ -166,3 +170,28 @@ def test_an_actor_ray_does_not_know_is_left_alone():
     sup, events = supervisor_with(workers=[None, (0, "ALIVE")], servers=[None])
     sup.finish()
     assert sup.restarts == [] and events == []
+
+
+class FakeWorker:
+    """A worker handle whose `non_trainable` answer is given (None: restarted after its work, never set up)."""
+
+    def __init__(self, name: str, answer) -> None:
+        self.name, self.answer = name, answer
+        self.non_trainable = self
+
+
+def test_non_trainable_values_come_from_the_first_worker_still_holding_its_replica(monkeypatch):
+    from raytf.driver import fit, groups
+
+    states = {"w0": (1, "RESTARTING"), "w1": (1, "ALIVE"), "w2": (0, "ALIVE")}
+    workers = groups.WorkerGroup([FakeWorker("w0", ["stale"]), FakeWorker("w1", None), FakeWorker("w2", ["moving mean"])],
+                                 threads=1)
+    monkeypatch.setattr(groups, "actor_state", lambda handle: states[handle.name])  # Ray's GCS, for these handles
+    monkeypatch.setattr(groups, "answer", lambda method, what: method.answer)  # the actor's reply
+    events: list[str] = []
+    model = SimpleNamespace(non_trainable_variables=["moving mean"])
+    assert fit._non_trainable(workers, model, events.append) == ["moving mean"]  # w0 is restarting: not asked
+    assert events == []
+    workers.handles[2].answer = None  # none holds one: the model keeps its initial values, and the user is told
+    assert fit._non_trainable(workers, model, events.append) == []
+    assert len(events) == 1 and "initial non-trainable values" in events[0]
