@@ -328,17 +328,22 @@ def fit(
 
 def _non_trainable(workers: list, model, on_event: Callable[[str], None]) -> list[np.ndarray]:
     """The trained non-trainable values (BatchNorm statistics, ...), from the first worker whose
-    process still holds its replica: one that died after its work was done holds none (or is
-    restarting), and that must not cost the finished run. If none does, the driver's initial values."""
+    process still holds its replica: one that died after its work was done holds none (restarted,
+    it was never set up), and that must not cost the finished run. If none does: none, and the model
+    keeps its initial ones."""
+    from raytf.actors import actor_state
+
     for worker in workers:
+        known = actor_state(worker)
+        if known is None or known[1] != "ALIVE":
+            continue  # dead or being restarted: no replica there, and no waiting for its process
         values = _answer(worker.non_trainable, "Collecting non-trainable variables")
         if values is not None:
             return values
-    values = [np.asarray(v.numpy()) for v in model.non_trainable_variables]
-    if values:
+    if model.non_trainable_variables:
         on_event("Warning: no worker process holds its replica any more; the model keeps its initial "
                  "non-trainable values (BatchNorm statistics and the like).")
-    return values
+    return []
 
 
 def _tracks(actors: list) -> list:
@@ -348,15 +353,17 @@ def _tracks(actors: list) -> list:
 
 
 def _answer(method, what: str) -> Any:
-    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile."""
+    """`method`'s answer, or None when its actor died (or is being restarted) meanwhile, or did not
+    answer within the supervisor's CALL_TIMEOUT."""
     import ray
 
     from raytf.actors import get
+    from raytf.supervisor import CALL_TIMEOUT
 
     ref = method.remote()
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError:
+        return ray.get(ref, timeout=CALL_TIMEOUT)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return None
     except ray.exceptions.RayTaskError:
         get(ref, what)  # raises raytf's error for it

@@ -135,3 +135,20 @@ def test_a_worker_restarted_after_its_work_is_set_up_again_by_a_rollback_and_cou
     assert sup.bare == set()
     sup.finish()
     assert sup.restarts == [record(0, RESTORED, step=300), record(2, AFTER_WORK, step=300)]
+
+
+def test_non_trainable_values_come_from_the_first_worker_still_holding_its_replica(monkeypatch):
+    from raytf import actors, training
+
+    states = {"w0": (1, "RESTARTING"), "w1": (1, "ALIVE"), "w2": (0, "ALIVE")}
+    answers = {"w1": None, "w2": ["moving mean"]}  # w1 was restarted after its work: never set up
+    workers = [SimpleNamespace(name=n, non_trainable=n) for n in states]
+    monkeypatch.setattr(actors, "actor_state", lambda handle: states[handle.name])
+    monkeypatch.setattr(training, "_answer", lambda method, what: answers[method])
+    events = []
+    model = SimpleNamespace(non_trainable_variables=["moving mean"])
+    assert training._non_trainable(workers, model, events.append) == ["moving mean"]
+    assert events == []
+    answers["w2"] = None  # none holds one: the model keeps its initial values, and the user is told
+    assert training._non_trainable(workers, model, events.append) == []
+    assert len(events) == 1 and "initial non-trainable values" in events[0]
