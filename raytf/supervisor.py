@@ -240,9 +240,11 @@ class Supervisor:
 
     def _rejoined(self, worker: int) -> None:
         """A restarted worker's rejoin call returned: its process is back and set up."""
-        for record in self._pending("worker", worker):
+        pending = self._pending("worker", worker)
+        for record in pending:
             record["recovery"] = REJOINED
-        self.on_event(f"Worker {worker} rejoined the training near step {self.step()}.")
+        if pending:
+            self.on_event(f"Worker {worker} rejoined the training near step {self.step()}.")
 
     def _relinked(self, worker: int) -> None:
         """Record how a worker that rejoined reaches the servers now (the summary shows it)."""
@@ -267,6 +269,7 @@ class Supervisor:
                 self._record(worker, ray.get(ref, timeout=RESTART_TIMEOUT))
             except ray.exceptions.RayActorError:
                 needs_setup.append(worker)
+                self.rejoining.pop(worker, None)  # it is set up below with the others, not rejoined
                 self._count_restart("worker", worker, at_step, RESTORED)
             except ray.exceptions.GetTimeoutError:
                 raise TrainingError(f"Worker {worker} did not stop within {RESTART_TIMEOUT:.0f} s after a parameter "

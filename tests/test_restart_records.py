@@ -109,6 +109,8 @@ def test_a_worker_whose_failed_call_was_seen_rejoins_and_says_so():
     sup._rejoined(0)
     assert sup.restarts == [record(0, REJOINED, step=300)]
     assert sup.events == ["Worker 0 rejoined the training near step 300."]
+    sup._rejoined(0)  # nothing pending for it: nothing to announce
+    assert len(sup.events) == 1
 
 
 def test_more_deaths_than_max_restarts_end_the_run_but_deaths_only_ray_saw_do_not(monkeypatch):
