@@ -139,6 +139,7 @@ class RowOptimizer:
         ids = tf.TensorSpec([None], tf.int64)
         self._apply = tf.function(self._update, input_signature=[ids, tf.TensorSpec([None, self.shape[1]], tf.float32)])
         self._gather = tf.function(lambda i: tf.gather(self.params, i), input_signature=[ids])
+        self._rounds: dict[int, object] = {}  # gradients in a round -> its compiled merge and update
 
     @property
     def lazy(self) -> bool:
@@ -148,6 +149,28 @@ class RowOptimizer:
     def apply(self, ids: np.ndarray, grad: np.ndarray) -> None:
         """One update with the mean gradient `grad` of the rows at (unique, local) `ids`."""
         self._apply(tf.constant(ids, tf.int64), tf.constant(grad, tf.float32))
+
+    def apply_round(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """One update with the mean of a round's gradients (per worker: its unique local ids and
+        their summed rows): equal ids of all workers merged, summed and divided by the number of
+        gradients (what the dense mean gives a row some workers left at 0), then the row update; one
+        graph call, no numpy pass over the rows."""
+        if not parts:
+            self.apply(np.zeros(0, np.int64), np.zeros((0, self.shape[1]), np.float32))  # counts the step
+            return
+        fused = self._rounds.get(len(parts))
+        if fused is None:
+            spec = [(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, self.shape[1]], tf.float32))] * len(parts)
+            fused = self._rounds[len(parts)] = tf.function(self._merge_update, input_signature=[spec])
+        fused([(_tensor(ids, np.int64), _tensor(rows, np.float32)) for ids, rows in parts])
+
+    def _merge_update(self, parts) -> None:
+        ids = tf.concat([i for i, _ in parts], 0)
+        rows = tf.concat([r for _, r in parts], 0)
+        unique, position = tf.unique(ids, out_idx=tf.int32)
+        # Summed in arrival order, then scaled as FlatOptimizer scales the dense mean (x * (1/n)).
+        summed = tf.math.unsorted_segment_sum(rows, position, tf.shape(unique)[0])
+        self._update(unique, summed * tf.constant(1.0 / len(parts), tf.float32) if len(parts) > 1 else summed)
 
     def gather(self, ids: np.ndarray) -> np.ndarray:
         return self._gather(tf.constant(ids, tf.int64)).numpy()
@@ -193,3 +216,12 @@ class RowOptimizer:
         else:  # unreachable: the config validates the name
             raise ValueError(c.name)
         self.iterations.assign_add(1)
+
+
+def _tensor(array, dtype) -> tf.Tensor:
+    """`array` (a view of a slot, or a call's argument) as a tensor of `dtype`, without a copy where
+    its memory allows (raytf.runtime.as_tensor)."""
+    from raytf.runtime import as_tensor
+
+    array = np.asarray(array)
+    return as_tensor(array, read_only=True) if array.dtype == dtype else tf.constant(array, dtype)

@@ -175,8 +175,7 @@ class ParameterServer:
         if self.opt.size:
             self.opt.apply_mean([g.dense for g in grads])
         for k, table in enumerate(self.tables):
-            ids, rows = _mean_rows([g.tables[k] for g in grads], table.shape[1])
-            table.apply(ids, rows)  # with no rows, too: its step count stays the dense one's
+            table.apply_round([g.tables[k] for g in grads])  # with no rows, too: its step count stays the dense one's
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
@@ -333,19 +332,6 @@ def _recorder(max_steps: int, workers: int):
     recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
     recorder.threads[DRIVER_TID] = "driver's calls"
     return recorder
-
-
-def _mean_rows(parts: list, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The round's gradient rows of one table: duplicates across workers summed, divided by the
-    number of gradients in the round (what the dense mean gives a row that some workers left at 0)."""
-    from raytf.exchange.tables import dedupe
-
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, width), np.float32)
-    ids = np.concatenate([ids for ids, _ in parts])
-    rows = np.concatenate([rows for _, rows in parts]) if len(ids) else np.zeros((0, width), np.float32)
-    unique, summed = dedupe(ids, rows)
-    return unique, summed / len(parts)
 
 
 def _rows(state: TableState, spec, server: int) -> np.ndarray:
