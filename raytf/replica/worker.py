@@ -126,6 +126,7 @@ class Worker:
         from raytf.config.imports import resolve_callable
         from raytf.replica.layers import rows_on_servers
         from raytf.replica.model import IdOutOfRange, batches, build_model, first_batch, make_loss, train_dataset, variable_specs
+        from raytf.replica.segments import row_segments
 
         cfg = TrainConfig.model_validate(config)
         self.config = cfg
@@ -166,6 +167,7 @@ class Worker:
         loss_fn = make_loss(cfg.loss)
         tvars = model.trainable_variables
         tables = plan.tables
+        caches = self.tables.cache_ids  # per table: a ShardedEmbedding's cached ids (positions -> ids), or None
         # The servers' variables, in the order the step takes their values: shard by shard.
         dense = [tvars[i] for shard in plan.shards for i in shard.variables]
         mapped = {id(v) for v in dense}
@@ -185,11 +187,13 @@ class Worker:
                     var.assign(value)
             grads = tape.gradient(loss, list(params) + [tvars[t.variable] for t in tables])
             dense_grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for p, g in zip(params, grads)]
-            # A sparse table's gradient leaves the step as it is: the ids looked up and their rows.
-            table_grads = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
+            # A sparse table's gradient leaves the step as per-server segments of distinct ids and
+            # their summed rows (raytf.replica.segments), deduplicated here rather than in numpy.
+            looked_up = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
+            table_grads = [row_segments(t, ids, rows, cache) for t, (ids, rows), cache in zip(tables, looked_up, caches)]
             # Fused into the step by XLA: one more read of buffers that are hot in cache.
             finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
-                                             dense_grads + [rows for _, rows in table_grads]]))
+                                             dense_grads + [rows for _, rows in looked_up]]))
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
@@ -385,8 +389,9 @@ class Worker:
                     raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
                 # Views of the step's outputs (`.numpy()` would copy): copied once, into the slots, by the push.
                 grads = self._by_shard([np.from_dlpack(g) for g in dense_grads]) if finite else [None] * len(self.links)
-                # Per server, the touched rows; now, while the row cache still holds this batch's rows.
-                sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
+                # Per server, the touched rows: views of the step's segments.
+                sparse = self.tables.gradient([(np.from_dlpack(i), np.from_dlpack(r), c.numpy())
+                                               for i, r, c in table_grads]) if finite else None
                 loss_value = float(loss)
                 if self.trace is not None:
                     self._lap("copy_out")

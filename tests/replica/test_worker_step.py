@@ -142,23 +142,37 @@ def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
     worker._compute()  # later steps use the graph function without checking again
 
 
-def test_a_sparse_tables_gradient_leaves_the_step_as_ids_and_rows(tmp_path, monkeypatch):
-    """The table is in no server's flat buffer; its gradient is the looked-up ids and their rows."""
+def test_a_sparse_tables_gradient_leaves_the_step_as_per_server_segments(tmp_path, monkeypatch):
+    """The table is in no server's flat buffer; its gradient leaves the compiled step deduplicated:
+    per server a segment of its distinct local ids and their summed rows, equal to numpy's
+    dedupe and split of the looked-up ids and rows."""
     monkeypatch.chdir(tmp_path)
     cfg = config_from_dict({"model": "examples.recsys:build_small_model", "loss": "binary_crossentropy",
                             "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
                             "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 2}})
     from raytf.driver.prepare import prepare
+    from raytf.exchange.tables import dedupe, split
+    from raytf.replica.model import make_loss
 
     plan = prepare(cfg).plan
     assert [t.layer for t in plan.tables] == ["items"]
     worker = Worker("test", 0)
     worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
     give_own_parameters(worker)
+    x, y = worker._ahead(1)[0]
     loss, grads, table_grads, finite = worker._compute()
     assert bool(finite) and sum(int(np.prod(g.shape)) for g in grads) == 16 * 32 + 32 + 32 + 1  # the dense layers only
-    ((ids, rows),) = table_grads
-    assert ids.shape == (8 * 20,) and rows.shape == (8 * 20, 16)
-    per_server, _, distinct = worker.tables.gradient([(ids.numpy(), rows.numpy())])
-    assert distinct == len(np.unique(ids.numpy()))
-    assert sum(len(local) for tables in per_server for local, _ in tables) == distinct  # each id to one server
+    ((local, summed, counts),) = table_grads
+    assert local.shape == (8 * 20,) and summed.shape == (8 * 20, 16) and counts.shape == (2,)  # fixed capacity
+    per_server, _, distinct = worker.tables.gradient([(local.numpy(), summed.numpy(), counts.numpy())])
+    # By hand: the replica's own sparse gradient, deduplicated and split in numpy.
+    with tf.GradientTape() as tape:
+        out = make_loss(cfg.loss)(y, worker.model(x, training=True))
+    table = worker.model.trainable_variables[plan.tables[0].variable]
+    want = tape.gradient(out, table)
+    unique, rows = dedupe(want.indices.numpy().astype(np.int64).reshape(-1), want.values.numpy().reshape(-1, 16))
+    assert distinct == len(unique) == len(np.unique(x.numpy()))
+    for server, (want_local, want_rows) in enumerate(split(plan.tables[0], unique, rows)):
+        ((got_local, got_rows),) = per_server[server]
+        np.testing.assert_array_equal(got_local, want_local)
+        np.testing.assert_allclose(got_rows, want_rows, rtol=1e-5, atol=1e-7)
