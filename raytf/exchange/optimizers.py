@@ -117,7 +117,7 @@ class RowOptimizer:
     """One server's rows of a sparse embedding table, (rows, width), with their optimizer slots.
 
     An update touches only the rows a step's gradient has (unique ids, already summed and averaged):
-    `ResourceScatterSub` for SGD, `ResourceSparseApplyAdagradV2`, `ResourceSparseApplyKerasMomentum`,
+    gather, subtract and `ResourceScatterUpdate` for SGD, `ResourceSparseApplyAdagradV2`, `ResourceSparseApplyKerasMomentum`,
     `ResourceSparseApplyRMSProp`, and a lazy Adam (gather, update, scatter). For SGD and Adagrad that
     is exactly the dense update (an untouched row's gradient is zero and changes nothing); momentum,
     RMSProp and Adam would also decay untouched rows' slots, which the lazy update skips
@@ -188,7 +188,9 @@ class RowOptimizer:
             dense_update(c, self.params, self.slots, self.iterations, tf.scatter_nd(ids[:, None], grad, self.shape))
             return
         if c.name == "sgd":
-            tf.raw_ops.ResourceScatterSub(resource=handle, indices=ids, updates=lr * grad)
+            # ids are unique: gather, subtract, assign is ResourceScatterSub's result, and twice as fast on
+            # CPU (its assign copies rows with memmove; a scatter-sub dispatches each row to the thread pool).
+            _assign_rows(handle, ids, tf.gather(self.params, ids) - lr * grad)
         elif c.name == "adagrad":
             tf.raw_ops.ResourceSparseApplyAdagradV2(
                 var=handle, accum=self.slots["accumulator"].handle, lr=lr,
@@ -211,11 +213,14 @@ class RowOptimizer:
             lr_t = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
             self.slots["m"].scatter_update(tf.IndexedSlices(m, ids))
             self.slots["v"].scatter_update(tf.IndexedSlices(v, ids))
-            tf.raw_ops.ResourceScatterSub(resource=handle, indices=ids,
-                                          updates=lr_t * m / (tf.sqrt(v) + tf.constant(c.epsilon, tf.float32)))
+            _assign_rows(handle, ids, tf.gather(self.params, ids) - lr_t * m / (tf.sqrt(v) + tf.constant(c.epsilon, tf.float32)))
         else:  # unreachable: the config validates the name
             raise ValueError(c.name)
         self.iterations.assign_add(1)
+
+
+def _assign_rows(handle, ids: tf.Tensor, rows: tf.Tensor) -> None:
+    tf.raw_ops.ResourceScatterUpdate(resource=handle, indices=ids, updates=rows)
 
 
 def _tensor(array, dtype) -> tf.Tensor:
