@@ -25,6 +25,7 @@ from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, S
 from raytf.runtime import configure_tensorflow
 from raytf.observe.startup import peak_rss
 from raytf.observe.trace import DRIVER_TID
+from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
 
 
@@ -117,14 +118,15 @@ class ParameterServer:
 
     def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
         n = self.settings.distribution.workers
+        rows = RowLayout.of(self.settings.tables) if self.settings.distribution.doorbell else None
         self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
-                                 shared_params=self.policy.shared_parameter_slot)
+                                 shared_params=self.policy.shared_parameter_slot, rows=rows)
         return [self._with_bell(self.slots.link_spec(w)) for w in range(n)]
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
-        """`spec` with this server's doorbell, where the worker pushes over it (a shared-memory link,
-        and no sparse table: their rows travel in the Ray call)."""
-        if spec.kind != "shm" or self.tables or not self.settings.distribution.doorbell:
+        """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link
+        whose sparse rows, if any, have their row slot (else they travel in the Ray call)."""
+        if spec.kind != "shm" or (self.tables and spec.rows_path is None) or not self.settings.distribution.doorbell:
             return spec
         from dataclasses import replace
 
@@ -138,8 +140,16 @@ class ParameterServer:
         return replace(spec, bell_path=os.path.relpath(self.doorbell.path, shm_root()))
 
     def _rung(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
-        """A push that came over the doorbell: the gradient is in the worker's slot."""
-        return self.push(worker, base_version, None, steps_done, loss, finite)
+        """A push that came over the doorbell: the gradient is in the worker's slot, its sparse rows
+        (and the ids of the rows it wants) in its row slot, where the rows asked for go back."""
+        slot = self.slots.row_slot(worker) if self.tables else None
+        if slot is None:
+            return self.push(worker, base_version, None, steps_done, loss, finite)
+        rows, want = slot.read_push()
+        reply = self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), want)
+        if reply.rows is not None:
+            slot.send(reply.rows)
+        return reply
 
     def _close_links(self) -> None:
         if self.doorbell is not None:

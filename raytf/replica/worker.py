@@ -244,7 +244,10 @@ class Worker:
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
         self.servers = servers
-        self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
+        from raytf.exchange.row_slots import RowLayout
+
+        layout = RowLayout.of(self.plan.tables)
+        self.links = [WorkerLink(spec, shard.size, layout) for spec, shard in zip(links, self.plan.shards)]
         for bell in self.bells:
             if bell is not None:
                 bell.close()
@@ -297,7 +300,9 @@ class Worker:
         if Status.ROLLBACK in statuses:
             return Status.ROLLBACK, versions
         self.params = [link.receive(reply.payload) for link, reply in zip(self.links, replies)]
-        received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
+        rows = [link.rows.rows_sent() if reply.rows is None and link.rows is not None else reply.rows
+                for link, reply in zip(self.links, replies)]  # over the doorbell: in the row slot
+        received = self.bytes_per_exchange + self.tables.load(request, rows)
         self.traffic["pulled"] += received
         if self.trace is not None:
             self._lap("load")
@@ -343,8 +348,10 @@ class Worker:
             if distinct:
                 self.metrics.inc("raytf_sparse_rows", distinct)
         pending = []
-        for j, (server, payload, bell) in enumerate(zip(self.servers, payloads, self.bells)):
-            if bell is not None:  # the gradient is in the slot: ring (a sparse table's rows never go this way)
+        for j, (server, payload, bell, link) in enumerate(zip(self.servers, payloads, self.bells, self.links)):
+            if bell is not None:  # the gradient is in the slot (the sparse rows in the row slot): ring
+                if link.rows is not None:
+                    link.rows.write_push(rows[j] if finite else None, request.want[j])
                 bell.ring(base_versions[j], step, loss if j == 0 else None, finite)
                 pending.append(bell)
             else:
