@@ -28,6 +28,9 @@ class Request:
 
     want: tuple[tuple[np.ndarray, ...], ...]
     ids: tuple[tuple[np.ndarray, ...], ...]
+    # Per table, for each id the batch looks up (in lookup order), its place among the distinct ids
+    # asked for (server by server, in the order of `want`): where the step sums its gradient row.
+    positions: tuple = ()
 
     def count(self) -> int:
         return sum(len(ids) for per_server in self.ids for ids in per_server)
@@ -63,9 +66,11 @@ class WorkerTables:
         """The rows the worker needs to compute `batches` (features, labels), by server."""
         want: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
         ids_out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
+        positions = []
         if self.specs:
-            for k, (spec, (unique, local, counts, low, high)) in enumerate(
+            for k, (spec, (unique, local, counts, low, high, where)) in enumerate(
                     zip(self.specs, self._segment_ids(tuple(x for x, _ in batches)))):
+                positions.append(where)
                 if int(low) < 0 or int(high) >= spec.rows:
                     spec.check_ids(np.array([int(low), int(high)]), self.worker)
                 unique, local, start = unique.numpy(), local.numpy(), 0
@@ -73,7 +78,7 @@ class WorkerTables:
                     want[server].append(local[start:start + count])
                     ids_out[server].append(unique[start:start + count])
                     start += count
-        return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)))
+        return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)), tuple(positions))
 
     def load(self, request: Request, rows: list) -> int:
         """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
@@ -101,17 +106,18 @@ class WorkerTables:
             self._cached[k] = cached
         return received
 
-    def gradient(self, segments) -> tuple[tuple, int, int]:
-        """A step's sparse gradients (per table: the step's local ids, summed rows and per-server
-        counts, raytf.replica.segments) as what each server gets (per table: its unique local ids
-        and their summed rows, views); also the bytes and the distinct ids."""
+    def gradient(self, summed: list, request: Request) -> tuple[tuple, int, int]:
+        """A step's sparse gradients (per table: the summed rows of the distinct ids of `request`,
+        the batch's own, in its order) as what each server gets (per table: its local ids and their
+        rows, views); also the bytes and the distinct ids."""
         per_server: list[list] = [[] for _ in range(self.servers)]
         sent = distinct = 0
-        for k, (local, summed, counts) in enumerate(segments):
+        for k, rows in enumerate(summed):
             start = 0
-            for server, count in enumerate(int(c) for c in counts):
-                per_server[server].append((local[start:start + count], summed[start:start + count]))
-                start += count
+            for server in range(self.servers):
+                local = request.want[server][k]
+                per_server[server].append((local, rows[start:start + len(local)]))
+                start += len(local)
             distinct += start
             sent += start * self.row_bytes[k]
         return tuple(map(tuple, per_server)), sent, distinct

@@ -142,10 +142,10 @@ def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
     worker._compute()  # later steps use the graph function without checking again
 
 
-def test_a_sparse_tables_gradient_leaves_the_step_as_per_server_segments(tmp_path, monkeypatch):
+def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_batchs_row_request(tmp_path, monkeypatch):
     """The table is in no server's flat buffer; its gradient leaves the compiled step deduplicated:
-    per server a segment of its distinct local ids and their summed rows, equal to numpy's
-    dedupe and split of the looked-up ids and rows."""
+    the summed rows of the distinct ids the batch asked for, server by server in the request's
+    order, equal to numpy's dedupe and split of the replica's own gradient."""
     monkeypatch.chdir(tmp_path)
     cfg = config_from_dict({"model": "examples.recsys:build_small_model", "loss": "binary_crossentropy",
                             "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
@@ -162,9 +162,9 @@ def test_a_sparse_tables_gradient_leaves_the_step_as_per_server_segments(tmp_pat
     x, y = worker._ahead(1)[0]
     loss, grads, table_grads, finite = worker._compute()
     assert bool(finite) and sum(int(np.prod(g.shape)) for g in grads) == 16 * 32 + 32 + 32 + 1  # the dense layers only
-    ((local, summed, counts),) = table_grads
-    assert local.shape == (8 * 20,) and summed.shape == (8 * 20, 16) and counts.shape == (2,)  # fixed capacity
-    per_server, _, distinct = worker.tables.gradient([(local.numpy(), summed.numpy(), counts.numpy())])
+    (summed,) = table_grads
+    assert summed.shape == (8 * 20, 16)  # fixed capacity: the ids one batch looks up
+    per_server, _, distinct = worker.tables.gradient([summed.numpy()], worker.batch_request)
     # By hand: the replica's own sparse gradient, deduplicated and split in numpy.
     with tf.GradientTape() as tape:
         out = make_loss(cfg.loss)(y, worker.model(x, training=True))
@@ -172,6 +172,7 @@ def test_a_sparse_tables_gradient_leaves_the_step_as_per_server_segments(tmp_pat
     want = tape.gradient(out, table)
     unique, rows = dedupe(want.indices.numpy().astype(np.int64).reshape(-1), want.values.numpy().reshape(-1, 16))
     assert distinct == len(unique) == len(np.unique(x.numpy()))
+    assert np.abs(summed.numpy()[distinct:]).sum() == 0  # past the distinct ids: padding
     for server, (want_local, want_rows) in enumerate(split(plan.tables[0], unique, rows)):
         ((got_local, got_rows),) = per_server[server]
         np.testing.assert_array_equal(got_local, want_local)
