@@ -92,7 +92,8 @@ class ParameterServer:
             self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
             self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
                            for t, spec in zip(state.tables, settings.tables)]
-            self._wanted: dict[int, tuple] = {}  # worker -> per table, the local ids of the rows to send it
+            # worker -> (per table, the local ids of the rows to send it; its row slot when they go there)
+            self._wanted: dict[int, tuple] = {}
             self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
             self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
@@ -146,10 +147,8 @@ class ParameterServer:
         if slot is None:
             return self.push(worker, base_version, None, steps_done, loss, finite)
         rows, want = slot.read_push()
-        reply = self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), want)
-        if reply.rows is not None:
-            slot.send(reply.rows)
-        return reply
+        self._want(worker, want, slot)  # publish gathers the rows straight into the slot
+        return self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), None)
 
     def _close_links(self) -> None:
         if self.doorbell is not None:
@@ -201,7 +200,12 @@ class ParameterServer:
         del params  # a live view would make the next update copy the buffer first
         wanted = self._wanted.pop(worker, None)
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
-            self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, wanted))
+            want, slot = wanted
+            if slot is None:  # they travel in the reply
+                self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, want))
+            else:
+                for table, ids, out in zip(self.tables, want, slot.sent_rows):
+                    table.gather_into(ids, out[:len(ids)])
         self.seconds_publish += time.perf_counter() - started
         if self.trace is not None:
             self._traced("publish", traced)
@@ -238,9 +242,10 @@ class ParameterServer:
         return reply
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None,
-             finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
+             finite: bool = True, rows: tuple = (), want: tuple | None = ()) -> Reply:
         """A gradient: the dense part through the transport (`payload`), per sparse table the touched
-        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back
+        (None: already noted, the doorbell's push)."""
         self._require_ready()
         trace = self.trace
         if trace is not None:
@@ -248,7 +253,8 @@ class ParameterServer:
         grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
         if trace is not None:
             trace.record("receive", started, steps_done, worker)
-        self._want(worker, want)
+        if want is not None:
+            self._want(worker, want)
         outcome = self.exchange.push(Push(worker, base_version, steps_done, loss, finite), grad)
         if trace is None:
             return self._reply(worker, outcome)
@@ -263,10 +269,10 @@ class ParameterServer:
         worker, step = getattr(self._call, "current", None) or (DRIVER_TID, 0)
         self.trace.record(phase, started, step, worker)
 
-    def _want(self, worker: int, want: tuple) -> None:
+    def _want(self, worker: int, want: tuple, slot=None) -> None:
         if self.tables:
             with self.exchange.lock:
-                self._wanted[worker] = want
+                self._wanted[worker] = (want, slot)
 
     def _reply(self, worker: int, outcome) -> Reply:
         if outcome.status is Status.ROLLBACK:
