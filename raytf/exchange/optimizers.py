@@ -155,8 +155,9 @@ class RowOptimizer:
         their summed rows): equal ids of all workers merged, summed and divided by the number of
         gradients (what the dense mean gives a row some workers left at 0), then the row update; one
         graph call, no numpy pass over the rows."""
-        if not parts:
-            self.apply(np.zeros(0, np.int64), np.zeros((0, self.shape[1]), np.float32))  # counts the step
+        if len(parts) < 2:  # none (counts the step), or one (async): its ids are unique already, nothing to merge
+            ids, rows = parts[0] if parts else (np.zeros(0, np.int64), np.zeros((0, self.shape[1]), np.float32))
+            self._apply(_tensor(ids, np.int64), _tensor(rows, np.float32))
             return
         fused = self._rounds.get(len(parts))
         if fused is None:

@@ -147,6 +147,12 @@ def test_a_rounds_fused_update_merges_equal_ids_of_all_workers_into_their_mean(n
     np.testing.assert_array_equal(fused.params.numpy()[[0, 1, 3]], initial[[0, 1, 3]])
     fused.apply_round([])
     assert int(fused.iterations.numpy()) == 2
+    # One gradient (async): applied as it is, no merge.
+    fused.apply_round(parts[:1])
+    by_hand.apply(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    by_hand.apply(*parts[0])
+    np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
+    assert int(fused.iterations.numpy()) == 3
 
 
 def test_gather_returns_the_current_rows():
