@@ -2,6 +2,7 @@
 
     python examples/recsys_benchmark.py [--steps 200] [--dense-steps 20] [--json runs/recsys.json]
     python examples/recsys_benchmark.py --huge       # also: a 10,000,000-row ShardedEmbedding
+    python examples/recsys_benchmark.py --against-ceiling [--repeats 3] [--steps 300]
 
 The click model of examples/recsys.py (a 1,000,000 x 64 item table, 256 MB; 20 ids per example;
 batch 256; 2 workers; 1 parameter server; sync SGD; no shuffling) trained with `sparse.tables: auto`
@@ -11,6 +12,13 @@ peak resident memory of the actors, and the final losses over the steps both ran
 the same model either way). `--huge` adds a 10,000,000 x 64 `ShardedEmbedding` (2.56 GB, plus its
 Adagrad slot) on 2 servers and 2 workers: no worker ever holds that table. It prints numbers; it
 judges none.
+
+`--against-ceiling` measures instead, as examples/benchmark.py does, raytf sync and async with rows
+against a no-exchange reference interleaved around each run (R, sync, R, async, R, ..., `--repeats`
+times): 2 Ray actors each training the same model with the whole table local and Keras SGD's sparse
+update (examples/bench_baselines.IndependentTrainer), once XLA-compiled and once as a graph, the
+faster of the two being the reference; a run's ratio is its samples/s over the mean of the R before
+and after it. (TensorFlow's ParameterServerStrategy on this model is not a row yet.)
 """
 
 from __future__ import annotations
@@ -77,6 +85,61 @@ def line(name: str, r: dict) -> str:
             f"{r['final_loss']:.4f} | {r['train_seconds']:.1f} |")
 
 
+class Ceiling:
+    """The no-exchange reference: per compile mode, 2 actors with the whole table (no logical CPUs
+    held, so raytf's actors are scheduled beside them; they use CPU only while measured)."""
+
+    def __init__(self, cfg: dict) -> None:
+        import ray
+
+        from examples.bench_baselines import IndependentTrainer
+        from raytf.config import TrainConfig
+
+        self.sets = {}
+        for mode, jit in (("xla", True), ("graph", False)):
+            settings = TrainConfig.model_validate(cfg | {"jit_compile": jit}).to_dict()
+            actors = [ray.remote(num_cpus=0)(IndependentTrainer).remote() for _ in range(2)]
+            ray.get([a.setup.remote(settings, i, 2) for i, a in enumerate(actors)])
+            self.sets[mode] = actors
+        self.measure(20)  # first-run costs (tracing, XLA) not recorded
+
+    def measure(self, steps: int) -> dict:
+        import ray
+
+        result = {mode: sum(r["samples_per_second"] for r in ray.get([a.run.remote(steps) for a in actors]))
+                  for mode, actors in self.sets.items()}
+        return result | {"best": max(result.values())}
+
+    def close(self) -> None:
+        import ray
+
+        for actors in self.sets.values():
+            for actor in actors:
+                ray.kill(actor)
+
+
+def against_ceiling(steps: int, repeats: int) -> list[dict]:
+    """R, sync, R, async, R ... `repeats` times; every run with the R before and after it."""
+    ceiling = Ceiling(config("recsys-ceiling", steps))
+    runs: list[dict] = []
+    try:
+        before = ceiling.measure(steps)
+        print(f"[recsys] R {before}", file=sys.stderr, flush=True)
+        for repeat in range(repeats):
+            for mode in ("sync", "async"):
+                result = run(config(f"recsys-rows-{mode}", steps, **{"distribution.mode": mode}))
+                after = ceiling.measure(steps)
+                reference = (before["best"] + after["best"]) / 2
+                runs.append({"contender": f"raytf {mode}", "repeat": repeat + 1, **result, "reference": reference,
+                             "ratio": result["samples_per_second"] / reference, "R_before": before, "R_after": after})
+                print(f"[recsys] raytf {mode}: {result['samples_per_second']:,.0f} samples/s, R {after}, ratio "
+                      f"{runs[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
+                before = after
+    finally:
+        ceiling.close()
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="steps of the sparse run (default 200)")
@@ -84,12 +147,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge", action="store_true", help="also train the 10,000,000-row ShardedEmbedding")
     parser.add_argument("--huge-steps", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--against-ceiling", action="store_true",
+                        help="raytf sync and async with rows against the interleaved no-exchange reference")
+    parser.add_argument("--repeats", type=int, default=3, help="--against-ceiling: rounds of R, sync, R, async (default 3)")
     args = parser.parse_args(argv)
     from raytf.cluster.connection import connect
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     started = time.perf_counter()
     results = {}
+    if args.against_ceiling:
+        with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
+            runs = against_ceiling(args.steps, args.repeats)
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n"
+              f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPUs: {os.cpu_count()}, "
+              f"total {time.perf_counter() - started:.0f} s\n")
+        print("| contender | samples/s mean | ratio mean | ratio spread | reference (faster of XLA, graph) mean |")
+        print("|---|---:|---:|---|---:|")
+        for name in ("raytf sync", "raytf async"):
+            mine = [r for r in runs if r["contender"] == name]
+            ratios = [r["ratio"] for r in mine]
+            print(f"| {name} | {sum(r['samples_per_second'] for r in mine) / len(mine):,.0f} | "
+                  f"{sum(ratios) / len(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
+                  f"{sum(r['reference'] for r in mine) / len(mine):,.0f} |")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(runs, indent=2))
+        return 0
     with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
         # The same number of steps first, for the losses; then the sparse run's longer steady state.
         results["rows, same steps"] = run(config("recsys-rows-short", args.dense_steps))

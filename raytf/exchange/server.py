@@ -21,6 +21,7 @@ import numpy as np
 from raytf.config import DistributionConfig, OptimizerConfig
 from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
+from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
 from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
 from raytf.observe.startup import peak_rss
@@ -91,7 +92,8 @@ class ParameterServer:
             self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
             self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
                            for t, spec in zip(state.tables, settings.tables)]
-            self._wanted: dict[int, tuple] = {}  # worker -> per table, the local ids of the rows to send it
+            # worker -> (per table, the local ids of the rows to send it; its row slot when they go there)
+            self._wanted: dict[int, tuple] = {}
             self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
             self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
@@ -117,14 +119,15 @@ class ParameterServer:
 
     def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
         n = self.settings.distribution.workers
+        rows = RowLayout.of(self.settings.tables) if self.settings.distribution.doorbell else None
         self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
-                                 shared_params=self.policy.shared_parameter_slot)
+                                 shared_params=self.policy.shared_parameter_slot, rows=rows)
         return [self._with_bell(self.slots.link_spec(w)) for w in range(n)]
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
-        """`spec` with this server's doorbell, where the worker pushes over it (a shared-memory link,
-        and no sparse table: their rows travel in the Ray call)."""
-        if spec.kind != "shm" or self.tables or not self.settings.distribution.doorbell:
+        """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link
+        whose sparse rows, if any, have their row slot (else they travel in the Ray call)."""
+        if spec.kind != "shm" or (self.tables and spec.rows_path is None) or not self.settings.distribution.doorbell:
             return spec
         from dataclasses import replace
 
@@ -138,8 +141,14 @@ class ParameterServer:
         return replace(spec, bell_path=os.path.relpath(self.doorbell.path, shm_root()))
 
     def _rung(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
-        """A push that came over the doorbell: the gradient is in the worker's slot."""
-        return self.push(worker, base_version, None, steps_done, loss, finite)
+        """A push that came over the doorbell: the gradient is in the worker's slot, its sparse rows
+        (and the ids of the rows it wants) in its row slot, where the rows asked for go back."""
+        slot = self.slots.row_slot(worker) if self.tables else None
+        if slot is None:
+            return self.push(worker, base_version, None, steps_done, loss, finite)
+        rows, want = slot.read_push()
+        self._want(worker, want, slot)  # publish gathers the rows straight into the slot
+        return self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), None)
 
     def _close_links(self) -> None:
         if self.doorbell is not None:
@@ -175,8 +184,7 @@ class ParameterServer:
         if self.opt.size:
             self.opt.apply_mean([g.dense for g in grads])
         for k, table in enumerate(self.tables):
-            ids, rows = _mean_rows([g.tables[k] for g in grads], table.shape[1])
-            table.apply(ids, rows)  # with no rows, too: its step count stays the dense one's
+            table.apply_round([g.tables[k] for g in grads])  # with no rows, too: its step count stays the dense one's
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
@@ -192,7 +200,12 @@ class ParameterServer:
         del params  # a live view would make the next update copy the buffer first
         wanted = self._wanted.pop(worker, None)
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
-            self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, wanted))
+            want, slot = wanted
+            if slot is None:  # they travel in the reply
+                self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, want))
+            else:
+                for table, ids, out in zip(self.tables, want, slot.sent_rows):
+                    table.gather_into(ids, out[:len(ids)])
         self.seconds_publish += time.perf_counter() - started
         if self.trace is not None:
             self._traced("publish", traced)
@@ -229,9 +242,10 @@ class ParameterServer:
         return reply
 
     def push(self, worker: int, base_version: int, payload, steps_done: int, loss: float | None,
-             finite: bool = True, rows: tuple = (), want: tuple = ()) -> Reply:
+             finite: bool = True, rows: tuple = (), want: tuple | None = ()) -> Reply:
         """A gradient: the dense part through the transport (`payload`), per sparse table the touched
-        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back."""
+        rows (`rows`: unique local ids and their summed gradients); `want`: the rows to send back
+        (None: already noted, the doorbell's push)."""
         self._require_ready()
         trace = self.trace
         if trace is not None:
@@ -239,7 +253,8 @@ class ParameterServer:
         grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
         if trace is not None:
             trace.record("receive", started, steps_done, worker)
-        self._want(worker, want)
+        if want is not None:
+            self._want(worker, want)
         outcome = self.exchange.push(Push(worker, base_version, steps_done, loss, finite), grad)
         if trace is None:
             return self._reply(worker, outcome)
@@ -254,10 +269,10 @@ class ParameterServer:
         worker, step = getattr(self._call, "current", None) or (DRIVER_TID, 0)
         self.trace.record(phase, started, step, worker)
 
-    def _want(self, worker: int, want: tuple) -> None:
+    def _want(self, worker: int, want: tuple, slot=None) -> None:
         if self.tables:
             with self.exchange.lock:
-                self._wanted[worker] = want
+                self._wanted[worker] = (want, slot)
 
     def _reply(self, worker: int, outcome) -> Reply:
         if outcome.status is Status.ROLLBACK:
@@ -333,19 +348,6 @@ def _recorder(max_steps: int, workers: int):
     recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
     recorder.threads[DRIVER_TID] = "driver's calls"
     return recorder
-
-
-def _mean_rows(parts: list, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The round's gradient rows of one table: duplicates across workers summed, divided by the
-    number of gradients in the round (what the dense mean gives a row that some workers left at 0)."""
-    from raytf.exchange.tables import dedupe
-
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, width), np.float32)
-    ids = np.concatenate([ids for ids, _ in parts])
-    rows = np.concatenate([rows for _, rows in parts]) if len(ids) else np.zeros((0, width), np.float32)
-    unique, summed = dedupe(ids, rows)
-    return unique, summed / len(parts)
 
 
 def _rows(state: TableState, spec, server: int) -> np.ndarray:

@@ -35,6 +35,9 @@ class TableSpec:
     # A ShardedEmbedding: no replica holds the table (only a cache of rows), so its servers create
     # its rows from the layer's initializer: {"name": "uniform" | "normal" | "zeros", ..., "seed": n}.
     init: dict | None = None
+    # Ids one batch looks up (batch size x ids per example), which bounds a step's rows; 0: not fixed
+    # (the rows then travel in Ray calls instead of fixed shared-memory segments, raytf.exchange.row_slots).
+    per_batch: int = 0
 
     @property
     def cached(self) -> bool:

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from raytf.errors import ClusterError
-from raytf.runtime import aligned_zeros
+from raytf.exchange.row_slots import RowLayout, RowSlot
+from raytf.runtime import ALIGN_BYTES, aligned_zeros
+
+ALIGN_FLOATS = ALIGN_BYTES // 4
 
 SHM_ROOT = "/dev/shm"
 SHM_ROOT_ENV = "RAYTF_SHM_ROOT"  # another tmpfs for the exchange files (read on each node)
@@ -100,6 +103,7 @@ class LinkSpec:
     params_path: str | None = None
     halves: int = 1  # parameter buffers in the file: 2 where the worker computes while the server publishes
     bell_path: str | None = None  # the server's doorbell (raytf.exchange.doorbell), when pushes go over it
+    rows_path: str | None = None  # the pair's sparse rows (raytf.exchange.row_slots), with shared memory
 
     @property
     def kind(self) -> str:
@@ -111,22 +115,27 @@ def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
     a new one is created 0600 whatever the umask, and never over an existing file (O_EXCL: a planted
     file or symlink makes this fail instead of being used)."""
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
-    shape = (halves, size) if halves else (size,)
+    mapped = max(size, ALIGN_FLOATS)  # a server of sparse rows only has no dense part, and a file can't map empty
+    shape = (halves, mapped) if halves else (mapped,)
     fd = os.open(path, flags, 0o600)
     try:
         if create:
-            os.ftruncate(fd, max(halves, 1) * size * 4)
+            os.ftruncate(fd, max(halves, 1) * mapped * 4)
         with os.fdopen(os.dup(fd), "r+b") as file:
-            return np.memmap(file, dtype=np.float32, mode="r+", shape=shape)  # the mapping outlives the file
+            buffer = np.memmap(file, dtype=np.float32, mode="r+", shape=shape)  # the mapping outlives the file
     finally:
         os.close(fd)
+    return buffer[..., :size]
 
 
 class ServerSlots:
     """Server side of the links to all workers for one shard of `size` floats."""
 
-    def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool) -> None:
+    def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool,
+                 rows: RowLayout | None = None) -> None:
         self._size = size
+        self._layout = rows  # the sparse tables' row slots, where a step's rows are bounded
+        self._rows: dict[int, RowSlot] = {}
         self._run_id = run_id
         self._name = f"ps{server}-"
         self._dir: str | None = None
@@ -139,8 +148,6 @@ class ServerSlots:
         self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
         self._published_ref = None
         self._published_version = -1
-        if size == 0:
-            shm_workers = set()  # a server that holds rows of sparse tables only: nothing dense to map
         for worker in sorted(shm_workers):
             self._add(worker)
 
@@ -169,17 +176,24 @@ class ServerSlots:
             # push is answered (async, ssp), so each answer goes to the buffer it is not reading.
             self._params[worker], params_path = self._create(f"p{worker}", halves=2)
         root = shm_root()
+        rows_path = None
+        if self._layout is not None:
+            self._rows[worker] = RowSlot(self._path(f"r{worker}"), self._layout, create=True)
+            rows_path = os.path.relpath(self._rows[worker].path, root)
         self._specs[worker] = LinkSpec(grad_path=os.path.relpath(grad_path, root),
                                        params_path=os.path.relpath(params_path, root),
-                                       halves=self._params[worker].shape[0])
+                                       halves=self._params[worker].shape[0], rows_path=rows_path)
 
     def _drop(self, worker: int) -> None:
         spec = self._specs.pop(worker, None)
         if spec is None:
             return
         del self._grads[worker], self._params[worker]
+        self._rows.pop(worker, None)
         root = shm_root()
         _unlink(os.path.join(root, spec.grad_path))
+        if spec.rows_path:
+            _unlink(os.path.join(root, spec.rows_path))
         if not self._shared_params:
             _unlink(os.path.join(root, spec.params_path))
         self._given.pop(worker, None)
@@ -188,12 +202,16 @@ class ServerSlots:
         """The link of a worker that came back, maybe on another node: fresh slots when it shares this
         server's node (`shm`), else none (the object store). Called with the exchange's lock held."""
         self._drop(worker)
-        if shm and self._size:
+        if shm:
             self._add(worker)
         return self.link_spec(worker)
 
     def link_spec(self, worker: int) -> LinkSpec:
         return self._specs.get(worker, LinkSpec())
+
+    def row_slot(self, worker: int) -> RowSlot | None:
+        """The worker's row slot, where its sparse rows travel (shared memory, fixed-size tables)."""
+        return self._rows.get(worker)
 
     def bell_path(self) -> str:
         """Where this server's doorbell socket goes: beside its slots, in the run's private directory."""
@@ -204,6 +222,8 @@ class ServerSlots:
         (the call's own argument in the object store: read by the update only, never copied)."""
         from raytf.runtime import as_tensor
 
+        if not self._size:
+            return None  # rows only: no dense part
         return as_tensor(payload if payload is not None else self._grads[worker], read_only=True)
 
     def publish(self, params: np.ndarray, version: int, worker: int) -> None:
@@ -264,9 +284,11 @@ def _unlink(path: str) -> None:
 class WorkerLink:
     """Worker side of the link to one server, for a flat buffer of `size` floats."""
 
-    def __init__(self, spec: LinkSpec, size: int) -> None:
+    def __init__(self, spec: LinkSpec, size: int, rows: RowLayout | None = None) -> None:
         self.kind = spec.kind
         root = shm_root()
+        # The sparse rows' slot (raytf.exchange.row_slots): on the doorbell's path, rows go there.
+        self.rows = RowSlot(os.path.join(root, spec.rows_path), rows, create=False) if spec.rows_path and rows else None
         self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
         self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
                         if spec.params_path else None)

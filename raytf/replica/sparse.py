@@ -45,7 +45,8 @@ def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[
         on_servers = _is_sharded(layer) and getattr(layer, "on_servers", False)
         tables.append(TableSpec(variable=position[id(layer.embeddings)], layer=layer.name, rows=rows, width=width,
                                 servers=servers, partition=sparse.partition,
-                                init=_initializer(layer, config.seed + len(tables)) if on_servers else None))
+                                init=_initializer(layer, config.seed + len(tables)) if on_servers else None,
+                                per_batch=_ids_per_example(layer) * config.batch_size))
     return tables, notices
 
 
@@ -65,6 +66,17 @@ def _initializer(layer, seed: int) -> dict:
         f"The ShardedEmbedding '{layer.name}' has the initializer {type(init).__name__}; its rows are created on the "
         "parameter servers, which know uniform, normal, truncated_normal and zeros.",
         "Give the layer one of those embeddings_initializer values (the default, uniform, works).")
+
+
+def _ids_per_example(layer) -> int:
+    """How many ids one example looks up in `layer`, from its symbolic input; 0 when not fixed."""
+    import math
+
+    try:
+        shape = tuple(layer.input.shape)[1:]
+    except (AttributeError, ValueError):  # a layer called on no keras.Input, or more than once
+        return 0
+    return math.prod(shape) if all(isinstance(dim, int) for dim in shape) else 0
 
 
 def _is_sharded(layer) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from raytf.errors import ConfigError
 from raytf.exchange.sharding import ShardPlan
-from raytf.exchange.tables import ABSENT, TableSpec, dedupe, split
+from raytf.exchange.tables import ABSENT, TableSpec
 
 ID_BYTES = 8  # ids travel as int64
 
@@ -28,6 +28,9 @@ class Request:
 
     want: tuple[tuple[np.ndarray, ...], ...]
     ids: tuple[tuple[np.ndarray, ...], ...]
+    # Per table, for each id the batch looks up (in lookup order), its place among the distinct ids
+    # asked for (server by server, in the order of `want`): where the step sums its gradient row.
+    positions: tuple = ()
 
     def count(self) -> int:
         return sum(len(ids) for per_server in self.ids for ids in per_server)
@@ -45,22 +48,37 @@ class WorkerTables:
         self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
         self._cached = [v.numpy() if v is not None else None for v in self.cache_ids]  # what the cache holds now
         self._read_ids = _id_reader(model, layers) if self.specs else None
+        if self.specs:
+            import tensorflow as tf
+
+            from raytf.replica.segments import id_segments
+
+            # The ids of the batches (one, or two when read ahead) read, deduplicated and split in one graph call.
+            def segment_ids(xs):
+                read = [self._read_ids(x) for x in xs]
+                return [id_segments(spec, tf.concat([tf.reshape(r[k], [-1]) for r in read], 0))
+                        for k, spec in enumerate(self.specs)]
+
+            self._segment_ids = tf.function(segment_ids)
         self.row_bytes = [4 * t.width + ID_BYTES for t in self.specs]
 
     def request(self, batches: list) -> Request:
         """The rows the worker needs to compute `batches` (features, labels), by server."""
         want: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
         ids_out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
+        positions = []
         if self.specs:
-            read = [self._read_ids(x) for x, _ in batches]
-            for k, spec in enumerate(self.specs):
-                ids, _ = dedupe(np.concatenate([np.asarray(r[k]).reshape(-1) for r in read]).astype(np.int64))
-                spec.check_ids(ids, self.worker)
-                owners = spec.owner(ids)
-                for server, (local, _) in enumerate(split(spec, ids)):
-                    want[server].append(local)
-                    ids_out[server].append(ids[owners == server])
-        return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)))
+            for k, (spec, (unique, local, counts, low, high, where)) in enumerate(
+                    zip(self.specs, self._segment_ids(tuple(x for x, _ in batches)))):
+                positions.append(where)
+                if int(low) < 0 or int(high) >= spec.rows:
+                    spec.check_ids(np.array([int(low), int(high)]), self.worker)
+                unique, local, start = unique.numpy(), local.numpy(), 0
+                for server, count in enumerate(int(c) for c in counts):
+                    want[server].append(local[start:start + count])
+                    ids_out[server].append(unique[start:start + count])
+                    start += count
+        return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)), tuple(positions))
 
     def load(self, request: Request, rows: list) -> int:
         """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
@@ -88,20 +106,20 @@ class WorkerTables:
             self._cached[k] = cached
         return received
 
-    def gradient(self, table_grads) -> tuple[tuple, int, int]:
-        """A step's sparse gradients (per table: looked-up ids and their gradient rows) as what each
-        server gets (per table: unique local ids, summed rows); also the bytes and the distinct ids."""
+    def gradient(self, summed: list, request: Request) -> tuple[tuple, int, int]:
+        """A step's sparse gradients (per table: the summed rows of the distinct ids of `request`,
+        the batch's own, in its order) as what each server gets (per table: its local ids and their
+        rows, views); also the bytes and the distinct ids."""
         per_server: list[list] = [[] for _ in range(self.servers)]
         sent = distinct = 0
-        for k, (spec, (ids, rows)) in enumerate(zip(self.specs, table_grads)):
-            ids = np.asarray(ids).astype(np.int64)
-            if spec.cached:  # positions in the cache, not ids: translate while the cache still holds this batch's rows
-                ids = self._cached[k][ids]
-            unique, summed = dedupe(ids, np.asarray(rows))
-            distinct += len(unique)
-            sent += len(unique) * self.row_bytes[k]
-            for server, (local, part) in enumerate(split(spec, unique, summed)):
-                per_server[server].append((local, part))
+        for k, rows in enumerate(summed):
+            start = 0
+            for server in range(self.servers):
+                local = request.want[server][k]
+                per_server[server].append((local, rows[start:start + len(local)]))
+                start += len(local)
+            distinct += start
+            sent += start * self.row_bytes[k]
         return tuple(map(tuple, per_server)), sent, distinct
 
 

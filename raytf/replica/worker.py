@@ -181,7 +181,7 @@ class Worker:
         mapped = {id(v) for v in dense}
         kept = [v for v in model.variables if id(v) not in mapped]  # what the replica itself holds
 
-        def step(x, y, *params):
+        def step(x, y, positions, *params):
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 with keras.StatelessScope(state_mapping=list(zip(dense, params))) as scope:
@@ -195,11 +195,14 @@ class Worker:
                     var.assign(value)
             grads = tape.gradient(loss, list(params) + [tvars[t.variable] for t in tables])
             dense_grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for p, g in zip(params, grads)]
-            # A sparse table's gradient leaves the step as it is: the ids looked up and their rows.
-            table_grads = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
+            # A sparse table's gradient leaves the step summed per distinct id, in the order of the
+            # batch's row request (`positions`: where each looked-up id is among them), so no sort here.
+            looked_up = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
+            table_grads = [tf.math.unsorted_segment_sum(rows, where, tf.shape(rows)[0])
+                           for (_, rows), where in zip(looked_up, positions)]
             # Fused into the step by XLA: one more read of buffers that are hot in cache.
             finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
-                                             dense_grads + [rows for _, rows in table_grads]]))
+                                             dense_grads + [rows for _, rows in looked_up]]))
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
@@ -221,28 +224,42 @@ class Worker:
     def _ahead(self, count: int) -> list:
         """The next `count` batches, read ahead but not taken."""
         while len(self.upcoming) < count:
-            self.upcoming.append(next(self.iterator))  # outside the step: XLA cannot compile dataset iterators
+            self.upcoming.append(_Batch(next(self.iterator)))  # outside the step: XLA cannot compile dataset iterators
         return list(self.upcoming)[:count]
+
+    def _request_of(self, index: int) -> Request:
+        """The rows the batch `index` ahead needs (and where each of its ids goes among them),
+        worked out once per batch: read ahead while a push is answered, used by the push before
+        that batch and by its step."""
+        self._ahead(index + 1)
+        batch = self.upcoming[index]
+        if getattr(batch, "request", None) is None:
+            batch = self.upcoming[index] = _Batch(batch)
+            batch.request = self.tables.request([batch])
+        return batch.request
 
     def _compute(self):
         """One step on the next batch with the parameters of the last reply: (loss, per-variable
-        dense gradients in shard order, per sparse table (ids, rows), all finite)."""
+        dense gradients in shard order, per sparse table its distinct ids' summed rows, all
+        finite). The batch's row request (whose ids the rows follow) is `self.batch_request`."""
         self._ahead(1)
+        self.batch_request = self._request_of(0) if self.tables.specs else None
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
+        positions = list(self.batch_request.positions) if self.batch_request is not None else []
         params = self._param_tensors()
         if self._step_checked:
-            return self._step(x, y, *params)
+            return self._step(x, y, positions, *params)
         import tensorflow as tf
 
         self._step_checked = True
         try:
-            return self._step(x, y, *params)
+            return self._step(x, y, positions, *params)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
             self._step = tf.function(self._step_fn)
-            return self._step(x, y, *params)
+            return self._step(x, y, positions, *params)
 
     def process_id(self) -> int:
         return os.getpid()
@@ -250,7 +267,10 @@ class Worker:
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
         self.servers = servers
-        self.links = [WorkerLink(spec, shard.size) for spec, shard in zip(links, self.plan.shards)]
+        from raytf.exchange.row_slots import RowLayout
+
+        layout = RowLayout.of(self.plan.tables)
+        self.links = [WorkerLink(spec, shard.size, layout) for spec, shard in zip(links, self.plan.shards)]
         for bell in self.bells:
             if bell is not None:
                 bell.close()
@@ -303,7 +323,9 @@ class Worker:
         if Status.ROLLBACK in statuses:
             return Status.ROLLBACK, versions
         self.params = [link.receive(reply.payload) for link, reply in zip(self.links, replies)]
-        received = self.bytes_per_exchange + self.tables.load(request, [reply.rows for reply in replies])
+        rows = [link.rows.rows_sent() if reply.rows is None and link.rows is not None else reply.rows
+                for link, reply in zip(self.links, replies)]  # over the doorbell: in the row slot
+        received = self.bytes_per_exchange + self.tables.load(request, rows)
         self.traffic["pulled"] += received
         if self.trace is not None:
             self._lap("load")
@@ -349,8 +371,10 @@ class Worker:
             if distinct:
                 self.metrics.inc("raytf_sparse_rows", distinct)
         pending = []
-        for j, (server, payload, bell) in enumerate(zip(self.servers, payloads, self.bells)):
-            if bell is not None:  # the gradient is in the slot: ring (a sparse table's rows never go this way)
+        for j, (server, payload, bell, link) in enumerate(zip(self.servers, payloads, self.bells, self.links)):
+            if bell is not None:  # the gradient is in the slot (the sparse rows in the row slot): ring
+                if link.rows is not None:
+                    link.rows.write_push(rows[j] if finite else None, request.want[j])
                 bell.ring(base_versions[j], step, loss if j == 0 else None, finite)
                 pending.append(bell)
             else:
@@ -395,8 +419,9 @@ class Worker:
                     raise self._nonfinite_error(versions[0] // policy.updates_per_step + 1, float(loss))
                 # Views of the step's outputs (`.numpy()` would copy): copied once, into the slots, by the push.
                 grads = self._by_shard([np.from_dlpack(g) for g in dense_grads]) if finite else [None] * len(self.links)
-                # Per server, the touched rows; now, while the row cache still holds this batch's rows.
-                sparse = self.tables.gradient([(i.numpy(), r.numpy()) for i, r in table_grads]) if finite else None
+                # Per server, the touched rows: views of the step's segments.
+                sparse = self.tables.gradient([np.from_dlpack(r) for r in table_grads],
+                                              self.batch_request) if finite else None
                 loss_value = float(loss)
                 if self.trace is not None:
                     self._lap("copy_out")
@@ -407,22 +432,20 @@ class Worker:
                     if status is not Status.OK:
                         break  # the gradient just computed is not needed any more
                 pushed_at = time.perf_counter()
-                if self.tables.specs:  # the push asks for the rows of a coming batch: read it first
-                    pending_request = self.tables.request(self._ahead(lookahead)[-1:])
-                    if self.trace is not None:
-                        self._lap("next_batch")  # the batch of a coming step, read ahead, and the rows it needs
-                else:
-                    pending_request = no_rows
+                # The push asks for the rows of a coming batch (read ahead, its request worked out, during the last wait).
+                pending_request = self._request_of(lookahead - 1) if self.tables.specs else no_rows
                 pending = self._push(base_versions, grads, sparse, steps + 1, loss_value, pending_request)
                 steps += 1
                 if self.trace is not None:
                     self._lap("push")  # into the slots, and the calls sent (not answered)
-                if not self.tables.specs:
-                    # Dense only: the next batch is read while the servers work on the push (in sync,
-                    # the wait at the barrier), not before it.
+                # The batch after it is read (and its row request worked out) while the servers work on
+                # the push (in sync, the wait at the barrier), not before it.
+                if self.tables.specs:
+                    self._request_of(lookahead)
+                else:
                     self._ahead(lookahead)
-                    if self.trace is not None:
-                        self._lap("next_batch")
+                if self.trace is not None:
+                    self._lap("next_batch")
                 if not policy.overlaps_compute:
                     status, versions = self._finish(pending, pending_request, pushed_at)
                     pending = None
@@ -480,6 +503,12 @@ class Worker:
             return None
         cache = {id(v) for v in self.tables.cache_ids if v is not None}
         return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+
+
+class _Batch(tuple):
+    """A batch read ahead, (features, labels), and once worked out the rows it needs (`request`)."""
+
+    request: Request | None = None
 
 
 def _server_lost(err: BaseException) -> bool:

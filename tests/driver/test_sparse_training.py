@@ -52,6 +52,8 @@ def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_clus
     sparse = raytf.fit(config, address=ray_cluster.gcs_address, on_event=events.append)
     dense = raytf.fit(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), address=ray_cluster.gcs_address)
     assert [t["layer"] for t in sparse["sparse"]["tables"]] == ["items"] and dense["sparse"]["tables"] == []
+    # The rows took the fast path to both servers (one holds no dense variable): slots and doorbell, no Ray call.
+    assert {kind for kinds in sparse["links"] for kind in kinds} == {"shm+doorbell"}, sparse["links"]
     assert any("Sparse tables" in e and "items (20,000 x 16" in e for e in events), events
     for got, want in zip(trained(sparse), trained(dense)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -127,6 +127,34 @@ def test_row_updates_equal_the_dense_update_where_they_must(name):
         np.testing.assert_array_equal(lazy.params.numpy()[untouched], initial[untouched])
 
 
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+def test_a_rounds_fused_update_merges_equal_ids_of_all_workers_into_their_mean(name):
+    """The server's one-call update of a round equals summing equal ids of all workers' pushes by
+    hand, dividing by the number of gradients and applying the rows; a round of none counts a step."""
+    rng = np.random.default_rng(1)
+    config = OptimizerConfig(name=name, learning_rate=0.1)
+    initial = rng.normal(size=(12, 4)).astype(np.float32)
+    fused, by_hand = RowOptimizer(config, initial.copy()), RowOptimizer(config, initial.copy())
+    parts = [(np.array([9, 2, 5]), rng.normal(size=(3, 4)).astype(np.float32)),
+             (np.array([5, 11]), rng.normal(size=(2, 4)).astype(np.float32)),
+             (np.array([], np.int64), np.zeros((0, 4), np.float32))]
+    fused.apply_round(parts)
+    ids, rows = dedupe(np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts]))
+    by_hand.apply(ids, rows * np.float32(1 / len(parts)))  # as the dense mean scales
+    # Within an ulp: the graph may fold the learning rate into the mean's scale.
+    np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
+    assert not np.array_equal(fused.params.numpy()[[2, 5, 9, 11]], initial[[2, 5, 9, 11]])
+    np.testing.assert_array_equal(fused.params.numpy()[[0, 1, 3]], initial[[0, 1, 3]])
+    fused.apply_round([])
+    assert int(fused.iterations.numpy()) == 2
+    # One gradient (async): applied as it is, no merge.
+    fused.apply_round(parts[:1])
+    by_hand.apply(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    by_hand.apply(*parts[0])
+    np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
+    assert int(fused.iterations.numpy()) == 3
+
+
 def test_gather_returns_the_current_rows():
     table = RowOptimizer(OptimizerConfig(name="sgd", learning_rate=1.0), np.zeros((5, 2), np.float32))
     table.apply(np.array([3]), np.array([[1.0, 2.0]], np.float32))

@@ -142,23 +142,39 @@ def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
     worker._compute()  # later steps use the graph function without checking again
 
 
-def test_a_sparse_tables_gradient_leaves_the_step_as_ids_and_rows(tmp_path, monkeypatch):
-    """The table is in no server's flat buffer; its gradient is the looked-up ids and their rows."""
+def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_batchs_row_request(tmp_path, monkeypatch):
+    """The table is in no server's flat buffer; its gradient leaves the compiled step deduplicated:
+    the summed rows of the distinct ids the batch asked for, server by server in the request's
+    order, equal to numpy's dedupe and split of the replica's own gradient."""
     monkeypatch.chdir(tmp_path)
     cfg = config_from_dict({"model": "examples.recsys:build_small_model", "loss": "binary_crossentropy",
                             "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
                             "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 2}})
     from raytf.driver.prepare import prepare
+    from raytf.exchange.tables import dedupe, split
+    from raytf.replica.model import make_loss
 
     plan = prepare(cfg).plan
     assert [t.layer for t in plan.tables] == ["items"]
     worker = Worker("test", 0)
     worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
     give_own_parameters(worker)
+    x, y = worker._ahead(1)[0]
     loss, grads, table_grads, finite = worker._compute()
     assert bool(finite) and sum(int(np.prod(g.shape)) for g in grads) == 16 * 32 + 32 + 32 + 1  # the dense layers only
-    ((ids, rows),) = table_grads
-    assert ids.shape == (8 * 20,) and rows.shape == (8 * 20, 16)
-    per_server, _, distinct = worker.tables.gradient([(ids.numpy(), rows.numpy())])
-    assert distinct == len(np.unique(ids.numpy()))
-    assert sum(len(local) for tables in per_server for local, _ in tables) == distinct  # each id to one server
+    (summed,) = table_grads
+    assert summed.shape == (8 * 20, 16)  # fixed capacity: the ids one batch looks up
+    per_server, _, distinct = worker.tables.gradient([summed.numpy()], worker.batch_request)
+    # By hand: the replica's own sparse gradient, deduplicated and split in numpy.
+    with tf.GradientTape() as tape:
+        out = make_loss(cfg.loss)(y, worker.model(x, training=True))
+    table = worker.model.trainable_variables[plan.tables[0].variable]
+    want = tape.gradient(out, table)
+    unique, rows = dedupe(want.indices.numpy().astype(np.int64).reshape(-1), want.values.numpy().reshape(-1, 16))
+    assert distinct == len(unique) == len(np.unique(x.numpy()))
+    assert np.abs(summed.numpy()[distinct:]).sum() == 0  # past the distinct ids: padding
+    for server, (want_local, want_rows) in enumerate(split(plan.tables[0], unique, rows)):
+        ((got_local, got_rows),) = per_server[server]
+        order = np.argsort(got_local)  # in order of first lookup, numpy's sorted
+        np.testing.assert_array_equal(got_local[order], want_local)
+        np.testing.assert_allclose(got_rows[order], want_rows, rtol=1e-5, atol=1e-7)

@@ -1,0 +1,42 @@
+"""A batch's sparse ids as per-server segments of distinct ids, worked out in one graph call.
+
+Before a batch is computed, its rows are asked for: the distinct ids it looks up, per server that
+owns them (local positions). Doing that in numpy between steps (np.unique, a mask per server) cost
+milliseconds; here it is a few ops in a graph: the distinct ids (a hash) grouped by owner, so each
+server's are one contiguous segment, and for each looked-up id its place among them. The
+worker's compiled step then sums the batch's gradient rows straight into that order
+(`unsorted_segment_sum` by those places: no sort inside XLA, whose CPU sort is slow), in lookup
+order, as np.add.at and the whole-table gradient sum them.
+"""
+
+from __future__ import annotations
+
+from raytf.exchange.tables import TableSpec
+
+
+def owner_and_local(spec: TableSpec, ids):
+    """TensorFlow's `TableSpec.owner` and `TableSpec.local` of int64 global `ids`."""
+    if spec.partition == "mod":
+        return ids % spec.servers, ids // spec.servers
+    block = -(-spec.rows // spec.servers)
+    return ids // block, ids % block
+
+
+def id_segments(spec: TableSpec, ids):
+    """The rows a batch needs, for `ids` (any shape, any int type): (distinct global ids [U] int64,
+    their local ids [U] int64, per-server counts [servers] int32, min id, max id, positions [N] int32),
+    grouped by owner (each server's ids one contiguous segment, in order of first lookup) and, for
+    each of `ids`, its place among the distinct ones."""
+    import tensorflow as tf
+
+    ids = tf.cast(tf.reshape(ids, [-1]), tf.int64)
+    low, high = tf.reduce_min(ids), tf.reduce_max(ids)
+    ids = tf.clip_by_value(ids, 0, spec.rows - 1)  # out of range is an error the caller raises from low/high
+    unique, positions = tf.unique(ids, out_idx=tf.int32)  # a hash, not a sort: O(N)
+    owner, local = owner_and_local(spec, unique)
+    if spec.servers == 1:
+        return unique, local, tf.shape(unique), low, high, positions
+    order = tf.argsort(owner, stable=True)  # group by server: a sort of the few distinct ids only
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(owner, tf.int32), owner, spec.servers)
+    return (tf.gather(unique, order), tf.gather(local, order), counts, low, high,
+            tf.gather(tf.math.invert_permutation(order), positions))
