@@ -510,9 +510,9 @@ class WireListener:
             self._logged.add(reason)
             self._changed.notify_all()
         if first:
-            log.warning("raytf wire: refused a connection from %s:%s (%s) before reading any data; training goes "
-                        "on. Further refusals are counted, not logged.", address[0], address[1],
-                        reason.replace("_", " "))
+            log.warning("raytf wire %s:%s: refused a connection from %s:%s (%s) before reading any data; training "
+                        "goes on. Further refusals are counted, not logged.", self.address[0], self.address[1],
+                        address[0], address[1], reason.replace("_", " "))
 
     def _handshake(self, sock: socket.socket, address) -> None:
         try:
