@@ -88,12 +88,20 @@ class Resources(_Frozen):
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources")
 
 
+class CompressionConfig(_Frozen):
+    """What the cross-node wire sends, per direction (pairs on one node share memory: nothing to compress)."""
+    push: Literal["none", "bf16", "int8"] = Field("none", description="gradients: int8 keeps the rounding error on the worker and adds it to the next gradient")
+    pull: Literal["none", "bf16"] = Field("none", description="parameters sent back")
+
+
 class DistributionConfig(_Frozen):
     parameter_servers: int = Field(1, ge=1)
     workers: int = Field(2, ge=1)
     # The consistency policy (raytf.exchange.policies): sync (barrier), async, ssp (bounded staleness).
     mode: Literal["sync", "async", "ssp"] = "sync"
-    transport: Literal["auto", "shm", "object_store"] = "auto"
+    transport: Literal["auto", "shm", "wire", "object_store"] = Field("auto", description="auto: shared memory between a worker and a server on one node, the wire (a direct TCP connection per pair) across nodes; object_store: Ray's, for every pair")
+    compression: CompressionConfig = CompressionConfig()
+    encrypt: bool = Field(False, description="the wire seals every payload with AES-256-GCM (it is always authenticated)")
     doorbell: bool = Field(True, description="shared-memory links push over a Unix socket per server instead of a Ray call per step (models without sparse tables)")
     worker_resources: Resources = Resources(num_cpus=1)
     # Parameter servers are idle most of the step; they reserve no CPU by default so that

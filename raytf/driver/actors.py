@@ -18,7 +18,9 @@ from raytf.exchange.policies import policy_for
 from raytf.exchange.server import ServerSettings
 from raytf.exchange.shard_state import ShardState
 from raytf.exchange.sharding import ShardPlan
-from raytf.exchange.transport import LinkSpec, remove_shm_files
+from raytf.exchange.wire import new_secret
+from raytf.exchange.row_slots import RowLayout
+from raytf.exchange.transport import LinkSpec, choose_link, remove_shm_files
 from raytf.observe.startup import StartupClock
 
 
@@ -101,7 +103,8 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
     return ServerSettings(run_name=config.name, distribution=d, threads=threads, target_version=config.steps * ups,
                           updates_per_step=ups, checkpoint_dir=checkpoint_dir,
                           every_versions=config.checkpoint.every_steps * ups, dense_slots=config.sparse.slots == "dense",
-                          tables=plan.tables, trace_steps=config.trace.max_steps if config.trace.enabled else 0)
+                          tables=plan.tables, trace_steps=config.trace.max_steps if config.trace.enabled else 0,
+                          wire_secret=new_secret())
 
 
 def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
@@ -135,24 +138,19 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
 
 
 
-def wire(actors: RunActors, config: TrainConfig) -> None:
-    """Open every server's exchange buffers and connect every worker to them."""
+def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
+    """Open every server's exchange buffers and connect every worker to them: per pair, shared memory
+    on one node, the wire across nodes (raytf.exchange.transport.choose_link)."""
     d = config.distribution
     servers, workers = actors.servers, actors.workers
     server_nodes = servers.locate()
     worker_nodes = workers.locate()
     actors.server_nodes.update(node for node, has_shm in server_nodes if has_shm)
+    rows_bounded = not plan.tables or RowLayout.of(plan.tables) is not None
     links: list[list[LinkSpec]] = []
     for server, (node, has_shm) in enumerate(server_nodes):
-        local = [i for i, wn in enumerate(worker_nodes) if wn == node and has_shm]
-        if d.transport == "shm" and len(local) < len(workers):
-            raise ClusterError(
-                "distribution.transport is 'shm', but some workers run on another node than their parameter "
-                "server (or the node has no /dev/shm).",
-                "Use transport: auto, which falls back to the object store across nodes.",
-            )
-        use = [] if d.transport == "object_store" else local
-        links.append(servers.open_links(server, use))
+        kinds = [choose_link(d.transport, wn == node and has_shm, rows_bounded) for wn in worker_nodes]
+        links.append(servers.open_links(server, kinds))
     actors.links = links
     actors.link_kinds = workers.connect(servers, [actors.links_of(i) for i in range(len(workers))])
 
@@ -170,7 +168,7 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[Shard
             names = [f"ps-{i}" for i in range(len(actors.servers))] + [f"worker-{i}" for i in range(len(actors.workers))]
             for name, result in zip(names, set_up):
                 clock.add_actor(name, created, result["timings"])
-        wire(actors, config)
+        wire(actors, config, plan)
         return actors
     except BaseException:
         actors.release()

@@ -106,8 +106,9 @@ class ServerGroup:
         """Per server: its node, and whether the node has shared memory for the exchange."""
         return get([s.node_info.remote() for s in self.handles], "Locating the parameter servers")
 
-    def open_links(self, server: int, shm_workers: list[int]) -> list[LinkSpec]:
-        return get(self.handles[server].open_links.remote(shm_workers), "Opening the exchange buffers")
+    def open_links(self, server: int, kinds: list[str]) -> list[LinkSpec]:
+        """Open a server's links, per worker of `kinds` ("shm", "wire", "object_store")."""
+        return get(self.handles[server].open_links.remote(kinds), "Opening the exchange buffers")
 
     def statistics(self) -> list[ServerStats] | None:
         """Every server's statistics; None when one is gone or came back empty (a rollback is due).

@@ -199,7 +199,7 @@ class Supervisor:
         restored = replace(self.settings, target_version=self.target_version)
         (self.servers.set_up(states, self.config.optimizer, restored)
          + self.workers.set_up(self.config, self.plan, needs_setup)).join("Restoring after a lost parameter server")
-        wire(self.actors, self.config)
+        wire(self.actors, self.config, self.plan)
         self._start_runs(range(len(self.workers)))
 
     # -- deaths seen only by Ray ---------------------------------------------------------------

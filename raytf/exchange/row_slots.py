@@ -29,6 +29,12 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN_BYTES) * ALIGN_BYTES
 
 
+def _aligned_bytes(size: int) -> np.ndarray:
+    raw = np.zeros(size + ALIGN_BYTES, np.uint8)
+    start = -raw.ctypes.data % ALIGN_BYTES
+    return raw[start:start + size]
+
+
 @dataclass(frozen=True)
 class RowLayout:
     """Where each table's segments sit in a row slot file: per table (capacity, width)."""
@@ -61,20 +67,25 @@ class RowLayout:
 
 
 class RowSlot:
-    """Typed views of one row slot file (either side maps it; see the module for who writes when)."""
+    """Typed views of one row slot: a shared-memory file either side maps (`path`), or, for a pair
+    that talks over the cross-node wire (raytf.exchange.wire_link), a buffer in this process that
+    the wire fills and sends from (`path` None). See the module for who writes what when."""
 
-    def __init__(self, path: str, layout: RowLayout, create: bool) -> None:
+    def __init__(self, path: str | None, layout: RowLayout, create: bool) -> None:
         self.path = path
         self.layout = layout
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, layout.nbytes)
-            with os.fdopen(os.dup(fd), "r+b") as file:
-                raw = np.memmap(file, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
-        finally:
-            os.close(fd)
+        if path is None:
+            raw = _aligned_bytes(layout.nbytes)
+        else:
+            flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
+            try:
+                if create:
+                    os.ftruncate(fd, layout.nbytes)
+                with os.fdopen(os.dup(fd), "r+b") as file:
+                    raw = np.memmap(file, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
+            finally:
+                os.close(fd)
         places, _ = layout._offsets()
         self.counts = np.ndarray((len(layout.tables), 2), np.int64, raw, 0)  # per table: pushed, wanted
         self.pushed_ids, self.pushed_rows, self.wanted_ids, self.sent_rows = [], [], [], []
@@ -83,6 +94,10 @@ class RowSlot:
             self.pushed_rows.append(np.ndarray((capacity, width), np.float32, raw, rows_at))
             self.wanted_ids.append(np.ndarray((capacity,), np.int64, raw, wanted_at))
             self.sent_rows.append(np.ndarray((capacity, width), np.float32, raw, sent_at))
+
+    @classmethod
+    def in_memory(cls, layout: RowLayout) -> "RowSlot":
+        return cls(None, layout, create=True)
 
     # -- the worker's side ------------------------------------------------------------------
     def write_push(self, rows: Sequence[tuple[np.ndarray, np.ndarray]] | None, wanted: Sequence[np.ndarray]) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raytf.config import DistributionConfig, OptimizerConfig
-from raytf.errors import ClusterError
 from raytf.exchange import Exchange, Push, Reply, ServerNotReady, ServerStats, Status, policy_for
 from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
@@ -41,6 +40,7 @@ class ServerSettings:
     dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
     tables: tuple = ()  # the plan's sparse tables (raytf.exchange.tables.TableSpec)
     trace_steps: int = 0  # trace.max_steps when the run records a timeline (raytf.observe.trace); 0: off
+    wire_secret: bytes = field(default=b"", repr=False)  # the run's secret for the cross-node wire's handshake
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class ParameterServer:
         self.ready = False  # False in a fresh (or restarted) process until setup
         self.slots: ServerSlots | None = None
         self.doorbell = None  # a raytf.exchange.doorbell.Doorbell while same-node workers push over it
+        self.listener = None  # a raytf.exchange.wire.WireListener while workers on other nodes push over the wire
         self.exchange: Exchange | None = None
         self._setup_lock = threading.Lock()
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when settings.trace_steps
@@ -117,12 +118,43 @@ class ParameterServer:
     def is_ready(self) -> bool:
         return self.ready
 
-    def open_links(self, shm_workers: list[int]) -> list[LinkSpec]:
-        n = self.settings.distribution.workers
-        rows = RowLayout.of(self.settings.tables) if self.settings.distribution.doorbell else None
-        self.slots = ServerSlots(self.run_id, self.index, self.opt.size, set(shm_workers),
-                                 shared_params=self.policy.shared_parameter_slot, rows=rows)
-        return [self._with_bell(self.slots.link_spec(w)) for w in range(n)]
+    def open_links(self, kinds: list[str]) -> list[LinkSpec]:
+        """Open the exchange's links to the workers, per worker of `kinds` ("shm", "wire" or
+        "object_store", raytf.exchange.transport.choose_link); returns what each worker needs."""
+        layout = RowLayout.of(self.settings.tables)
+        self.slots = ServerSlots(self.run_id, self.index, self.opt.size,
+                                 {w for w, kind in enumerate(kinds) if kind == "shm"},
+                                 shared_params=self.policy.shared_parameter_slot,
+                                 rows=layout if self.settings.distribution.doorbell else None,
+                                 wire_workers={w for w, kind in enumerate(kinds) if kind == "wire"}, wire_rows=layout)
+        return [self._linked(w) for w in range(len(kinds))]
+
+    def _linked(self, worker: int) -> LinkSpec:
+        spec = self.slots.link_spec(worker)
+        return self._with_wire(spec) if self.slots.is_wire(worker) else self._with_bell(spec)
+
+    def _with_wire(self, spec: LinkSpec) -> LinkSpec:
+        """`spec` with this server's wire listener (started on first use, on the node's address)."""
+        from dataclasses import replace
+
+        if self.listener is None:
+            import ray
+
+            from raytf.exchange.wire import WireListener
+
+            self.listener = WireListener(ray.util.get_node_ip_address(), self.settings.wire_secret, self._wired,
+                                         encrypt=self.settings.distribution.encrypt)
+        return replace(spec, wire_address=tuple(self.listener.address), wire_secret=self.settings.wire_secret)
+
+    def _wired(self, conn) -> None:
+        """A worker connected over the wire: serve its pushes on this thread until it hangs up."""
+        from raytf.exchange.wire_link import serve_connection
+
+        def buffers(worker: int):
+            with self.exchange.lock:  # relink swaps them under it
+                return self.slots.wire_buffers(worker) if self.slots is not None else None
+
+        serve_connection(conn, buffers, self._rung, self.settings.distribution.compression.pull)
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
         """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link
@@ -151,6 +183,9 @@ class ParameterServer:
         return self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), None)
 
     def _close_links(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         if self.doorbell is not None:
             self.doorbell.close()
             self.doorbell = None
@@ -164,17 +199,15 @@ class ParameterServer:
         import ray
 
         self._require_ready()
-        transport = self.settings.distribution.transport
+        from raytf.exchange.row_slots import RowLayout
+        from raytf.exchange.transport import choose_link
+
         local = node == ray.get_runtime_context().get_node_id() and shm_available()
-        if transport == "shm" and not local:
-            raise ClusterError(
-                f"distribution.transport is 'shm', but worker {worker} came back on another node than parameter "
-                f"server {self.index} (or the node has no usable {shm_root()}).",
-                "Use transport: auto, which falls back to the object store across nodes.",
-            )
+        kind = choose_link(self.settings.distribution.transport, local,
+                           rows_bounded=not self.tables or RowLayout.of(self.settings.tables) is not None)
         with self.exchange.lock:  # publish() reads the slots under it
-            spec = self.slots.relink(worker, local and transport != "object_store")
-        return self._with_bell(spec)
+            self.slots.relink(worker, kind)
+        return self._linked(worker)
 
     # -- the exchange's backend (called with the exchange's lock held) ----------------------
     def apply(self, grads: list) -> None:
@@ -233,10 +266,10 @@ class ParameterServer:
         self._require_ready()
         if self.trace is None:
             self._want(worker, want)
-            return self._reply(worker, self.exchange.pull(worker, at_version))
+            return self._reply(worker, self.exchange.pull(worker, at_version), in_call=True)
         self._call.current, started = (worker, 0), self.trace.mark()
         self._want(worker, want)
-        reply = self._reply(worker, self.exchange.pull(worker, at_version))
+        reply = self._reply(worker, self.exchange.pull(worker, at_version), in_call=True)
         self.trace.record("pull", started, 0, worker)
         self._call.current = None
         return reply
@@ -274,12 +307,13 @@ class ParameterServer:
             with self.exchange.lock:
                 self._wanted[worker] = (want, slot)
 
-    def _reply(self, worker: int, outcome) -> Reply:
+    def _reply(self, worker: int, outcome, in_call: bool = False) -> Reply:
         if outcome.status is Status.ROLLBACK:
             return Reply(outcome.status, outcome.version)
         with self.exchange.lock:
             rows = self._rows_out.pop(worker, None)
-        return Reply(outcome.status, outcome.version, self.slots.reply(worker), outcome.dropped, rows)
+            payload = self.slots.reply(worker, in_call)
+        return Reply(outcome.status, outcome.version, payload, outcome.dropped, rows)
 
     # -- control by the driver --------------------------------------------------------------
     def abort(self) -> None:

@@ -1,6 +1,6 @@
 """How a worker's gradient buffer reaches a parameter server and fresh parameters come back.
 
-Two transports share one shape, so the exchange logic never knows which one it uses:
+Three transports share one shape, so the exchange logic never knows which one it uses:
 
 * `shm`: when worker and server share a node, each (worker, server) pair gets a fixed gradient
   slot and the server publishes parameters into fixed slots (which the worker's step reads in
@@ -9,9 +9,13 @@ Two transports share one shape, so the exchange logic never knows which one it u
   gradient or parameter). A step copies bytes into a buffer that already exists; only a tiny control
   message goes through Ray. Fresh object-store allocations per step are what make the plain
   path slow, and reused buffers avoid them.
+* `wire`: for a pair on different nodes, a direct TCP connection (raytf.exchange.wire_link over
+  raytf.exchange.wire): the server listens on its node's address, the worker connects with the
+  run's secret, and each push and its answer go over it from and into buffers that exist for the
+  whole run (the server's side of them is here, kept like the slots). No Ray call per step.
 * `object_store`: the buffers travel as Ray call arguments and return values (works across
-  nodes). The server puts each published version into the object store once and hands every
-  worker the same reference.
+  nodes, the fallback). The server puts each published version into the object store once and
+  hands every worker the same reference.
 
 The server side is a `ServerSlots`, the worker side a `WorkerLink` per server. Which one a pair
 uses is decided by the nodes the two run on: at wiring, and again when a restarted worker
@@ -24,7 +28,7 @@ import glob
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -92,9 +96,32 @@ def remove_shm_files(run_id: str) -> int:
     return count
 
 
+TRANSPORTS = ("auto", "shm", "wire", "object_store")
+
+
+def choose_link(transport: str, same_node: bool, rows_bounded: bool = True) -> str:
+    """The kind of link a (worker, server) pair gets: "shm", "wire" or "object_store".
+
+    `same_node`: they share a node whose shared memory is usable. `rows_bounded`: the model's sparse
+    tables (if any) bound a step's rows (raytf.exchange.row_slots), which the wire needs: its buffers
+    are fixed for the run."""
+    if transport == "shm" and not same_node:
+        raise ClusterError(
+            "distribution.transport is 'shm', but a worker runs on another node than its parameter server "
+            "(or the node has no usable shared memory).",
+            "Use transport: auto, which takes shared memory on one node and the wire across nodes.",
+        )
+    if transport in ("auto", "shm") and same_node:
+        return "shm"
+    if transport in ("auto", "wire") and rows_bounded:
+        return "wire"
+    return "object_store"
+
+
 @dataclass(frozen=True)
 class LinkSpec:
-    """What a worker needs to talk to one server: the slot files, or None for the object store.
+    """What a worker needs to talk to one server: the slot files, the wire's address, or neither
+    (the object store).
 
     The paths are relative to the shared-memory root of the node: a worker maps them under its own
     node's root, so a link made for another node finds no file rather than some other file."""
@@ -104,10 +131,14 @@ class LinkSpec:
     halves: int = 1  # parameter buffers in the file: 2 where the worker computes while the server publishes
     bell_path: str | None = None  # the server's doorbell (raytf.exchange.doorbell), when pushes go over it
     rows_path: str | None = None  # the pair's sparse rows (raytf.exchange.row_slots), with shared memory
+    wire_address: tuple[str, int] | None = None  # the server's wire listener (host, port)
+    wire_secret: bytes = field(default=b"", repr=False)  # the run's secret, proven in the wire's handshake
 
     @property
     def kind(self) -> str:
-        return "shm" if self.grad_path else "object_store"
+        if self.grad_path:
+            return "shm"
+        return "wire" if self.wire_address else "object_store"
 
 
 def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
@@ -132,9 +163,11 @@ class ServerSlots:
     """Server side of the links to all workers for one shard of `size` floats."""
 
     def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool,
-                 rows: RowLayout | None = None) -> None:
+                 rows: RowLayout | None = None, wire_workers: set[int] = frozenset(),
+                 wire_rows: RowLayout | None = None) -> None:
         self._size = size
         self._layout = rows  # the sparse tables' row slots, where a step's rows are bounded
+        self._wire_layout = wire_rows  # the same for pairs on the wire (which needs them bounded)
         self._rows: dict[int, RowSlot] = {}
         self._run_id = run_id
         self._name = f"ps{server}-"
@@ -142,14 +175,18 @@ class ServerSlots:
         self._grads: dict[int, np.ndarray] = {}
         self._params: dict[int, np.ndarray] = {}
         self._specs: dict[int, LinkSpec] = {}
+        self._wire: set[int] = set()  # the workers on the wire: their buffers are in this process
         self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
+        self._wire_shared: np.ndarray | None = None  # the same, for the workers on the wire
         self._shared_params = shared_params
-        self._shared_version = -1  # the version the shared slot holds
+        self._shared_versions: dict[int, int] = {}  # id of a shared buffer -> the version it holds
         self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
         self._published_ref = None
         self._published_version = -1
         for worker in sorted(shm_workers):
             self._add(worker)
+        for worker in sorted(wire_workers):
+            self._add_wire(worker)
 
     def _path(self, suffix: str) -> str:
         """A file of this server in the run's private directory (made on first use, when what a dead
@@ -184,9 +221,41 @@ class ServerSlots:
                                        params_path=os.path.relpath(params_path, root),
                                        halves=self._params[worker].shape[0], rows_path=rows_path)
 
+    def _add_wire(self, worker: int) -> None:
+        """Buffers for a worker on the wire: its gradient is received into one, and its answer sent
+        from the parameter buffer (shared by the wire's workers where the policy allows, as the
+        shared slot is; else its own: the connection's thread sends it before this worker's next
+        push can be answered, so one buffer is enough)."""
+        self._wire.add(worker)
+        self._grads[worker] = aligned_zeros(self._size)
+        if self._shared_params:
+            if self._wire_shared is None:
+                self._wire_shared = aligned_zeros(self._size).reshape(1, -1)
+            self._params[worker] = self._wire_shared
+        else:
+            self._params[worker] = aligned_zeros(self._size).reshape(1, -1)
+        if self._wire_layout is not None:
+            self._rows[worker] = RowSlot.in_memory(self._wire_layout)
+        self._specs[worker] = LinkSpec()  # the server adds its listener's address
+
+    def wire_buffers(self, worker: int) -> tuple[np.ndarray, np.ndarray, RowSlot | None] | None:
+        """A wire worker's (gradient buffer, parameter buffer, row slot), or None if it is not on the wire."""
+        if worker not in self._wire:
+            return None
+        return self._grads[worker], self._params[worker][0], self._rows.get(worker)
+
+    def is_wire(self, worker: int) -> bool:
+        return worker in self._wire
+
     def _drop(self, worker: int) -> None:
         spec = self._specs.pop(worker, None)
         if spec is None:
+            return
+        if worker in self._wire:
+            self._wire.discard(worker)
+            del self._grads[worker], self._params[worker]
+            self._rows.pop(worker, None)
+            self._given.pop(worker, None)
             return
         del self._grads[worker], self._params[worker]
         self._rows.pop(worker, None)
@@ -198,12 +267,15 @@ class ServerSlots:
             _unlink(os.path.join(root, spec.params_path))
         self._given.pop(worker, None)
 
-    def relink(self, worker: int, shm: bool) -> LinkSpec:
+    def relink(self, worker: int, kind: str) -> LinkSpec:
         """The link of a worker that came back, maybe on another node: fresh slots when it shares this
-        server's node (`shm`), else none (the object store). Called with the exchange's lock held."""
+        server's node (`kind` "shm"), fresh buffers for the wire, or none (the object store). Called
+        with the exchange's lock held."""
         self._drop(worker)
-        if shm:
+        if kind == "shm":
             self._add(worker)
+        elif kind == "wire":
+            self._add_wire(worker)
         return self.link_spec(worker)
 
     def link_spec(self, worker: int) -> LinkSpec:
@@ -239,14 +311,14 @@ class ServerSlots:
         if worker in self._params:
             slot = self._params[worker]
             if self._shared_params:
-                if self._shared_version != version:
+                if self._shared_versions.get(id(slot)) != version:
                     np.copyto(slot[0], params)
-                    self._shared_version = version
+                    self._shared_versions[id(slot)] = version
                 self._given[worker] = (0, version)
                 return
             half, held = self._given.get(worker, (1, -1))
             if held != version:
-                half = 1 - half
+                half = (1 - half) % slot.shape[0]  # a wire worker's one buffer: sent before it is written again
                 np.copyto(slot[half], params)
                 self._given[worker] = (half, version)
         elif version != self._published_version:
@@ -254,8 +326,14 @@ class ServerSlots:
 
             self._published_ref, self._published_version = ray.put(params), version
 
-    def reply(self, worker: int):
-        """What the reply to `worker` carries: which buffer of its slot to read, or the reference."""
+    def reply(self, worker: int, in_call: bool = False):
+        """What the reply to `worker` carries: which buffer of its slot to read, or the reference.
+        A wire worker answered in a Ray call (`in_call`: its first pull) gets its buffer put into
+        the object store: it has no mapping of this process's memory."""
+        if worker in self._wire and in_call:
+            import ray
+
+            return [ray.put(self._params[worker][self._given[worker][0]])]
         if worker in self._params:
             return self._given[worker][0]
         return [self._published_ref]  # wrapped so Ray passes the reference, not the value
@@ -266,6 +344,7 @@ class ServerSlots:
         if self._shared is not None:
             _unlink(self._shared[1])
             self._shared = None
+        self._wire_shared = None
         if self._dir is not None:
             try:
                 os.rmdir(self._dir)  # the last server of the run on this node takes the directory along
@@ -286,19 +365,31 @@ class WorkerLink:
 
     def __init__(self, spec: LinkSpec, size: int, rows: RowLayout | None = None) -> None:
         self.kind = spec.kind
+        self.size = size
         root = shm_root()
-        # The sparse rows' slot (raytf.exchange.row_slots): on the doorbell's path, rows go there.
-        self.rows = RowSlot(os.path.join(root, spec.rows_path), rows, create=False) if spec.rows_path and rows else None
+        # The sparse rows' slot (raytf.exchange.row_slots): on the doorbell's path, rows go there; on the
+        # wire, into a buffer of this process that the wire sends from and receives into.
+        if spec.rows_path and rows:
+            self.rows = RowSlot(os.path.join(root, spec.rows_path), rows, create=False)
+        else:
+            self.rows = RowSlot.in_memory(rows) if self.kind == "wire" and rows else None
         self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
         self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
                         if spec.params_path else None)
-        # Object store: the gradient is gathered here and copied out by the call (Ray puts a large
-        # argument into the object store when the call is made); zeros stay between the parts.
+        # Object store and wire: the gradient is gathered here and copied out by the call (Ray puts a
+        # large argument into the object store when the call is made) or sent from it by the wire;
+        # zeros stay between the parts.
         self._staging = aligned_zeros(size) if self._grad is None else None
+
+    @property
+    def staging(self) -> np.ndarray | None:
+        """Where `send` gathers the gradient when it has no slot (the wire sends it from here)."""
+        return self._staging
 
     def send(self, parts, offsets) -> np.ndarray | None:
         """Hand over a gradient given as `parts` (arrays) to lay at `offsets` of the flat buffer: one
-        copy each, straight into the slot. Returns what must travel in the call (None: it is in the slot)."""
+        copy each, straight into the slot. Returns what must travel in the call or on the wire (None:
+        it is in the slot)."""
         buffer = self._grad if self._grad is not None else self._staging
         for part, offset in zip(parts, offsets):
             part = np.asarray(part).reshape(-1)
@@ -308,7 +399,9 @@ class WorkerLink:
     def receive(self, payload) -> np.ndarray:
         """The published parameters, flat: the buffer of the slot the reply names (read in place,
         for shm; the server writes it again only after this worker's next call), or the
-        object-store copy (read-only)."""
+        object-store copy (read-only), or the wire's buffer the answer was received into."""
+        if isinstance(payload, np.ndarray):
+            return payload
         if self._params is not None:
             return self._params[payload]
         import ray

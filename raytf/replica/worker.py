@@ -28,6 +28,7 @@ from raytf.exchange.doorbell import Bell, ServerGone
 from raytf.exchange.policies import policy_for
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
+from raytf.exchange.wire_link import WireBell
 from raytf.observe.startup import peak_rss
 from raytf.replica.tables import Request, WorkerTables
 from raytf.runtime import configure_tensorflow
@@ -274,14 +275,27 @@ class Worker:
         for bell in self.bells:
             if bell is not None:
                 bell.close()
-        self.bells = [Bell(os.path.join(shm_root(), spec.bell_path), self.index) if spec.bell_path else None
-                      for spec in links]
+        self.bells = [self._bell(spec, link) for spec, link in zip(links, self.links)]
         self.bytes_per_exchange = 4 * sum(shard.values for shard in self.plan.shards)  # the padding carries nothing
         if self.metrics is None:
             from raytf.observe.metrics import ActorMetrics
 
             self.metrics = ActorMetrics(self.config.name, "worker", self.index)
         return self.link_kinds()
+
+    def _bell(self, spec: LinkSpec, link: WorkerLink):
+        """Where pushes to a server go without a Ray call: its doorbell (same node), its wire (another
+        node), or None (Ray calls)."""
+        if spec.bell_path:
+            return Bell(os.path.join(shm_root(), spec.bell_path), self.index)
+        if spec.kind != "wire":
+            return None
+        from raytf.exchange.wire import connect
+
+        d = self.config.distribution
+        host, port = spec.wire_address
+        conn = connect(host, port, spec.wire_secret, self.index, encrypt=d.encrypt)
+        return WireBell(conn, link.staging, link.size, link.rows, d.compression.push)
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
                target_version: int) -> WorkerResult:
@@ -305,16 +319,16 @@ class Worker:
 
     def link_kinds(self) -> list[str]:
         """How it reaches each server now: "shm+doorbell" (slots, pushes over the socket), "shm"
-        (slots, pushes as Ray calls) or "object_store"."""
-        return [link.kind + ("+doorbell" if bell is not None else "") for link, bell in zip(self.links, self.bells)]
+        (slots, pushes as Ray calls), "wire" (a direct connection) or "object_store"."""
+        return [link.kind + ("+doorbell" if isinstance(bell, Bell) else "") for link, bell in zip(self.links, self.bells)]
 
     def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
         """Wait for the servers' replies (Ray refs, or Bells rung) and take the parameters (and the rows
         of `request`) they sent."""
         import ray
 
-        answers = iter(ray.get([p for p in replies_refs if not isinstance(p, Bell)]))
-        replies: list[Reply] = [p.answer() if isinstance(p, Bell) else next(answers) for p in replies_refs]
+        answers = iter(ray.get([p for p in replies_refs if not isinstance(p, _BELLS)]))
+        replies: list[Reply] = [p.answer() if isinstance(p, _BELLS) else next(answers) for p in replies_refs]
         replied = time.perf_counter()
         if self.trace is not None:
             self._lap("wait_reply")  # the servers' receive, barrier, apply and publish, and the calls
@@ -372,7 +386,7 @@ class Worker:
                 self.metrics.inc("raytf_sparse_rows", distinct)
         pending = []
         for j, (server, payload, bell, link) in enumerate(zip(self.servers, payloads, self.bells, self.links)):
-            if bell is not None:  # the gradient is in the slot (the sparse rows in the row slot): ring
+            if bell is not None:  # the gradient is in the slot or staged for the wire (the rows in the row slot): ring
                 if link.rows is not None:
                     link.rows.write_push(rows[j] if finite else None, request.want[j])
                 bell.ring(base_versions[j], step, loss if j == 0 else None, finite)
@@ -404,7 +418,7 @@ class Worker:
                 self._trace_step, self._mark = 0, self.trace.mark()  # the first pull is step 0's
             status, versions = self._start(rejoin, lookahead)
             timer.startup["first_pull"] = (pull_started, time.time())
-            pending = None
+            pending = pending_request = pushed_at = None  # the push in flight (overlapping policies)
             while status is Status.OK:
                 base_versions = versions  # what this gradient is computed on: its staleness counts from there
                 timer.compute_started()
@@ -503,6 +517,9 @@ class Worker:
             return None
         cache = {id(v) for v in self.tables.cache_ids if v is not None}
         return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+
+
+_BELLS = (Bell, WireBell)  # what a push may be rung on instead of a Ray call
 
 
 class _Batch(tuple):

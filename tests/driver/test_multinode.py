@@ -1,8 +1,8 @@
 """Training across Ray nodes: a cluster of three nodes on this machine (tests/driver/multinode.py).
 
 Node `ps` holds both parameter servers and room for one worker, node `w1` room for one worker: so
-one worker shares the servers' node (shared memory) and one does not (object store), and
-`transport: auto` has to pick per pair. Each node has its own shared-memory root, as real nodes
+one worker shares the servers' node (shared memory) and one does not (the wire: a direct TCP
+connection per pair), and `transport: auto` has to pick per pair. Each node has its own shared-memory root, as real nodes
 have their own /dev/shm, and node `ps` runs with umask 0 (the exchange files must still be 0600).
 The tests run in this order; the last one drains node `ps` (a preemption notice) so that a
 restarted worker has to come back on a new node `w2`.
@@ -77,7 +77,7 @@ class WatchFiles:
 
 
 def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(cluster, tmp_path):
-    """One worker on the servers' node (shared memory), one on another (object store): each pair uses
+    """One worker on the servers' node (shared memory), one on another (the wire): each pair uses
     what its placement allows; the files are 0600 in 0700 directories during the run (node umask 0).
     Server 1 is killed at step 15: the run rolls back to a checkpoint, the restored servers are wired
     the same way again, and every file is gone after the run. (One run for both: a run costs ~20 s.)"""
@@ -89,8 +89,8 @@ def test_auto_picks_per_pair_the_files_are_private_and_a_killed_server_restores(
     events = []
     summary = raytf.fit(cfg, address=cluster.address, progress=Both(watch, killer),
                         on_event=lambda m: (events.append(m), killer.on_event(m)))
-    assert summary["transport"] == "object_store and shm+doorbell"
-    assert sorted(summary["links"]) == [["object_store", "object_store"], ["shm+doorbell", "shm+doorbell"]]
+    assert summary["transport"] == "shm+doorbell and wire"
+    assert sorted(summary["links"]) == [["shm+doorbell", "shm+doorbell"], ["wire", "wire"]]
     assert summary["eval"]["accuracy"] > 0.3  # it learned (chance: 0.1)
     (run_id,) = [m.split()[1].rstrip(":") for m in events if m.startswith("Run ")]
     local = summary["links"].index(["shm+doorbell", "shm+doorbell"])
@@ -157,7 +157,7 @@ class MoveWorker:
 
 def test_a_worker_restarted_on_another_node_rejoins(cluster, tmp_path):
     """The worker that shared memory with the servers comes back on node w2: its links are decided
-    again (object store now), where the old ones would point at slot files of node ps."""
+    again (the wire now), where the old ones would point at slot files of node ps."""
     steps = 200  # the survivor trains on alone while the moved worker's new process starts
     mover = MoveWorker(cluster, "mn-move", step=5)
     events = []
@@ -167,7 +167,7 @@ def test_a_worker_restarted_on_another_node_rejoins(cluster, tmp_path):
     assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("worker", mover.moved)], events
     assert summary["rollbacks"] == []
     assert [s["version"] for s in summary["per_server"]] == [steps, steps]
-    assert summary["links"] == [["object_store", "object_store"]] * 2  # nobody shares the servers' node now
+    assert summary["links"] == [["wire", "wire"]] * 2  # nobody shares the servers' node now
     assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the moved worker's run ended as well
     assert exchange_files(cluster.nodes["ps"].shm_root) == {f"raytf-{UID}": 0o700}
     assert exchange_files(cluster.nodes["w2"].shm_root) == {}

@@ -39,21 +39,25 @@ def trained(summary) -> list[np.ndarray]:
     return [v.numpy() for v in keras.models.load_model(summary["model_path"]).trainable_variables]
 
 
-@pytest.mark.parametrize("optimizer", [{"name": "sgd", "learning_rate": 0.1},
-                                       {"name": "adagrad", "learning_rate": 0.3}], ids=["sgd", "adagrad"])
-def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_cluster, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, transport", [({"name": "sgd", "learning_rate": 0.1}, "auto"),
+                                                  ({"name": "adagrad", "learning_rate": 0.3}, "wire")],
+                         ids=["sgd-shm", "adagrad-wire"])
+def test_row_exchange_trains_the_same_model_as_the_whole_table_exchange(ray_cluster, tmp_path, optimizer, transport):
     """The SGD run checkpoints as it goes (that must not change its numbers) and is then resumed into
-    another number of servers (test_resume_into_another_number_of_servers: a run costs ~20 s here)."""
+    another number of servers (test_resume_into_another_number_of_servers: a run costs ~20 s here).
+    The Adagrad run's rows go over the cross-node wire (here between processes of one node)."""
     events = []
     name = f"rows-{optimizer['name']}"
-    config = recsys_config(tmp_path, name, optimizer=optimizer)
+    config = recsys_config(tmp_path, name, optimizer=optimizer, transport=transport)
     if optimizer["name"] == "sgd":
         config["checkpoint"] = {"every_steps": 4}
     sparse = raytf.fit(config, address=ray_cluster.gcs_address, on_event=events.append)
     dense = raytf.fit(recsys_config(tmp_path, "whole", tables="none", optimizer=optimizer), address=ray_cluster.gcs_address)
     assert [t["layer"] for t in sparse["sparse"]["tables"]] == ["items"] and dense["sparse"]["tables"] == []
-    # The rows took the fast path to both servers (one holds no dense variable): slots and doorbell, no Ray call.
-    assert {kind for kinds in sparse["links"] for kind in kinds} == {"shm+doorbell"}, sparse["links"]
+    # The rows took the fast path to both servers (one holds no dense variable): slots and doorbell, or the
+    # wire; no Ray call.
+    fast_path = {"auto": "shm+doorbell", "wire": "wire"}[transport]
+    assert {kind for kinds in sparse["links"] for kind in kinds} == {fast_path}, sparse["links"]
     assert any("Sparse tables" in e and "items (20,000 x 16" in e for e in events), events
     for got, want in zip(trained(sparse), trained(dense)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -95,12 +99,15 @@ def assert_bytes_follow_the_formula(ray_cluster, rows: dict, whole: dict, run: s
                                          ("ssp", "examples.recsys:build_small_sharded_model")], ids=["async", "ssp-sharded"])
 def test_row_exchange_under_overlapping_policies(ray_cluster, tmp_path, mode, model):
     """The ssp run trains the model with a ShardedEmbedding: test_a_sharded_embedding_trains_and_saves_as_an_
-    ordinary_keras_model is checked on it (one run for both: a run costs ~25 s here)."""
+    ordinary_keras_model is checked on it (one run for both: a run costs ~25 s here); its rows go over
+    the cross-node wire (here between processes of one node), computing while a push is in flight."""
     events = []
-    config = recsys_config(tmp_path, f"rows-{mode}", steps=100, mode=mode, optimizer=ADAM)
+    transport = "wire" if mode == "ssp" else "auto"
+    config = recsys_config(tmp_path, f"rows-{mode}", steps=100, mode=mode, optimizer=ADAM, transport=transport)
     config["model"] = model
     summary = raytf.fit(config, address=ray_cluster.gcs_address, on_event=events.append)
     assert summary["updates"] == 200 and summary["staleness"]["max"] >= 1
+    assert {kind for kinds in summary["links"] for kind in kinds} == {"wire" if mode == "ssp" else "shm+doorbell"}
     assert summary["eval"]["accuracy"] > 0.6, summary["eval"]
     # Adam on a row-exchanged table is lazy (only the touched rows' slots move), and the run says so.
     assert summary["sparse"]["lazy"] is True

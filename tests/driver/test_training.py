@@ -104,7 +104,7 @@ def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
     return [v.numpy() for v in model.trainable_variables]
 
 
-@pytest.mark.parametrize("transport", ["object_store"])
+@pytest.mark.parametrize("transport", ["object_store", "wire"])
 def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport):
     """Over shared memory: the run after the failed one in test_a_worker_failing_mid_run_ends_the_run_and_
     releases_everything (a run costs ~20 s here)."""

@@ -72,7 +72,7 @@ def test_a_server_of_rows_only_still_gives_shared_memory_links_with_row_slots():
         assert link.send([], ()) is None and server.gradient(0, None) is None  # no dense part to move
         server.publish(np.zeros(0, np.float32), version=1, worker=0)
         assert link.receive(server.reply(0)).shape == (0,)
-        assert server.relink(0, shm=False).kind == "object_store" and server.row_slot(0) is None
+        assert server.relink(0, "object_store").kind == "object_store" and server.row_slot(0) is None
         assert glob.glob(os.path.join(shm_run_dir(run), "ps2-r0")) == []
     finally:
         server.close()

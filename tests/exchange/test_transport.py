@@ -185,10 +185,10 @@ def test_relink_moves_a_worker_between_shared_memory_and_the_object_store():
     run = f"test-{uuid.uuid4().hex[:8]}"
     server = ServerSlots(run, 0, 6, shm_workers={0, 1}, shared_params=True)
     try:
-        assert server.relink(1, shm=False).kind == "object_store"
+        assert server.relink(1, "object_store").kind == "object_store"
         assert sorted(os.listdir(shm_run_dir(run))) == ["ps0-g0", "ps0-p"]  # the shared slot stays for worker 0
         assert server.gradient(1, np.ones(6, np.float32)).numpy().sum() == 6
-        spec = server.relink(1, shm=True)
+        spec = server.relink(1, "shm")
         assert spec.kind == "shm" and spec.params_path == server.link_spec(0).params_path
         link = WorkerLink(spec, 6)
         assert link.send([np.full(6, 2.0, np.float32)], (0,)) is None
@@ -213,3 +213,53 @@ def test_a_link_made_for_another_node_finds_no_slot(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv(SHM_ROOT_ENV)
         server.close()
+
+
+@pytest.mark.parametrize("transport, same_node, rows_bounded, kind", [
+    ("auto", True, True, "shm"),
+    ("auto", False, True, "wire"),
+    ("auto", False, False, "object_store"),  # rows of no fixed bound: the wire's buffers cannot hold them
+    ("shm", True, True, "shm"),
+    ("wire", True, True, "wire"),  # asked for on one node, too
+    ("object_store", True, True, "object_store"),
+    ("object_store", False, True, "object_store"),
+])
+def test_each_pair_gets_the_link_its_placement_allows(transport, same_node, rows_bounded, kind):
+    from raytf.exchange.transport import choose_link
+
+    assert choose_link(transport, same_node, rows_bounded) == kind
+
+
+def test_shm_across_nodes_is_refused_with_the_fix():
+    from raytf.exchange.transport import choose_link
+
+    with pytest.raises(ClusterError, match="another node") as err:
+        choose_link("shm", same_node=False)
+    assert "transport: auto" in err.value.fix
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["sync-shared", "own"])
+def test_wire_workers_get_buffers_in_the_process_and_no_files(shared):
+    run = f"test-{uuid.uuid4().hex[:8]}"
+    server = ServerSlots(run, 0, 10, shm_workers={0}, shared_params=shared, wire_workers={1, 2})
+    try:
+        assert server.is_wire(1) and server.is_wire(2) and not server.is_wire(0)
+        assert sorted(os.listdir(shm_run_dir(run))) == (["ps0-g0", "ps0-p"] if shared else ["ps0-g0", "ps0-p0"])
+        params = np.arange(10, dtype=np.float32)
+        for worker in (1, 2):
+            server.publish(params, version=1, worker=worker)
+            assert server.reply(worker) == 0  # the wire sends its one buffer
+            grad, published, rows = server.wire_buffers(worker)
+            np.testing.assert_array_equal(published, params)
+            assert rows is None  # no sparse tables
+            grad[:] = worker
+            assert server.gradient(worker, None).numpy().sum() == 10 * worker  # the update reads what arrived
+        # Shared (sync): one buffer for every wire worker, written once per version; else one each.
+        assert np.shares_memory(server.wire_buffers(1)[1], server.wire_buffers(2)[1]) == shared
+        assert server.wire_buffers(0) is None
+        # A worker that came back on the servers' node gets slots, and the wire again elsewhere.
+        assert server.relink(1, "shm").kind == "shm" and not server.is_wire(1)
+        assert server.relink(1, "wire").kind == "object_store" and server.is_wire(1)  # the server adds its address
+    finally:
+        server.close()
+    assert not os.path.exists(shm_run_dir(run))

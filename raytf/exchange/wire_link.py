@@ -1,0 +1,159 @@
+"""A training step's push and answer over the cross-node wire (raytf.exchange.wire).
+
+The doorbell (raytf.exchange.doorbell) rings a server on the worker's own node, where gradient,
+parameters and rows already sit in shared slots. Across nodes there is no shared memory, so the
+same exchange carries its bytes: per push, in order, on the pair's one connection:
+
+    worker -> server   META   seq: steps done, version: base version; [loss, has loss, finite, 0]
+                       PUSH   the dense gradient (when finite and the shard has a dense part),
+                              compressed by `distribution.compression.push` (int8 with error feedback)
+                       ROWS   per sparse table: the row slot's counts, then the pushed ids and rows
+                              and the wanted ids, only as many as the counts say (never compressed)
+    server -> worker   META   seq: status, version: the version; [dropped, 0, 0, 0]
+                       REPLY  the parameters (unless ROLLBACK), compressed by `compression.pull`
+                       ROWS   per table, the rows asked for
+
+Both ends receive into buffers that exist for the whole run: the server into the worker's gradient
+buffer and row slot (raytf.exchange.transport keeps them, as it keeps the shared slots), the worker
+into one of two parameter buffers (its step may still read the other) and its row slot. The server
+serves each connection on the listener's thread for it, running the same `push` as a Ray call or
+the doorbell, so every policy, the trace and the metrics behave the same.
+
+Faults: a worker that dies resets or closes its connection (the server's thread ends; the driver
+drops the worker as before); a server that dies does the same to its workers, whose `answer` (or
+`ring`) raises the doorbell's `ServerGone`, handled like Ray's actor-died error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from raytf.exchange import Reply, Status
+from raytf.exchange.codecs import ErrorFeedback
+from raytf.exchange.doorbell import ServerGone
+from raytf.exchange.row_slots import RowSlot
+from raytf.exchange.wire import PUSH, REPLY, ROWS, Connection, PeerGone, WireProtocolError, WireTimeout
+from raytf.runtime import aligned_zeros
+
+META = 4  # the small frame before each push and each answer
+_STATUSES = list(Status)
+
+
+def _ids(array: np.ndarray) -> np.ndarray:
+    """int64 ids as the float32 values the wire carries (their bytes, unchanged)."""
+    return array.view(np.float32)
+
+
+def _counts(slot: RowSlot) -> np.ndarray:
+    return slot.counts.reshape(-1).view(np.float32)
+
+
+Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base version, steps, loss, finite
+Buffers = Callable[[int], "tuple[np.ndarray, np.ndarray, RowSlot | None] | None"]
+
+
+def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, pull_codec: str = "none") -> None:
+    """The server's end of one worker's connection, until it closes: receive a push into the
+    worker's buffers, `serve` it (the exchange's push, which may wait at a barrier), send the answer.
+    `buffers(worker)` gives the worker's (gradient, parameters, row slot), or None if this server
+    does not expect it on the wire (then the connection is closed)."""
+    worker = conn.peer_id
+    found = buffers(worker)
+    if found is None:
+        conn.close()  # authenticated, but not a worker this server has a wire link to (a stale process)
+        return
+    grad, params, slot = found
+    meta = np.zeros(4, np.float32)
+    counts = _counts(slot) if slot is not None else None
+    try:
+        while True:
+            message = conn.receive(meta, kinds=(META,))
+            loss, has_loss, finite = float(meta[0]), bool(meta[1]), bool(meta[2])
+            if finite and grad.size:
+                conn.receive(grad, kinds=(PUSH,))
+            if slot is not None:
+                conn.receive(counts, kinds=(ROWS,))
+                for k, (pushed, wanted) in enumerate(slot.counts):
+                    if pushed:
+                        conn.receive(_ids(slot.pushed_ids[k][:pushed]), kinds=(ROWS,))
+                        conn.receive(slot.pushed_rows[k][:pushed].reshape(-1), kinds=(ROWS,))
+                    if wanted:
+                        conn.receive(_ids(slot.wanted_ids[k][:wanted]), kinds=(ROWS,))
+            reply = serve(worker, message.version, message.seq, loss if has_loss else None, finite)
+            meta[:] = (reply.dropped, 0, 0, 0)
+            conn.send(META, _STATUSES.index(reply.status), reply.version, meta)
+            if reply.status is Status.ROLLBACK:
+                continue
+            if params.size:
+                conn.send(REPLY, message.seq, reply.version, params, codec=pull_codec)
+            if slot is not None:
+                for k, wanted in enumerate(slot.counts[:, 1]):
+                    if wanted:
+                        conn.send(ROWS, message.seq, reply.version, slot.sent_rows[k][:wanted].reshape(-1))
+    except (PeerGone, WireTimeout, WireProtocolError):
+        return  # the worker died or hung up (the listener closes the connection)
+
+
+class WireBell:
+    """A worker's end of one server's wire: rung like a doorbell (`ring`, then `answer`), with the
+    gradient sent from the link's staging buffer and the rows from its row slot."""
+
+    def __init__(self, conn: Connection, gradient: np.ndarray | None, size: int, rows: RowSlot | None,
+                 push_codec: str = "none") -> None:
+        self.conn = conn
+        self._gradient = gradient  # the link's staging buffer (raytf.exchange.transport.WorkerLink)
+        self._rows = rows
+        self._push_codec = push_codec
+        # What int8 leaves out of a gradient is added to the next one (bf16 rounds to nearest: none kept).
+        self.feedback = ErrorFeedback(size) if push_codec == "int8" else None
+        self._params = [aligned_zeros(size), aligned_zeros(size)]  # the step may read one while the other fills
+        self._next = 0
+        self._meta = np.zeros(4, np.float32)
+
+    def ring(self, base_version: int, steps_done: int, loss: float | None, finite: bool) -> None:
+        """Send the push: the gradient is in the staging buffer, the rows in the row slot."""
+        self._meta[:] = (math.nan if loss is None else loss, loss is not None, finite, 0)
+        try:
+            self.conn.send(META, steps_done, base_version, self._meta)
+            if finite and self._gradient is not None and self._gradient.size:
+                self.conn.send(PUSH, steps_done, base_version, self._gradient, codec=self._push_codec,
+                               feedback=self.feedback)
+            slot = self._rows
+            if slot is not None:
+                self.conn.send(ROWS, steps_done, base_version, _counts(slot))
+                for k, (pushed, wanted) in enumerate(slot.counts):
+                    if pushed:
+                        self.conn.send(ROWS, steps_done, base_version, _ids(slot.pushed_ids[k][:pushed]))
+                        self.conn.send(ROWS, steps_done, base_version, slot.pushed_rows[k][:pushed].reshape(-1))
+                    if wanted:
+                        self.conn.send(ROWS, steps_done, base_version, _ids(slot.wanted_ids[k][:wanted]))
+        except (PeerGone, WireTimeout, WireProtocolError) as err:
+            raise ServerGone(str(err)) from None
+
+    def answer(self) -> Reply:
+        """Wait for the answer to the last ring: the parameters land in a buffer of this end (the
+        reply's payload), the rows in the row slot (read with `rows_sent`)."""
+        try:
+            message = self.conn.receive(self._meta, kinds=(META,))
+            status = _STATUSES[message.seq]
+            dropped = bool(self._meta[0])
+            if status is Status.ROLLBACK:
+                return Reply(status, message.version, None, dropped)
+            params = self._params[self._next]
+            if params.size:
+                self.conn.receive(params, kinds=(REPLY,))
+            self._next = 1 - self._next
+            slot = self._rows
+            if slot is not None:
+                for k, wanted in enumerate(slot.counts[:, 1]):
+                    if wanted:
+                        self.conn.receive(slot.sent_rows[k][:wanted].reshape(-1), kinds=(ROWS,))
+        except (PeerGone, WireTimeout, WireProtocolError) as err:
+            raise ServerGone(str(err)) from None
+        return Reply(status, message.version, params, dropped)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,141 @@
+"""A training step's push and answer over the wire (raytf.exchange.wire_link), in one process with
+threads: the server's end receives the worker's gradient and rows into its buffers and answers with
+the parameters and the rows asked for; a rollback answer carries nothing; a server that hangs up or
+does not expect the worker is the doorbell's ServerGone on the worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raytf.exchange import Reply, Status
+from raytf.exchange.doorbell import ServerGone
+from raytf.exchange.row_slots import RowLayout, RowSlot
+from raytf.exchange.wire import WireListener, connect
+from raytf.exchange.wire_link import WireBell, serve_connection
+from raytf.runtime import aligned_zeros
+
+SECRET = b"k" * 32
+SIZE = 300_000  # floats: more than one 64 KB chunk
+LAYOUT = RowLayout(((50, 8), (20, 4)))  # two tables: (capacity, width)
+
+
+class Server:
+    """One shard's buffers for worker 3 and a `serve` that records each push and answers with
+    `status` (the parameters are the sum of everything pushed so far, the rows their ids)."""
+
+    def __init__(self, status: Status = Status.OK, expects=(3,), pull_codec: str = "none") -> None:
+        self.grad = aligned_zeros(SIZE)
+        self.params = aligned_zeros(SIZE)
+        self.slot = RowSlot.in_memory(LAYOUT)
+        self.status = status
+        self.expects = expects
+        self.pushes: list[tuple] = []
+        self.listener = WireListener("127.0.0.1", SECRET, self._serve_connection, chunk_bytes=64 * 1024)
+        self.pull_codec = pull_codec
+
+    def _serve_connection(self, conn) -> None:
+        serve_connection(conn, lambda w: (self.grad, self.params, self.slot) if w in self.expects else None,
+                         self.serve, self.pull_codec)
+
+    def serve(self, worker, base, steps, loss, finite) -> Reply:
+        rows, wanted = self.slot.read_push()
+        self.pushes.append((worker, base, steps, loss, finite, self.grad.copy(),
+                            [(i.copy(), r.copy()) for i, r in rows], [w.copy() for w in wanted]))
+        if finite:
+            self.params += self.grad
+        for k, ids in enumerate(wanted):  # the row asked for: its id in every column
+            self.slot.sent_rows[k][:len(ids)] = ids[:, None]
+        return Reply(self.status, base + 1, 0, dropped=steps == 2)
+
+
+def bell(server: Server, push_codec: str = "none") -> tuple[WireBell, np.ndarray, RowSlot]:
+    conn = connect(*server.listener.address, SECRET, 3, chunk_bytes=64 * 1024)
+    staging, slot = aligned_zeros(SIZE), RowSlot.in_memory(LAYOUT)
+    return WireBell(conn, staging, SIZE, slot, push_codec), staging, slot
+
+
+def test_a_push_lands_in_the_servers_buffers_and_the_answer_in_the_workers():
+    server = Server()
+    wire, staging, slot = bell(server)
+    rng = np.random.default_rng(0)
+    sent = []
+    for step in (1, 2):
+        staging[:] = rng.standard_normal(SIZE, dtype=np.float32)
+        sent.append(staging.copy())
+        pushed = [(np.array([4, 9, 30], np.int64), rng.standard_normal((3, 8), dtype=np.float32)),
+                  (np.array([], np.int64), np.zeros((0, 4), np.float32))]
+        wanted = [np.array([7, 1], np.int64), np.array([19, 0, 5], np.int64)]
+        slot.write_push(pushed, wanted)
+        wire.ring(base_version=10 * step, steps_done=step, loss=0.5 if step == 1 else None, finite=True)
+        reply = wire.answer()
+        assert (reply.status, reply.version, reply.dropped) == (Status.OK, 10 * step + 1, step == 2)
+        np.testing.assert_array_equal(reply.payload, np.sum(sent, axis=0))  # what the server published
+        got = slot.rows_sent()
+        np.testing.assert_array_equal(got[0], np.array([[7] * 8, [1] * 8], np.float32))
+        np.testing.assert_array_equal(got[1], np.array([[19] * 4, [0] * 4, [5] * 4], np.float32))
+        worker, base, steps, loss, finite, grad, rows, want = server.pushes[-1]
+        assert (worker, base, steps, finite) == (3, 10 * step, step, True)
+        assert loss == (0.5 if step == 1 else None)
+        np.testing.assert_array_equal(grad, sent[-1])
+        np.testing.assert_array_equal(rows[0][0], pushed[0][0])
+        np.testing.assert_array_equal(rows[0][1], pushed[0][1])
+        assert len(rows[1][0]) == 0
+        for got_ids, want_ids in zip(want, wanted):
+            np.testing.assert_array_equal(got_ids, want_ids)
+    # The two answers came in different buffers: a step may still read the last one.
+    assert wire._params[0] is not wire._params[1]
+    wire.close()
+    server.listener.close()
+
+
+def test_a_non_finite_push_sends_no_gradient_and_a_rollback_answer_carries_nothing():
+    server = Server(status=Status.ROLLBACK)
+    wire, staging, slot = bell(server)
+    staging[:] = np.nan
+    slot.write_push(None, [np.array([1], np.int64), np.array([], np.int64)])
+    wire.ring(base_version=5, steps_done=1, loss=None, finite=False)
+    reply = wire.answer()
+    assert (reply.status, reply.version, reply.payload) == (Status.ROLLBACK, 6, None)
+    (_, _, _, _, finite, grad, rows, _), = server.pushes
+    assert not finite and not np.isnan(grad).any()  # the NaN gradient never left the worker
+    assert [len(ids) for ids, _ in rows] == [0, 0]
+    # The link goes on: the next push is answered (the server still says rollback).
+    slot.write_push(None, [np.array([], np.int64)] * 2)
+    wire.ring(base_version=5, steps_done=1, loss=None, finite=False)
+    assert wire.answer().status is Status.ROLLBACK
+    wire.close()
+    server.listener.close()
+
+
+def test_int8_pushes_keep_what_they_leave_out_for_the_next():
+    """What the server received plus the worker's residual is the sum of the true gradients."""
+    server = Server()
+    wire, staging, slot = bell(server, push_codec="int8")
+    rng = np.random.default_rng(1)
+    true_sum = np.zeros(SIZE, np.float64)
+    for step in range(1, 4):
+        staging[:] = rng.standard_normal(SIZE, dtype=np.float32)
+        true_sum += staging
+        slot.write_push(None, [np.array([], np.int64)] * 2)  # no rows: the dense part only
+        wire.ring(base_version=step, steps_done=step, loss=None, finite=True)
+        reply = wire.answer()
+    received = reply.payload.astype(np.float64)  # the server's params: the sum of what it received
+    assert not np.allclose(received, true_sum, atol=1e-3), "int8 must lose something per step"
+    np.testing.assert_allclose(received + wire.feedback.values, true_sum, atol=1e-4)
+    wire.close()
+    server.listener.close()
+
+
+@pytest.mark.parametrize("where", ["server_closes", "not_expected"])
+def test_a_server_that_hangs_up_or_does_not_expect_the_worker_is_server_gone(where):
+    server = Server(expects=() if where == "not_expected" else (3,))
+    # The server's listener closes (its process going away) while the worker waits for the answer.
+    server.serve = lambda *args: (server.listener.close(), Reply(Status.OK, 1, 0))[-1]
+    wire, staging, slot = bell(server)
+    slot.write_push(None, [np.array([], np.int64)] * 2)
+    with pytest.raises(ServerGone):
+        wire.ring(base_version=0, steps_done=1, loss=None, finite=False)
+        wire.answer()
+    wire.close()
+    server.listener.close()
