@@ -9,7 +9,8 @@ two references, measured interleaved so that a machine whose speed drifts does n
 Same model and data for all (examples/mlp_benchmark.yaml: MLP 784-1024-1024-10, batch 256 per
 worker, 2 workers, 1 parameter server, SGD), on ONE local Ray cluster bound to 127.0.0.1 that is
 started once and stopped at the end; the `-2nodes` contenders run on a second cluster of two Ray
-nodes on this machine (server on one, workers on the other: the object store between nodes).
+nodes on this machine (server on one, workers on the other: the wire, or the object store, between
+nodes; loopback, so no real network: see examples/netns.py for a shaped link).
 
 The protocol: both references (examples/bench_baselines.py: `ceiling`, 2 independent actors with
 no exchange; `single-process`, one actor with 2 TF threads doing the same math at a global batch
@@ -43,10 +44,19 @@ RAYTF = {  # name: (mode, transport)
     "raytf-async-objstore": ("async", "object_store"),
 }
 # On a cluster of two Ray nodes (both on this machine, tests/driver/multinode.py): the server on one, both
-# workers on the other, so every exchange crosses nodes through the object store (`transport: auto`).
+# workers on the other, so every exchange crosses nodes: over the wire (`transport: auto`), through Ray's
+# object store (`-objstore`), or over the wire compressed (`-bf16`: both directions; `-int8`: int8 pushes
+# with error feedback, bf16 pulls). name: (mode, transport, more overrides)
+COMPRESSION = {"bf16": ["distribution.compression.push=bf16", "distribution.compression.pull=bf16"],
+               "int8": ["distribution.compression.push=int8", "distribution.compression.pull=bf16"]}
 TWO_NODES = {
-    "raytf-sync-2nodes": "sync",
-    "raytf-async-2nodes": "async",
+    "raytf-sync-2nodes": ("sync", "auto", []),
+    "raytf-async-2nodes": ("async", "auto", []),
+    "raytf-sync-2nodes-objstore": ("sync", "object_store", []),
+    "raytf-async-2nodes-objstore": ("async", "object_store", []),
+    "raytf-sync-2nodes-bf16": ("sync", "auto", COMPRESSION["bf16"]),
+    "raytf-sync-2nodes-int8": ("sync", "auto", COMPRESSION["int8"]),
+    "raytf-async-2nodes-int8": ("async", "auto", COMPRESSION["int8"]),
 }
 PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
 CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps")
@@ -61,7 +71,8 @@ def run_raytf(base: dict, name: str, steps: int, address: str | None = None) -> 
     import raytf
 
     if name in TWO_NODES:
-        mode, transport, extra = TWO_NODES[name], "auto", PLACEMENT
+        mode, transport, compression = TWO_NODES[name]
+        extra = PLACEMENT + compression
     else:
         (mode, transport), extra = RAYTF[name], []
     summary = raytf.fit(base, address=address, restart=True, overrides=[  # each benchmark run starts over

@@ -4,6 +4,7 @@ the trace file, and the start-up accounting."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], 
         "steps": cfg.steps,
         "samples": cfg.steps * cfg.batch_size * cfg.distribution.workers,
         "samples_per_second": sum(r.samples_per_second for r in results),
-        "final_loss": float(np.mean([r.final_loss for r in results])),
+        "final_loss": final_loss(results),
         "eval": eval_results,
         "staleness": {
             "mean": sum(e.staleness.mean * e.staleness.applied for e in exchanges) / applied if applied else 0.0,
@@ -70,6 +71,13 @@ def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], 
         "sparse": sparse_summary(cfg, plan, results, pushes),
         "peak_rss_bytes": {"workers": [r.peak_rss for r in results], "servers": [s.peak_rss for s in stats]},
     }
+
+
+def final_loss(results: list) -> float:
+    """The mean of the workers' last losses; a worker whose last run trained no step (it rejoined
+    after the others had trained every one) has none and is left out. NaN if no worker has one."""
+    losses = [r.final_loss for r in results if r.steps and math.isfinite(r.final_loss)]
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -195,3 +196,16 @@ def test_non_trainable_values_come_from_the_first_worker_still_holding_its_repli
     workers.handles[2].answer = None  # none holds one: the model keeps its initial values, and the user is told
     assert fit._non_trainable(workers, model, events.append) == []
     assert len(events) == 1 and "initial non-trainable values" in events[0]
+
+
+def test_a_worker_whose_last_run_trained_no_step_does_not_make_the_final_loss_nan():
+    """A worker that rejoined after the others had trained every step returns 0 steps and no loss."""
+    from raytf.driver.summary import final_loss
+    from raytf.exchange import Status, WorkerResult
+
+    def result(index, steps, loss):
+        return WorkerResult(index, Status.DONE, steps, loss, 0, 0.0, 0.0, 0.0)
+
+    assert final_loss([result(0, 300, 0.25), result(1, 0, float("nan"))]) == 0.25
+    assert final_loss([result(0, 300, 0.25), result(1, 40, 0.75)]) == 0.5
+    assert math.isnan(final_loss([result(0, 0, float("nan"))]))
