@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import raytf  # noqa: E402
-from tests.driver import multinode  # noqa: E402
+from tests.driver import gated_data, multinode  # noqa: E402
 from tests.driver.test_faults import Both, KillAt  # noqa: E402
 from tests.driver.test_training import digits_config, live_actor_names  # noqa: E402
 
@@ -129,12 +131,17 @@ def test_a_server_killed_for_good_on_another_node_leaves_no_exchange_files_there
 
 class MoveWorker:
     """Once training passes `step`: add node `w2`, drain node `ps` (Ray places nothing new there) and
-    SIGKILL the worker that runs on it, so Ray restarts that worker on `w2`, the only place left."""
+    SIGKILL the worker that runs on it, so Ray restarts that worker on `w2`, the only place left.
+    The survivor reads its data through tests/driver/gated_data.py: held up a few dozen steps in,
+    until the moved worker's new process is connected to the servers again (its links answer), so
+    the run cannot end before the moved worker rejoins, however fast the survivor trains."""
 
     def __init__(self, cluster, run_name: str, step: int) -> None:
         self.cluster, self.run_name, self.step = cluster, run_name, step
         self.run_id = None
         self.moved: int | None = None
+        self.workers: list = []
+        self.reconnected: list[str] | None = None  # the moved worker's links, once its new process has them
 
     def on_event(self, message: str) -> None:
         if message.startswith("Run ") and self.run_id is None:
@@ -150,20 +157,42 @@ class MoveWorker:
         workers = [ray.get_actor(actor_name(self.run_name, "worker", i), namespace=f"raytf-{self.run_id}") for i in (0, 1)]
         nodes = ray.get([w.node_id.remote() for w in workers])
         (self.moved,) = [i for i, node in enumerate(nodes) if node == self.cluster.nodes["ps"].node_id]
+        self.workers = workers
         self.cluster.add_node("w2", num_cpus=1, resources={"raytf_w": 1})  # added now: no worker was placed there
         self.cluster.drain("ps")
         os.kill(ray.get(workers[self.moved].process_id.remote()), signal.SIGKILL)
+        # Not from the progress reports: none come while the survivor is held up at the gate.
+        threading.Thread(target=self._open_gate_once_reconnected, daemon=True).start()
+
+    def _open_gate_once_reconnected(self) -> None:
+        import ray
+
+        deadline = time.monotonic() + gated_data.LIMIT
+        while time.monotonic() < deadline:
+            try:  # its second call slot answers while its rejoin runs; before `connect` it has no links
+                self.reconnected = ray.get(self.workers[self.moved].link_kinds.remote(), timeout=5)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass  # still restarting
+            if self.reconnected:
+                gated_data.GATE.touch()
+                return
+            threading.Event().wait(0.1)  # asking the new process again, until it is connected
 
 
 def test_a_worker_restarted_on_another_node_rejoins(cluster, tmp_path):
     """The worker that shared memory with the servers comes back on node w2: its links are decided
     again (the wire now), where the old ones would point at slot files of node ps."""
-    steps = 200  # the survivor trains on alone while the moved worker's new process starts
+    steps = 200  # the survivor trains on alone while the moved worker's new process starts (held up by a gate)
     mover = MoveWorker(cluster, "mn-move", step=5)
     events = []
-    summary = raytf.fit(config(tmp_path, "mn-move", steps=steps), address=cluster.address, progress=mover,
-                        on_event=lambda m: (events.append(m), mover.on_event(m)))
+    gated_data.GATE.unlink(missing_ok=True)
+    try:
+        summary = raytf.fit(config(tmp_path, "mn-move", steps=steps, **{"data.train": "tests.driver.gated_data:train_examples"}),
+                            address=cluster.address, progress=mover, on_event=lambda m: (events.append(m), mover.on_event(m)))
+    finally:
+        gated_data.GATE.unlink(missing_ok=True)
     assert mover.moved is not None
+    assert mover.reconnected == ["wire", "wire"], events
     assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("worker", mover.moved)], events
     assert summary["rollbacks"] == []
     assert [s["version"] for s in summary["per_server"]] == [steps, steps]
