@@ -34,6 +34,7 @@ import numpy as np
 
 from raytf.errors import ClusterError
 from raytf.exchange.row_slots import RowLayout, RowSlot
+from raytf.exchange.wire_link import Parts
 from raytf.runtime import ALIGN_BYTES, aligned_zeros
 
 ALIGN_FLOATS = ALIGN_BYTES // 4
@@ -376,20 +377,23 @@ class WorkerLink:
         self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
         self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
                         if spec.params_path else None)
-        # Object store and wire: the gradient is gathered here and copied out by the call (Ray puts a
-        # large argument into the object store when the call is made) or sent from it by the wire;
-        # zeros stay between the parts.
-        self._staging = aligned_zeros(size) if self._grad is None else None
-
-    @property
-    def staging(self) -> np.ndarray | None:
-        """Where `send` gathers the gradient when it has no slot (the wire sends it from here)."""
-        return self._staging
+        # Object store: the gradient is gathered here and copied out by the call (Ray puts a large
+        # argument into the object store when the call is made); zeros stay between the parts.
+        # The wire sends the parts themselves (raytf.exchange.wire_link.Parts): no gathering copy.
+        self.wire_parts = None
+        self._staging = None
+        if self.kind == "wire":
+            self.wire_parts = Parts(size)
+        elif self._grad is None:
+            self._staging = aligned_zeros(size)
 
     def send(self, parts, offsets) -> np.ndarray | None:
         """Hand over a gradient given as `parts` (arrays) to lay at `offsets` of the flat buffer: one
         copy each, straight into the slot. Returns what must travel in the call or on the wire (None:
         it is in the slot)."""
+        if self.wire_parts is not None:
+            self.wire_parts.set(parts, offsets)  # sent from where they are when the push is rung
+            return None
         buffer = self._grad if self._grad is not None else self._staging
         for part, offset in zip(parts, offsets):
             part = np.asarray(part).reshape(-1)

@@ -255,14 +255,23 @@ class Connection:
     def send(self, kind: int, seq: int, version: int, buffer: np.ndarray, codec: str = "none",
              feedback: ErrorFeedback | None = None, deadline: float | None = None) -> int:
         """Send all of `buffer` (float32, 1-D) as one message in chunks; returns payload bytes sent."""
-        count = max(1, -(-buffer.size // self.chunk_values))
+        return self.send_parts(kind, seq, version, [(0, buffer)], codec, feedback, deadline)
+
+    def send_parts(self, kind: int, seq: int, version: int, parts: list[tuple[int, np.ndarray]],
+                   codec: str = "none", feedback: ErrorFeedback | None = None, deadline: float | None = None) -> int:
+        """Send `parts` ((offset, float32 array) in increasing, non-overlapping order) as one message
+        of a buffer whose other values the receiver keeps as they are: a worker sends each variable's
+        gradient from the step's own output, with no copy into a flat buffer first (the padding
+        between variables is zero on the receiver and never travels). Returns payload bytes sent."""
+        pieces = []
+        for offset, part in parts:
+            part = part.reshape(-1)
+            for start in range(0, max(part.size, 1), self.chunk_values):
+                pieces.append((offset + start, part[start:start + self.chunk_values]))
         sent = 0
-        for index in range(count):
-            start = index * self.chunk_values
-            stop = min(start + self.chunk_values, buffer.size)
-            residual = feedback.residual(start, stop) if feedback is not None else None
-            sent += self.send_chunk(kind, seq, version, index, count, start, buffer[start:stop], codec,
-                                    residual, deadline)
+        for index, (offset, chunk) in enumerate(pieces):
+            residual = feedback.residual(offset, offset + chunk.size) if feedback is not None else None
+            sent += self.send_chunk(kind, seq, version, index, len(pieces), offset, chunk, codec, residual, deadline)
         return sent
 
     # -- receiving -------------------------------------------------------------------------------
@@ -284,8 +293,9 @@ class Connection:
 
     def receive(self, into: np.ndarray, on_chunk: Callable[[Frame, int, int], None] | None = None,
                 deadline: float | None = None, kinds: tuple[int, ...] = (PUSH, REPLY)) -> Message:
-        """Receive one message into `into` (float32, 1-D, exactly the message's size): every chunk
-        lands in its slice, and `on_chunk(frame, start, stop)` runs after each, in order."""
+        """Receive one message into `into` (float32, 1-D, the buffer the sender's offsets are of):
+        every chunk lands in its slice, in increasing order (a sender of parts may leave gaps, which
+        keep their values), and `on_chunk(frame, start, stop)` runs after each, in order."""
         wanted = into.size
         offset = index = wire_bytes = 0
         first: Frame | None = None
@@ -298,9 +308,10 @@ class Connection:
                 first = frame
             if (frame.seq, frame.count, frame.kind) != (first.seq, first.count, first.kind) or frame.index != index:
                 raise self._refuse(frame, f"out of order (expected chunk {index} of seq {first.seq})")
-            if frame.offset != offset or offset + frame.values > wanted:
+            if frame.offset < offset or frame.offset + frame.values > wanted:
                 raise self._refuse(frame, f"values {frame.offset}..{frame.offset + frame.values} do not follow "
                                    f"{offset} within a buffer of {wanted}")
+            offset = frame.offset  # parts of a buffer may leave gaps (raytf.exchange.sharding's padding)
             codec = BY_ID.get(frame.codec)
             if codec is None:
                 raise self._refuse(frame, f"unknown codec id {frame.codec}")
@@ -318,8 +329,6 @@ class Connection:
             offset += frame.values
             index += 1
             if index == frame.count:
-                if offset != wanted:
-                    raise self._refuse(frame, f"the message ended after {offset} of {wanted} values")
                 return Message(first.kind, first.seq, first.version, frame.count, wire_bytes)
 
     def _scratch_bytes(self, size: int) -> np.ndarray:

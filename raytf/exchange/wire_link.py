@@ -51,6 +51,18 @@ def _counts(slot: RowSlot) -> np.ndarray:
     return slot.counts.reshape(-1).view(np.float32)
 
 
+class Parts:
+    """A gradient handed over as its variables' arrays at their offsets of the flat buffer (views of
+    the step's outputs, valid until the next step: the push is sent before it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: list[tuple[int, np.ndarray]] = []
+
+    def set(self, parts, offsets) -> None:
+        self.parts = [(offset, np.asarray(part).reshape(-1)) for part, offset in zip(parts, offsets)]
+
+
 Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base version, steps, loss, finite
 Buffers = Callable[[int], "tuple[np.ndarray, np.ndarray, RowSlot | None] | None"]
 
@@ -99,12 +111,13 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, pull_code
 
 class WireBell:
     """A worker's end of one server's wire: rung like a doorbell (`ring`, then `answer`), with the
-    gradient sent from the link's staging buffer and the rows from its row slot."""
+    gradient sent from the step's own outputs (the parts the link was handed: `Parts`) and the rows
+    from the link's row slot."""
 
-    def __init__(self, conn: Connection, gradient: np.ndarray | None, size: int, rows: RowSlot | None,
+    def __init__(self, conn: Connection, gradient: "Parts", size: int, rows: RowSlot | None,
                  push_codec: str = "none") -> None:
         self.conn = conn
-        self._gradient = gradient  # the link's staging buffer (raytf.exchange.transport.WorkerLink)
+        self._gradient = gradient
         self._rows = rows
         self._push_codec = push_codec
         # What int8 leaves out of a gradient is added to the next one (bf16 rounds to nearest: none kept).
@@ -118,9 +131,9 @@ class WireBell:
         self._meta[:] = (math.nan if loss is None else loss, loss is not None, finite, 0)
         try:
             self.conn.send(META, steps_done, base_version, self._meta)
-            if finite and self._gradient is not None and self._gradient.size:
-                self.conn.send(PUSH, steps_done, base_version, self._gradient, codec=self._push_codec,
-                               feedback=self.feedback)
+            if finite and self._gradient.size:
+                self.conn.send_parts(PUSH, steps_done, base_version, self._gradient.parts, codec=self._push_codec,
+                                     feedback=self.feedback)
             slot = self._rows
             if slot is not None:
                 self.conn.send(ROWS, steps_done, base_version, _counts(slot))

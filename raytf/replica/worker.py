@@ -295,7 +295,7 @@ class Worker:
         d = self.config.distribution
         host, port = spec.wire_address
         conn = connect(host, port, spec.wire_secret, self.index, encrypt=d.encrypt)
-        return WireBell(conn, link.staging, link.size, link.rows, d.compression.push)
+        return WireBell(conn, link.wire_parts, link.size, link.rows, d.compression.push)
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
                target_version: int) -> WorkerResult:

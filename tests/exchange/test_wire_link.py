@@ -12,7 +12,7 @@ from raytf.exchange import Reply, Status
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowLayout, RowSlot
 from raytf.exchange.wire import WireListener, connect
-from raytf.exchange.wire_link import WireBell, serve_connection
+from raytf.exchange.wire_link import Parts, WireBell, serve_connection
 from raytf.runtime import aligned_zeros
 
 SECRET = b"k" * 32
@@ -49,10 +49,26 @@ class Server:
         return Reply(self.status, base + 1, 0, dropped=steps == 2)
 
 
-def bell(server: Server, push_codec: str = "none") -> tuple[WireBell, np.ndarray, RowSlot]:
+class Staging:
+    """The worker's gradient, as the step hands it to the link: two variables at aligned offsets
+    (the padding between them never travels and stays zero on the server)."""
+
+    def __init__(self) -> None:
+        self.parts = Parts(SIZE)
+        self.flat = aligned_zeros(SIZE)  # what the server should end up with
+        self.set(np.zeros(SIZE, np.float32))
+
+    def set(self, values: np.ndarray) -> None:
+        first, second = values[:100_000].copy(), values[100_016:].copy()  # 16 floats of padding between
+        self.flat[:] = 0
+        self.flat[:100_000], self.flat[100_016:] = first, second
+        self.parts.set([first, second], (0, 100_016))
+
+
+def bell(server: Server, push_codec: str = "none") -> tuple[WireBell, Staging, RowSlot]:
     conn = connect(*server.listener.address, SECRET, 3, chunk_bytes=64 * 1024)
-    staging, slot = aligned_zeros(SIZE), RowSlot.in_memory(LAYOUT)
-    return WireBell(conn, staging, SIZE, slot, push_codec), staging, slot
+    staging, slot = Staging(), RowSlot.in_memory(LAYOUT)
+    return WireBell(conn, staging.parts, SIZE, slot, push_codec), staging, slot
 
 
 def test_a_push_lands_in_the_servers_buffers_and_the_answer_in_the_workers():
@@ -61,8 +77,8 @@ def test_a_push_lands_in_the_servers_buffers_and_the_answer_in_the_workers():
     rng = np.random.default_rng(0)
     sent = []
     for step in (1, 2):
-        staging[:] = rng.standard_normal(SIZE, dtype=np.float32)
-        sent.append(staging.copy())
+        staging.set(rng.standard_normal(SIZE, dtype=np.float32))
+        sent.append(staging.flat.copy())
         pushed = [(np.array([4, 9, 30], np.int64), rng.standard_normal((3, 8), dtype=np.float32)),
                   (np.array([], np.int64), np.zeros((0, 4), np.float32))]
         wanted = [np.array([7, 1], np.int64), np.array([19, 0, 5], np.int64)]
@@ -83,6 +99,7 @@ def test_a_push_lands_in_the_servers_buffers_and_the_answer_in_the_workers():
         assert len(rows[1][0]) == 0
         for got_ids, want_ids in zip(want, wanted):
             np.testing.assert_array_equal(got_ids, want_ids)
+    assert not server.grad[100_000:100_016].any()  # the padding between the variables never travelled
     # The two answers came in different buffers: a step may still read the last one.
     assert wire._params[0] is not wire._params[1]
     wire.close()
@@ -92,7 +109,7 @@ def test_a_push_lands_in_the_servers_buffers_and_the_answer_in_the_workers():
 def test_a_non_finite_push_sends_no_gradient_and_a_rollback_answer_carries_nothing():
     server = Server(status=Status.ROLLBACK)
     wire, staging, slot = bell(server)
-    staging[:] = np.nan
+    staging.set(np.full(SIZE, np.nan, np.float32))
     slot.write_push(None, [np.array([1], np.int64), np.array([], np.int64)])
     wire.ring(base_version=5, steps_done=1, loss=None, finite=False)
     reply = wire.answer()
@@ -115,8 +132,8 @@ def test_int8_pushes_keep_what_they_leave_out_for_the_next():
     rng = np.random.default_rng(1)
     true_sum = np.zeros(SIZE, np.float64)
     for step in range(1, 4):
-        staging[:] = rng.standard_normal(SIZE, dtype=np.float32)
-        true_sum += staging
+        staging.set(rng.standard_normal(SIZE, dtype=np.float32))
+        true_sum += staging.flat
         slot.write_push(None, [np.array([], np.int64)] * 2)  # no rows: the dense part only
         wire.ring(base_version=step, steps_done=step, loss=None, finite=True)
         reply = wire.answer()
