@@ -154,7 +154,8 @@ class ParameterServer:
             with self.exchange.lock:  # relink swaps them under it
                 return self.slots.wire_buffers(worker) if self.slots is not None else None
 
-        serve_connection(conn, buffers, self._rung, self.settings.distribution.compression.pull)
+        serve_connection(conn, buffers, self._rung, self.slots.take_published,
+                         self.settings.distribution.compression.pull)
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
         """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link

@@ -178,7 +178,11 @@ class ServerSlots:
         self._specs: dict[int, LinkSpec] = {}
         self._wire: set[int] = set()  # the workers on the wire: their buffers are in this process
         self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
-        self._wire_shared: np.ndarray | None = None  # the same, for the workers on the wire
+        # Per wire worker, the parameters published for it: a view of the variable's own buffer, no
+        # copy. Consistent while it is sent: an update while a view is alive writes a new buffer
+        # (TensorFlow copies on write a buffer someone else holds), and in sync none comes before
+        # every worker's answer is out.
+        self._views: dict[int, np.ndarray] = {}
         self._shared_params = shared_params
         self._shared_versions: dict[int, int] = {}  # id of a shared buffer -> the version it holds
         self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
@@ -223,27 +227,24 @@ class ServerSlots:
                                        halves=self._params[worker].shape[0], rows_path=rows_path)
 
     def _add_wire(self, worker: int) -> None:
-        """Buffers for a worker on the wire: its gradient is received into one, and its answer sent
-        from the parameter buffer (shared by the wire's workers where the policy allows, as the
-        shared slot is; else its own: the connection's thread sends it before this worker's next
-        push can be answered, so one buffer is enough)."""
+        """Buffers for a worker on the wire: its gradient is received into one (and its rows into a
+        row slot). Its answer needs none: `publish` keeps a view of the parameters' own buffer for
+        the connection's thread to send (`take_published`)."""
         self._wire.add(worker)
         self._grads[worker] = aligned_zeros(self._size)
-        if self._shared_params:
-            if self._wire_shared is None:
-                self._wire_shared = aligned_zeros(self._size).reshape(1, -1)
-            self._params[worker] = self._wire_shared
-        else:
-            self._params[worker] = aligned_zeros(self._size).reshape(1, -1)
         if self._wire_layout is not None:
             self._rows[worker] = RowSlot.in_memory(self._wire_layout)
         self._specs[worker] = LinkSpec()  # the server adds its listener's address
 
-    def wire_buffers(self, worker: int) -> tuple[np.ndarray, np.ndarray, RowSlot | None] | None:
-        """A wire worker's (gradient buffer, parameter buffer, row slot), or None if it is not on the wire."""
+    def wire_buffers(self, worker: int) -> tuple[np.ndarray, RowSlot | None] | None:
+        """A wire worker's (gradient buffer, row slot), or None if it is not on the wire."""
         if worker not in self._wire:
             return None
-        return self._grads[worker], self._params[worker][0], self._rows.get(worker)
+        return self._grads[worker], self._rows.get(worker)
+
+    def take_published(self, worker: int) -> np.ndarray | None:
+        """The parameters published for a wire worker (once: the caller sends them and drops them)."""
+        return self._views.pop(worker, None)
 
     def is_wire(self, worker: int) -> bool:
         return worker in self._wire
@@ -254,9 +255,9 @@ class ServerSlots:
             return
         if worker in self._wire:
             self._wire.discard(worker)
-            del self._grads[worker], self._params[worker]
+            del self._grads[worker]
             self._rows.pop(worker, None)
-            self._given.pop(worker, None)
+            self._views.pop(worker, None)
             return
         del self._grads[worker], self._params[worker]
         self._rows.pop(worker, None)
@@ -307,8 +308,12 @@ class ServerSlots:
         at the barrier. Otherwise the worker's own two buffers: the one it was not last answered with
         gets the new version (the other may be under its step right now); the same version again is
         answered with the same buffer, uncopied. Object-store workers get one `ray.put` per version,
-        shared by all of them.
+        shared by all of them. Wire workers get a view of `params` itself, sent by their connection's
+        thread (`take_published`).
         """
+        if worker in self._wire:
+            self._views[worker] = params
+            return
         if worker in self._params:
             slot = self._params[worker]
             if self._shared_params:
@@ -319,7 +324,7 @@ class ServerSlots:
                 return
             half, held = self._given.get(worker, (1, -1))
             if held != version:
-                half = (1 - half) % slot.shape[0]  # a wire worker's one buffer: sent before it is written again
+                half = 1 - half
                 np.copyto(slot[half], params)
                 self._given[worker] = (half, version)
         elif version != self._published_version:
@@ -331,10 +336,12 @@ class ServerSlots:
         """What the reply to `worker` carries: which buffer of its slot to read, or the reference.
         A wire worker answered in a Ray call (`in_call`: its first pull) gets its buffer put into
         the object store: it has no mapping of this process's memory."""
-        if worker in self._wire and in_call:
+        if worker in self._wire:
+            if not in_call:
+                return 0  # the wire's thread sends the parameters itself
             import ray
 
-            return [ray.put(self._params[worker][self._given[worker][0]])]
+            return [ray.put(self.take_published(worker))]
         if worker in self._params:
             return self._given[worker][0]
         return [self._published_ref]  # wrapped so Ray passes the reference, not the value
@@ -345,7 +352,7 @@ class ServerSlots:
         if self._shared is not None:
             _unlink(self._shared[1])
             self._shared = None
-        self._wire_shared = None
+        self._views.clear()
         if self._dir is not None:
             try:
                 os.rmdir(self._dir)  # the last server of the run on this node takes the directory along

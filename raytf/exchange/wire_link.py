@@ -64,20 +64,23 @@ class Parts:
 
 
 Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base version, steps, loss, finite
-Buffers = Callable[[int], "tuple[np.ndarray, np.ndarray, RowSlot | None] | None"]
+Buffers = Callable[[int], "tuple[np.ndarray, RowSlot | None] | None"]
+Published = Callable[[int], "np.ndarray | None"]
 
 
-def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, pull_codec: str = "none") -> None:
+def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published: Published,
+                     pull_codec: str = "none") -> None:
     """The server's end of one worker's connection, until it closes: receive a push into the
-    worker's buffers, `serve` it (the exchange's push, which may wait at a barrier), send the answer.
-    `buffers(worker)` gives the worker's (gradient, parameters, row slot), or None if this server
-    does not expect it on the wire (then the connection is closed)."""
+    worker's buffers, `serve` it (the exchange's push, which may wait at a barrier), send the answer:
+    the parameters `published(worker)` gives (taken once; dropped once sent) and the rows asked for.
+    `buffers(worker)` gives the worker's (gradient, row slot), or None if this server does not
+    expect it on the wire (then the connection is closed)."""
     worker = conn.peer_id
     found = buffers(worker)
     if found is None:
         conn.close()  # authenticated, but not a worker this server has a wire link to (a stale process)
         return
-    grad, params, slot = found
+    grad, slot = found
     meta = np.zeros(4, np.float32)
     counts = _counts(slot) if slot is not None else None
     try:
@@ -99,8 +102,10 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, pull_code
             conn.send(META, _STATUSES.index(reply.status), reply.version, meta)
             if reply.status is Status.ROLLBACK:
                 continue
-            if params.size:
+            params = published(worker)
+            if params is not None and params.size:
                 conn.send(REPLY, message.seq, reply.version, params, codec=pull_codec)
+            del params  # a live view of the parameters would make the next update copy them first
             if slot is not None:
                 for k, wanted in enumerate(slot.counts[:, 1]):
                     if wanted:

@@ -290,11 +290,19 @@ class Worker:
             return Bell(os.path.join(shm_root(), spec.bell_path), self.index)
         if spec.kind != "wire":
             return None
-        from raytf.exchange.wire import connect
+        from raytf.errors import ClusterError
+        from raytf.exchange.wire import PeerGone, connect
 
         d = self.config.distribution
         host, port = spec.wire_address
-        conn = connect(host, port, spec.wire_secret, self.index, encrypt=d.encrypt)
+        try:
+            conn = connect(host, port, spec.wire_secret, self.index, encrypt=d.encrypt)
+        except PeerGone as err:
+            raise ClusterError(
+                f"worker {self.index} on {self.node_id()[:12]} cannot reach its parameter server's wire: {err}.",
+                "Allow TCP between the cluster's nodes (pods) on any port, as Ray's own workers need it (a "
+                "NetworkPolicy, a firewall); or set distribution.transport: object_store to go through Ray's "
+                "object store instead.") from None
         return WireBell(conn, link.wire_parts, link.size, link.rows, d.compression.push)
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,

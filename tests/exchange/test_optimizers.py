@@ -42,3 +42,26 @@ def test_rmsprop_follows_tensorflows_kernel():
         var = var - mom
         flat.apply_mean([tf.constant(g)])
         np.testing.assert_allclose(flat.params_view(), var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "graph"])
+def test_a_view_of_the_parameters_keeps_its_values_through_an_update(name, jit):
+    """The wire sends a published version from a view of the variable's own buffer, outside the
+    exchange's lock (raytf.exchange.transport.ServerSlots.publish): an update meanwhile must not
+    write under it (TensorFlow copies a buffer someone else holds before writing), and with the
+    view gone the update writes in place again."""
+    config = OptimizerConfig(name=name, learning_rate=0.5)
+    flat = FlatOptimizer(config, np.ones(1000, np.float32))
+    flat._use_jit = jit
+    view = flat.params_view()
+    before = view.copy()
+    flat.apply_mean([tf.constant(np.full(1000, 2.0, np.float32))])
+    np.testing.assert_array_equal(view, before)  # the version being sent is untouched
+    after = flat.params_view()
+    assert not np.allclose(after, before) and not np.shares_memory(view, after)
+    del view
+    address = after.ctypes.data
+    del after
+    flat.apply_mean([tf.constant(np.full(1000, 2.0, np.float32))])
+    assert flat.params_view().ctypes.data == address  # no view alive: updated in place, no copy

@@ -35,8 +35,8 @@ class Server:
         self.pull_codec = pull_codec
 
     def _serve_connection(self, conn) -> None:
-        serve_connection(conn, lambda w: (self.grad, self.params, self.slot) if w in self.expects else None,
-                         self.serve, self.pull_codec)
+        serve_connection(conn, lambda w: (self.grad, self.slot) if w in self.expects else None,
+                         self.serve, lambda w: self.params, self.pull_codec)
 
     def serve(self, worker, base, steps, loss, finite) -> Reply:
         rows, wanted = self.slot.read_push()
