@@ -67,6 +67,9 @@ def say(message: str) -> None:
     print(f"[benchmark] {message}", file=sys.stderr, flush=True)
 
 
+TRACE: list[str] = []  # --trace: the overrides that record a timeline
+
+
 def run_raytf(base: dict, name: str, steps: int, address: str | None = None) -> dict:
     import raytf
 
@@ -77,7 +80,7 @@ def run_raytf(base: dict, name: str, steps: int, address: str | None = None) -> 
         (mode, transport), extra = RAYTF[name], []
     summary = raytf.fit(base, address=address, restart=True, overrides=[  # each benchmark run starts over
         f"steps={steps}", f"distribution.mode={mode}", f"distribution.transport={transport}",
-        f"output_dir={OUT / name}", *extra])
+        f"output_dir={OUT / name}", *extra, *TRACE])
     workers = summary["per_worker"]
     return {
         "samples_per_second": summary["samples_per_second"],
@@ -181,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all); the references "
                              f"({', '.join(REFERENCE_NAMES)}) are measured anyway and may be named too")
     parser.add_argument("--json", type=Path, help="also write every raw run and the aggregates to this file")
+    parser.add_argument("--trace", action="store_true",
+                        help="record raytf's timeline in every raytf run (costs a little); read it with "
+                             "`raytf trace runs/benchmark/<contender>`")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS and n not in REFERENCE_NAMES]
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     names = list(dict.fromkeys(n for n in names if n in CONTENDERS))  # in the order given, once each
+    if args.trace:
+        TRACE.extend(["trace.enabled=true", f"trace.max_steps={args.steps}"])
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ray
