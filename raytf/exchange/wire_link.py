@@ -27,6 +27,7 @@ drops the worker as before); a server that dies does the same to its workers, wh
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import numpy as np
@@ -117,7 +118,12 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
 class WireBell:
     """A worker's end of one server's wire: rung like a doorbell (`ring`, then `answer`), with the
     gradient sent from the step's own outputs (the parts the link was handed: `Parts`) and the rows
-    from the link's row slot."""
+    from the link's row slot.
+
+    The answer is received by a thread of its own from the moment the push is out: where the
+    worker computes its next step meanwhile (async, ssp), the parameters arrive during that step
+    instead of after it (the kernel's socket buffer holds only part of them, so the server's send
+    would otherwise wait for the worker's `answer`)."""
 
     def __init__(self, conn: Connection, gradient: "Parts", size: int, rows: RowSlot | None,
                  push_codec: str = "none") -> None:
@@ -129,13 +135,19 @@ class WireBell:
         self.feedback = ErrorFeedback(size) if push_codec == "int8" else None
         self._params = [aligned_zeros(size), aligned_zeros(size)]  # the step may read one while the other fills
         self._next = 0
-        self._meta = np.zeros(4, np.float32)
+        self._sent_meta = np.zeros(4, np.float32)
+        self._received_meta = np.zeros(4, np.float32)
+        self._cond = threading.Condition()
+        self._waiting = False  # a push is out and its answer not received yet
+        self._answer: Reply | BaseException | None = None
+        self._closed = False
+        threading.Thread(target=self._receiver, name=f"raytf-wire-answer-{conn.peer_id}", daemon=True).start()
 
     def ring(self, base_version: int, steps_done: int, loss: float | None, finite: bool) -> None:
-        """Send the push: the gradient is in the staging buffer, the rows in the row slot."""
-        self._meta[:] = (math.nan if loss is None else loss, loss is not None, finite, 0)
+        """Send the push: the gradient is in the parts handed over, the rows in the row slot."""
+        self._sent_meta[:] = (math.nan if loss is None else loss, loss is not None, finite, 0)
         try:
-            self.conn.send(META, steps_done, base_version, self._meta)
+            self.conn.send(META, steps_done, base_version, self._sent_meta)
             if finite and self._gradient.size:
                 self.conn.send_parts(PUSH, steps_done, base_version, self._gradient.parts, codec=self._push_codec,
                                      feedback=self.feedback)
@@ -150,28 +162,53 @@ class WireBell:
                         self.conn.send(ROWS, steps_done, base_version, _ids(slot.wanted_ids[k][:wanted]))
         except (PeerGone, WireTimeout, WireProtocolError) as err:
             raise ServerGone(str(err)) from None
+        with self._cond:
+            self._waiting, self._answer = True, None
+            self._cond.notify_all()
 
     def answer(self) -> Reply:
         """Wait for the answer to the last ring: the parameters land in a buffer of this end (the
         reply's payload), the rows in the row slot (read with `rows_sent`)."""
-        try:
-            message = self.conn.receive(self._meta, kinds=(META,))
-            status = _STATUSES[message.seq]
-            dropped = bool(self._meta[0])
-            if status is Status.ROLLBACK:
-                return Reply(status, message.version, None, dropped)
-            params = self._params[self._next]
-            if params.size:
-                self.conn.receive(params, kinds=(REPLY,))
-            self._next = 1 - self._next
-            slot = self._rows
-            if slot is not None:
-                for k, wanted in enumerate(slot.counts[:, 1]):
-                    if wanted:
-                        self.conn.receive(slot.sent_rows[k][:wanted].reshape(-1), kinds=(ROWS,))
-        except (PeerGone, WireTimeout, WireProtocolError) as err:
-            raise ServerGone(str(err)) from None
+        with self._cond:
+            self._cond.wait_for(lambda: self._answer is not None)
+            answer, self._answer = self._answer, None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _receiver(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._waiting or self._closed)
+                if self._closed:
+                    return
+            try:
+                answer: Reply | BaseException = self._receive()
+            except (PeerGone, WireTimeout, WireProtocolError) as err:
+                answer = ServerGone(str(err))
+            with self._cond:
+                self._waiting, self._answer = False, answer
+                self._cond.notify_all()
+
+    def _receive(self) -> Reply:
+        message = self.conn.receive(self._received_meta, kinds=(META,))
+        status = _STATUSES[message.seq]
+        dropped = bool(self._received_meta[0])
+        if status is Status.ROLLBACK:
+            return Reply(status, message.version, None, dropped)
+        params = self._params[self._next]
+        if params.size:
+            self.conn.receive(params, kinds=(REPLY,))
+        self._next = 1 - self._next
+        slot = self._rows
+        if slot is not None:
+            for k, wanted in enumerate(slot.counts[:, 1]):
+                if wanted:
+                    self.conn.receive(slot.sent_rows[k][:wanted].reshape(-1), kinds=(ROWS,))
         return Reply(status, message.version, params, dropped)
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self.conn.close()
