@@ -84,6 +84,12 @@ def fit(
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
                          f"parameter servers, {policy_for(cfg.distribution).describe()}, exchange via {link_kinds_text(actors.link_kinds)}"
                          + (f", resuming at step {resumed}" if resumed else ""))
+                compression = cfg.distribution.compression
+                if (compression.push, compression.pull) != ("none", "none") and not any(
+                        kind == "wire" for kinds in actors.link_kinds for kind in kinds):
+                    on_event(f"Note: distribution.compression (push {compression.push}, pull {compression.pull}) "
+                             "applies to links over the wire only, and no worker reaches a server over it in this "
+                             "run (they share nodes, or transport is not auto/wire): nothing is compressed.")
                 supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
                                         [r for r in (progress, tensorboard) if r is not None], on_event)
                 with stop_on_signals(supervisor.stop_requested):

@@ -327,8 +327,9 @@ class Worker:
 
     def link_kinds(self) -> list[str]:
         """How it reaches each server now: "shm+doorbell" (slots, pushes over the socket), "shm"
-        (slots, pushes as Ray calls), "wire" (a direct connection) or "object_store"."""
-        return [link.kind + ("+doorbell" if isinstance(bell, Bell) else "") for link, bell in zip(self.links, self.bells)]
+        (slots, pushes as Ray calls), "wire" (a direct connection; "wire+aes-gcm" encrypted) or "object_store"."""
+        return [link.kind + ("+doorbell" if isinstance(bell, Bell) else "+aes-gcm" if isinstance(bell, WireBell)
+                             and bell.conn.encrypted else "") for link, bell in zip(self.links, self.bells)]
 
     def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
         """Wait for the servers' replies (Ray refs, or Bells rung) and take the parameters (and the rows

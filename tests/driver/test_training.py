@@ -107,7 +107,8 @@ def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("transport", ["object_store", "wire"])
 def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport):
     """Over shared memory: the run after the failed one in test_a_worker_failing_mid_run_ends_the_run_and_
-    releases_everything (a run costs ~20 s here)."""
+    releases_everything (a run costs ~20 s here). Over the wire, encrypted (AES-GCM is exact as well;
+    the sparse tests and the multinode ones run it in the clear)."""
     assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport)
 
 
@@ -115,12 +116,13 @@ def assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_p
     config = digits_config(
         tmp_path, steps=6, **{"optimizer": {"name": "sgd", "learning_rate": 0.5},
                               "data.shuffle_buffer": 0, "distribution.parameter_servers": 2,
-                              "distribution.transport": transport})
+                              "distribution.transport": transport, "distribution.encrypt": transport == "wire"})
     traced = transport == "object_store"  # tracing must not change the numbers (and a run costs ~20 s)
     if traced:
         config["trace"] = {"enabled": True, "max_steps": 4}
     summary = raytf.fit(config, address=ray_cluster.gcs_address)
-    assert summary["transport"] == {"shm": "shm+doorbell"}.get(transport, transport)  # shm pushes ring the doorbell
+    # shm pushes ring the doorbell; the wire says it is encrypted
+    assert summary["transport"] == {"shm": "shm+doorbell", "wire": "wire+aes-gcm"}.get(transport, transport)
     if traced:
         from tests.observe.test_trace import assert_a_trace_of_every_actor
 
