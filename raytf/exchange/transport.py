@@ -184,7 +184,7 @@ class ServerSlots:
         # every worker's answer is out.
         self._views: dict[int, np.ndarray] = {}
         self._shared_params = shared_params
-        self._shared_versions: dict[int, int] = {}  # id of a shared buffer -> the version it holds
+        self._shared_version = -1  # the version the shared slot holds
         self._given: dict[int, tuple[int, int]] = {}  # worker -> (half, version) it was last answered with
         self._published_ref = None
         self._published_version = -1
@@ -317,9 +317,9 @@ class ServerSlots:
         if worker in self._params:
             slot = self._params[worker]
             if self._shared_params:
-                if self._shared_versions.get(id(slot)) != version:
+                if self._shared_version != version:
                     np.copyto(slot[0], params)
-                    self._shared_versions[id(slot)] = version
+                    self._shared_version = version
                 self._given[worker] = (0, version)
                 return
             half, held = self._given.get(worker, (1, -1))
@@ -334,8 +334,8 @@ class ServerSlots:
 
     def reply(self, worker: int, in_call: bool = False):
         """What the reply to `worker` carries: which buffer of its slot to read, or the reference.
-        A wire worker answered in a Ray call (`in_call`: its first pull) gets its buffer put into
-        the object store: it has no mapping of this process's memory."""
+        A wire worker answered in a Ray call (`in_call`: its first pull) gets the parameters put
+        into the object store: it has no mapping of this process's memory."""
         if worker in self._wire:
             if not in_call:
                 return 0  # the wire's thread sends the parameters itself
