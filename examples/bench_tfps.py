@@ -3,7 +3,9 @@ its servers in Ray actors, as a user would try it.
 
 Three Ray actors each run a `tf.distribute.Server` (1 `ps` task, 2 `worker` tasks) and a fourth is
 the coordinator (`chief`): it builds the variables under `ParameterServerStrategy` (they live on the
-ps task) and schedules steps on the workers with `ClusterCoordinator`. Every address in the
+ps task; large ones cut by a `variable_partitioner`, one shard per ps) and schedules steps on the
+workers with `ClusterCoordinator`. The model is the benchmark MLP, or the click model of
+examples/recsys.py (`RECSYS`: its item table looked up with `tf.nn.embedding_lookup`, rows only). Every address in the
 cluster spec, so every address a task connects to, is 127.0.0.1; but TF's gRPC server LISTENS on
 all interfaces (`ss -ltn` shows `*:port`; tf.distribute.Server has no bind-address option), with no
 authentication, for as long as this contender runs. Training is asynchronous, as that strategy is:
@@ -64,7 +66,6 @@ class Coordinator:
         configure_tensorflow(2)  # it only schedules; 2 inter-op threads as the servers (see TaskServer)
         import tensorflow as tf
 
-        from examples.bench_baselines import jit_setting
         from raytf.config import TrainConfig
         from raytf.config.imports import resolve_callable
         from raytf.replica.model import batches, train_dataset
@@ -72,7 +73,10 @@ class Coordinator:
         cfg = TrainConfig.model_validate(config)
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc")
-        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+        # A user's set-up: large variables cut into one shard per ps (here one ps: one shard).
+        partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+            min_shard_bytes=256 << 10, max_shards=len(cluster["ps"]))
+        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
         data_fn = resolve_callable(cfg.data.train, "data.train")
 
@@ -85,40 +89,10 @@ class Coordinator:
 
         self.iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
 
-        # Plain tf.Variables, not examples.synthetic's Keras model: the XLA-compiled forward/backward
-        # below is a pure function of the parameter values read from the ps. (Keras 3.15's model does
-        # build its variables on the ps under this strategy and runs a forward pass in a scheduled
-        # function; a Keras training loop under it was not tried.) The same MLP, written out:
-        # 784-1024-1024-10, relu, Glorot-uniform kernels and zero biases as Keras' Dense initializes them.
-        sizes = [784, 1024, 1024, 10]
-        with strategy.scope():
-            params = []
-            for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
-                limit = (6 / (fan_in + fan_out)) ** 0.5
-                params.append(tf.Variable(tf.random.stateless_uniform(
-                    (fan_in, fan_out), seed=(cfg.seed, layer), minval=-limit, maxval=limit)))
-                params.append(tf.Variable(tf.zeros([fan_out])))
-        lr = cfg.optimizer.learning_rate
-
-        # Forward/backward is one XLA-compiled function of the parameters' values (as raytf's worker
-        # step and the other contenders are when jit_compile is on); reading the values from the ps
-        # and the SGD update on the ps stay outside it.
-        @tf.function(jit_compile=jit_setting(cfg))
-        def gradients(values, x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(values)
-                h = x
-                for i in range(0, len(values) - 2, 2):
-                    h = tf.nn.relu(h @ values[i] + values[i + 1])
-                logits = h @ values[-2] + values[-1]
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
-            return loss, tape.gradient(loss, values)
-
-        def replica_step(x, y):
-            loss, grads = gradients([p.read_value() for p in params], x, y)
-            for p, g in zip(params, grads):
-                p.assign_sub(lr * g)
-            return loss
+        if cfg.model in RECSYS:
+            replica_step = _recsys_step(strategy, cfg, *RECSYS[cfg.model])
+        else:
+            replica_step = _mlp_step(strategy, cfg)
 
         @tf.function
         def worker_step(iterator):
@@ -143,6 +117,88 @@ class Coordinator:
         seconds = time.perf_counter() - start
         return {"samples_per_second": (steps - warmup) * WORKERS * self.batch_size / seconds,
                 "final_loss": float(last.fetch())}
+
+
+def _mlp_step(strategy, cfg):
+    import tensorflow as tf
+
+    from examples.bench_baselines import jit_setting
+
+    # Plain tf.Variables, not examples.synthetic's Keras model: the XLA-compiled forward/backward
+    # below is a pure function of the parameter values read from the ps. (Keras 3.15's model does
+    # build its variables on the ps under this strategy and runs a forward pass in a scheduled
+    # function; a Keras training loop under it was not tried.) The same MLP, written out:
+    # 784-1024-1024-10, relu, Glorot-uniform kernels and zero biases as Keras' Dense initializes them.
+    sizes = [784, 1024, 1024, 10]
+    with strategy.scope():
+        params = []
+        for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+            limit = (6 / (fan_in + fan_out)) ** 0.5
+            params.append(tf.Variable(tf.random.stateless_uniform(
+                (fan_in, fan_out), seed=(cfg.seed, layer), minval=-limit, maxval=limit)))
+            params.append(tf.Variable(tf.zeros([fan_out])))
+    lr = cfg.optimizer.learning_rate
+
+    # Forward/backward is one XLA-compiled function of the parameters' values (as raytf's worker
+    # step and the other contenders are when jit_compile is on); reading the values from the ps
+    # and the SGD update on the ps stay outside it.
+    @tf.function(jit_compile=jit_setting(cfg))
+    def gradients(values, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            h = x
+            for i in range(0, len(values) - 2, 2):
+                h = tf.nn.relu(h @ values[i] + values[i + 1])
+            logits = h @ values[-2] + values[-1]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
+        return loss, tape.gradient(loss, values)
+
+    def replica_step(x, y):
+        loss, grads = gradients([p.read_value() for p in params], x, y)
+        for p, g in zip(params, grads):
+            p.assign_sub(lr * g)
+        return loss
+
+    return replica_step
+
+
+# The click model of examples/recsys.py, by its model function: (items, width).
+RECSYS = {"examples.recsys:build_model": (1_000_000, 64), "examples.recsys:build_small_model": (20_000, 16)}
+
+
+def _recsys_step(strategy, cfg, items: int, width: int):
+    """The click model written out for the strategy: the item table a variable on the ps (a
+    ShardedVariable where the strategy's `variable_partitioner` cuts it: one shard per ps), looked up
+    with `tf.nn.embedding_lookup` (only the rows a batch needs travel from the ps), its gradient
+    applied to those rows only (`scatter_sub`), the small dense part as plain variables; SGD."""
+    import tensorflow as tf
+
+    with strategy.scope():
+        table = tf.Variable(tf.random.stateless_uniform((items, width), seed=(cfg.seed, 0), minval=-0.05,
+                                                        maxval=0.05), name="items")
+        dense = []
+        for layer, (fan_in, fan_out) in enumerate([(width, 32), (32, 1)]):
+            limit = (6 / (fan_in + fan_out)) ** 0.5
+            dense.append(tf.Variable(tf.random.stateless_uniform(
+                (fan_in, fan_out), seed=(cfg.seed, layer + 1), minval=-limit, maxval=limit)))
+            dense.append(tf.Variable(tf.zeros([fan_out])))
+    shards = list(getattr(table, "variables", [table]))
+    lr = cfg.optimizer.learning_rate
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            pooled = tf.reduce_mean(tf.nn.embedding_lookup(table, x), axis=1)
+            hidden = tf.nn.relu(pooled @ dense[0] + dense[1])
+            logit = tf.squeeze(hidden @ dense[2] + dense[3], axis=1)
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(y, tf.float32), logits=logit))
+        grads = tape.gradient(loss, shards + dense)
+        for shard, grad in zip(shards, grads):
+            shard.scatter_sub(tf.IndexedSlices(lr * grad.values, grad.indices, grad.dense_shape))
+        for var, grad in zip(dense, grads[len(shards):]):
+            var.assign_sub(lr * grad)
+        return loss
+
+    return replica_step
 
 
 def _say(message: str) -> None:

@@ -14,11 +14,13 @@ Adagrad slot) on 2 servers and 2 workers: no worker ever holds that table. It pr
 judges none.
 
 `--against-ceiling` measures instead, as examples/benchmark.py does, raytf sync and async with rows
-against a no-exchange reference interleaved around each run (R, sync, R, async, R, ..., `--repeats`
-times): 2 Ray actors each training the same model with the whole table local and Keras SGD's sparse
-update (examples/bench_baselines.IndependentTrainer), once XLA-compiled and once as a graph, the
-faster of the two being the reference; a run's ratio is its samples/s over the mean of the R before
-and after it. (TensorFlow's ParameterServerStrategy on this model is not a row yet.)
+and TensorFlow's ParameterServerStrategy on the same model (examples/bench_tfps.py: the item table a
+variable on the ps cut by the strategy's `variable_partitioner`, looked up row by row; asynchronous,
+as that strategy trains) against a no-exchange reference interleaved around each run (R, sync, R,
+async, R, tf-ps, R, ..., `--repeats` times): 2 Ray actors each training the same model with the whole
+table local and Keras SGD's sparse update (examples/bench_baselines.IndependentTrainer), once
+XLA-compiled and once as a graph, the faster of the two being the reference; a run's ratio is its
+samples/s over the mean of the R before and after it.
 """
 
 from __future__ import annotations
@@ -118,26 +120,47 @@ class Ceiling:
                 ray.kill(actor)
 
 
+CONTENDERS = ("raytf sync", "raytf async", "tf-ps")
+
+
+def contender(name: str, steps: int) -> dict:
+    if name == "tf-ps":
+        from examples.bench_tfps import run_tf_ps
+        from raytf.config import TrainConfig
+
+        return run_tf_ps(TrainConfig.model_validate(config("recsys-tf-ps", steps)), steps)
+    mode = name.split()[-1]
+    return run(config(f"recsys-rows-{mode}", steps, **{"distribution.mode": mode}))
+
+
 def against_ceiling(steps: int, repeats: int) -> list[dict]:
-    """R, sync, R, async, R ... `repeats` times; every run with the R before and after it."""
+    """R, sync, R, async, R, tf-ps, R ... `repeats` times; every run with the R before and after it."""
     ceiling = Ceiling(config("recsys-ceiling", steps))
     runs: list[dict] = []
     try:
         before = ceiling.measure(steps)
         print(f"[recsys] R {before}", file=sys.stderr, flush=True)
         for repeat in range(repeats):
-            for mode in ("sync", "async"):
-                result = run(config(f"recsys-rows-{mode}", steps, **{"distribution.mode": mode}))
+            for name in CONTENDERS:
+                try:
+                    result = contender(name, steps)
+                except Exception as err:  # noqa: BLE001 - report it and go on to the next contender
+                    print(f"[recsys] {name} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                    continue
                 after = ceiling.measure(steps)
                 reference = (before["best"] + after["best"]) / 2
-                runs.append({"contender": f"raytf {mode}", "repeat": repeat + 1, **result, "reference": reference,
+                runs.append({"contender": name, "repeat": repeat + 1, **result, "reference": reference,
                              "ratio": result["samples_per_second"] / reference, "R_before": before, "R_after": after})
-                print(f"[recsys] raytf {mode}: {result['samples_per_second']:,.0f} samples/s, R {after}, ratio "
+                print(f"[recsys] {name}: {result['samples_per_second']:,.0f} samples/s, R {after}, ratio "
                       f"{runs[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
                 before = after
     finally:
         ceiling.close()
     return runs
+
+
+def repeats_of(runs: list[dict], name: str) -> int:
+    return max(1, sum(1 for r in runs if r["contender"] == name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge-steps", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--against-ceiling", action="store_true",
-                        help="raytf sync and async with rows against the interleaved no-exchange reference")
-    parser.add_argument("--repeats", type=int, default=3, help="--against-ceiling: rounds of R, sync, R, async (default 3)")
+                        help="raytf sync and async with rows, and tf-ps, against the interleaved no-exchange reference")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--against-ceiling: rounds of R, sync, R, async, R, tf-ps (default 3)")
     args = parser.parse_args(argv)
     from raytf.cluster.connection import connect
 
@@ -164,12 +188,20 @@ def main(argv: list[str] | None = None) -> int:
               f"total {time.perf_counter() - started:.0f} s\n")
         print("| contender | samples/s mean | ratio mean | ratio spread | reference (faster of XLA, graph) mean |")
         print("|---|---:|---:|---|---:|")
-        for name in ("raytf sync", "raytf async"):
+        for name in CONTENDERS:
             mine = [r for r in runs if r["contender"] == name]
+            if not mine:
+                print(f"| {name} | failed | - | - | - |")
+                continue
             ratios = [r["ratio"] for r in mine]
             print(f"| {name} | {sum(r['samples_per_second'] for r in mine) / len(mine):,.0f} | "
                   f"{sum(ratios) / len(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
                   f"{sum(r['reference'] for r in mine) / len(mine):,.0f} |")
+        mean = {name: sum(r["samples_per_second"] for r in runs if r["contender"] == name) / repeats_of(runs, name)
+                for name in CONTENDERS}
+        if mean["tf-ps"]:
+            print(f"\nraytf sync / tf-ps samples/s: {mean['raytf sync'] / mean['tf-ps']:.2f}x; "
+                  f"raytf async / tf-ps: {mean['raytf async'] / mean['tf-ps']:.2f}x")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(runs, indent=2))
