@@ -32,11 +32,12 @@ from typing import Callable
 
 import numpy as np
 
+from raytf.errors import ClusterError
 from raytf.exchange import Reply, Status
 from raytf.exchange.codecs import ErrorFeedback
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowSlot
-from raytf.exchange.wire import PUSH, REPLY, ROWS, Connection, PeerGone, WireProtocolError, WireTimeout
+from raytf.exchange.wire import PUSH, REPLY, ROWS, Connection, PeerGone, WireProtocolError, WireTimeout, connect
 from raytf.runtime import aligned_zeros
 
 META = 4  # the small frame before each push and each answer
@@ -113,6 +114,21 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                         conn.send(ROWS, message.seq, reply.version, slot.sent_rows[k][:wanted].reshape(-1))
     except (PeerGone, WireTimeout, WireProtocolError):
         return  # the worker died or hung up (the listener closes the connection)
+
+
+def open_bell(address: tuple[str, int], secret: bytes, worker: int, gradient: "Parts", size: int,
+              rows: RowSlot | None, *, encrypt: bool = False, push_codec: str = "none", where: str = "") -> "WireBell":
+    """Connect worker `worker` to a server's wire at `address`; a server it cannot reach is a
+    ClusterError that says what to allow (or to do without the wire)."""
+    try:
+        conn = connect(address[0], address[1], secret, worker, encrypt=encrypt)
+    except PeerGone as err:
+        raise ClusterError(
+            f"worker {worker}{f' on {where}' if where else ''} cannot reach its parameter server's wire: {err}.",
+            "Allow TCP between the cluster's nodes (pods) on any port, as Ray's own workers need it (a "
+            "NetworkPolicy, a firewall); or set distribution.transport: object_store to go through Ray's "
+            "object store instead.") from None
+    return WireBell(conn, gradient, size, rows, push_codec)
 
 
 class WireBell:

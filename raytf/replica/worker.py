@@ -290,20 +290,11 @@ class Worker:
             return Bell(os.path.join(shm_root(), spec.bell_path), self.index)
         if spec.kind != "wire":
             return None
-        from raytf.errors import ClusterError
-        from raytf.exchange.wire import PeerGone, connect
+        from raytf.exchange.wire_link import open_bell
 
         d = self.config.distribution
-        host, port = spec.wire_address
-        try:
-            conn = connect(host, port, spec.wire_secret, self.index, encrypt=d.encrypt)
-        except PeerGone as err:
-            raise ClusterError(
-                f"worker {self.index} on {self.node_id()[:12]} cannot reach its parameter server's wire: {err}.",
-                "Allow TCP between the cluster's nodes (pods) on any port, as Ray's own workers need it (a "
-                "NetworkPolicy, a firewall); or set distribution.transport: object_store to go through Ray's "
-                "object store instead.") from None
-        return WireBell(conn, link.wire_parts, link.size, link.rows, d.compression.push)
+        return open_bell(spec.wire_address, spec.wire_secret, self.index, link.wire_parts, link.size, link.rows,
+                         encrypt=d.encrypt, push_codec=d.compression.push, where=f"node {self.node_id()[:12]}")
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
                target_version: int) -> WorkerResult:

@@ -156,3 +156,18 @@ def test_a_server_that_hangs_up_or_does_not_expect_the_worker_is_server_gone(whe
         wire.answer()
     wire.close()
     server.listener.close()
+
+
+def test_a_server_the_worker_cannot_reach_is_a_cluster_error_with_the_fix():
+    import socket
+
+    from raytf.errors import ClusterError
+    from raytf.exchange.wire_link import open_bell
+
+    with socket.socket() as closed:  # a port nobody listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        address = closed.getsockname()
+        with pytest.raises(ClusterError, match="cannot reach its parameter server's wire") as err:
+            open_bell(address, SECRET, 1, Parts(SIZE), SIZE, None, where="node abc")
+    assert "worker 1 on node abc" in err.value.problem
+    assert "transport: object_store" in err.value.fix and "NetworkPolicy" in err.value.fix
