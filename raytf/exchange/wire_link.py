@@ -37,7 +37,16 @@ from raytf.exchange import Reply, Status
 from raytf.exchange.codecs import ErrorFeedback
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowSlot
-from raytf.exchange.wire import PUSH, REPLY, ROWS, Connection, PeerGone, WireProtocolError, WireTimeout, connect
+from raytf.exchange.wire import (
+    PUSH,
+    REPLY,
+    ROWS,
+    Connection,
+    PeerGone,
+    WireProtocolError,
+    WireTimeout,
+    connect,
+)
 from raytf.runtime import aligned_zeros
 
 META = 4  # the small frame before each push and each answer
