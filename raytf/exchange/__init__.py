@@ -4,8 +4,8 @@ The protocol, pure Python (no Ray, no TensorFlow; its tests run in milliseconds 
 state machine per server (`state`), consistency policies (`policies`), typed messages (`messages`).
 The bytes: the shard plan (`sharding`), sparse tables' rows (`tables`), the shared slots
 (`transport`), the doorbell (`doorbell`), the cross-node data plane (`wire`: an authenticated,
-chunked TCP connection per worker-server pair, not wired into training yet) and its compression
-(`codecs`), the server actor and its fused updates (`server`, `optimizers`) and its state and
+chunked TCP connection per worker-server pair; `wire_link`: a training step's push and answer over
+it) and its compression (`codecs`), the server actor and its fused updates (`server`, `optimizers`) and its state and
 checkpoint shard (`shard_state`).
 May import: `raytf.config`, `raytf.observe`, `raytf.runtime`, `raytf.errors`.
 """
