@@ -39,7 +39,10 @@ def test_backup_workers_drop_the_stragglers_gradients_and_keep_the_pace(ray_clus
     assert summary["updates"] == 60 and summary["mean_round_size"] == 2.0
     applied, dropped = summary["gradients_applied"], summary["gradients_dropped"]
     assert applied["total"] == 120  # two gradients per round
-    assert dropped["total"] >= 1 and dropped["per_worker"][2] == max(dropped["per_worker"])
+    # Some gradient came after its round was closed. Whose: the slow worker pushes a few times in the
+    # whole run, and a stale push of its that fills a round first drops a fast worker's (CI saw drops
+    # [0, 3, 2]); so not "the slow one is dropped most", but:
+    assert dropped["total"] >= 1
     assert applied["per_worker"][2] < min(applied["per_worker"][:2])  # the slow one makes the quorum least
     assert live_actor_names(ray_cluster) == []
 
