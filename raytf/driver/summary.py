@@ -68,6 +68,9 @@ def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], 
         "bytes_pulled": sum(r.bytes_pulled for r in results),
         "bytes_per_worker_step": {"pushed": sum(r.bytes_pushed for r in results) / pushes,
                                   "pulled": sum(r.bytes_pulled for r in results) / pushes},
+        # What crossed the wire links (compressed, with frame headers); 0 without one.
+        "wire_bytes_per_worker_step": {"pushed": sum(r.wire_sent for r in results) / pushes,
+                                       "pulled": sum(r.wire_received for r in results) / pushes},
         "sparse": sparse_summary(cfg, plan, results, pushes),
         "peak_rss_bytes": {"workers": [r.peak_rss for r in results], "servers": [s.peak_rss for s in stats]},
     }

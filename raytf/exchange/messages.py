@@ -117,6 +117,8 @@ class WorkerResult:
     bytes_pulled: int = 0  # parameters loaded: dense buffers, and the rows asked for
     unique_ids: int = 0  # distinct sparse ids of its batches (all tables), over the run
     peak_rss: int = 0  # the process's peak resident memory, bytes
+    wire_sent: int = 0  # bytes its wire links sent over the run (after compression, with frame headers)
+    wire_received: int = 0  # and received
 
 
 @dataclass

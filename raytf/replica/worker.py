@@ -69,7 +69,8 @@ class StepTimer:
         return now
 
     def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int,
-               pushed: int = 0, pulled: int = 0, unique_ids: int = 0) -> WorkerResult:
+               pushed: int = 0, pulled: int = 0, unique_ids: int = 0, wire_sent: int = 0,
+               wire_received: int = 0) -> WorkerResult:
         measured = steps - self.warmup
         seconds = time.perf_counter() - self.warm_time
         return WorkerResult(
@@ -78,6 +79,7 @@ class StepTimer:
             ms_compute_per_step=1000 * self.compute / max(measured, 1),
             ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
             startup=self.startup, bytes_pushed=pushed, bytes_pulled=pulled, unique_ids=unique_ids, peak_rss=peak_rss(),
+            wire_sent=wire_sent, wire_received=wire_received,
         )
 
 
@@ -408,6 +410,8 @@ class Worker:
         lookahead = 2 if policy.overlaps_compute else 1
         timer = StepTimer(warmup_steps(target_version // policy.updates_per_step))
         self.traffic = {"pushed": 0, "pulled": 0, "unique_ids": 0}
+        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
+        wire_at_start = (sum(c.bytes_sent for c in wire), sum(c.bytes_received for c in wire))
         loss_value = float("nan")
         steps = 0
         status = Status.OK
@@ -474,7 +478,10 @@ class Worker:
             if not _server_lost(err):
                 raise
             status = Status.SERVER_LOST
-        return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic)
+        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
+        return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic,
+                            wire_sent=sum(c.bytes_sent for c in wire) - wire_at_start[0],
+                            wire_received=sum(c.bytes_received for c in wire) - wire_at_start[1])
 
     def _by_shard(self, values: list) -> list[list]:
         """Per-variable values in shard order (the step's), grouped per server."""

@@ -123,6 +123,12 @@ def assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_p
     summary = raytf.fit(config, address=ray_cluster.gcs_address)
     # shm pushes ring the doorbell; the wire says it is encrypted
     assert summary["transport"] == {"shm": "shm+doorbell", "wire": "wire+aes-gcm"}.get(transport, transport)
+    wire = summary["wire_bytes_per_worker_step"]
+    if transport == "wire":  # the payload, plus each frame's header and seal: a little more
+        assert 1 < wire["pushed"] / summary["bytes_per_worker_step"]["pushed"] < 1.01, summary
+        assert 0.99 < wire["pulled"] / wire["pushed"] < 1.01, wire  # parameters back, as large as the gradient
+    else:
+        assert wire == {"pushed": 0, "pulled": 0}
     if traced:
         from tests.observe.test_trace import assert_a_trace_of_every_actor
 
