@@ -138,7 +138,11 @@ def test_a_killed_server_rolls_back_and_a_killed_worker_is_restarted_and_the_run
     assert sorted((r["role"], r["index"]) for r in summary["restarts"]) == [("ps", 1), ("worker", 1)], events
     (rollback,) = summary["rollbacks"]  # a worker's loss costs no rollback: the one there is the server's
     assert rollback["servers_lost"] == [1]
-    assert rollback["to_step"] % EVERY == 0 and 0 <= rollback["at_step"] - rollback["to_step"] <= EVERY
+    # Back to the newest checkpoint both servers had written: the kill lands at the first report past step
+    # 130 (every 0.25 s; on a loaded machine the steps run ahead of it), and a step-150 checkpoint the dead
+    # server had not finished is no checkpoint (the 20-run loop saw at 151, to 100 once).
+    assert rollback["to_step"] % EVERY == 0 and 0 <= rollback["at_step"] - rollback["to_step"] < 2 * EVERY
+    assert rollback["to_step"] >= (server_killer.killed_at // EVERY - 1) * EVERY
     assert [s["version"] for s in summary["per_server"]] == [STEPS, STEPS]  # both servers ended at the same step
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.01, (summary["eval"], clean_accuracy)
     assert live_actor_names(ray_cluster) == []
