@@ -169,6 +169,28 @@ class Namespaces:
             self._old_sigterm = None
 
 
+def two_nodes_or_loopback(link: str | None) -> Namespaces | None:
+    """Two shaped namespaces for `--link RATE,DELAY`, or None (with the reason printed) where there is
+    no link or namespaces cannot be made: the caller then runs both ends on 127.0.0.1. Close it."""
+    try:
+        if link is None:
+            raise NamespacesUnavailable("no --link given")
+        return Namespaces(2, Link.parse(link)).__enter__()
+    except NamespacesUnavailable as err:
+        print(f"On loopback, unshaped: {err}.")
+        return None
+
+
+def start_server(nodes: Namespaces | None, argv: list[str], secret: str) -> tuple[subprocess.Popen, str]:
+    """Start `argv` in node 0 (or here), hand it `secret` on its standard input (never on a command
+    line) and return the process and the first line it prints (its ports)."""
+    command = nodes.command(0, argv) if nodes else argv
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server.stdin.write(secret + "\n")
+    server.stdin.flush()
+    return server, server.stdout.readline().strip()
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `with`, which deletes the namespaces
 

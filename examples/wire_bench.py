@@ -109,28 +109,18 @@ def main() -> int:
             push(args.host, json.loads(args.ports), size, secret, args.repeats, args.chunk_bytes)
         return 0
 
-    from examples.netns import Link, Namespaces, NamespacesUnavailable
+    from examples.netns import Link, start_server, two_nodes_or_loopback
     from raytf.exchange.wire import new_secret
 
     link = Link.parse(args.link) if args.link else None
     secret = new_secret().hex()
     me = [sys.executable, str(Path(__file__).resolve()), "--bytes", str(args.bytes), "--repeats", str(args.repeats),
           "--chunk-bytes", str(args.chunk_bytes)]
-    try:
-        if link is None:
-            raise NamespacesUnavailable("no --link given")
-        nodes = Namespaces(2, link).__enter__()
-    except NamespacesUnavailable as err:
-        print(f"On loopback, unshaped: {err}.")
-        nodes = None
+    nodes = two_nodes_or_loopback(args.link)
     try:
         host = nodes.address(0) if nodes else "127.0.0.1"
         wrap = (lambda node, argv: nodes.command(node, argv)) if nodes else (lambda node, argv: argv)
-        server = subprocess.Popen(wrap(0, me + ["--role", "serve", "--host", host]), stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        server.stdin.write(secret + "\n")
-        server.stdin.flush()
-        ports = server.stdout.readline().strip()
+        server, ports = start_server(nodes, me + ["--role", "serve", "--host", host], secret)
         pusher = subprocess.run(wrap(1, me + ["--role", "push", "--host", host, "--ports", ports]),
                                 input=secret + "\n", capture_output=True, text=True, timeout=1800)
         server.stdin.close()
