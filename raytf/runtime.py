@@ -89,6 +89,15 @@ def as_tensor(array, *, read_only: bool = False):
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
+def tensor_of(array, dtype):
+    """`array` (a view of a slot, or a call's argument) as a tensor of `dtype`, without a copy where
+    its memory allows (`as_tensor`; the caller only reads it)."""
+    import tensorflow as tf
+
+    array = np.asarray(array)
+    return as_tensor(array, read_only=True) if array.dtype == dtype else tf.constant(array, dtype)
+
+
 class _Borrowed:
     """Read-only memory presented as writable to DLPack; holds the owner, so the memory (a pinned
     object-store buffer) lives as long as the tensor made over it."""

@@ -50,6 +50,7 @@ class Gradient:
 
     dense: Any
     tables: tuple = ()
+    worker: int = -1  # who pushed it: its requested rows are gathered with the round's update
 
 
 class ParameterServer:
@@ -82,6 +83,7 @@ class ParameterServer:
         with timer.span("actor_imports"):
             configure_tensorflow(settings.threads)
             from raytf.exchange.optimizers import FlatOptimizer, RowOptimizer
+            from raytf.exchange.row_rounds import RowRounds
             from raytf.observe.metrics import ActorMetrics
 
         with timer.span("actor_model_build"), self._setup_lock:
@@ -93,8 +95,12 @@ class ParameterServer:
             self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
             self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
                            for t, spec in zip(state.tables, settings.tables)]
+            self.rounds = RowRounds(self.tables)
             # worker -> (per table, the local ids of the rows to send it; its row slot when they go there)
             self._wanted: dict[int, tuple] = {}
+            # worker -> per table its requested rows, gathered by the last update (valid until the next
+            # update, or a new request of the worker, which drop them)
+            self._gathered: dict[int, tuple] = {}
             self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
             self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
@@ -217,8 +223,10 @@ class ParameterServer:
         started = time.perf_counter()
         if self.opt.size:
             self.opt.apply_mean([g.dense for g in grads])
-        for k, table in enumerate(self.tables):
-            table.apply_round([g.tables[k] for g in grads])  # with no rows, too: its step count stays the dense one's
+        if self.tables:  # with no rows, too: a table's step count stays the dense one's
+            asked = [g.worker for g in grads if g.worker in self._wanted]
+            rows = self.rounds.run([g.tables for g in grads], [self._wanted[w][0] for w in asked])
+            self._gathered = dict(zip(asked, rows))
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
@@ -235,11 +243,14 @@ class ParameterServer:
         wanted = self._wanted.pop(worker, None)
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
             want, slot = wanted
+            rows = self._gathered.pop(worker, None)  # by the update that made this version
+            if rows is None:  # a pull, or an update since (async, backup workers) or none (all dropped)
+                rows = self.rounds.gather(want)
             if slot is None:  # they travel in the reply
-                self._rows_out[worker] = tuple(table.gather(ids) for table, ids in zip(self.tables, want))
+                self._rows_out[worker] = tuple(r.numpy() for r in rows)
             else:
-                for table, ids, out in zip(self.tables, want, slot.sent_rows):
-                    table.gather_into(ids, out[:len(ids)])
+                for values, ids, out in zip(rows, want, slot.sent_rows):
+                    np.copyto(out[:len(ids)], values)
         self.seconds_publish += time.perf_counter() - started
         if self.trace is not None:
             self._traced("publish", traced)
@@ -284,7 +295,7 @@ class ParameterServer:
         trace = self.trace
         if trace is not None:
             self._call.current, started = (worker, steps_done), trace.mark()
-        grad = Gradient(self.slots.gradient(worker, payload), rows) if finite else None
+        grad = Gradient(self.slots.gradient(worker, payload), rows, worker) if finite else None
         if trace is not None:
             trace.record("receive", started, steps_done, worker)
         if want is not None:
@@ -307,6 +318,7 @@ class ParameterServer:
         if self.tables:
             with self.exchange.lock:
                 self._wanted[worker] = (want, slot)
+                self._gathered.pop(worker, None)  # gathered for its last request
 
     def _reply(self, worker: int, outcome, in_call: bool = False) -> Reply:
         if outcome.status is Status.ROLLBACK:

@@ -48,6 +48,7 @@ class WorkerTables:
         self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
         self._cached = [v.numpy() if v is not None else None for v in self.cache_ids]  # what the cache holds now
         self._read_ids = _id_reader(model, layers) if self.specs else None
+        self._whole: list[int] = []  # the tables the replica holds whole (not a ShardedEmbedding's cache)
         if self.specs:
             import tensorflow as tf
 
@@ -60,6 +61,7 @@ class WorkerTables:
                         for k, spec in enumerate(self.specs)]
 
             self._segment_ids = tf.function(segment_ids)
+            self._whole = [k for k, spec in enumerate(self.specs) if not spec.cached]
         self.row_bytes = [4 * t.width + ID_BYTES for t in self.specs]
 
     def request(self, batches: list) -> Request:
@@ -84,15 +86,22 @@ class WorkerTables:
         """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
         import tensorflow as tf
 
+        from raytf.runtime import tensor_of
+
         received = 0
+        # Into the tables the replica holds whole: one eager op per table and server (a tf.function
+        # call costs more than the op here), reading the row slot in place.
+        for k in self._whole:
+            for server in range(self.servers):
+                if len(request.ids[server][k]):
+                    tf.raw_ops.ResourceScatterUpdate(resource=self.variables[k].handle,
+                                                     indices=tensor_of(request.ids[server][k], np.int64),
+                                                     updates=tensor_of(rows[server][k], np.float32))
         for k, spec in enumerate(self.specs):
             ids = [request.ids[server][k] for server in range(self.servers)]
             values = [per_table[k] for per_table in rows]
             received += sum(len(i) for i in ids) * self.row_bytes[k]
             if not spec.cached:
-                for server_ids, server_rows in zip(ids, values):
-                    if len(server_ids):
-                        self.variables[k].scatter_update(tf.IndexedSlices(tf.constant(server_rows), tf.constant(server_ids)))
                 continue
             # The cache now holds exactly these rows, sorted by id (the layer looks ids up by binary search).
             all_ids, all_rows = np.concatenate(ids), np.concatenate(values)

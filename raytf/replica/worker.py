@@ -329,7 +329,8 @@ class Worker:
         of `request`) they sent."""
         import ray
 
-        answers = iter(ray.get([p for p in replies_refs if not isinstance(p, _BELLS)]))
+        refs = [p for p in replies_refs if not isinstance(p, _BELLS)]
+        answers = iter(ray.get(refs) if refs else ())
         replies: list[Reply] = [p.answer() if isinstance(p, _BELLS) else next(answers) for p in replies_refs]
         replied = time.perf_counter()
         if self.trace is not None:

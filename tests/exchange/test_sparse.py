@@ -146,13 +146,41 @@ def test_a_rounds_fused_update_merges_equal_ids_of_all_workers_into_their_mean(n
     assert not np.array_equal(fused.params.numpy()[[2, 5, 9, 11]], initial[[2, 5, 9, 11]])
     np.testing.assert_array_equal(fused.params.numpy()[[0, 1, 3]], initial[[0, 1, 3]])
     fused.apply_round([])
-    assert int(fused.iterations.numpy()) == 2
+    assert fused.steps == 2
     # One gradient (async): applied as it is, no merge.
     fused.apply_round(parts[:1])
     by_hand.apply(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
     by_hand.apply(*parts[0])
     np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
-    assert int(fused.iterations.numpy()) == 3
+    assert fused.steps == 3
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_a_round_of_two_tables_updates_both_and_gathers_each_request_after_the_update(name):
+    """The server's one call per round: both tables updated as each table's own round would, and
+    each request's rows read after that update (a fresh gather agrees); none counts a step."""
+    from raytf.exchange.row_rounds import RowRounds
+
+    rng = np.random.default_rng(2)
+    config = OptimizerConfig(name=name, learning_rate=0.1)
+    initial = [rng.normal(size=(9, 3)).astype(np.float32), rng.normal(size=(7, 2)).astype(np.float32)]
+    tables = [RowOptimizer(config, t.copy()) for t in initial]
+    alone = [RowOptimizer(config, t.copy()) for t in initial]
+    grads = [((np.array([1, 4]), rng.normal(size=(2, 3)).astype(np.float32)), (np.array([6]), rng.normal(size=(1, 2)).astype(np.float32))),
+             ((np.array([4, 8]), rng.normal(size=(2, 3)).astype(np.float32)), (np.array([], np.int64), np.zeros((0, 2), np.float32)))]
+    wanted = [(np.array([4, 0]), np.array([6, 6, 1])), (np.array([8]), np.array([], np.int64))]
+    rounds = RowRounds(tables)
+    rows = rounds.run(grads, wanted)
+    for k, table in enumerate(alone):
+        table.apply_round([grad[k] for grad in grads])
+        np.testing.assert_array_equal(tables[k].params.numpy(), table.params.numpy())
+    for want, got in zip(wanted, rows):
+        for k, (ids, values) in enumerate(zip(want, got)):
+            np.testing.assert_array_equal(values.numpy(), alone[k].params.numpy()[ids])
+            np.testing.assert_array_equal(values.numpy(), rounds.gather(want)[k].numpy())
+    assert not np.array_equal(rows[0][0].numpy()[0], initial[0][4])  # row 4 was pushed: read after the update
+    rounds.run([], [])
+    assert [t.steps for t in tables] == [2, 2]
 
 
 def test_gather_returns_the_current_rows():

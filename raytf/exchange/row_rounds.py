@@ -1,0 +1,33 @@
+"""A server's sparse tables through a round: every table's update with the round's gradients, then
+the rows each of the round's workers asked for, gathered at once.
+
+The rows a worker asked for with its push are read right after the update that makes the version
+it is answered with, while the exchange's lock is still held, and kept until it is answered; the
+server uses them only if nothing changed the tables or the worker's request in between
+(`raytf.exchange.server.ParameterServer.publish`), else it gathers again (`gather`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from raytf.exchange.optimizers import RowOptimizer
+
+
+class RowRounds:
+    def __init__(self, tables: Sequence[RowOptimizer]) -> None:
+        self.tables = list(tables)
+
+    def run(self, grads: Sequence[Sequence[tuple]], wanted: Sequence[Sequence[np.ndarray]]) -> list[tuple]:
+        """Update every table with the round's `grads` (per gradient, per table: unique local ids and
+        summed rows) and return, per request of `wanted` (per table the local ids asked for), the
+        rows after the update (tensors)."""
+        for k, table in enumerate(self.tables):
+            table.apply_round([grad[k] for grad in grads])
+        return [self.gather(want) for want in wanted]
+
+    def gather(self, want: Sequence[np.ndarray]) -> tuple:
+        """The current rows at the local ids `want` (per table), as tensors."""
+        return tuple(table.gather(ids) for table, ids in zip(self.tables, want))
