@@ -27,6 +27,7 @@ def configure_tensorflow(threads: int) -> None:
 
     verbose = verbose_requested()
     _use_compilation_cache()
+    keep_freed_memory()
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:
@@ -48,6 +49,33 @@ def configure_tensorflow(threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    Every exchange step allocates and frees buffers of a megabyte or so (gathered rows, merged
+    gradients, TensorFlow's outputs). By default glibc serves such sizes with fresh mmaps or trims
+    them off the heap when freed (each thread has its own arena, trimmed eagerly), so every step
+    faults its pages in again: on a VM, ~300 faults per 1.3 MB, over a millisecond per buffer (a
+    sparse server's round took 10 ms instead of 2). With the thresholds raised, freed buffers are
+    reused; the resident size stays at the step's peak. Tables and slots (larger) are still mmapped.
+    A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
 
 
 def _use_compilation_cache() -> None:

@@ -46,6 +46,7 @@ class StepTimer:
         self.warmup = warmup
         self.compute = self.exchange = 0.0
         self.warm_time = time.perf_counter()
+        self.ends = (0.0, 0.0)  # when the step before the last and the last one ended
         self.startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
         self._t0 = self._t1 = 0.0
         self._wall0 = 0.0
@@ -66,16 +67,21 @@ class StepTimer:
         else:
             self.compute += self._t1 - self._t0
             self.exchange += now - self._t1
+        self.ends = (self.ends[1], now)
         return now
 
     def result(self, index: int, status: Status, steps: int, final_loss: float, batch_size: int,
                pushed: int = 0, pulled: int = 0, unique_ids: int = 0, wire_sent: int = 0,
                wire_received: int = 0) -> WorkerResult:
         measured = steps - self.warmup
-        seconds = time.perf_counter() - self.warm_time
+        rated, seconds = measured, time.perf_counter() - self.warm_time
+        if measured >= 2:
+            # The rate leaves out the last step: its answer waits for the run's final checkpoint (a second
+            # or more for a large table), which is not training.
+            rated, seconds = measured - 1, self.ends[0] - self.warm_time
         return WorkerResult(
             index=index, status=status, steps=steps, final_loss=final_loss, measured_steps=max(measured, 0),
-            samples_per_second=measured * batch_size / seconds if measured > 0 and seconds > 0 else 0.0,
+            samples_per_second=rated * batch_size / seconds if rated > 0 and seconds > 0 else 0.0,
             ms_compute_per_step=1000 * self.compute / max(measured, 1),
             ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
             startup=self.startup, bytes_pushed=pushed, bytes_pulled=pulled, unique_ids=unique_ids, peak_rss=peak_rss(),
