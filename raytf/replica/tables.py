@@ -48,6 +48,9 @@ class WorkerTables:
         self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
         self._cached = [v.numpy() if v is not None else None for v in self.cache_ids]  # what the cache holds now
         self._read_ids = _id_reader(model, layers) if self.specs else None
+        # Per table, the model input its layer looks up as it is (its name, or 0 for a model of one input):
+        # its ids are then read straight from the batch, without a graph call. None: not every table's.
+        self._inputs = _direct_inputs(model, layers) if self.specs else None
         self._whole: list[int] = []  # the tables the replica holds whole (not a ShardedEmbedding's cache)
         if self.specs:
             import tensorflow as tf
@@ -70,17 +73,26 @@ class WorkerTables:
         ids_out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
         positions = []
         if self.specs:
-            for k, (spec, (unique, local, counts, low, high, where)) in enumerate(
-                    zip(self.specs, self._segment_ids(tuple(x for x, _ in batches)))):
+            for k, (spec, (unique, local, counts, low, high, where)) in enumerate(zip(self.specs, self._segments(batches))):
                 positions.append(where)
                 if int(low) < 0 or int(high) >= spec.rows:
                     spec.check_ids(np.array([int(low), int(high)]), self.worker)
-                unique, local, start = unique.numpy(), local.numpy(), 0
-                for server, count in enumerate(int(c) for c in counts):
+                unique, local, start = np.asarray(unique), np.asarray(local), 0
+                for server, count in enumerate(np.asarray(counts).tolist()):
                     want[server].append(local[start:start + count])
                     ids_out[server].append(unique[start:start + count])
                     start += count
         return Request(tuple(map(tuple, want)), tuple(map(tuple, ids_out)), tuple(positions))
+
+    def _segments(self, batches: list) -> list:
+        """Per table, `raytf.replica.segments.id_segments` of the ids `batches` look up."""
+        if self._inputs is None:
+            return self._segment_ids(tuple(x for x, _ in batches))
+        from raytf.replica.segments import id_segments_numpy
+
+        return [id_segments_numpy(spec, np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1)
+                                                        for x, _ in batches]))
+                for spec, name in zip(self.specs, self._inputs)]
 
     def load(self, request: Request, rows: list) -> int:
         """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
@@ -139,6 +151,24 @@ def _layer_of(model, variable):
 
     return next(layer for layer in all_layers(model)
                 if isinstance(layer, keras.layers.Embedding) and layer.embeddings is variable)
+
+
+def _direct_inputs(model, layers: list) -> list | None:
+    """Per layer, the model input it looks up unchanged: 0 for a model of one input (the batch's
+    features are that tensor), else the input's name (the features are a dict); None when a layer
+    looks up something computed (its ids are read through the model, `_id_reader`)."""
+    inputs = list(getattr(model, "inputs", None) or [])
+    found = []
+    for layer in layers:
+        try:
+            looked_up = layer.input
+        except (AttributeError, ValueError):
+            return None
+        match = [i for i, tensor in enumerate(inputs) if tensor is looked_up]
+        if not match:
+            return None
+        found.append(0 if len(inputs) == 1 else inputs[match[0]].name)
+    return found
 
 
 def _id_reader(model, layers: list):

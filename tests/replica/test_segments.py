@@ -1,0 +1,30 @@
+"""A batch's row request: the graph version and the numpy one agree, and both describe the batch."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from raytf.exchange.tables import TableSpec
+from raytf.replica.segments import id_segments, id_segments_numpy
+
+
+@pytest.mark.parametrize("partition", ["mod", "div"])
+@pytest.mark.parametrize("servers", [1, 3])
+def test_the_numpy_request_is_the_graph_request(servers, partition):
+    spec = TableSpec(variable=0, layer="items", rows=1000, width=4, servers=servers, partition=partition)
+    ids = np.random.default_rng(0).integers(0, 1000, size=(16, 5)).astype(np.int32)
+    ids[0, :3] = 7  # repeats
+    graph = tf.function(lambda x: id_segments(spec, x))(tf.constant(ids))
+    fast = id_segments_numpy(spec, ids)
+    for got, want in zip(fast, graph):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    unique, local, counts, low, high, positions = fast
+    flat = ids.reshape(-1)
+    np.testing.assert_array_equal(unique[positions], flat)  # every looked-up id's place among the distinct ones
+    assert sorted(unique.tolist()) == sorted(set(flat.tolist())) and counts.sum() == len(unique)
+    np.testing.assert_array_equal(spec.local(unique), local)
+    start = 0
+    for server, count in enumerate(counts):  # each server's ids one segment
+        assert (spec.owner(unique[start:start + count]) == server).all()
+        start += count
+    assert (low, high) == (flat.min(), flat.max())
