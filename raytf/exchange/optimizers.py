@@ -11,7 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from raytf.config import OptimizerConfig
-from raytf.runtime import tensor_of
+from raytf.runtime import back_with_huge_pages, tensor_of
+
+HUGE_PAGES_FROM = 64 * 2**20  # tables at least this large are backed by 2 MB pages
+EAGER_BELOW = 65536  # dense shards of fewer parameters are updated by eager ops, not a compiled call
 
 SLOT_NAMES = {
     "sgd": (),
@@ -47,6 +50,11 @@ class FlatOptimizer:
 
     def apply_mean(self, grads: list) -> None:
         """Apply the mean of `grads` to the parameters."""
+        if self.size < EAGER_BELOW:
+            # A small shard (say a recommender's dense layers beside its tables): a few eager ops cost
+            # less than a compiled call's dispatch (~0.2 ms quiet, ~0.7 ms in a busy server).
+            self._apply_mean(grads)
+            return
         if self._use_jit:
             try:
                 self._jit(grads)
@@ -137,6 +145,9 @@ class RowOptimizer:
                       for name in SLOT_NAMES[config.name]}
         self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
         self.dense = dense_slots and config.name in self.LAZY
+        for variable in (self.params, *self.slots.values()):
+            if variable.shape.num_elements() * 4 >= HUGE_PAGES_FROM:
+                back_with_huge_pages(np.from_dlpack(variable.value()))  # fresh: its own buffer, no copy
         self._uncounted = 0  # SGD's updates not yet added to `iterations` (an eager op each: counted at `steps`)
 
     @property
