@@ -33,12 +33,15 @@ def assert_one_async_worker_trains_on_parameters_one_version_old(summary: dict, 
 
 
 def test_backup_workers_drop_the_stragglers_gradients_and_keep_the_pace(ray_cluster, tmp_path):
-    summary = raytf.fit(straggler_config(tmp_path, "backup", 60, mode="sync", backup_workers=1),
+    # Enough rounds that the slow worker (0.2 s per batch) pushes several times: at ~10 ms a round, 60
+    # rounds were over before its second push (CI saw no drop at all).
+    steps = 200
+    summary = raytf.fit(straggler_config(tmp_path, "backup", steps, mode="sync", backup_workers=1),
                         address=ray_cluster.gcs_address)
     assert summary["exchange"] == "sync, 1 backup worker"
-    assert summary["updates"] == 60 and summary["mean_round_size"] == 2.0
+    assert summary["updates"] == steps and summary["mean_round_size"] == 2.0
     applied, dropped = summary["gradients_applied"], summary["gradients_dropped"]
-    assert applied["total"] == 120  # two gradients per round
+    assert applied["total"] == 2 * steps  # two gradients per round
     # Some gradient came after its round was closed. Whose: the slow worker pushes a few times in the
     # whole run, and a stale push of its that fills a round first drops a fast worker's (CI saw drops
     # [0, 3, 2]); so not "the slow one is dropped most", but:
