@@ -279,16 +279,21 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
 
 
 class BlockCheckpoint:
-    """A progress reporter that puts a plain file where the checkpoint of `step` is to go, so the
-    server's writer thread fails to create that directory (a full or broken disk, in effect)."""
+    """A progress reporter that puts a plain file where a coming checkpoint is to go, so the server's
+    writer thread fails to create that directory (a full or broken disk, in effect). The checkpoint
+    is chosen from the first step it sees, `ahead` intervals on: a step ~10 ms, and reports every
+    0.2 s, the one at `every` may be written already."""
 
-    def __init__(self, root, step: int) -> None:
-        self.path = root / "checkpoints" / f"step-{step:08d}"
+    def __init__(self, root, every: int, ahead: int = 5) -> None:
+        self.root, self.every, self.ahead = root, every, ahead
+        self.step = None  # the checkpoint blocked
 
     def update(self, snapshot) -> None:
-        if snapshot.step >= 1 and not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("in the way")
+        if snapshot.step >= 1 and self.step is None:
+            self.step = (snapshot.step // self.every + self.ahead) * self.every
+            path = self.root / "checkpoints" / f"step-{self.step:08d}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("in the way")
 
 
 def test_a_checkpoint_file_the_server_cannot_write_fails_the_run_with_its_error(ray_cluster, tmp_path):
@@ -299,5 +304,6 @@ def test_a_checkpoint_file_the_server_cannot_write_fails_the_run_with_its_error(
     blocker = BlockCheckpoint(tmp_path / "run", 20)
     with pytest.raises(TrainingError, match="FileExistsError|File exists") as err:
         raytf.fit(config, address=ray_cluster.gcs_address, progress=blocker)
-    assert "step-00000020" in str(err.value)
+    assert blocker.step is not None and blocker.step < 400  # it blocked one the run was still to write
+    assert f"step-{blocker.step:08d}" in str(err.value)
     assert live_actor_names(ray_cluster) == []
