@@ -51,6 +51,17 @@ def configure_tensorflow(threads: int) -> None:
             pass
 
 
+def _libc():
+    """The C library, or None where it cannot be loaded."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
@@ -66,13 +77,8 @@ def keep_freed_memory() -> None:
     sparse server's round took 10 ms instead of 2). With the thresholds raised, freed buffers are
     reused; the resident size stays at the step's peak. Tables and slots (larger) are still mmapped.
     A no-op where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return
     mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
@@ -92,15 +98,11 @@ def back_with_huge_pages(array: np.ndarray) -> bool:
     use huge pages. Only the 2 MB-aligned interior is advised. False where the kernel refuses
     (older kernels, THP off): the table works as before."""
     import ctypes
-    import ctypes.util
 
     start = -(-array.ctypes.data // _HUGE_PAGE) * _HUGE_PAGE
     end = (array.ctypes.data + array.nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if end <= start:
-        return False
-    try:
-        madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
+    madvise = getattr(_libc(), "madvise", None)
+    if end <= start or madvise is None:
         return False
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise(start, end - start, _MADV_HUGEPAGE)

@@ -250,8 +250,6 @@ def merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     copied; each later part's rows are added at the places of its ids (unique within the part, so
     `+=` at fancy indices is exact). TensorFlow finds the distinct ids (a hash); numpy does the rest
     (one eager TensorFlow op costs ~0.1 ms here, a segment sum ~1 ms for 6,000 rows of 64)."""
-    import tensorflow as tf
-
     ids = np.concatenate([np.asarray(i, np.int64) for i, _ in parts])
     unique, position = (t.numpy() for t in tf.unique(ids, out_idx=tf.int32))
     first = np.asarray(parts[0][1], np.float32)

@@ -47,24 +47,24 @@ class WorkerTables:
         self.variables = [tvars[t.variable].value for t in self.specs]
         self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
         self._cached = [v.numpy() if v is not None else None for v in self.cache_ids]  # what the cache holds now
-        self._read_ids = _id_reader(model, layers) if self.specs else None
         # Per table, the model input its layer looks up as it is (its name, or 0 for a model of one input):
-        # its ids are then read straight from the batch, without a graph call. None: not every table's.
+        # its ids are then read straight from the batch, without a graph call. None: not every table's,
+        # so they are read through the model, deduplicated and split in one graph call.
         self._inputs = _direct_inputs(model, layers) if self.specs else None
-        self._whole: list[int] = []  # the tables the replica holds whole (not a ShardedEmbedding's cache)
-        if self.specs:
+        if self.specs and self._inputs is None:
             import tensorflow as tf
 
             from raytf.replica.segments import id_segments
 
-            # The ids of the batches (one, or two when read ahead) read, deduplicated and split in one graph call.
+            read_ids = _id_reader(model, layers)
+
+            # The ids of the batches (one, or two when read ahead).
             def segment_ids(xs):
-                read = [self._read_ids(x) for x in xs]
+                read = [read_ids(x) for x in xs]
                 return [id_segments(spec, tf.concat([tf.reshape(r[k], [-1]) for r in read], 0))
                         for k, spec in enumerate(self.specs)]
 
             self._segment_ids = tf.function(segment_ids)
-            self._whole = [k for k, spec in enumerate(self.specs) if not spec.cached]
         self.row_bytes = [4 * t.width + ID_BYTES for t in self.specs]
 
     def request(self, batches: list) -> Request:
@@ -101,19 +101,18 @@ class WorkerTables:
         from raytf.runtime import tensor_of
 
         received = 0
-        # Into the tables the replica holds whole: one eager op per table and server (a tf.function
-        # call costs more than the op here), reading the row slot in place.
-        for k in self._whole:
-            for server in range(self.servers):
-                if len(request.ids[server][k]):
-                    tf.raw_ops.ResourceScatterUpdate(resource=self.variables[k].handle,
-                                                     indices=tensor_of(request.ids[server][k], np.int64),
-                                                     updates=tensor_of(rows[server][k], np.float32))
         for k, spec in enumerate(self.specs):
             ids = [request.ids[server][k] for server in range(self.servers)]
             values = [per_table[k] for per_table in rows]
             received += sum(len(i) for i in ids) * self.row_bytes[k]
             if not spec.cached:
+                # A table the replica holds whole: one eager op per server (a tf.function call costs more
+                # than the op here), reading the row slot in place.
+                for server_ids, server_rows in zip(ids, values):
+                    if len(server_ids):
+                        tf.raw_ops.ResourceScatterUpdate(resource=self.variables[k].handle,
+                                                         indices=tensor_of(server_ids, np.int64),
+                                                         updates=tensor_of(server_rows, np.float32))
                 continue
             # The cache now holds exactly these rows, sorted by id (the layer looks ids up by binary search).
             all_ids, all_rows = np.concatenate(ids), np.concatenate(values)

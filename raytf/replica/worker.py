@@ -417,8 +417,7 @@ class Worker:
         lookahead = 2 if policy.overlaps_compute else 1
         timer = StepTimer(warmup_steps(target_version // policy.updates_per_step))
         self.traffic = {"pushed": 0, "pulled": 0, "unique_ids": 0}
-        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
-        wire_at_start = (sum(c.bytes_sent for c in wire), sum(c.bytes_received for c in wire))
+        wire_at_start = self._wire_bytes()
         loss_value = float("nan")
         steps = 0
         status = Status.OK
@@ -485,10 +484,14 @@ class Worker:
             if not _server_lost(err):
                 raise
             status = Status.SERVER_LOST
-        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
+        wire_sent, wire_received = self._wire_bytes()
         return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic,
-                            wire_sent=sum(c.bytes_sent for c in wire) - wire_at_start[0],
-                            wire_received=sum(c.bytes_received for c in wire) - wire_at_start[1])
+                            wire_sent=wire_sent - wire_at_start[0], wire_received=wire_received - wire_at_start[1])
+
+    def _wire_bytes(self) -> tuple[int, int]:
+        """Bytes its wire links have sent and received so far."""
+        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
+        return sum(c.bytes_sent for c in wire), sum(c.bytes_received for c in wire)
 
     def _by_shard(self, values: list) -> list[list]:
         """Per-variable values in shard order (the step's), grouped per server."""
