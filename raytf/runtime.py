@@ -198,3 +198,4 @@ def private_dir(path: Path) -> Path:
     if stat.S_IMODE(info.st_mode) != 0o700:
         path.chmod(0o700)
     return path
+

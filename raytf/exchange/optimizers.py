@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from raytf.config import OptimizerConfig
-from raytf.runtime import back_with_huge_pages, tensor_of
+from raytf.runtime import aligned_zeros, back_with_huge_pages, tensor_of
 
 HUGE_PAGES_FROM = 64 * 2**20  # tables at least this large are backed by 2 MB pages
 EAGER_BELOW = 65536  # dense shards of fewer parameters are updated by eager ops, not a compiled call
@@ -139,15 +139,26 @@ class RowOptimizer:
                  iterations: int = 0, dense_slots: bool = False) -> None:
         self.config = config
         self.shape = tuple(initial.shape)
-        self.params = tf.Variable(initial.astype(np.float32, copy=False), name="rows")
+        self.dense = dense_slots and config.name in self.LAZY
+        # SGD's rows are a numpy array: its update (gather, subtract, put) and the gathers of the rows
+        # asked for, straight into the row slots, are numpy's (~3x faster than eager TensorFlow ops and
+        # a copy on these sizes). The other optimizers' updates are TensorFlow kernels on a variable (whose
+        # memory numpy must not touch: after a sparse read TensorFlow copies a variable that is shared).
+        self.numpy_rows = config.name == "sgd"
+        if self.numpy_rows:
+            self.params = None
+            self._rows = aligned_zeros(int(np.prod(self.shape))).reshape(self.shape)
+            self._rows[:] = initial
+        else:
+            self.params = tf.Variable(initial.astype(np.float32, copy=False), name="rows")
         fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
         self.slots = {name: tf.Variable(slots[name] if slots else tf.fill(self.shape, fill), name=name)
                       for name in SLOT_NAMES[config.name]}
         self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
-        self.dense = dense_slots and config.name in self.LAZY
-        for variable in (self.params, *self.slots.values()):
-            if variable.shape.num_elements() * 4 >= HUGE_PAGES_FROM:
-                back_with_huge_pages(np.from_dlpack(variable.value()))  # fresh: its own buffer, no copy
+        for values in (self._rows if self.numpy_rows else self.params, *self.slots.values()):
+            if int(np.prod(values.shape)) * 4 >= HUGE_PAGES_FROM:
+                # fresh: its own buffer (np.from_dlpack of a fresh variable's value is no copy)
+                back_with_huge_pages(values if isinstance(values, np.ndarray) else np.from_dlpack(values.value()))
         self._uncounted = 0  # SGD's updates not yet added to `iterations` (an eager op each: counted at `steps`)
 
     @property
@@ -183,24 +194,35 @@ class RowOptimizer:
             summed *= np.float32(1.0 / len(parts))  # as FlatOptimizer scales the dense mean (x * (1/n))
             self._update_rows(unique, summed)
 
-    def gather(self, ids) -> tf.Tensor:
-        """The current rows at the local `ids` (a tensor; read in place, no copy of the table)."""
-        return tf.raw_ops.ResourceGather(resource=self.params.handle, indices=tensor_of(ids, np.int64), dtype=tf.float32)
+    def gather(self, ids, out: np.ndarray | None = None) -> np.ndarray:
+        """The current rows at the local `ids`, into `out` (its first len(ids) rows) if given."""
+        ids = np.asarray(ids, np.int64)
+        if self.numpy_rows:
+            return np.take(self._rows, ids, axis=0, out=None if out is None else out[:len(ids)])
+        rows = tf.raw_ops.ResourceGather(resource=self.params.handle, indices=tensor_of(ids, np.int64),
+                                         dtype=tf.float32).numpy()
+        if out is None:
+            return rows
+        np.copyto(out[:len(ids)], rows)
+        return out[:len(ids)]
+
+    def rows(self) -> np.ndarray:
+        """The whole table now (a view of SGD's rows; a copy otherwise)."""
+        return self._rows if self.numpy_rows else self.params.numpy()
 
     def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
         """Views of the rows and slots (no copy: a table can be gigabytes; the server writes them
         to its checkpoint file at once, under the exchange's lock), and the update count."""
-        return (np.from_dlpack(self.params.value()), {name: np.from_dlpack(var.value()) for name, var in self.slots.items()},
-                self.steps)
+        params = self._rows if self.numpy_rows else np.from_dlpack(self.params.value())
+        return params, {name: np.from_dlpack(var.value()) for name, var in self.slots.items()}, self.steps
 
     def _update_rows(self, ids: np.ndarray, grad: np.ndarray) -> None:
-        if self.config.name == "sgd" and not self.dense:
-            # ids are unique: the rows gathered, `rows - lr * grad` in numpy (the same float32 operations
-            # TensorFlow's would be), assigned: two TensorFlow ops (each costs ~0.1 ms eagerly here).
-            # Gather, subtract and assign is ResourceScatterSub's result, and faster on CPU.
-            rows = self.gather(ids).numpy()
+        if self.numpy_rows:
+            # ids are unique: gather, `rows - lr * grad` (the same float32 operations TensorFlow's would
+            # be), put back: ResourceScatterSub's result.
+            rows = np.take(self._rows, ids, axis=0)
             rows -= np.float32(self.config.learning_rate) * grad
-            _assign_rows(self.params.handle, tensor_of(ids, np.int64), tensor_of(rows, np.float32))
+            self._rows[ids] = rows
             self._uncounted += 1
             return
         self._update(tensor_of(ids, np.int64), tensor_of(grad, np.float32))
@@ -211,11 +233,7 @@ class RowOptimizer:
         if self.dense:
             dense_update(c, self.params, self.slots, self.iterations, tf.scatter_nd(ids[:, None], grad, self.shape))
             return
-        if c.name == "sgd":
-            # ids are unique: gather, subtract, assign is ResourceScatterSub's result, and twice as fast on
-            # CPU (its assign copies rows with memmove; a scatter-sub dispatches each row to the thread pool).
-            _assign_rows(handle, ids, tf.gather(self.params, ids) - lr * grad)
-        elif c.name == "adagrad":
+        if c.name == "adagrad":  # (SGD's rows are numpy's: `_update_rows`)
             tf.raw_ops.ResourceSparseApplyAdagradV2(
                 var=handle, accum=self.slots["accumulator"].handle, lr=lr,
                 epsilon=tf.constant(c.epsilon, tf.float32), grad=grad, indices=ids)

@@ -225,7 +225,9 @@ class ParameterServer:
             self.opt.apply_mean([g.dense for g in grads])
         if self.tables:  # with no rows, too: a table's step count stays the dense one's
             asked = [g.worker for g in grads if g.worker in self._wanted]
-            rows = self.rounds.run([g.tables for g in grads], [self._wanted[w][0] for w in asked])
+            slots = [self._wanted[w][1] for w in asked]  # the worker waits for its answer: its slot is free
+            rows = self.rounds.run([g.tables for g in grads], [self._wanted[w][0] for w in asked],
+                                   [None if slot is None else slot.sent_rows for slot in slots])
             self._gathered = dict(zip(asked, rows))
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
@@ -243,14 +245,11 @@ class ParameterServer:
         wanted = self._wanted.pop(worker, None)
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
             want, slot = wanted
-            rows = self._gathered.pop(worker, None)  # by the update that made this version
+            rows = self._gathered.pop(worker, None)  # by the update that made this version (into the slot)
             if rows is None:  # a pull, or an update since (async, backup workers) or none (all dropped)
-                rows = self.rounds.gather(want)
+                rows = self.rounds.gather(want, None if slot is None else slot.sent_rows)
             if slot is None:  # they travel in the reply
-                self._rows_out[worker] = tuple(r.numpy() for r in rows)
-            else:
-                for values, ids, out in zip(rows, want, slot.sent_rows):
-                    np.copyto(out[:len(ids)], values)
+                self._rows_out[worker] = rows
         self.seconds_publish += time.perf_counter() - started
         if self.trace is not None:
             self._traced("publish", traced)
@@ -374,7 +373,7 @@ class ParameterServer:
     def get_table(self, k: int) -> np.ndarray:
         """This server's rows of sparse table `k`, in its local order (`TableSpec.global_ids`)."""
         with self.exchange.lock:
-            return self.tables[k].params.numpy()
+            return np.array(self.tables[k].rows(), copy=True)
 
     def trace_track(self):
         """This process's recorded phases (a raytf.observe.trace.Track), or None when tracing is off."""

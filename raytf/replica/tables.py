@@ -10,7 +10,7 @@ layers' inputs by a small model of the replica (functional and Sequential models
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,9 +31,22 @@ class Request:
     # Per table, for each id the batch looks up (in lookup order), its place among the distinct ids
     # asked for (server by server, in the order of `want`): where the step sums its gradient row.
     positions: tuple = ()
+    # The requests of single batches this one joins (a start that asks for two batches' rows at once).
+    parts: tuple = ()
+    # Rows in the step (`WorkerTables.in_step`): per table, the block the rows were loaded into (in the
+    # order of `positions`, a fixed capacity of rows), set when the answer is loaded.
+    blocks: list = field(default_factory=list)
 
     def count(self) -> int:
         return sum(len(ids) for per_server in self.ids for ids in per_server)
+
+    @classmethod
+    def joined(cls, requests: list["Request"]) -> "Request":
+        """One request for the rows of `requests` (per server, per table: theirs one after the other)."""
+        servers, tables = len(requests[0].want), len(requests[0].want[0]) if requests[0].want else 0
+        join = lambda part: tuple(tuple(np.concatenate([getattr(r, part)[j][k] for r in requests])  # noqa: E731
+                                        for k in range(tables)) for j in range(servers))
+        return cls(join("want"), join("ids"), parts=tuple(requests))
 
 
 class WorkerTables:
@@ -42,7 +55,8 @@ class WorkerTables:
         self.servers = len(plan.shards)
         self.worker = worker
         tvars = model.trainable_variables
-        layers = [_layer_of(model, tvars[t.variable]) for t in self.specs]
+        layers = self._layers = [_layer_of(model, tvars[t.variable]) for t in self.specs]
+        self._table_variables = [tvars[t.variable] for t in self.specs]  # Keras's
         # The tf.Variables under Keras's: a whole table, or (ShardedEmbedding) the cache of a batch's rows.
         self.variables = [tvars[t.variable].value for t in self.specs]
         self.cache_ids = [layer.cached_ids.value if spec.cached else None for spec, layer in zip(self.specs, layers)]
@@ -66,6 +80,66 @@ class WorkerTables:
 
             self._segment_ids = tf.function(segment_ids)
         self.row_bytes = [4 * t.width + ID_BYTES for t in self.specs]
+        # Rows in the step (`use_rows_in_step`): the step looks a batch's ids up in the block of the
+        # rows the servers sent for it, by their positions, instead of in the replica's whole table.
+        self.in_step = False
+        self._ring: list[list[np.ndarray]] = []  # blocks the rows are copied into, used in turn
+        self._next_block = 0
+
+    def use_rows_in_step(self, model, features, buffers: int) -> str | None:
+        """Let the step read each table's rows from a block of the rows sent (no scatter into the
+        replica's table, a gather from a few hundred kilobytes instead of the whole table). Possible
+        when every table is a plain Embedding whose ids are a model input as they are, with a fixed
+        number of ids per batch; checked on `features` (the model's output must be the same either
+        way). Returns why not, or None when on. `buffers`: blocks per table in turn (the batches
+        whose rows are loaded and not yet computed, plus one)."""
+        import keras
+        import tensorflow as tf
+
+        from raytf.runtime import aligned_zeros
+
+        if not self.specs or self._inputs is None:
+            return "a table looks up ids the model computes" if self.specs else "no sparse tables"
+        for spec, layer in zip(self.specs, self._layers):
+            if spec.cached or spec.per_batch <= 0:
+                return f"'{spec.layer}' is a ShardedEmbedding or has no fixed number of ids per batch"
+            if type(layer).call is not keras.layers.Embedding.call or getattr(layer, "mask_zero", False) \
+                    or getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+                return f"'{spec.layer}' is not a plain Embedding (a subclass, mask_zero, LoRA or quantized)"
+        if len(set(map(str, self._inputs))) < len(self._inputs):
+            return "two tables look up the same input"
+        # The same output from the whole table and from the rows of the batch: nothing else reads the ids.
+        request = self.request([(features, None)])
+        blocks = []
+        for k, spec in enumerate(self.specs):
+            block = aligned_zeros(spec.per_batch * spec.width).reshape(spec.per_batch, spec.width)
+            ids = np.concatenate([request.ids[j][k] for j in range(self.servers)])
+            block[:len(ids)] = tf.gather(self.variables[k], ids).numpy()
+            blocks.append(tf.constant(block))
+        whole = model(features, training=False)
+        with keras.StatelessScope() as scope:
+            map_rows(scope, self._table_variables, blocks)
+            by_rows = model(self.by_position(features, request.positions), training=False)
+        if not all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(tf.nest.flatten(whole), tf.nest.flatten(by_rows))):
+            return "the model's output differs when its ids are replaced by their rows' positions (another layer reads them)"
+        self._ring = [[aligned_zeros(spec.per_batch * spec.width).reshape(spec.per_batch, spec.width)
+                       for spec in self.specs] for _ in range(buffers)]
+        self.in_step = True
+        return None
+
+    def by_position(self, features, positions):
+        """`features` with each table's ids replaced by their places in its block (graph or eager)."""
+        import tensorflow as tf
+
+        def placed(ids, where):
+            return tf.reshape(tf.cast(where, ids.dtype), tf.shape(ids))
+
+        if self._inputs == [0]:
+            return placed(tf.convert_to_tensor(features), positions[0])
+        features = dict(features)
+        for name, where in zip(self._inputs, positions):
+            features[name] = placed(tf.convert_to_tensor(features[name]), where)
+        return features
 
     def request(self, batches: list) -> Request:
         """The rows the worker needs to compute `batches` (features, labels), by server."""
@@ -94,8 +168,12 @@ class WorkerTables:
                                                         for x, _ in batches]))
                 for spec, name in zip(self.specs, self._inputs)]
 
-    def load(self, request: Request, rows: list) -> int:
-        """Put the rows the servers sent (per server, per table) into the replica; returns the bytes."""
+    def load(self, request: Request, rows: list, in_place: bool = False) -> int:
+        """Put the rows the servers sent (per server, per table) into the replica, or with rows in the
+        step into the request's blocks; returns the bytes. `in_place`: `rows` are one server's blocks
+        of the whole capacity (its row slot), which the step may read until the next push."""
+        if self.in_step:
+            return self._load_blocks(request, rows, in_place)
         import tensorflow as tf
 
         from raytf.runtime import tensor_of
@@ -126,6 +204,33 @@ class WorkerTables:
             self._cached[k] = cached
         return received
 
+    def _load_blocks(self, request: Request, rows: list, in_place: bool) -> int:
+        if request.parts:  # one answer for several batches: each its own blocks
+            received, starts = 0, [[0] * len(self.specs) for _ in range(self.servers)]
+            for part in request.parts:
+                own = []
+                for j in range(self.servers):
+                    own.append([rows[j][k][starts[j][k]:starts[j][k] + len(part.ids[j][k])] for k in range(len(self.specs))])
+                    starts[j] = [start + len(part.ids[j][k]) for k, start in enumerate(starts[j])]
+                received += self._load_blocks(part, own, False)
+            return received
+        received = 0
+        if in_place:
+            request.blocks[:] = rows[0]
+        else:
+            blocks = self._ring[self._next_block]
+            self._next_block = (self._next_block + 1) % len(self._ring)
+            for k, block in enumerate(blocks):
+                start = 0
+                for j in range(self.servers):
+                    values = rows[j][k]
+                    np.copyto(block[start:start + len(values)], values)
+                    start += len(values)
+            request.blocks[:] = blocks
+        for k in range(len(self.specs)):
+            received += sum(len(request.ids[j][k]) for j in range(self.servers)) * self.row_bytes[k]
+        return received
+
     def gradient(self, summed: list, request: Request) -> tuple[tuple, int, int]:
         """A step's sparse gradients (per table: the summed rows of the distinct ids of `request`,
         the batch's own, in its order) as what each server gets (per table: its local ids and their
@@ -141,6 +246,15 @@ class WorkerTables:
             distinct += start
             sent += start * self.row_bytes[k]
         return tuple(map(tuple, per_server)), sent, distinct
+
+
+def map_rows(scope, variables, blocks) -> None:
+    """Map each table's Keras variable to the block of its batch's rows inside `scope` (a
+    keras.StatelessScope). The scope's constructor refuses values of another shape than the
+    variable's, so they are added to its mapping afterwards: a lookup reads a variable's value
+    through the scope (`get_current_value`), whatever its shape."""
+    for variable, block in zip(variables, blocks):
+        scope.state_mapping[id(variable)] = block
 
 
 def _layer_of(model, variable):

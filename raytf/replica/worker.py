@@ -30,7 +30,7 @@ from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
 from raytf.exchange.wire_link import WireBell
 from raytf.observe.startup import peak_rss
-from raytf.replica.tables import Request, WorkerTables
+from raytf.replica.tables import Request, WorkerTables, map_rows
 from raytf.runtime import configure_tensorflow
 
 
@@ -190,10 +190,28 @@ class Worker:
         mapped = {id(v) for v in dense}
         kept = [v for v in model.variables if id(v) not in mapped]  # what the replica itself holds
 
-        def step(x, y, positions, *params):
+        lookahead = 2 if policy_for(cfg.distribution).overlaps_compute else 1
+        why_not = self.tables.use_rows_in_step(model, features, buffers=lookahead + 1)
+        if why_not is not None and self.tables.specs and self.index == 0:
+            print(f"raytf: the sparse tables' rows are written into the replica's tables each step ({why_not}).",
+                  flush=True)
+        in_step = self.tables.in_step
+        # The step reads the rows in the row slot itself where nothing writes it before the step runs:
+        # one server, and no push in flight while computing.
+        self._rows_in_place = in_step and len(plan.shards) == 1 and lookahead == 1
+        if in_step:  # the tables are read from the blocks passed in, never from the replica's own
+            mapped |= {id(tvars[t.variable]) for t in tables}
+            kept = [v for v in model.variables if id(v) not in mapped]
+        table_vars = [tvars[t.variable] for t in tables]
+
+        def step(x, y, positions, blocks, *params):
             with tf.GradientTape() as tape:
                 tape.watch(params)
+                tape.watch(blocks)
                 with keras.StatelessScope(state_mapping=list(zip(dense, params))) as scope:
+                    if in_step:
+                        map_rows(scope, table_vars, blocks)
+                        x = self.tables.by_position(x, positions)
                     outputs = model(x, training=True)
                     loss = loss_fn(y, outputs)
                     if model.losses:
@@ -202,7 +220,7 @@ class Worker:
                 value = scope.get_current_value(var)
                 if value is not None:
                     var.assign(value)
-            grads = tape.gradient(loss, list(params) + [tvars[t.variable] for t in tables])
+            grads = tape.gradient(loss, list(params) + (list(blocks) if in_step else table_vars))
             dense_grads = [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for p, g in zip(params, grads)]
             # A sparse table's gradient leaves the step summed per distinct id, in the order of the
             # batch's row request (`positions`: where each looked-up id is among them), so no sort here.
@@ -255,20 +273,23 @@ class Worker:
         self.batch_request = self._request_of(0) if self.tables.specs else None
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
         positions = list(self.batch_request.positions) if self.batch_request is not None else []
+        from raytf.runtime import as_tensor
+
+        blocks = [as_tensor(block) for block in self.batch_request.blocks] if self.tables.in_step else []
         params = self._param_tensors()
         if self._step_checked:
-            return self._step(x, y, positions, *params)
+            return self._step(x, y, positions, blocks, *params)
         import tensorflow as tf
 
         self._step_checked = True
         try:
-            return self._step(x, y, positions, *params)
+            return self._step(x, y, positions, blocks, *params)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
             self._step = tf.function(self._step_fn)
-            return self._step(x, y, positions, *params)
+            return self._step(x, y, positions, blocks, *params)
 
     def process_id(self) -> int:
         return os.getpid()
@@ -346,9 +367,11 @@ class Worker:
         if Status.ROLLBACK in statuses:
             return Status.ROLLBACK, versions
         self.params = [link.receive(reply.payload) for link, reply in zip(self.links, replies)]
-        rows = [link.rows.rows_sent() if reply.rows is None and link.rows is not None else reply.rows
-                for link, reply in zip(self.links, replies)]  # over the doorbell: in the row slot
-        received = self.bytes_per_exchange + self.tables.load(request, rows)
+        in_slot = [reply.rows is None and link.rows is not None for link, reply in zip(self.links, replies)]
+        in_place = self._rows_in_place and in_slot == [True]
+        rows = [link.rows.sent_rows if in_place else link.rows.rows_sent() if slot else reply.rows
+                for link, reply, slot in zip(self.links, replies, in_slot)]  # over the doorbell: in the row slot
+        received = self.bytes_per_exchange + self.tables.load(request, rows, in_place)
         self.traffic["pulled"] += received
         if self.trace is not None:
             self._lap("load")
@@ -367,7 +390,10 @@ class Worker:
         started yet, so that every server admits it to the same one and they all keep the same version."""
         import ray
 
-        request = self.tables.request(self._ahead(lookahead))
+        if self.tables.in_step:  # each batch's rows in its own block
+            request = Request.joined([self._request_of(i) for i in range(lookahead)])
+        else:
+            request = self.tables.request(self._ahead(lookahead))
         at_version = None
         if rejoin:
             while True:

@@ -116,15 +116,15 @@ def test_row_updates_equal_the_dense_update_where_they_must(name):
         flat.apply_mean([tf.constant(full.reshape(-1))])
         reference = lazy_reference(name, config, reference, slots, ids, grad.astype(np.float64), step)
     dense = flat.params_view().reshape(10, 3)
-    np.testing.assert_allclose(dense_slots.params.numpy(), dense, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dense_slots.rows(), dense, rtol=1e-6, atol=1e-7)
     untouched = [0, 3, 5, 6, 8, 9]
     if name in ("sgd", "adagrad"):
-        np.testing.assert_allclose(lazy.params.numpy(), dense, rtol=1e-6, atol=1e-7)
-        np.testing.assert_array_equal(lazy.params.numpy()[untouched], initial[untouched])
+        np.testing.assert_allclose(lazy.rows(), dense, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(lazy.rows()[untouched], initial[untouched])
     else:
-        assert lazy.lazy and not np.allclose(lazy.params.numpy(), dense)
-        np.testing.assert_allclose(lazy.params.numpy(), reference, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(lazy.params.numpy()[untouched], initial[untouched])
+        assert lazy.lazy and not np.allclose(lazy.rows(), dense)
+        np.testing.assert_allclose(lazy.rows(), reference, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(lazy.rows()[untouched], initial[untouched])
 
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
@@ -142,16 +142,16 @@ def test_a_rounds_fused_update_merges_equal_ids_of_all_workers_into_their_mean(n
     ids, rows = dedupe(np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts]))
     by_hand.apply(ids, rows * np.float32(1 / len(parts)))  # as the dense mean scales
     # Within an ulp: the graph may fold the learning rate into the mean's scale.
-    np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
-    assert not np.array_equal(fused.params.numpy()[[2, 5, 9, 11]], initial[[2, 5, 9, 11]])
-    np.testing.assert_array_equal(fused.params.numpy()[[0, 1, 3]], initial[[0, 1, 3]])
+    np.testing.assert_allclose(fused.rows(), by_hand.rows(), rtol=1e-6, atol=1e-8)
+    assert not np.array_equal(fused.rows()[[2, 5, 9, 11]], initial[[2, 5, 9, 11]])
+    np.testing.assert_array_equal(fused.rows()[[0, 1, 3]], initial[[0, 1, 3]])
     fused.apply_round([])
     assert fused.steps == 2
     # One gradient (async): applied as it is, no merge.
     fused.apply_round(parts[:1])
     by_hand.apply(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
     by_hand.apply(*parts[0])
-    np.testing.assert_allclose(fused.params.numpy(), by_hand.params.numpy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(fused.rows(), by_hand.rows(), rtol=1e-6, atol=1e-8)
     assert fused.steps == 3
 
 
@@ -170,16 +170,20 @@ def test_a_round_of_two_tables_updates_both_and_gathers_each_request_after_the_u
              ((np.array([4, 8]), rng.normal(size=(2, 3)).astype(np.float32)), (np.array([], np.int64), np.zeros((0, 2), np.float32)))]
     wanted = [(np.array([4, 0]), np.array([6, 6, 1])), (np.array([8]), np.array([], np.int64))]
     rounds = RowRounds(tables)
-    rows = rounds.run(grads, wanted)
+    slot = [np.full((4, 3), np.nan, np.float32), np.full((4, 2), np.nan, np.float32)]  # request 0's rows go here
+    rows = rounds.run(grads, wanted, [slot, None])
+    for k, ids in enumerate(wanted[0]):
+        np.testing.assert_array_equal(slot[k][:len(ids)], rows[0][k])
+        assert np.isnan(slot[k][len(ids):]).all()
     for k, table in enumerate(alone):
         table.apply_round([grad[k] for grad in grads])
-        np.testing.assert_array_equal(tables[k].params.numpy(), table.params.numpy())
+        np.testing.assert_array_equal(tables[k].rows(), table.rows())
     for want, got in zip(wanted, rows):
         for k, (ids, values) in enumerate(zip(want, got)):
-            np.testing.assert_array_equal(values.numpy(), alone[k].params.numpy()[ids])
-            np.testing.assert_array_equal(values.numpy(), rounds.gather(want)[k].numpy())
-    assert not np.array_equal(rows[0][0].numpy()[0], initial[0][4])  # row 4 was pushed: read after the update
-    rounds.run([], [])
+            np.testing.assert_array_equal(values, alone[k].rows()[ids])
+            np.testing.assert_array_equal(values, rounds.gather(want)[k])
+    assert not np.array_equal(rows[0][0][0], initial[0][4])  # row 4 was pushed: read after the update
+    rounds.run([], [], [])
     assert [t.steps for t in tables] == [2, 2]
 
 

@@ -160,6 +160,11 @@ def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_bat
     worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
     give_own_parameters(worker)
     x, y = worker._ahead(1)[0]
+    table = worker.model.trainable_variables[plan.tables[0].variable]
+    # The rows in the step: the batch's rows (here the replica's own) in a block, looked up by position.
+    assert worker.tables.in_step
+    request = worker._request_of(0)
+    worker.tables.load(request, [[table.numpy()[request.ids[j][0]]] for j in range(2)])
     loss, grads, table_grads, finite = worker._compute()
     assert bool(finite) and sum(int(np.prod(g.shape)) for g in grads) == 16 * 32 + 32 + 32 + 1  # the dense layers only
     (summed,) = table_grads
@@ -168,7 +173,6 @@ def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_bat
     # By hand: the replica's own sparse gradient, deduplicated and split in numpy.
     with tf.GradientTape() as tape:
         out = make_loss(cfg.loss)(y, worker.model(x, training=True))
-    table = worker.model.trainable_variables[plan.tables[0].variable]
     want = tape.gradient(out, table)
     unique, rows = dedupe(want.indices.numpy().astype(np.int64).reshape(-1), want.values.numpy().reshape(-1, 16))
     assert distinct == len(unique) == len(np.unique(x.numpy()))
@@ -178,3 +182,22 @@ def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_bat
         order = np.argsort(got_local)  # in order of first lookup, numpy's sorted
         np.testing.assert_array_equal(got_local[order], want_local)
         np.testing.assert_allclose(got_rows[order], want_rows, rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_that_reads_its_ids_twice_keeps_the_rows_in_its_tables(tmp_path, monkeypatch, capsys):
+    """The step looks rows up by position only where nothing but the table reads the ids; here a dense
+    layer reads them too, which the worker finds (the model's output changes) and says."""
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"model": "tests.badinput.recsys_data:build_model_reading_ids_twice",
+                            "loss": "binary_crossentropy", "data": {"train": "examples.recsys:small_train_examples"},
+                            "batch_size": 8, "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 1}})
+    from raytf.driver.prepare import prepare
+
+    plan = prepare(cfg).plan
+    worker = Worker("test", 0)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    assert not worker.tables.in_step
+    assert "another layer reads them" in capsys.readouterr().out
+    give_own_parameters(worker)
+    loss, _, (summed,), finite = worker._compute()
+    assert bool(finite) and np.isfinite(float(loss)) and np.abs(summed.numpy()).sum() > 0
