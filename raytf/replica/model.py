@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 
@@ -65,6 +65,21 @@ def batches(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int = 0)
     if config.data.shuffle_buffer:
         dataset = dataset.shuffle(config.data.shuffle_buffer, seed=config.seed + seed_offset, reshuffle_each_iteration=True)
     return dataset.batch(config.batch_size, drop_remainder=True).repeat().prefetch(2)
+
+
+def batch_stream(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int = 0, group: int = 8) -> Iterator:
+    """The batches of `batches`, as numpy arrays read from TensorFlow `group` batches at a time
+    (a dataset iterator's next costs ~0.4 ms here whatever it returns: a sparse model's step is a few
+    milliseconds). Datasets of anything but dense tensors (ragged, sparse) yield their tensors one
+    batch at a time."""
+    stream = batches(dataset, config, seed_offset)
+    if not all(isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(stream.element_spec)):
+        yield from stream
+        return
+    for chunk in stream.batch(group).prefetch(1):
+        arrays = tf.nest.map_structure(lambda t: t.numpy(), chunk)
+        for i in range(group):
+            yield tf.nest.map_structure(lambda a: a[i], arrays)
 
 
 def first_batch(dataset: tf.data.Dataset, batch_size: int, key: str):

@@ -30,6 +30,7 @@ from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
 from raytf.exchange.wire_link import WireBell
 from raytf.observe.startup import peak_rss
+from raytf.replica.compiled import CompiledStep
 from raytf.replica.tables import Request, WorkerTables, map_rows
 from raytf.runtime import configure_tensorflow
 
@@ -138,7 +139,7 @@ class Worker:
         from raytf.replica.layers import rows_on_servers
         from raytf.replica.model import (
             IdOutOfRange,
-            batches,
+            batch_stream,
             build_model,
             first_batch,
             make_loss,
@@ -169,7 +170,7 @@ class Worker:
             )
         self.model = model
         self.plan = plan
-        self.iterator = iter(batches(dataset, cfg, self.index))
+        self.iterator = batch_stream(dataset, cfg, self.index)
         self.upcoming: collections.deque = collections.deque()  # batches read ahead (their sparse rows are asked early)
         self.tables = WorkerTables(model, plan, self.index)
         try:
@@ -233,7 +234,7 @@ class Worker:
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
-        self._step = tf.function(step, jit_compile=cfg.jit_compile)
+        self._step = CompiledStep(step, cfg.jit_compile)
         self._step_checked = not cfg.jit_compile
         self.params: list = []  # per shard, the flat parameters of the last reply (the step reads them in place)
         return len(tf.config.list_logical_devices("GPU"))
@@ -288,7 +289,7 @@ class Worker:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
-            self._step = tf.function(self._step_fn)
+            self._step = CompiledStep(self._step_fn, None)
             return self._step(x, y, positions, blocks, *params)
 
     def process_id(self) -> int:
