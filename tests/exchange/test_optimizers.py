@@ -7,7 +7,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from raytf.config import OptimizerConfig  # noqa: E402
-from raytf.exchange.optimizers import FlatOptimizer  # noqa: E402
+from raytf.exchange.optimizers import EAGER_BELOW, FlatOptimizer  # noqa: E402
 from raytf.replica.model import keras_optimizer  # noqa: E402
 
 # RMSprop is left out: Keras adds epsilon outside the square root, TensorFlow's kernel inside.
@@ -27,7 +27,7 @@ def test_flat_update_matches_keras(name):
         flat.apply_mean([tf.constant(grad + step), tf.constant(grad - step)])
         optimizer.apply_gradients([(tf.constant(grad), reference)])
         np.testing.assert_allclose(flat.params_view(), reference.numpy(), rtol=2e-5, atol=2e-6)
-    assert int(flat.iterations.numpy()) == len(grads)
+    assert flat.steps == len(grads)
 
 
 def test_rmsprop_follows_tensorflows_kernel():
@@ -50,18 +50,29 @@ def test_a_view_of_the_parameters_keeps_its_values_through_an_update(name, jit):
     """The wire sends a published version from a view of the variable's own buffer, outside the
     exchange's lock (raytf.exchange.transport.ServerSlots.publish): an update meanwhile must not
     write under it (TensorFlow copies a buffer someone else holds before writing), and with the
-    view gone the update writes in place again."""
+    view gone the update writes in place again. (Smaller shards are updated by eager ops, or for SGD
+    in numpy, whose view is a copy: test_a_small_sgd_shard_is_numpy_and_its_view_is_a_copy.)"""
     config = OptimizerConfig(name=name, learning_rate=0.5)
-    flat = FlatOptimizer(config, np.ones(1000, np.float32))
+    flat = FlatOptimizer(config, np.ones(EAGER_BELOW, np.float32))
     flat._use_jit = jit
     view = flat.params_view()
     before = view.copy()
-    flat.apply_mean([tf.constant(np.full(1000, 2.0, np.float32))])
+    flat.apply_mean([tf.constant(np.full(EAGER_BELOW, 2.0, np.float32))])
     np.testing.assert_array_equal(view, before)  # the version being sent is untouched
     after = flat.params_view()
     assert not np.allclose(after, before) and not np.shares_memory(view, after)
     del view
     address = after.ctypes.data
     del after
-    flat.apply_mean([tf.constant(np.full(1000, 2.0, np.float32))])
+    flat.apply_mean([tf.constant(np.full(EAGER_BELOW, 2.0, np.float32))])
     assert flat.params_view().ctypes.data == address  # no view alive: updated in place, no copy
+
+
+def test_a_small_sgd_shard_is_numpy_and_its_view_is_a_copy():
+    flat = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=0.5), np.ones(1000, np.float32))
+    assert flat.numpy_sgd
+    view = flat.params_view()
+    flat.apply_mean([np.full(1000, 2.0, np.float32), np.full(1000, 4.0, np.float32)])
+    np.testing.assert_array_equal(view, 1.0)
+    np.testing.assert_array_equal(flat.params_view(), 1.0 - 0.5 * 3.0)
+    assert flat.state()[2] == 1
