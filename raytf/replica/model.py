@@ -67,13 +67,23 @@ def batches(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int = 0)
     return dataset.batch(config.batch_size, drop_remainder=True).repeat().prefetch(2)
 
 
-def batch_stream(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int = 0, group: int = 8) -> Iterator:
-    """The batches of `batches`, as numpy arrays read from TensorFlow `group` batches at a time
-    (a dataset iterator's next costs ~0.4 ms here whatever it returns: a sparse model's step is a few
-    milliseconds). Datasets of anything but dense tensors (ragged, sparse) yield their tensors one
-    batch at a time."""
+GROUP_BATCHES, GROUP_BYTES = 8, 4 * 2**20
+
+
+def batch_stream(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int = 0) -> Iterator:
+    """The batches of `batches`, as numpy arrays read from TensorFlow up to GROUP_BATCHES at a time
+    while a group stays under GROUP_BYTES (a dataset iterator's next costs ~0.4 ms here whatever it
+    returns: a sparse model's step is a few milliseconds). A slow pipeline still yields at the rate
+    it reads, in groups. Datasets of anything but dense tensors of known shapes (ragged, sparse)
+    and batches of a megabyte or more yield their tensors one batch at a time."""
     stream = batches(dataset, config, seed_offset)
-    if not all(isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(stream.element_spec)):
+    specs = tf.nest.flatten(stream.element_spec)
+    if not all(isinstance(spec, tf.TensorSpec) and spec.shape.is_fully_defined() for spec in specs):
+        yield from stream
+        return
+    batch_bytes = sum(spec.shape.num_elements() * spec.dtype.size for spec in specs)
+    group = max(1, min(GROUP_BATCHES, GROUP_BYTES // max(batch_bytes, 1)))
+    if group == 1:
         yield from stream
         return
     for chunk in stream.batch(group).prefetch(1):
