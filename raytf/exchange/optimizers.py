@@ -150,9 +150,10 @@ class RowOptimizer:
     """One server's rows of a sparse embedding table, (rows, width), with their optimizer slots.
 
     An update touches only the rows a step's gradient has (unique ids, already summed and averaged):
-    gather, subtract and `ResourceScatterUpdate` for SGD, `ResourceSparseApplyAdagradV2`, `ResourceSparseApplyKerasMomentum`,
+    numpy's gather, subtract and put for SGD, `ResourceSparseApplyAdagradV2`, `ResourceSparseApplyKerasMomentum`,
     `ResourceSparseApplyRMSProp`, and a lazy Adam (gather, update, scatter). For SGD and Adagrad that
-    is exactly the dense update (an untouched row's gradient is zero and changes nothing); momentum,
+    is the dense update (an untouched row's gradient is zero and changes nothing; SGD's round up to
+    float32 rounding, see `apply_round`, Adagrad's exactly); momentum,
     RMSProp and Adam would also decay untouched rows' slots, which the lazy update skips
     (`dense_slots=True` does the dense update of the whole table instead: exact, and a full pass).
     """
@@ -204,13 +205,24 @@ class RowOptimizer:
         their summed rows): equal ids of all workers merged, summed and divided by the number of
         gradients (what the dense mean gives a row some workers left at 0), then the row update; one
         gradient (async) is applied as it is, its ids are unique already; none (every gradient of the
-        round was dropped) only counts the step.
+        round was dropped) only counts the step. SGD, whose update is linear in the gradient, applies
+        each gradient's rows in turn scaled by 1/n instead: the mean's update up to float32 rounding
+        (a row two workers touched is rounded after each), without merging (the merge of two
+        workers' ~3,000 rows cost more than both updates).
 
         Eager ops, not a tf.function: on these sizes (thousands of rows) a graph call costs more
         than its work here (its executor hands the ops to its thread pool: ~2x the CPU of the same
         ops run inline), and the merge is mostly numpy (`merged`)."""
         if not parts:
             self._update_rows(np.zeros(0, np.int64), np.zeros((0, self.shape[1]), np.float32))
+        elif self.numpy_rows:
+            rate = np.float32(self.config.learning_rate) * np.float32(1.0 / len(parts))
+            for ids, grad in parts:
+                ids = np.asarray(ids, np.int64)
+                rows = np.take(self._rows, ids, axis=0)
+                rows -= rate * np.asarray(grad, np.float32)
+                self._rows[ids] = rows
+            self._uncounted += 1
         elif len(parts) == 1:
             self._update_rows(np.asarray(parts[0][0], np.int64), np.asarray(parts[0][1], np.float32))
         else:
