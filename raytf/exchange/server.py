@@ -360,6 +360,7 @@ class ParameterServer:
             return ServerStats(ready=False)
         exchange = self.exchange.stats()
         with self.exchange.lock:  # the backend's counters move under the exchange's lock
+            self.metrics.flush()
             self.writer.collect(wait=False)
             updates = max(exchange.updates, 1)
             return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),

@@ -8,6 +8,9 @@ Metrics view (with Prometheus and Grafana set up as Ray documents; import
 
 from __future__ import annotations
 
+import time
+
+FLUSH_SECONDS = 0.5
 TAGS = ("run", "role", "index")
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 STALENESS_BUCKETS = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5]
@@ -59,12 +62,34 @@ class ActorMetrics:
         if restarted:
             self._metrics["raytf_restarts"].inc()
 
+        # Gauges and counters are handed to Ray at most every FLUSH_SECONDS (Ray exports every few
+        # seconds anyway; a call costs tens of microseconds, a sparse step is a few milliseconds).
+        self._gauges: dict[str, float] = {}
+        self._counts: dict[str, float] = {}
+        self._due = 0.0
+
     def set(self, name: str, value: float) -> None:
-        self._metrics[name].set(value)
+        self._gauges[name] = value
+        self._flush_if_due()
 
     def observe(self, name: str, value: float) -> None:
         self._metrics[name].observe(value)
 
     def inc(self, name: str, value: float = 1.0) -> None:
         if value:  # Ray's Counter refuses 0 (a skipped non-finite push sends nothing)
+            self._counts[name] = self._counts.get(name, 0.0) + value
+            self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
+        if time.monotonic() >= self._due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what was set and counted since the last flush to Ray."""
+        for name, value in self._gauges.items():
+            self._metrics[name].set(value)
+        for name, value in self._counts.items():
             self._metrics[name].inc(value)
+        self._gauges.clear()
+        self._counts.clear()
+        self._due = time.monotonic() + FLUSH_SECONDS

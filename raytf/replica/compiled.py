@@ -14,10 +14,14 @@ from typing import Callable
 
 
 class CompiledStep:
-    def __init__(self, fn: Callable, jit_compile: bool | None) -> None:
+    """`fn` compiled; the arguments after the first `checked` ones must keep their shapes and dtypes
+    from call to call (the caller's fixed buffers), the first ones are checked at every call."""
+
+    def __init__(self, fn: Callable, jit_compile: bool | None, checked: int) -> None:
         import tensorflow as tf
 
         self.function = tf.function(fn, jit_compile=jit_compile)
+        self.checked = checked
         self._concrete = None
         self._shapes: tuple = ()
 
@@ -25,12 +29,13 @@ class CompiledStep:
         import tensorflow as tf
 
         flat = tf.nest.flatten(args)
-        if self._concrete is not None and _signature(flat) == self._shapes:
-            return self._concrete._call_flat([tf.convert_to_tensor(a) for a in flat], self._concrete.captured_inputs)
+        if self._concrete is not None and _signature(tf.nest.flatten(args[:self.checked])) == self._shapes:
+            return self._concrete._call_flat([a if isinstance(a, tf.Tensor) else tf.convert_to_tensor(a) for a in flat],
+                                             self._concrete.captured_inputs)
         outputs = self.function(*args)
         concrete = self.function.get_concrete_function(*args)
         if hasattr(concrete, "_call_flat") and len(concrete.inputs) == len(flat) + len(concrete.captured_inputs):
-            self._concrete, self._shapes = concrete, _signature(flat)
+            self._concrete, self._shapes = concrete, _signature(tf.nest.flatten(args[:self.checked]))
         return outputs
 
 

@@ -100,6 +100,7 @@ class Worker:
         self.bells: list = []  # per server, its raytf.exchange.doorbell.Bell where pushes go over it, else None
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when the config's trace.enabled
         self.model = None  # the replica, once set up
+        self._tensors: dict = {}  # see connect
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -234,7 +235,7 @@ class Worker:
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
-        self._step = CompiledStep(step, cfg.jit_compile)
+        self._step = CompiledStep(step, cfg.jit_compile, checked=2)  # the batch's shapes may vary, not the rest
         self._step_checked = not cfg.jit_compile
         self.params: list = []  # per shard, the flat parameters of the last reply (the step reads them in place)
         return len(tf.config.list_logical_devices("GPU"))
@@ -245,9 +246,30 @@ class Worker:
         variable, see raytf.exchange.sharding; the step only reads its parameters)."""
         from raytf.runtime import as_tensor
 
-        return [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
-                for shard, flat in zip(self.plan.shards, self.params)
-                for i, part in zip(shard.variables, shard.parts(flat))]
+        key = tuple(flat.ctypes.data for flat in self.params)
+        cached = self._tensors.get(key)
+        if cached is not None:
+            return cached
+        tensors = [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
+                   for shard, flat in zip(self.plan.shards, self.params)
+                   for i, part in zip(shard.variables, shard.parts(flat))]
+        if all(link.kind == "shm" for link in self.links):
+            # The slots stay mapped until the next `connect`: their tensors are made once.
+            self._tensors[key] = tensors
+        return tensors
+
+    def _block_tensors(self) -> list:
+        """Tensors over the row blocks of the batch computed next (the ring's, or a row slot's: fixed
+        buffers until the next `connect`, so made once each)."""
+        from raytf.runtime import as_tensor
+
+        tensors = []
+        for block in self.batch_request.blocks:
+            key = ("block", block.ctypes.data, block.shape)
+            if key not in self._tensors:
+                self._tensors[key] = as_tensor(block)
+            tensors.append(self._tensors[key])
+        return tensors
 
     def _ahead(self, count: int) -> list:
         """The next `count` batches, read ahead but not taken."""
@@ -274,9 +296,7 @@ class Worker:
         self.batch_request = self._request_of(0) if self.tables.specs else None
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
         positions = list(self.batch_request.positions) if self.batch_request is not None else []
-        from raytf.runtime import as_tensor
-
-        blocks = [as_tensor(block) for block in self.batch_request.blocks] if self.tables.in_step else []
+        blocks = self._block_tensors() if self.tables.in_step else []
         params = self._param_tensors()
         if self._step_checked:
             return self._step(x, y, positions, blocks, *params)
@@ -289,7 +309,7 @@ class Worker:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
-            self._step = CompiledStep(self._step_fn, None)
+            self._step = CompiledStep(self._step_fn, None, checked=2)
             return self._step(x, y, positions, blocks, *params)
 
     def process_id(self) -> int:
@@ -298,6 +318,7 @@ class Worker:
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
         self.servers = servers
+        self._tensors = {}  # tensors over buffers of the links (and the row blocks), made once per connect
         from raytf.exchange.row_slots import RowLayout
 
         layout = RowLayout.of(self.plan.tables)
@@ -511,6 +532,8 @@ class Worker:
             if not _server_lost(err):
                 raise
             status = Status.SERVER_LOST
+        if self.metrics is not None:
+            self.metrics.flush()
         wire_sent, wire_received = self._wire_bytes()
         return timer.result(self.index, status, steps, loss_value, self.config.batch_size, **self.traffic,
                             wire_sent=wire_sent - wire_at_start[0], wire_received=wire_received - wire_at_start[1])
