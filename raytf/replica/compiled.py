@@ -30,7 +30,7 @@ class CompiledStep:
 
         flat = tf.nest.flatten(args)
         if self._concrete is not None and _signature(tf.nest.flatten(args[:self.checked])) == self._shapes:
-            return self._concrete._call_flat([a if isinstance(a, tf.Tensor) else tf.convert_to_tensor(a) for a in flat],
+            return self._concrete._call_flat([a if isinstance(a, tf.Tensor) else _tensor(a) for a in flat],
                                              self._concrete.captured_inputs)
         outputs = self.function(*args)
         concrete = self.function.get_concrete_function(*args)
@@ -42,3 +42,17 @@ class CompiledStep:
 def _signature(flat: list) -> tuple:
     """Shapes and dtypes of tensors and numpy arrays (both name their dtype alike: "int32")."""
     return tuple((tuple(a.shape), a.dtype.name) for a in flat)
+
+
+def _tensor(value):
+    """A step's argument as a tensor: a numpy array without a copy where aligned (the step only
+    reads it; `raytf.runtime.as_tensor`), anything else as TensorFlow converts it."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        from raytf.runtime import as_tensor
+
+        return as_tensor(value, read_only=True)
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(value)

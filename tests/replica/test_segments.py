@@ -33,3 +33,26 @@ def test_the_numpy_request_is_the_graph_request(servers, partition):
     for count in fast[2]:  # numpy's segments sorted
         assert (np.diff(fast[0][start:start + count]) > 0).all()
         start += count
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_unique_is_numpys(dtype):
+    from raytf.replica.segments import _unique
+
+    ids = np.random.default_rng(1).integers(0, 50, size=300).astype(dtype)
+    for case in (ids, ids[:1], ids[:0]):
+        unique, positions = _unique(case)
+        want_unique, want_positions = np.unique(case, return_inverse=True)
+        np.testing.assert_array_equal(unique, want_unique)
+        np.testing.assert_array_equal(positions, want_positions.reshape(-1))
+        assert positions.dtype == np.int32
+
+
+def test_an_unaligned_small_array_becomes_an_aligned_tensor_with_its_values():
+    from raytf.runtime import ALIGN_BYTES, as_tensor
+
+    raw = np.arange(1001, dtype=np.int32)
+    unaligned = raw[1:] if raw[1:].ctypes.data % ALIGN_BYTES else raw[2:]
+    tensor = as_tensor(unaligned, read_only=True)
+    np.testing.assert_array_equal(tensor.numpy(), unaligned)
+    assert np.from_dlpack(tensor).ctypes.data % ALIGN_BYTES == 0
