@@ -89,7 +89,19 @@ def batch_stream(dataset: tf.data.Dataset, config: TrainConfig, seed_offset: int
     for chunk in stream.batch(group).prefetch(1):
         arrays = tf.nest.map_structure(lambda t: t.numpy(), chunk)
         for i in range(group):
-            yield tf.nest.map_structure(lambda a: a[i], arrays)
+            yield _item(arrays, i)
+
+
+def _item(structure, i: int):
+    """Batch `i` of a group's (nested) arrays; tf.nest.map_structure costs ~60 us here."""
+    if isinstance(structure, dict):
+        return {key: _item(value, i) for key, value in structure.items()}
+    if isinstance(structure, tuple):
+        items = [_item(value, i) for value in structure]
+        return type(structure)(*items) if hasattr(structure, "_fields") else tuple(items)
+    if isinstance(structure, list):
+        return [_item(value, i) for value in structure]
+    return structure[i]
 
 
 def first_batch(dataset: tf.data.Dataset, batch_size: int, key: str):
