@@ -64,6 +64,11 @@ class ShardedEmbedding(keras.layers.Embedding):
             return super().call(inputs)
         import tensorflow as tf
 
+        if getattr(self, "by_position", False):
+            # raytf's step passes the places of the ids among the rows it maps `embeddings` to
+            # (raytf.replica.tables.WorkerTables.use_rows_in_step), not the ids.
+            return tf.gather(self.embeddings.value, inputs)
+
         ids = tf.cast(tf.reshape(inputs, [-1]), tf.int64)
         positions = tf.searchsorted(self.cached_ids.value, ids)
         rows = tf.gather(self.embeddings.value, tf.minimum(positions, self.capacity - 1))

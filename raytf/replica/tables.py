@@ -100,27 +100,39 @@ class WorkerTables:
 
         if not self.specs or self._inputs is None:
             return "a table looks up ids the model computes" if self.specs else "no sparse tables"
+        from raytf.replica.layers import ShardedEmbedding
+
         for spec, layer in zip(self.specs, self._layers):
-            if spec.cached or spec.per_batch <= 0:
-                return f"'{spec.layer}' is a ShardedEmbedding or has no fixed number of ids per batch"
-            if type(layer).call is not keras.layers.Embedding.call or getattr(layer, "mask_zero", False) \
-                    or getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+            if spec.per_batch <= 0:
+                return f"'{spec.layer}' has no fixed number of ids per batch"
+            plain = type(layer).call in (keras.layers.Embedding.call, ShardedEmbedding.call)
+            if not plain or getattr(layer, "mask_zero", False) or getattr(layer, "quantization_mode", None) \
+                    or getattr(layer, "lora_enabled", False):
                 return f"'{spec.layer}' is not a plain Embedding (a subclass, mask_zero, LoRA or quantized)"
         if len(set(map(str, self._inputs))) < len(self._inputs):
             return "two tables look up the same input"
-        # The same output from the whole table and from the rows of the batch: nothing else reads the ids.
+        # The same output from the tables (a ShardedEmbedding's cache holding the batch's rows) and from
+        # the rows of the batch by position: nothing else reads the ids.
         request = self.request([(features, None)])
-        blocks = []
+        blocks, rng = [], np.random.default_rng(0)
         for k, spec in enumerate(self.specs):
             block = aligned_zeros(spec.per_batch * spec.width).reshape(spec.per_batch, spec.width)
             ids = np.concatenate([request.ids[j][k] for j in range(self.servers)])
-            block[:len(ids)] = tf.gather(self.variables[k], ids).numpy()
+            if spec.cached:  # its cache holds no rows yet: some, in both
+                block[:len(ids)] = rng.normal(size=(len(ids), spec.width))
+                self._fill_cache(k, ids, block[:len(ids)])
+            else:
+                block[:len(ids)] = tf.gather(self.variables[k], ids).numpy()
             blocks.append(tf.constant(block))
         whole = model(features, training=False)
+        for layer in self._layers:
+            layer.by_position = True
         with keras.StatelessScope() as scope:
             map_rows(scope, self._table_variables, blocks)
             by_rows = model(self.by_position(features, request.positions), training=False)
         if not all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(tf.nest.flatten(whole), tf.nest.flatten(by_rows))):
+            for layer in self._layers:
+                layer.by_position = False
             return "the model's output differs when its ids are replaced by their rows' positions (another layer reads them)"
         self._ring = [[aligned_zeros(spec.per_batch * spec.width).reshape(spec.per_batch, spec.width)
                        for spec in self.specs] for _ in range(buffers)]
@@ -192,17 +204,20 @@ class WorkerTables:
                                                          indices=tensor_of(server_ids, np.int64),
                                                          updates=tensor_of(server_rows, np.float32))
                 continue
-            # The cache now holds exactly these rows, sorted by id (the layer looks ids up by binary search).
-            all_ids, all_rows = np.concatenate(ids), np.concatenate(values)
-            order = np.argsort(all_ids)
-            cached = np.full(len(self._cached[k]), ABSENT, np.int64)
-            cached[: len(order)] = all_ids[order]
-            cache = np.zeros((len(cached), spec.width), np.float32)
-            cache[: len(order)] = all_rows[order]
-            self.variables[k].assign(cache)
-            self.cache_ids[k].assign(cached)
-            self._cached[k] = cached
+            self._fill_cache(k, np.concatenate(ids), np.concatenate(values))
         return received
+
+    def _fill_cache(self, k: int, ids: np.ndarray, rows: np.ndarray) -> None:
+        """A ShardedEmbedding's cache now holds exactly these rows, sorted by id (the layer looks ids
+        up by binary search)."""
+        order = np.argsort(ids)
+        cached = np.full(len(self._cached[k]), ABSENT, np.int64)
+        cached[: len(order)] = ids[order]
+        cache = np.zeros((len(cached), self.specs[k].width), np.float32)
+        cache[: len(order)] = rows[order]
+        self.variables[k].assign(cache)
+        self.cache_ids[k].assign(cached)
+        self._cached[k] = cached
 
     def _load_blocks(self, request: Request, rows: list, in_place: bool) -> int:
         if request.parts:  # one answer for several batches: each its own blocks

@@ -201,3 +201,26 @@ def test_a_model_that_reads_its_ids_twice_keeps_the_rows_in_its_tables(tmp_path,
     give_own_parameters(worker)
     loss, _, (summed,), finite = worker._compute()
     assert bool(finite) and np.isfinite(float(loss)) and np.abs(summed.numpy()).sum() > 0
+
+
+def test_a_sharded_embeddings_step_reads_its_rows_by_position_too(tmp_path, monkeypatch):
+    """Its cache is not read either: the rows given for the batch are looked up by position, and the
+    step's summed gradient rows are those of the batch's distinct ids (checked on the summed total)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"model": "examples.recsys:build_small_sharded_model", "loss": "binary_crossentropy",
+                            "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
+                            "distribution": {"parameter_servers": 2}})
+    from raytf.driver.prepare import prepare
+
+    plan = prepare(cfg).plan
+    worker = Worker("test", 0)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    assert worker.tables.in_step
+    give_own_parameters(worker)
+    request = worker._request_of(0)
+    rows = [[np.full((len(request.ids[j][0]), 16), 0.01 * (j + 1), np.float32)] for j in range(2)]
+    worker.tables.load(request, rows)
+    loss, _, (summed,), finite = worker._compute()
+    assert bool(finite) and np.isfinite(float(loss))
+    distinct = request.count()
+    assert np.abs(summed.numpy()[:distinct]).sum() > 0 and np.abs(summed.numpy()[distinct:]).sum() == 0
