@@ -40,9 +40,30 @@ def fit(
     `address` it trains on the cluster `raytf up` started, or on an embedded one for this run.
     `resume` continues from the newest checkpoint in output_dir; `restart` deletes the
     checkpoints there first. Ctrl-C / SIGTERM stop at the next step, write a checkpoint and
-    raise `Interrupted` (a second one quits at once). `started_at` (wall clock) is when the
-    command that calls this started, so that start-up accounting includes it (the CLI passes it).
+    raise `Interrupted` (a second one quits at once); before training starts and after it ends,
+    they raise KeyboardInterrupt, taking down what was started (an embedded cluster, actors).
+    `started_at` (wall clock) is when the command that calls this started, so that start-up
+    accounting includes it (the CLI passes it).
     """
+    from raytf.driver.supervisor import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        return _fit(config, overrides=overrides, address=address, progress=progress, on_event=on_event,
+                    resume=resume, restart=restart, started_at=started_at)
+
+
+def _fit(
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    progress=None,
+    on_event: Callable[[str], None] = lambda message: None,
+    resume: bool = False,
+    restart: bool = False,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """`fit`, with SIGTERM raising KeyboardInterrupt."""
     import ray
 
     from raytf.cluster import local as local_cluster

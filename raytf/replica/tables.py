@@ -89,9 +89,9 @@ class WorkerTables:
     def use_rows_in_step(self, model, features, buffers: int) -> str | None:
         """Let the step read each table's rows from a block of the rows sent (no scatter into the
         replica's table, a gather from a few hundred kilobytes instead of the whole table). Possible
-        when every table is a plain Embedding whose ids are a model input as they are, with a fixed
-        number of ids per batch; checked on `features` (the model's output must be the same either
-        way). Returns why not, or None when on. `buffers`: blocks per table in turn (the batches
+        when every table is a plain Embedding or ShardedEmbedding whose ids are a model input as they
+        are, with a fixed number of ids per batch; checked on `features` (the model's output must be
+        the same either way). Returns why not, or None when on. `buffers`: blocks per table in turn (the batches
         whose rows are loaded and not yet computed, plus one)."""
         import keras
         import tensorflow as tf

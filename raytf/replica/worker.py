@@ -100,7 +100,6 @@ class Worker:
         self.bells: list = []  # per server, its raytf.exchange.doorbell.Bell where pushes go over it, else None
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when the config's trace.enabled
         self.model = None  # the replica, once set up
-        self._tensors: dict = {}  # see connect
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -246,30 +245,9 @@ class Worker:
         variable, see raytf.exchange.sharding; the step only reads its parameters)."""
         from raytf.runtime import as_tensor
 
-        key = tuple(flat.ctypes.data for flat in self.params)
-        cached = self._tensors.get(key)
-        if cached is not None:
-            return cached
-        tensors = [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
-                   for shard, flat in zip(self.plan.shards, self.params)
-                   for i, part in zip(shard.variables, shard.parts(flat))]
-        if all(link.kind == "shm" for link in self.links):
-            # The slots stay mapped until the next `connect`: their tensors are made once.
-            self._tensors[key] = tensors
-        return tensors
-
-    def _block_tensors(self) -> list:
-        """Tensors over the row blocks of the batch computed next (the ring's, or a row slot's: fixed
-        buffers until the next `connect`, so made once each)."""
-        from raytf.runtime import as_tensor
-
-        tensors = []
-        for block in self.batch_request.blocks:
-            key = ("block", block.ctypes.data, block.shape)
-            if key not in self._tensors:
-                self._tensors[key] = as_tensor(block)
-            tensors.append(self._tensors[key])
-        return tensors
+        return [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
+                for shard, flat in zip(self.plan.shards, self.params)
+                for i, part in zip(shard.variables, shard.parts(flat))]
 
     def _ahead(self, count: int) -> list:
         """The next `count` batches, read ahead but not taken."""
@@ -296,7 +274,9 @@ class Worker:
         self.batch_request = self._request_of(0) if self.tables.specs else None
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
         positions = list(self.batch_request.positions) if self.batch_request is not None else []
-        blocks = self._block_tensors() if self.tables.in_step else []
+        from raytf.runtime import as_tensor
+
+        blocks = [as_tensor(block) for block in self.batch_request.blocks] if self.tables.in_step else []
         params = self._param_tensors()
         if self._step_checked:
             return self._step(x, y, positions, blocks, *params)
@@ -318,7 +298,6 @@ class Worker:
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
         self.servers = servers
-        self._tensors = {}  # tensors over buffers of the links (and the row blocks), made once per connect
         from raytf.exchange.row_slots import RowLayout
 
         layout = RowLayout.of(self.plan.tables)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -44,11 +46,37 @@ def test_train_without_a_cluster_starts_and_stops_an_embedded_one(raytf_home, tm
     assert breakdown["total"] == pytest.approx(summary["startup_seconds"], abs=0.01)
     assert not (raytf_home / "cluster.json").exists(), "an embedded run must not be remembered as `raytf up`'s"
     # The embedded head's processes are gone: nothing names its temp dir any more.
+    assert head_leftovers(raytf_home) == []
+
+
+def head_leftovers(raytf_home) -> list[int]:
+    """Processes of the embedded head the run started (whatever names its temp dir), not zombies."""
     (log,) = (raytf_home / "logs").glob("head-*.log")
     temp_dir = f"/tmp/raytf-{os.getuid()}/{log.stem.split('-')[1]}/"
-    leftovers = [p.pid for p in psutil.process_iter(["cmdline", "status"])
-                 if p.info["status"] != psutil.STATUS_ZOMBIE and any(temp_dir in a for a in p.info["cmdline"] or [])]
-    assert leftovers == []
+    return [p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(temp_dir in a for a in p.info["cmdline"] or [])]
+
+
+def test_sigterm_while_a_run_starts_takes_its_embedded_cluster_down(raytf_home, tmp_path):
+    """SIGTERM before training starts (here while the driver imports TensorFlow and checks the model,
+    the head starting beside it) ends the command as Ctrl-C does, and the head it started is stopped,
+    not left running."""
+    env = dict(os.environ, RAYTF_HOME=str(raytf_home))
+    run = subprocess.Popen([sys.executable, "-m", "raytf.cli", "train", "examples/digits.yaml", "--plain",
+                            "--set", f"output_dir={tmp_path / 'run'}"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((raytf_home / "logs").glob("head-*.log")):  # the head is being started
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Interrupted" in err and "Traceback" not in out + err
+    assert head_leftovers(raytf_home) == []
 
 
 # `raytf train --verbose` (TensorFlow's native lines of the driver and of the actors let through) is checked on
