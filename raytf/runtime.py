@@ -145,9 +145,7 @@ def as_tensor(array, *, read_only: bool = False):
             return tf.convert_to_tensor(array)
         # A small array (a batch, a row request's positions): an aligned copy handed over by DLPack
         # costs a few microseconds, tf.convert_to_tensor ~15 (~100 in a busy actor).
-        raw = np.empty(array.nbytes + ALIGN_BYTES, np.uint8)
-        start = -raw.ctypes.data % ALIGN_BYTES
-        aligned = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+        aligned = aligned_bytes(array.nbytes).view(array.dtype).reshape(array.shape)
         np.copyto(aligned, array)
         array = aligned
     if not array.flags.writeable:
@@ -177,11 +175,16 @@ class _Borrowed:
         self.__array_interface__ = interface
 
 
+def aligned_bytes(nbytes: int) -> np.ndarray:
+    """`nbytes` zero bytes whose data starts on a 64-byte boundary (numpy promises 16)."""
+    raw = np.zeros(nbytes + ALIGN_BYTES, np.uint8)
+    start = -raw.ctypes.data % ALIGN_BYTES
+    return raw[start:start + nbytes]
+
+
 def aligned_zeros(size: int) -> np.ndarray:
-    """A float32 buffer of zeros whose data starts on a 64-byte boundary (numpy promises 16)."""
-    raw = np.zeros(size + ALIGN_BYTES // 4, np.float32)
-    start = (-raw.ctypes.data % ALIGN_BYTES) // 4
-    return raw[start:start + size]
+    """A float32 buffer of `size` zeros whose data starts on a 64-byte boundary."""
+    return aligned_bytes(4 * size).view(np.float32)
 
 
 def private_temp_root() -> Path:
@@ -207,4 +210,3 @@ def private_dir(path: Path) -> Path:
     if stat.S_IMODE(info.st_mode) != 0o700:
         path.chmod(0o700)
     return path
-

@@ -18,11 +18,13 @@ import numpy as np
 
 from raytf.config import TrainConfig
 from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
+from raytf.driver.signals import stop_on_signals, terminate_as_interrupt
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
 from raytf.exchange.policies import policy_for
 from raytf.observe.startup import StartupClock
 
 
+@terminate_as_interrupt()  # before training and after it; stop_on_signals while it trains
 def fit(
     config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
     *,
@@ -45,32 +47,13 @@ def fit(
     `started_at` (wall clock) is when the command that calls this started, so that start-up
     accounting includes it (the CLI passes it).
     """
-    from raytf.driver.supervisor import terminate_as_interrupt
-
-    with terminate_as_interrupt():
-        return _fit(config, overrides=overrides, address=address, progress=progress, on_event=on_event,
-                    resume=resume, restart=restart, started_at=started_at)
-
-
-def _fit(
-    config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
-    *,
-    overrides: Sequence[str] = (),
-    address: str | None = None,
-    progress=None,
-    on_event: Callable[[str], None] = lambda message: None,
-    resume: bool = False,
-    restart: bool = False,
-    started_at: float | None = None,
-) -> dict[str, Any]:
-    """`fit`, with SIGTERM raising KeyboardInterrupt."""
     import ray
 
     from raytf.cluster import local as local_cluster
     from raytf.cluster.connection import connect, needs_embedded_cluster
     from raytf.driver.actors import check_resources, launch, server_settings
     from raytf.driver.groups import trace_tracks
-    from raytf.driver.supervisor import Supervisor, stop_on_signals
+    from raytf.driver.supervisor import Supervisor
     from raytf.exchange.shard_state import root_of
     from raytf.observe.tensorboard import TensorBoardLog
 

@@ -218,10 +218,7 @@ class RowOptimizer:
         elif self.numpy_rows:
             rate = np.float32(self.config.learning_rate) * np.float32(1.0 / len(parts))
             for ids, grad in parts:
-                ids = np.asarray(ids, np.int64)
-                rows = np.take(self._rows, ids, axis=0)
-                rows -= rate * np.asarray(grad, np.float32)
-                self._rows[ids] = rows
+                self._subtract_rows(np.asarray(ids, np.int64), rate * np.asarray(grad, np.float32))
             self._uncounted += 1
         elif len(parts) == 1:
             self._update_rows(np.asarray(parts[0][0], np.int64), np.asarray(parts[0][1], np.float32))
@@ -254,14 +251,17 @@ class RowOptimizer:
 
     def _update_rows(self, ids: np.ndarray, grad: np.ndarray) -> None:
         if self.numpy_rows:
-            # ids are unique: gather, `rows - lr * grad` (the same float32 operations TensorFlow's would
-            # be), put back: ResourceScatterSub's result.
-            rows = np.take(self._rows, ids, axis=0)
-            rows -= np.float32(self.config.learning_rate) * grad
-            self._rows[ids] = rows
+            self._subtract_rows(ids, np.float32(self.config.learning_rate) * grad)
             self._uncounted += 1
             return
         self._update(tensor_of(ids, np.int64), tensor_of(grad, np.float32))
+
+    def _subtract_rows(self, ids: np.ndarray, delta: np.ndarray) -> None:
+        """SGD's rows at the unique `ids` minus `delta`: gather, subtract, put back (the same float32
+        operations as TensorFlow's, ResourceScatterSub's result)."""
+        rows = np.take(self._rows, ids, axis=0)
+        rows -= delta
+        self._rows[ids] = rows
 
     def _update(self, ids: tf.Tensor, grad: tf.Tensor) -> None:
         c, handle = self.config, self.params.handle

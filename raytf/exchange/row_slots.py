@@ -22,17 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from raytf.runtime import ALIGN_BYTES
+from raytf.runtime import ALIGN_BYTES, aligned_bytes
 
 
 def _aligned(offset: int) -> int:
     return -(-offset // ALIGN_BYTES) * ALIGN_BYTES
-
-
-def _aligned_bytes(size: int) -> np.ndarray:
-    raw = np.zeros(size + ALIGN_BYTES, np.uint8)
-    start = -raw.ctypes.data % ALIGN_BYTES
-    return raw[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class RowSlot:
         self.path = path
         self.layout = layout
         if path is None:
-            raw = _aligned_bytes(layout.nbytes)
+            raw = aligned_bytes(layout.nbytes)
         else:
             flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0) | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags, 0o600)

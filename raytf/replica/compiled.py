@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
+from raytf.runtime import as_tensor
+
 
 class CompiledStep:
     """`fn` compiled; the arguments after the first `checked` ones must keep their shapes and dtypes
@@ -47,11 +51,7 @@ def _signature(flat: list) -> tuple:
 def _tensor(value):
     """A step's argument as a tensor: a numpy array without a copy where aligned (the step only
     reads it; `raytf.runtime.as_tensor`), anything else as TensorFlow converts it."""
-    import numpy as np
-
     if isinstance(value, np.ndarray):
-        from raytf.runtime import as_tensor
-
         return as_tensor(value, read_only=True)
     import tensorflow as tf
 

@@ -32,7 +32,7 @@ from raytf.exchange.wire_link import WireBell
 from raytf.observe.startup import peak_rss
 from raytf.replica.compiled import CompiledStep
 from raytf.replica.tables import Request, WorkerTables, map_rows
-from raytf.runtime import configure_tensorflow
+from raytf.runtime import as_tensor, configure_tensorflow
 
 
 def warmup_steps(steps: int) -> int:
@@ -243,8 +243,6 @@ class Worker:
         """Each server variable's values as a tensor over the last reply's buffers, without a copy:
         a shared-memory slot, or the object store's read-only buffer (both 64-byte aligned per
         variable, see raytf.exchange.sharding; the step only reads its parameters)."""
-        from raytf.runtime import as_tensor
-
         return [as_tensor(part.reshape(self.plan.variables[i].shape), read_only=True)
                 for shard, flat in zip(self.plan.shards, self.params)
                 for i, part in zip(shard.variables, shard.parts(flat))]
@@ -274,8 +272,6 @@ class Worker:
         self.batch_request = self._request_of(0) if self.tables.specs else None
         x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
         positions = list(self.batch_request.positions) if self.batch_request is not None else []
-        from raytf.runtime import as_tensor
-
         blocks = [as_tensor(block) for block in self.batch_request.blocks] if self.tables.in_step else []
         params = self._param_tensors()
         if self._step_checked:

@@ -177,7 +177,7 @@ def test_the_first_signal_asks_to_stop_and_the_second_quits(first):
     import os
     import threading
 
-    from raytf.driver.supervisor import stop_on_signals
+    from raytf.driver.signals import stop_on_signals
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     stop = threading.Event()
