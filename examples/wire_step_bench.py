@@ -34,7 +34,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SETTINGS = [("none", "none"), ("bf16", "bf16"), ("int8", "bf16"), ("int8", "none")]
+# (push codec, pull codec, pipelined: the server applies and answers piece by piece, raytf.exchange.pipeline)
+SETTINGS = [("none", "none", False), ("none", "none", True), ("bf16", "bf16", False), ("bf16", "bf16", True),
+            ("int8", "bf16", False), ("int8", "bf16", True), ("int8", "none", True)]
 WORKERS = 2
 WARMUP = 3
 
@@ -44,7 +46,8 @@ def serve(host: str, size: int, secret: bytes) -> None:
     times (ms) per setting once stdin closes."""
     from raytf.config import OptimizerConfig
     from raytf.exchange import Exchange, Push, Reply, make_policy
-    from raytf.exchange.optimizers import FlatOptimizer
+    from raytf.exchange.optimizers import FlatOptimizer, PiecedOptimizer
+    from raytf.exchange.pipeline import PIECE_VALUES, Pipeline
     from raytf.exchange.transport import ServerSlots
     from raytf.exchange.wire import WireListener
     from raytf.exchange.wire_link import serve_connection
@@ -52,32 +55,45 @@ def serve(host: str, size: int, secret: bytes) -> None:
 
     configure_tensorflow(2)  # as a sync server: the workers wait while it applies
     listeners, applies = [], {}
-    for index, (_, pull) in enumerate(SETTINGS):
-        opt = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=0.01), np.zeros(size, np.float32))
+    for index, (_, pull, pipelined) in enumerate(SETTINGS):
+        config = OptimizerConfig(name="sgd", learning_rate=0.01)
+        opt = (PiecedOptimizer(config, np.zeros(size, np.float32), piece=PIECE_VALUES) if pipelined
+               else FlatOptimizer(config, np.zeros(size, np.float32)))
         slots = ServerSlots(f"wire-step-bench-{index}", 0, size, set(), shared_params=True,
                             wire_workers=set(range(WORKERS)))
         times = applies[index] = []
 
         class Backend:
+            pipeline = None
+
             def apply(self, grads, opt=opt, times=times) -> None:
+                if self.pipeline is not None and self.pipeline.applied_round():
+                    times.append(self.pipeline.seconds_apply)  # the pieces' updates
+                    self.pipeline.seconds_apply = 0.0
+                    return
                 started = time.perf_counter()
                 opt.apply_mean(grads)
                 times.append(time.perf_counter() - started)
 
             def publish(self, version, worker, opt=opt, slots=slots) -> None:
-                slots.publish(opt.params_view(), version, worker)
+                if self.pipeline is None or worker not in self.pipeline.pipelined:
+                    slots.publish(opt.params_view(), version, worker)
 
             def checkpoint(self, version) -> None:
                 pass
 
-        exchange = Exchange(make_policy("sync", WORKERS), Backend(), workers=WORKERS, target=1 << 40)
+        backend = Backend()
+        exchange = Exchange(make_policy("sync", WORKERS), backend, workers=WORKERS, target=1 << 40)
+        if pipelined:
+            backend.pipeline = Pipeline(exchange, opt, lambda w, slots=slots: slots.wire_buffers(w)[0],
+                                        lambda exchange=exchange: exchange.policy.required(exchange), pull)
 
         def push(worker, base, steps, loss, finite, exchange=exchange, slots=slots) -> Reply:
             outcome = exchange.push(Push(worker, base, steps, loss, finite), slots.gradient(worker, None))
             return Reply(outcome.status, outcome.version, 0, outcome.dropped)
 
-        def on_peer(conn, slots=slots, push=push, pull=pull) -> None:
-            serve_connection(conn, slots.wire_buffers, push, slots.take_published, pull)
+        def on_peer(conn, slots=slots, push=push, pull=pull, pipeline=backend.pipeline) -> None:
+            serve_connection(conn, slots.wire_buffers, push, slots.take_published, pull, pipeline)
 
         listeners.append(WireListener(host, secret, on_peer))
     print(json.dumps([listener.address[1] for listener in listeners]), flush=True)
@@ -94,7 +110,7 @@ def work(host: str, ports: list[int], size: int, secret: bytes, worker: int, ste
     gradient = rng.standard_normal(size, dtype=np.float32) * 1e-3
     parts = Parts(size)
     parts.set([gradient], (0,))
-    bells = [WireBell(connect(host, port, secret, worker), parts, size, None, push) for port, (push, _) in
+    bells = [WireBell(connect(host, port, secret, worker), parts, size, None, push) for port, (push, _, _) in
              zip(ports, SETTINGS)]
     times: dict[int, list[float]] = {i: [] for i in range(len(SETTINGS))}
     for step in range(WARMUP + steps):
@@ -167,10 +183,10 @@ def main() -> int:
     where = f"two namespaces, {shaping}" if nodes else "loopback, unshaped"
     print(f"sync step exchange of {args.bytes:,} bytes per worker, {WORKERS} workers -> 1 server, {where}, "
           f"{args.steps} steps per setting, interleaved")
-    print("| push | pull | MB in / out at the server | step exchange ms (median) | apply ms | floor ms: in + out "
+    print("| push | pull | server | MB in / out at the server | step exchange ms (median) | apply ms | floor ms: in + out "
           "| median / that | floor ms: both at once | median / that |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for i, (push, pull) in enumerate(SETTINGS):
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for i, (push, pull, pipelined) in enumerate(SETTINGS):
         times = [t for r in results for t in r["times"][str(i)]]
         sent = sum(r["wire"][str(i)][0] for r in results) / (WARMUP + args.steps)
         received = sum(r["wire"][str(i)][1] for r in results) / (WARMUP + args.steps)
@@ -178,7 +194,7 @@ def main() -> int:
         floors = [(sent + received) * 8 / link.bits_per_second + apply,
                   max(sent, received) * 8 / link.bits_per_second + apply] if nodes else []
         columns = " | ".join(f"{1000 * floor:.2f} | {median / floor:.2f}" for floor in floors) or "- | - | - | -"
-        print(f"| {push} | {pull} | {sent / 1e6:.2f} / {received / 1e6:.2f} | {1000 * median:.2f} | {1000 * apply:.2f} | "
+        print(f"| {push} | {pull} | {'pipelined' if pipelined else 'whole'} | {sent / 1e6:.2f} / {received / 1e6:.2f} | {1000 * median:.2f} | {1000 * apply:.2f} | "
               f"{columns} |")
     return 0
 

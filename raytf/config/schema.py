@@ -102,6 +102,7 @@ class DistributionConfig(_Frozen):
     transport: Literal["auto", "shm", "wire", "object_store"] = Field("auto", description="auto: shared memory between a worker and a server on one node, the wire (a direct TCP connection per pair) across nodes; object_store: Ray's, for every pair")
     compression: CompressionConfig = CompressionConfig()
     encrypt: bool = Field(False, description="the wire seals every payload with AES-256-GCM (it is always authenticated)")
+    pipeline: bool = Field(True, description="sync servers whose workers are all on the wire apply and answer the gradient in 1 MB pieces while later pieces still arrive")
     doorbell: bool = Field(True, description="shared-memory links push over a Unix socket per server instead of a Ray call per step (models without sparse tables)")
     worker_resources: Resources = Resources(num_cpus=1)
     # Parameter servers are idle most of the step; they reserve no CPU by default so that

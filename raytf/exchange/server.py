@@ -64,6 +64,7 @@ class ParameterServer:
         self.slots: ServerSlots | None = None
         self.doorbell = None  # a raytf.exchange.doorbell.Doorbell while same-node workers push over it
         self.listener = None  # a raytf.exchange.wire.WireListener while workers on other nodes push over the wire
+        self.pipeline = None  # a raytf.exchange.pipeline.Pipeline while every worker is on the wire (sync)
         self.exchange: Exchange | None = None
         self._setup_lock = threading.Lock()
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when settings.trace_steps
@@ -133,7 +134,31 @@ class ParameterServer:
                                  shared_params=self.policy.shared_parameter_slot,
                                  rows=layout if self.settings.distribution.doorbell else None,
                                  wire_workers={w for w, kind in enumerate(kinds) if kind == "wire"}, wire_rows=layout)
+        self._pipeline_if_all_wire(kinds)
         return [self._linked(w) for w in range(len(kinds))]
+
+    def _pipeline_if_all_wire(self, kinds: list[str]) -> None:
+        """Sync rounds applied and answered piece by piece (raytf.exchange.pipeline) where every
+        worker is on the wire and the shard has more than one piece; the shard is cut in pieces
+        for it (elsewhere a whole view of it would cost a copy)."""
+        from raytf.exchange.pipeline import Pipeline, piece_values
+        from raytf.exchange.policies import SyncPolicy
+
+        d = self.settings.distribution
+        piece = piece_values(self.opt.config.name)
+        if not (d.pipeline and kinds and all(kind == "wire" for kind in kinds) and self.opt.size > piece
+                and isinstance(self.policy, SyncPolicy) and not self.policy.backup_workers):
+            return
+        from raytf.exchange.optimizers import PiecedOptimizer
+
+        self.opt = PiecedOptimizer.of(self.opt, piece)
+        self.pipeline = Pipeline(self.exchange, self.opt, lambda w: self.slots.wire_buffers(w)[0],
+                                 self._pipeline_members, d.compression.pull)
+
+    def _pipeline_members(self) -> set[int] | None:
+        """The workers of the sync round being built, if all are on the wire (the exchange's lock held)."""
+        members = self.policy.required(self.exchange)
+        return members if all(self.slots.is_wire(w) for w in members) else None
 
     def _linked(self, worker: int) -> LinkSpec:
         spec = self.slots.link_spec(worker)
@@ -161,7 +186,7 @@ class ParameterServer:
                 return self.slots.wire_buffers(worker) if self.slots is not None else None
 
         serve_connection(conn, buffers, self._rung, self.slots.take_published,
-                         self.settings.distribution.compression.pull)
+                         self.settings.distribution.compression.pull, self.pipeline)
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
         """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link
@@ -190,6 +215,9 @@ class ParameterServer:
         return self.push(worker, base_version, None, steps_done, loss, finite, rows if finite else (), None)
 
     def _close_links(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
         if self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -221,7 +249,10 @@ class ParameterServer:
         if self.trace is not None:
             traced = self.trace.mark()
         started = time.perf_counter()
-        if self.opt.size:
+        if self.pipeline is not None and self.pipeline.applied_round():
+            started -= self.pipeline.seconds_apply  # the pieces' updates, as their bytes came in
+            self.pipeline.seconds_apply = 0.0
+        elif self.opt.size:
             self.opt.apply_mean([g.dense for g in grads])
         if self.tables:  # with no rows, too: a table's step count stays the dense one's
             asked = [g.worker for g in grads if g.worker in self._wanted]
@@ -239,9 +270,10 @@ class ParameterServer:
         if self.trace is not None:
             traced = self.trace.mark()
         started = time.perf_counter()
-        params = self.opt.params_view()
-        self.slots.publish(params, version, worker)
-        del params  # a live view would make the next update copy the buffer first
+        if self.pipeline is None or worker not in self.pipeline.pipelined:  # else its pieces went out already
+            params = self.opt.params_view()
+            self.slots.publish(params, version, worker)
+            del params  # a live view would make the next update copy the buffer first
         wanted = self._wanted.pop(worker, None)
         if wanted is not None:  # under the exchange's lock: the rows are of the same version as the rest
             want, slot = wanted
@@ -338,6 +370,8 @@ class ParameterServer:
 
     def remove_worker(self, worker: int) -> None:
         if self.ready:  # else a restarted process: the rollback under way sets up every member anew
+            if self.pipeline is not None:
+                self.pipeline.remove(worker)  # first: the round's pieces go on without it
             self.exchange.remove(worker)
 
     def admit(self, worker: int, first_round: int) -> bool:

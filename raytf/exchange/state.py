@@ -57,6 +57,8 @@ class Exchange:
         self.members: set[int] = set(range(workers))  # live workers the policy counts on
         self.joining: dict[int, int] = {}  # restarted worker -> the first round it belongs to
         self.clock_skew_max = 0  # kept by policies that bound staleness
+        # A round part of whose update is applied already (raytf.exchange.pipeline): no stop at its version.
+        self.partial_round = False
         self._checkpointed: set[int] = set()
         self._pushes = 0
         self._nonfinite = 0
@@ -86,6 +88,7 @@ class Exchange:
             if self.observer is not None:
                 self.observer.observe("raytf_staleness", staleness)
         self.version += 1
+        self.partial_round = False
         self._updates += 1
         if self.version == self.target or (self.every_versions and self.version % self.every_versions == 0):
             self._checkpoint()
@@ -166,7 +169,7 @@ class Exchange:
     def set_target(self, version: int) -> bool:
         """Stop at `version` (a step boundary the driver chose); False if already past it."""
         with self.lock:
-            if self.version > version:
+            if self.version > version or (self.version == version and self.partial_round):
                 return False
             self.target = min(self.target, version)
             if self.version == self.target:

@@ -70,7 +70,7 @@ WELCOME = struct.Struct("<32s")  # the server's proof
 KIND_CHALLENGE, KIND_HELLO, KIND_WELCOME = 250, 251, 252
 PUSH, REPLY, ROWS = 1, 2, 3
 
-CHUNK_BYTES = 4 * 1024 * 1024  # BytePS's partition size: 4 MB pieces
+CHUNK_BYTES = 1024 * 1024  # 1 MB frames: a pipelined server (raytf.exchange.pipeline) starts on piece k once its megabyte is in
 SOCKET_BUFFER = 8 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024  # a frame claiming more is refused before it is read
 TAG = 16  # AES-GCM's tag, after each sealed payload
@@ -291,21 +291,26 @@ class Connection:
                                  f"cannot be accepted: {why}. The connection is closed.",
                                  "Run the same raytf version and model on both ends; this is a bug otherwise.")
 
-    def receive(self, into: np.ndarray, on_chunk: Callable[[Frame, int, int], None] | None = None,
+    def receive(self, into: np.ndarray | dict[int, np.ndarray], on_chunk: Callable[[Frame, int, int], None] | None = None,
                 deadline: float | None = None, kinds: tuple[int, ...] = (PUSH, REPLY)) -> Message:
         """Receive one message into `into` (float32, 1-D, the buffer the sender's offsets are of):
         every chunk lands in its slice, in increasing order (a sender of parts may leave gaps, which
-        keep their values), and `on_chunk(frame, start, stop)` runs after each, in order."""
-        wanted = into.size
-        offset = index = wire_bytes = 0
+        keep their values), and `on_chunk(frame, start, stop)` runs after each, in order. `into` may
+        map kinds to buffers: the message's kind picks one (and its keys are the kinds accepted)."""
+        by_kind = into if isinstance(into, dict) else None
+        if by_kind is not None:
+            kinds = tuple(by_kind)
+        offset = index = wire_bytes = wanted = 0
         first: Frame | None = None
-        destination = _flat_bytes(into)
         while True:
             frame = self._read_header(deadline, f"waiting for chunk {index + 1}")
             if frame.kind not in kinds:
                 raise self._refuse(frame, f"kind {frame.kind}, expected one of {kinds}")
             if first is None:
                 first = frame
+                if by_kind is not None:
+                    into = by_kind[frame.kind]
+                wanted, destination = into.size, _flat_bytes(into)
             if (frame.seq, frame.count, frame.kind) != (first.seq, first.count, first.kind) or frame.index != index:
                 raise self._refuse(frame, f"out of order (expected chunk {index} of seq {first.seq})")
             if frame.offset < offset or frame.offset + frame.values > wanted:

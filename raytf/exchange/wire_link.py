@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from raytf.exchange.wire import (
     connect,
 )
 from raytf.runtime import aligned_zeros
+
+if TYPE_CHECKING:
+    from raytf.exchange.pipeline import Pipeline
 
 META = 4  # the small frame before each push and each answer
 _STATUSES = list(Status)
@@ -80,12 +83,14 @@ Published = Callable[[int], "np.ndarray | None"]
 
 
 def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published: Published,
-                     pull_codec: str = "none") -> None:
+                     pull_codec: str = "none", pipeline: "Pipeline | None" = None) -> None:
     """The server's end of one worker's connection, until it closes: receive a push into the
     worker's buffers, `serve` it (the exchange's push, which may wait at a barrier), send the answer:
     the parameters `published(worker)` gives (taken once; dropped once sent) and the rows asked for.
     `buffers(worker)` gives the worker's (gradient, row slot), or None if this server does not
-    expect it on the wire (then the connection is closed)."""
+    expect it on the wire (then the connection is closed). With a `pipeline` (sync rounds of wire
+    workers, raytf.exchange.pipeline), a push it takes has its gradient applied piece by piece as
+    it arrives and the parameters sent by the pipeline's thread before the status."""
     worker = conn.peer_id
     found = buffers(worker)
     if found is None:
@@ -98,8 +103,13 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
         while True:
             message = conn.receive(meta, kinds=(META,))
             loss, has_loss, finite = float(meta[0]), bool(meta[1]), bool(meta[2])
+            round_ = pipeline.begin(worker, conn, finite and grad.size > 0, message.version) if pipeline else None
             if finite and grad.size:
-                conn.receive(grad, kinds=(PUSH,))
+                if round_ is None:
+                    conn.receive(grad, kinds=(PUSH,))
+                else:
+                    conn.receive(grad, lambda frame, start, stop: pipeline.arrived(worker, stop), kinds=(PUSH,))
+                    pipeline.arrived(worker, grad.size)  # the padding after the last variable never travels
             if slot is not None:
                 conn.receive(counts, kinds=(ROWS,))
                 for k, (pushed, wanted) in enumerate(slot.counts):
@@ -109,11 +119,13 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                     if wanted:
                         conn.receive(_ids(slot.wanted_ids[k][:wanted]), kinds=(ROWS,))
             reply = serve(worker, message.version, message.seq, loss if has_loss else None, finite)
+            if round_ is not None:
+                pipeline.wait_answered(round_)  # its parameters are out, piece by piece
             meta[:] = (reply.dropped, 0, 0, 0)
             conn.send(META, _STATUSES.index(reply.status), reply.version, meta)
             if reply.status is Status.ROLLBACK:
                 continue
-            params = published(worker)
+            params = published(worker) if round_ is None else None
             if params is not None and params.size:
                 conn.send(REPLY, message.seq, reply.version, params, codec=pull_codec)
             del params  # a live view of the parameters would make the next update copy them first
@@ -216,13 +228,16 @@ class WireBell:
                 self._cond.notify_all()
 
     def _receive(self) -> Reply:
-        message = self.conn.receive(self._received_meta, kinds=(META,))
+        params = self._params[self._next]
+        message = self.conn.receive({META: self._received_meta, REPLY: params})
+        received = message.kind == REPLY  # a pipelined round's answer: the parameters come first
+        if received:
+            message = self.conn.receive(self._received_meta, kinds=(META,))
         status = _STATUSES[message.seq]
         dropped = bool(self._received_meta[0])
         if status is Status.ROLLBACK:
             return Reply(status, message.version, None, dropped)
-        params = self._params[self._next]
-        if params.size:
+        if params.size and not received:
             self.conn.receive(params, kinds=(REPLY,))
         self._next = 1 - self._next
         slot = self._rows

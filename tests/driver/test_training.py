@@ -108,7 +108,8 @@ def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
 def test_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport):
     """Over shared memory: the run after the failed one in test_a_worker_failing_mid_run_ends_the_run_and_
     releases_everything (a run costs ~20 s here). Over the wire, encrypted (AES-GCM is exact as well;
-    the sparse tests and the multinode ones run it in the clear)."""
+    the sparse tests and the multinode ones run it in the clear), with a model wide enough that both
+    servers apply and answer their rounds piece by piece (raytf.exchange.pipeline)."""
     assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_path, transport)
 
 
@@ -117,6 +118,8 @@ def assert_sync_sgd_equals_averaged_gradients_applied_by_hand(ray_cluster, tmp_p
         tmp_path, steps=6, **{"optimizer": {"name": "sgd", "learning_rate": 0.5},
                               "data.shuffle_buffer": 0, "distribution.parameter_servers": 2,
                               "distribution.transport": transport, "distribution.encrypt": transport == "wire"})
+    if transport == "wire":
+        config["model"] = "tests.driver.wide_model:build_model"
     traced = transport == "object_store"  # tracing must not change the numbers (and a run costs ~20 s)
     if traced:
         config["trace"] = {"enabled": True, "max_steps": 4}

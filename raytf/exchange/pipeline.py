@@ -1,0 +1,199 @@
+"""Sync rounds on the wire, applied and answered piece by piece (BytePS's pipelining).
+
+Without it a sync server receives every worker's whole gradient, then applies, then sends the
+parameters back: on a link of its own the two directions take turns. Here the shard is in pieces
+(`raytf.exchange.optimizers.PiecedOptimizer`); the wire's receive calls `arrived` after each chunk,
+and as soon as every worker of the round has sent piece j, piece j is updated (the mean of their
+piece j) and a sender thread streams its new values to every worker of the round, while their later
+chunks still arrive. Both directions of the link and both the server's receive and update work at
+once.
+
+The round is still the exchange's (`raytf.exchange.Exchange` with the sync policy): each worker's
+push goes through it when its bytes are in, as over the doorbell, and the policy completes the round
+(version, staleness, checkpoint) with the dense part already applied (`applied_round`). The answer
+is the parameters' pieces first, then the round's status and rows (the worker reads them in that
+order, `raytf.exchange.wire_link.WireBell`).
+
+Everything here runs under the exchange's lock and waits on its condition, so a piece update never
+races a checkpoint, a stop or a removal. Faults:
+* a worker removed mid-round (it died) is no longer waited for: the pieces not yet applied are the
+  mean of the others' (the ones applied already had its part, as a backup-workers round would not);
+* an abort (a rollback) or a stop in the middle of a round sends the pieces not applied as they are,
+  so every answer is whole, and the exchange answers ROLLBACK or DONE as always;
+* the exchange refuses to stop at the version a round is part-way through (`Exchange.partial_round`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from raytf.exchange.optimizers import PiecedOptimizer
+from raytf.exchange.wire import REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
+
+PIECE_VALUES = 1 << 18  # 1 MB pieces: a 7.45 MB gradient in 8, each SGD update (numpy) a fraction of a millisecond
+COMPILED_PIECE_VALUES = 1 << 20  # 4 MB (BytePS's) for the other optimizers: a compiled call each
+
+
+def piece_values(optimizer: str) -> int:
+    return PIECE_VALUES if optimizer == "sgd" else COMPILED_PIECE_VALUES
+
+
+class Pipeline:
+    """The pipelined rounds of one server's wire workers."""
+
+    def __init__(self, exchange, opt: PiecedOptimizer, gradient: Callable[[int], np.ndarray],
+                 members: Callable[[], set[int] | None], pull_codec: str = "none") -> None:
+        """`gradient(worker)`: the buffer its push is received into; `members()` (under the lock):
+        the workers of the round being built, or None when it cannot be pipelined (one of them is
+        not on the wire)."""
+        self.exchange = exchange
+        self.cond = exchange.cond  # the exchange's lock and condition
+        self.opt = opt
+        self._gradient = gradient
+        self._members = members
+        self._pull_codec = pull_codec
+        self.seconds_apply = 0.0  # the piece updates' time, taken into the server's apply time
+        self.pipelined: set[int] = set()  # workers whose last push went this way
+        self._rounds = 0  # rounds answered
+        self._closed = False
+        self._new_round()
+        threading.Thread(target=self._send, name="raytf-wire-pipeline", daemon=True).start()
+
+    def _new_round(self) -> None:
+        self._expected: set[int] | None = None  # the workers of the round in flight (None: none)
+        self._base = -1  # the version it is computed on
+        self._received: dict[int, int] = {}  # worker -> values of its gradient in
+        self._finite: dict[int, bool] = {}
+        self._conns: dict[int, Connection] = {}
+        self._applied = 0  # pieces updated
+        self._sent = 0  # pieces sent to every worker of the round
+
+    # -- the connections' threads ------------------------------------------------------------------
+
+    def begin(self, worker: int, conn: Connection, finite: bool, base_version: int) -> int | None:
+        """A push of `worker` starts (its meta frame is in): the round it belongs to (to wait for
+        with `wait_answered`), or None when this push goes the usual way (not part of a pipelined
+        round: the round cannot be, or it came too late for it)."""
+        with self.cond:
+            ex = self.exchange
+            if self._closed or self._halted():
+                self.pipelined.discard(worker)
+                return None  # the exchange answers it at once; pieces may be on their way to the others
+            if self._expected is None and base_version == ex.version:
+                members = self._members()
+                if members is not None and worker in members:
+                    self._expected, self._base = set(members), ex.version
+            if self._expected is None or worker not in self._expected or worker in self._conns \
+                    or base_version != self._base:
+                self.pipelined.discard(worker)
+                return None
+            self.pipelined.add(worker)
+            self._conns[worker] = conn
+            self._finite[worker] = finite
+            self._received[worker] = 0 if finite else self.opt.size
+            self._advance()
+            return self._rounds
+
+    def arrived(self, worker: int, values: int) -> None:
+        """The first `values` of `worker`'s gradient are in (the wire's callback after each chunk)."""
+        with self.cond:
+            if worker in self._received:
+                self._received[worker] = values
+                self._advance()
+
+    def wait_answered(self, round_: int) -> None:
+        """Until every piece of `round_` went out (the answer's parameters) and the round is over."""
+        with self.cond:
+            self.cond.wait_for(lambda: self._rounds > round_ or self._closed)
+
+    # -- the driver's calls (through the server) ---------------------------------------------------
+
+    def remove(self, worker: int) -> None:
+        """`worker` died: the round in flight does not wait for the rest of its gradient."""
+        with self.cond:
+            if self._expected is not None and worker in self._expected:
+                self._expected.discard(worker)
+                self._received.pop(worker, None)
+                self._conns.pop(worker, None)
+                self._advance()
+                self.cond.notify_all()
+
+    def applied_round(self) -> bool:
+        """Under the lock, as the exchange applies a round: its dense part was applied piece by piece."""
+        return self._expected is not None and self._applied == len(self.opt.bounds)
+
+    def close(self) -> None:
+        with self.cond:
+            self._closed = True
+            self.cond.notify_all()
+
+    # -- inside ------------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Update every piece that every worker of the round has sent (lock held)."""
+        ex = self.exchange
+        pieces = self.opt.bounds
+        while self._expected is not None and self._applied < len(pieces) and not (ex.aborted or ex.stopped):
+            end = pieces[self._applied][1]
+            if any(self._received.get(w, -1) < end for w in self._expected):
+                return
+            grads = [self._gradient(w) for w in sorted(self._expected) if self._finite.get(w)]
+            started = time.perf_counter()
+            if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
+                self.opt.apply_piece(self._applied, grads)
+            self.seconds_apply += time.perf_counter() - started
+            self._applied += 1
+            ex.partial_round = True
+            self.cond.notify_all()
+
+    def _halted(self) -> bool:
+        return self.exchange.aborted or self.exchange.stopped
+
+    def _send_due(self) -> bool:
+        if self._closed:
+            return True
+        if self._expected is None:
+            return False
+        pieces = len(self.opt.bounds)
+        if self._sent < pieces:  # applied ones; or all, as they are, once no more will be applied
+            return self._sent < self._applied or self._halted()
+        return self.exchange.version > self._base or self._halted()  # answered: the round is over
+
+    def _send(self) -> None:
+        """The sender thread: each applied piece to every worker of the round, in order."""
+        with self.cond:
+            while True:
+                self.cond.wait_for(self._send_due)
+                if self._closed:
+                    return
+                if self._sent == len(self.opt.bounds):
+                    self._new_round()
+                    self._rounds += 1
+                    self.cond.notify_all()
+                    continue
+                j, conns, version = self._sent, list(self._conns.items()), self._base + 1
+                view = self.opt.piece_view(j)
+                self.cond.release()  # a send may wait for the link: others' chunks go on meanwhile
+                try:
+                    failed = self._send_piece(j, view, conns, version)
+                finally:
+                    del view  # a view held over the next update would make it copy the buffer
+                    self.cond.acquire()
+                for worker in failed:
+                    self._conns.pop(worker, None)
+                self._sent += 1
+                self.cond.notify_all()
+
+    def _send_piece(self, j: int, view: np.ndarray, conns: list, version: int) -> list[int]:
+        start = self.opt.bounds[j][0]
+        failed = []
+        for worker, conn in conns:
+            try:
+                conn.send_chunk(REPLY, 0, version, j, len(self.opt.bounds), start, view, codec=self._pull_codec)
+            except (PeerGone, WireTimeout, WireProtocolError):
+                failed.append(worker)  # it died: its connection's thread ends, the driver removes it
+        return failed

@@ -1,0 +1,207 @@
+"""Sync rounds on the wire applied and answered piece by piece (raytf.exchange.pipeline), in one
+process with threads over real wire connections: the sync exchange, a pieced SGD shard, the
+connection's server end and WireBells. Worker 1 is driven frame by frame where a test needs a
+round caught half-way: piece 0 is applied and sent while its later chunks are still to come; a
+worker removed half-way leaves the rest of the round to the others; an abort or a stop half-way
+answers every worker whole."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from raytf.config import OptimizerConfig
+from raytf.exchange import Exchange, Push, Reply, Status, make_policy
+from raytf.exchange.optimizers import FlatOptimizer, PiecedOptimizer
+from raytf.exchange.pipeline import Pipeline
+from raytf.exchange.wire import PUSH, REPLY, WireListener, connect
+from raytf.exchange.wire_link import META, Parts, WireBell, serve_connection
+from raytf.runtime import aligned_zeros
+
+SECRET = b"p" * 32
+PIECE = 16_384  # values: 64 KB pieces, as the chunks
+SIZE = 5 * PIECE
+RATE = 0.5
+DEADLINE = 30.0
+
+
+class Server:
+    """One shard of 5 pieces for workers 0 and 1, pipelined."""
+
+    def __init__(self, initial: np.ndarray) -> None:
+        self.opt = PiecedOptimizer(OptimizerConfig(name="sgd", learning_rate=RATE), initial, piece=PIECE)
+        self.grads = {w: aligned_zeros(SIZE) for w in (0, 1)}
+        self.whole_updates = 0  # rounds applied as a whole (not piece by piece)
+        self.exchange = Exchange(make_policy("sync", 2), self, workers=2, target=100)
+        self.pipeline = Pipeline(self.exchange, self.opt, lambda w: self.grads[w],
+                                 lambda: self.exchange.policy.required(self.exchange))
+        self.listener = WireListener("127.0.0.1", SECRET, self._serve, chunk_bytes=4 * PIECE)
+
+    # the exchange's backend
+    def apply(self, grads) -> None:
+        if not self.pipeline.applied_round():
+            self.whole_updates += 1
+            self.opt.apply_mean(grads)
+
+    def publish(self, version, worker) -> None:
+        pass  # every worker here is answered by the pipeline
+
+    def checkpoint(self, version) -> None:
+        pass
+
+    def _serve(self, conn) -> None:
+        serve_connection(conn, lambda w: (self.grads[w], None), self._push, lambda w: None, "none", self.pipeline)
+
+    def _push(self, worker, base, steps, loss, finite) -> Reply:
+        outcome = self.exchange.push(Push(worker, base, steps, loss, finite), self.grads[worker] if finite else None)
+        return Reply(outcome.status, outcome.version, 0, outcome.dropped)
+
+    def remove(self, worker: int) -> None:  # as ParameterServer.remove_worker
+        self.pipeline.remove(worker)
+        self.exchange.remove(worker)
+
+    def wait(self, predicate) -> None:
+        with self.pipeline.cond:
+            assert self.pipeline.cond.wait_for(predicate, DEADLINE)
+
+
+def worker_bell(server: Server, worker: int, gradient: np.ndarray) -> WireBell:
+    parts = Parts(SIZE)
+    parts.set([gradient], (0,))
+    conn = connect(*server.listener.address, SECRET, worker, chunk_bytes=4 * PIECE)
+    return WireBell(conn, parts, SIZE, None)
+
+
+class ByHand:
+    """Worker 1 sending its push one chunk at a time (4 values of meta, then chunks of a piece)."""
+
+    def __init__(self, server: Server, gradient: np.ndarray) -> None:
+        self.conn = connect(*server.listener.address, SECRET, 1, chunk_bytes=4 * PIECE)
+        self.gradient = gradient
+
+    def start(self, base_version: int = 0) -> None:
+        self.conn.send(META, 1, base_version, np.array([0.5, 1, 1, 0], np.float32))
+
+    def chunks(self, first: int, stop: int) -> None:
+        for j in range(first, stop):
+            self.conn.send_chunk(PUSH, 1, 0, j, SIZE // PIECE, j * PIECE, self.gradient[j * PIECE:(j + 1) * PIECE])
+
+    def answer(self) -> tuple[Status, np.ndarray | None]:
+        """The status and, where the answer starts with them (a pipelined round's), the parameters."""
+        params, meta = aligned_zeros(SIZE), np.zeros(4, np.float32)
+        message = self.conn.receive({META: meta, REPLY: params})
+        if message.kind != REPLY:
+            return list(Status)[message.seq], None
+        message = self.conn.receive(meta, kinds=(META,))
+        return list(Status)[message.seq], params
+
+
+def answer_in_thread(bell: WireBell) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(bell.answer()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def whole_update(initial: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
+    """The same round by the whole-shard numpy SGD update."""
+    reference = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=RATE), initial.copy(), numpy_sgd=True)
+    reference.apply_mean(grads)
+    return reference.params_view()
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(7)
+    initial = rng.standard_normal(SIZE, dtype=np.float32)
+    grads = [rng.standard_normal(SIZE, dtype=np.float32) for _ in range(2)]
+    server = Server(initial)
+    yield server, initial, grads
+    server.pipeline.close()
+    server.listener.close()
+
+
+def test_piece_zero_is_applied_and_sent_before_the_rest_of_the_round_arrives(setup):
+    server, initial, grads = setup
+    bell = worker_bell(server, 0, grads[0])
+    by_hand = ByHand(server, grads[1])
+    bell.ring(0, 1, 0.5, True)  # worker 0's whole gradient
+    by_hand.start()
+    by_hand.chunks(0, 1)  # worker 1's first piece only
+    server.wait(lambda: server.pipeline._sent >= 1)
+    assert server.pipeline._applied == 1, "only the piece both workers have sent is applied"
+    assert server.exchange.partial_round
+    assert server.exchange.set_target(0) is False, "no stop at a version part of whose next round is applied"
+    by_hand.chunks(1, SIZE // PIECE)
+    status, params = by_hand.answer()
+    reply = bell.answer()
+    expected = whole_update(initial, grads)
+    assert status is Status.OK and reply.status is Status.OK and reply.version == 1
+    assert params is not None, "a pipelined answer starts with the parameters"
+    np.testing.assert_array_equal(params, expected)  # exactly the whole update, piece by piece
+    np.testing.assert_array_equal(reply.payload, expected)
+    np.testing.assert_array_equal(server.opt.params_view(), expected)
+    assert server.whole_updates == 0 and server.exchange.version == 1 and not server.exchange.partial_round
+
+
+def test_rounds_follow_each_other_and_a_stop_set_ahead_ends_them(setup):
+    server, initial, grads = setup
+    bells = [worker_bell(server, w, grads[w]) for w in (0, 1)]
+    expected = initial
+    for step in range(3):
+        for w, bell in enumerate(bells):
+            bell.ring(step, step + 1, None, True)
+        replies = [bell.answer() for bell in bells]
+        expected = whole_update(expected, grads)
+        for reply in replies:
+            np.testing.assert_array_equal(reply.payload, expected)
+    assert server.exchange.set_target(4)
+    for bell in bells:
+        bell.ring(3, 4, None, True)
+    assert [bell.answer().status for bell in bells] == [Status.DONE, Status.DONE]
+    assert server.whole_updates == 0 and server.exchange.version == 4
+
+
+def test_a_worker_removed_half_way_leaves_the_rest_of_the_round_to_the_others(setup):
+    server, initial, grads = setup
+    bell = worker_bell(server, 0, grads[0])
+    by_hand = ByHand(server, grads[1])
+    bell.ring(0, 1, 0.5, True)
+    by_hand.start()
+    by_hand.chunks(0, 1)
+    server.wait(lambda: server.pipeline._applied >= 1)
+    by_hand.conn.close()  # it died
+    server.remove(1)
+    reply = bell.answer()
+    assert reply.status is Status.OK and reply.version == 1
+    both, alone = whole_update(initial, grads), whole_update(initial, grads[:1])
+    np.testing.assert_array_equal(reply.payload[:PIECE], both[:PIECE])  # applied before it died
+    np.testing.assert_array_equal(reply.payload[PIECE:], alone[PIECE:])
+
+
+@pytest.mark.parametrize("how", ["abort", "stop"])
+def test_an_abort_or_stop_half_way_answers_every_worker_whole(setup, how):
+    server, initial, grads = setup
+    bell = worker_bell(server, 0, grads[0])
+    by_hand = ByHand(server, grads[1])
+    bell.ring(0, 1, 0.5, True)
+    by_hand.start()
+    if how == "stop":  # before any piece is applied: allowed, and nothing of the round is
+        assert server.exchange.set_target(0)
+    else:
+        by_hand.chunks(0, 1)
+        server.wait(lambda: server.pipeline._applied >= 1)
+        server.exchange.abort()
+    thread, out = answer_in_thread(bell)
+    by_hand.chunks(1 if how == "abort" else 0, SIZE // PIECE)  # its push still completes
+    thread.join(DEADLINE)
+    assert not thread.is_alive(), "worker 0 was never answered"
+    status, _ = by_hand.answer()
+    if how == "abort":
+        assert out[0].status is Status.ROLLBACK and status is Status.ROLLBACK
+    else:
+        assert out[0].status is Status.DONE and status is Status.DONE
+        np.testing.assert_array_equal(out[0].payload, initial)  # the version it stopped at
+        np.testing.assert_array_equal(server.opt.params_view(), initial)
