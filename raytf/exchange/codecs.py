@@ -124,13 +124,14 @@ class Int8(Codec):
         n = chunk.size
         if residual is not None:
             chunk = np.add(chunk, residual, out=self._sum[:n])
-        peak = float(np.max(np.abs(chunk))) if n else 0.0
+        peak = max(float(chunk.max()), -float(chunk.min())) if n else 0.0  # two passes, no |x| array
         scale = np.float32(peak / 127.0) if peak > 0 else np.float32(0.0)
         scaled, out = self._scaled[:n], self._out[:n]
-        if scale > 0:
+        if scale > 0 and np.isfinite(scale):
             np.divide(chunk, scale, out=scaled)
+            # |x| <= peak, so |x| / scale is 127 within float32 rounding at most: rint keeps it in
+            # -127..127 (no clip needed).
             np.rint(scaled, out=scaled)
-            np.clip(scaled, -127, 127, out=scaled)  # |x| / scale can round to 127.00001
         else:
             scaled.fill(0)  # all zeros, or not finite (the worker reports that gradient as such)
         np.copyto(out, scaled, casting="unsafe")

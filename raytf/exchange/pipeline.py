@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from raytf.exchange.codecs import make_codec
 from raytf.exchange.optimizers import PiecedOptimizer
 from raytf.exchange.wire import REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
 
@@ -55,7 +56,7 @@ class Pipeline:
         self.opt = opt
         self._gradient = gradient
         self._members = members
-        self._pull_codec = pull_codec
+        self._codec = make_codec(pull_codec, max(b - a for a, b in opt.bounds))  # the sender thread's
         self.seconds_apply = 0.0  # the piece updates' time, taken into the server's apply time
         self.pipelined: set[int] = set()  # workers whose last push went this way
         self._rounds = 0  # rounds answered
@@ -96,6 +97,7 @@ class Pipeline:
             self._finite[worker] = finite
             self._received[worker] = 0 if finite else self.opt.size
             self._advance()
+            self.cond.notify_all()
             return self._rounds
 
     def arrived(self, worker: int, values: int) -> None:
@@ -189,11 +191,14 @@ class Pipeline:
                 self.cond.notify_all()
 
     def _send_piece(self, j: int, view: np.ndarray, conns: list, version: int) -> list[int]:
+        """Piece `j` to every worker: encoded once (the pull codec), sent to each."""
         start = self.opt.bounds[j][0]
+        payload, scale = self._codec.encode(view)
         failed = []
         for worker, conn in conns:
             try:
-                conn.send_chunk(REPLY, 0, version, j, len(self.opt.bounds), start, view, codec=self._pull_codec)
+                conn.send_encoded(REPLY, 0, version, j, len(self.opt.bounds), start, view.size, self._codec.id,
+                                  payload, scale)
             except (PeerGone, WireTimeout, WireProtocolError):
                 failed.append(worker)  # it died: its connection's thread ends, the driver removes it
         return failed

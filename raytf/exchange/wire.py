@@ -241,16 +241,27 @@ class Connection:
         with self._send_lock:
             encoder = self._encoder(codec)
             payload, scale = encoder.encode(chunk, residual)
-            length = payload.nbytes + (TAG if self._seal else 0)
-            header = HEADER.pack(MAGIC, kind, encoder.id, PROTOCOL, seq, version, index, count, offset,
-                                 chunk.size, length, scale)
-            if self._seal is not None:
-                nonce = self._sent_frames.to_bytes(12, "little")
-                self._sent_frames += 1
-                payload = memoryview(self._seal.encrypt(nonce, payload, header))
-            self._io.send([memoryview(header), payload], deadline, f"sending chunk {index + 1}/{count}")
-            self.bytes_sent += HEADER.size + length
-            return length
+            return self._send_frame(kind, seq, version, index, count, offset, chunk.size, encoder.id, payload, scale,
+                                    deadline)
+
+    def send_encoded(self, kind: int, seq: int, version: int, index: int, count: int, offset: int, values: int,
+                     codec_id: int, payload: memoryview, scale: float, deadline: float | None = None) -> int:
+        """`send_chunk` of a chunk encoded already (by the caller's codec, `codec_id`): a server
+        sending the same parameters to several workers encodes them once."""
+        with self._send_lock:
+            return self._send_frame(kind, seq, version, index, count, offset, values, codec_id, payload, scale, deadline)
+
+    def _send_frame(self, kind: int, seq: int, version: int, index: int, count: int, offset: int, values: int,
+                    codec_id: int, payload: memoryview, scale: float, deadline: float | None) -> int:
+        length = payload.nbytes + (TAG if self._seal else 0)
+        header = HEADER.pack(MAGIC, kind, codec_id, PROTOCOL, seq, version, index, count, offset, values, length, scale)
+        if self._seal is not None:
+            nonce = self._sent_frames.to_bytes(12, "little")
+            self._sent_frames += 1
+            payload = memoryview(self._seal.encrypt(nonce, payload, header))
+        self._io.send([memoryview(header), payload], deadline, f"sending chunk {index + 1}/{count}")
+        self.bytes_sent += HEADER.size + length
+        return length
 
     def send(self, kind: int, seq: int, version: int, buffer: np.ndarray, codec: str = "none",
              feedback: ErrorFeedback | None = None, deadline: float | None = None) -> int:

@@ -52,7 +52,8 @@ class Server:
         pass
 
     def _serve(self, conn) -> None:
-        serve_connection(conn, lambda w: (self.grads[w], None), self._push, lambda w: None, "none", self.pipeline)
+        serve_connection(conn, lambda w: (self.grads[w], None), self._push, lambda w: self.opt.params_view(), "none",
+                         self.pipeline)
 
     def _push(self, worker, base, steps, loss, finite) -> Reply:
         outcome = self.exchange.push(Push(worker, base, steps, loss, finite), self.grads[worker] if finite else None)
@@ -188,6 +189,7 @@ def test_an_abort_or_stop_half_way_answers_every_worker_whole(setup, how):
     by_hand = ByHand(server, grads[1])
     bell.ring(0, 1, 0.5, True)
     by_hand.start()
+    server.wait(lambda: len(server.pipeline._conns) == 2)  # both pushes are part of the round
     if how == "stop":  # before any piece is applied: allowed, and nothing of the round is
         assert server.exchange.set_target(0)
     else:
