@@ -39,6 +39,7 @@ class FlatOptimizer:
         # a busy server.
         self.numpy_sgd = config.name == "sgd" and (size < EAGER_BELOW or numpy_sgd)
         self._uncounted = 0  # the numpy updates (not in `iterations`)
+        self._scratch: np.ndarray | None = None  # numpy SGD's step, made on first use
         if self.numpy_sgd:
             self._params = aligned_zeros(size)
             self._params[:] = initial
@@ -61,9 +62,20 @@ class FlatOptimizer:
     def apply_mean(self, grads: list) -> None:
         """Apply the mean of `grads` to the parameters."""
         if self.numpy_sgd:
+            # (sum * (1/n)) * rate, subtracted: the XLA update's float32 operations, in one scratch buffer.
             grads = [np.asarray(g) for g in grads]
-            grad = grads[0] if len(grads) == 1 else sum(grads[1:], grads[0]) * np.float32(1.0 / len(grads))
-            self._params -= np.float32(self.config.learning_rate) * grad
+            if self._scratch is None:
+                self._scratch = aligned_zeros(self.size)
+            step = self._scratch
+            if len(grads) == 1:
+                np.multiply(grads[0], np.float32(self.config.learning_rate), out=step)
+            else:
+                np.add(grads[0], grads[1], out=step)
+                for grad in grads[2:]:
+                    step += grad
+                step *= np.float32(1.0 / len(grads))
+                step *= np.float32(self.config.learning_rate)
+            self._params -= step
             self._uncounted += 1
             return
         if self.size < EAGER_BELOW:
