@@ -5,12 +5,14 @@ two references, measured interleaved so that a machine whose speed drifts does n
     python examples/benchmark.py --steps 30 --repeats 1 --only raytf-sync --json runs/bench.json
     python examples/benchmark.py --steps 60 --repeats 2 --only raytf-sync,raytf-async,tf-ps
     python examples/benchmark.py --steps 100 --only raytf-sync,raytf-sync-objstore,raytf-sync-2nodes
+    sudo python examples/benchmark.py --link 1gbit,0.1ms --only raytf-sync-2nodes,raytf-sync-2nodes-int8
 
 Same model and data for all (examples/mlp_benchmark.yaml: MLP 784-1024-1024-10, batch 256 per
 worker, 2 workers, 1 parameter server, SGD), on ONE local Ray cluster bound to 127.0.0.1 that is
 started once and stopped at the end; the `-2nodes` contenders run on a second cluster of two Ray
 nodes on this machine (server on one, workers on the other: the wire, or the object store, between
-nodes; loopback, so no real network: see examples/netns.py for a shaped link).
+nodes), over loopback, or with `--link RATE,DELAY` (root) in two network namespaces joined by a link
+shaped with `tc` (examples/netns_cluster.py; 198.18.0.0/15 inside them only; deleted at the end).
 
 The protocol: both references (examples/bench_baselines.py: `ceiling`, 2 independent actors with
 no exchange; `single-process`, one actor with 2 TF threads doing the same math at a global batch
@@ -46,7 +48,8 @@ RAYTF = {  # name: (mode, transport)
 # On a cluster of two Ray nodes (both on this machine, tests/driver/multinode.py): the server on one, both
 # workers on the other, so every exchange crosses nodes: over the wire (`transport: auto`), through Ray's
 # object store (`-objstore`), or over the wire compressed (`-bf16`: both directions; `-int8`: int8 pushes
-# with error feedback, bf16 pulls). name: (mode, transport, more overrides)
+# with error feedback, bf16 pulls); `-whole`: sync rounds received whole before the update (no pipeline).
+# name: (mode, transport, more overrides)
 COMPRESSION = {"bf16": ["distribution.compression.push=bf16", "distribution.compression.pull=bf16"],
                "int8": ["distribution.compression.push=int8", "distribution.compression.pull=bf16"]}
 TWO_NODES = {
@@ -54,6 +57,7 @@ TWO_NODES = {
     "raytf-async-2nodes": ("async", "auto", []),
     "raytf-sync-2nodes-objstore": ("sync", "object_store", []),
     "raytf-async-2nodes-objstore": ("async", "object_store", []),
+    "raytf-sync-2nodes-whole": ("sync", "auto", ["distribution.pipeline=false"]),  # rounds not pipelined
     "raytf-sync-2nodes-bf16": ("sync", "auto", COMPRESSION["bf16"]),
     "raytf-sync-2nodes-int8": ("sync", "auto", COMPRESSION["int8"]),
     "raytf-async-2nodes-int8": ("async", "auto", COMPRESSION["int8"]),
@@ -174,6 +178,43 @@ def run_two_nodes(protocol: Protocol, names: list[str]) -> None:
             cluster.stop()
 
 
+def run_two_nodes_shaped(protocol: Protocol, names: list[str], link: str) -> str | None:
+    """The two-node contenders on two Ray nodes in two network namespaces joined by a shaped link:
+    a driver inside the head's namespace runs them (and the references around them) and hands its
+    measurements back. Returns how the link was shaped, or None when namespaces cannot be made here
+    (the caller runs them on loopback)."""
+    import tempfile
+
+    from examples.netns import Link, NamespacesUnavailable
+    from examples.netns_cluster import ShapedCluster
+
+    try:
+        cluster = ShapedCluster(Link.parse(link)).__enter__()
+    except NamespacesUnavailable as err:
+        say(f"--link {link}: {err}; the two-node contenders run on loopback instead")
+        return None
+    try:
+        say(f"shaped two-node cluster up at {cluster.address}: {cluster.shaping}")
+        with tempfile.TemporaryDirectory(prefix="raytf-bench-") as out:
+            runs_path = Path(out) / "runs.json"
+            argv = [sys.executable, str(Path(__file__).resolve()), "--steps", str(protocol.steps), "--repeats",
+                    str(protocol.repeats), "--only", ",".join(names), "--in-cluster", cluster.address,
+                    "--runs-out", str(runs_path), *(["--trace"] if TRACE else [])]
+            done = cluster.run_in_head_namespace(argv, env={"PYTHONPATH": os.environ["PYTHONPATH"]})
+            if done.returncode or not runs_path.exists():
+                raise RuntimeError(f"the driver in the shaped cluster failed ({done.returncode})\n{cluster.log_tail()}")
+            runs = json.loads(runs_path.read_text())
+        offset = len(protocol.runs)  # its runs' references are indices into its own list
+        for run in runs:
+            for key in ("ref_before", "ref_after"):
+                if key in run:
+                    run[key] += offset
+        protocol.runs.extend(runs)
+        return cluster.shaping
+    finally:
+        cluster.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " " + __doc__.splitlines()[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -184,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all); the references "
                              f"({', '.join(REFERENCE_NAMES)}) are measured anyway and may be named too")
     parser.add_argument("--json", type=Path, help="also write every raw run and the aggregates to this file")
+    parser.add_argument("--link", help="RATE,DELAY, e.g. 1gbit,0.1ms: run the -2nodes contenders on two Ray nodes in two "
+                                       "network namespaces joined by a link shaped with tc (needs root; else loopback)")
+    parser.add_argument("--in-cluster", help=argparse.SUPPRESS)  # the driver inside the shaped cluster
+    parser.add_argument("--runs-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true",
                         help="record raytf's timeline in every raytf run (costs a little); read it with "
                              "`raytf trace runs/benchmark/<contender>`")
@@ -223,13 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     # Examples import from the repo root, in this process and in every actor.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
+    if args.in_cluster:  # inside the shaped cluster's head namespace (run_two_nodes_shaped)
+        with connect(address=args.in_cluster, on_event=say):
+            protocol.run("two-node", names, address=args.in_cluster)
+        args.runs_out.write_text(json.dumps(runs))
+        return 0
     one_node = [n for n in names if n not in TWO_NODES]
     two_nodes = [n for n in names if n in TWO_NODES]
     if one_node or not two_nodes:
         # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
         with connect(on_event=say):
             protocol.run("one-node", one_node)
-    if two_nodes:
+    shaped = None
+    if two_nodes and args.link:
+        shaped = run_two_nodes_shaped(protocol, two_nodes, args.link)
+    if two_nodes and not shaped:
         run_two_nodes(protocol, two_nodes)
 
     aggregates = aggregate(runs, names)
@@ -239,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__, "ray": ray.__version__,
         "steps": args.steps, "repeats": args.repeats, "config": str(CONFIG.relative_to(REPO)),
         "total_seconds": time.perf_counter() - started, "jit_compile": jit_setting(config_from_dict(base)),
+        "two_node_link": shaped or "loopback",
     }
     print(f"command: {meta['command']}\ndate: {meta['date']}\nCPUs: {meta['cpus']}, Python {meta['python']}, "
           f"TensorFlow {meta['tensorflow']}, Ray {meta['ray']}\n"
@@ -251,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(ratio_table(aggregates))
     if two_nodes:
+        where = f"in two network namespaces joined by a link shaped as {shaped}" if shaped else "on loopback"
         print("\n[2-node cluster]: these contenders and the references around them ran on the second cluster "
-              "(two Ray nodes on this machine); their ratios are to those references.")
+              f"(two Ray nodes on this machine, {where}); their ratios are to those references.")
     for name, a in aggregates["contenders"].items():
         for error in dict.fromkeys(a["failed"]):
             print(f"\n{name} failed: {error}")
