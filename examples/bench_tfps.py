@@ -23,19 +23,24 @@ HOST = "127.0.0.1"
 WORKERS = 2
 
 
-def _free_port() -> int:
-    # Bound and released: the server takes it moments later (a rare race, then the run fails and says so).
+def _address(across_nodes: bool) -> str:
+    """host:port for this actor's task: 127.0.0.1, or across nodes its node's address. The port is
+    bound and released: the server takes it moments later (a rare race, then the run fails and says so)."""
+    host = HOST
+    if across_nodes:
+        import ray
+
+        host = ray.util.get_node_ip_address()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+        s.bind((host, 0))
+        return f"{host}:{s.getsockname()[1]}"
 
 
 class TaskServer:
     """One task (ps or worker) of the TF cluster, in its own Ray actor."""
 
-    def port(self) -> int:
-        self._port = _free_port()
-        return self._port
+    def address(self, across_nodes: bool) -> str:
+        return _address(across_nodes)
 
     def start(self, cluster: dict, job: str, index: int, threads: int) -> None:
         os.environ["GRPC_FAIL_FAST"] = "use_caller"  # as TF's ParameterServerStrategy guide says
@@ -55,9 +60,8 @@ class TaskServer:
 class Coordinator:
     """The chief: variables on the ps, steps scheduled on the workers."""
 
-    def port(self) -> int:
-        self._port = _free_port()
-        return self._port
+    def address(self, across_nodes: bool) -> str:
+        return _address(across_nodes)
 
     def setup(self, cluster: dict, config: dict) -> None:
         os.environ["GRPC_FAIL_FAST"] = "use_caller"
@@ -207,18 +211,21 @@ def _say(message: str) -> None:
     print(f"[benchmark] {message}", file=sys.stderr, flush=True)
 
 
-def run_tf_ps(cfg, steps: int) -> dict:
+def run_tf_ps(cfg, steps: int, across_nodes: bool = False) -> dict:
+    """`across_nodes`: the ps and the chief on the node with resource `bench_ps`, the workers on the
+    one with `bench_worker` (examples/benchmark.py's two-node clusters), each task at its node's address."""
     import ray
 
     # Workers hold one CPU each as raytf's do; the ps and the chief none (raytf's servers hold none either).
-    ps = ray.remote(num_cpus=0)(TaskServer).remote()
-    workers = [ray.remote(num_cpus=1)(TaskServer).remote() for _ in range(WORKERS)]
-    chief = ray.remote(num_cpus=0)(Coordinator).remote()
+    ps_node = {"resources": {"bench_ps": 0.5}} if across_nodes else {}
+    worker_node = {"resources": {"bench_worker": 1}} if across_nodes else {}
+    ps = ray.remote(num_cpus=0, **ps_node)(TaskServer).remote()
+    workers = [ray.remote(num_cpus=1, **worker_node)(TaskServer).remote() for _ in range(WORKERS)]
+    chief = ray.remote(num_cpus=0, **ps_node)(Coordinator).remote()
     actors = [ps, *workers, chief]
     try:
-        ports = ray.get([a.port.remote() for a in actors])
-        cluster = {"ps": [f"{HOST}:{ports[0]}"], "worker": [f"{HOST}:{p}" for p in ports[1:1 + WORKERS]],
-                   "chief": [f"{HOST}:{ports[-1]}"]}
+        addresses = ray.get([a.address.remote(across_nodes) for a in actors])
+        cluster = {"ps": addresses[:1], "worker": addresses[1:1 + WORKERS], "chief": addresses[-1:]}
         # One TF thread per task, as raytf's workers and its async server (this training is asynchronous) get.
         ray.get([ps.start.remote(cluster, "ps", 0, 1)]
                 + [w.start.remote(cluster, "worker", i, 1) for i, w in enumerate(workers)])

@@ -63,7 +63,8 @@ TWO_NODES = {
     "raytf-async-2nodes-int8": ("async", "auto", COMPRESSION["int8"]),
 }
 PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
-CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps")
+TWO_NODE_TF_PS = "tf-ps-2nodes"  # TF's ParameterServerStrategy with its ps on one node, its workers on the other
+CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps", TWO_NODE_TF_PS)
 REFERENCE_NAMES = ("ceiling", "single-process")  # examples/bench_baselines.REFERENCES; measured at every R
 
 
@@ -100,10 +101,10 @@ def run_contender(base: dict, name: str, steps: int, address: str | None = None)
     if name in RAYTF or name in TWO_NODES:
         return run_raytf(base, name, steps, address)
     cfg = config_from_dict(base, [f"steps={steps}"])
-    if name == "tf-ps":
+    if name in ("tf-ps", TWO_NODE_TF_PS):
         from examples import bench_tfps
 
-        return bench_tfps.run_tf_ps(cfg, steps)
+        return bench_tfps.run_tf_ps(cfg, steps, across_nodes=name == TWO_NODE_TF_PS)
     from examples import bench_baselines
 
     return bench_baselines.run_ray_train(cfg, steps, str(OUT / "ray-train"))
@@ -273,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             protocol.run("two-node", names, address=args.in_cluster)
         args.runs_out.write_text(json.dumps(runs))
         return 0
-    one_node = [n for n in names if n not in TWO_NODES]
-    two_nodes = [n for n in names if n in TWO_NODES]
+    one_node = [n for n in names if n not in TWO_NODES and n != TWO_NODE_TF_PS]
+    two_nodes = [n for n in names if n in TWO_NODES or n == TWO_NODE_TF_PS]
     if one_node or not two_nodes:
         # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
         with connect(on_event=say):
