@@ -33,8 +33,8 @@ OBJECT_STORE = f"--object-store-memory={1024**3}"
 
 
 class ShapedCluster:
-    def __init__(self, link: Link, ps_cpus: int = 1, worker_cpus: int = 2) -> None:
-        self.link = link
+    def __init__(self, link: Link, ps_cpus: int = 1, worker_cpus: int = 2, prefix: str | None = None) -> None:
+        self.link, self.prefix = link, prefix
         self.ps_cpus, self.worker_cpus = ps_cpus, worker_cpus
         self.nodes: Namespaces | None = None
         self._processes: list[subprocess.Popen] = []
@@ -54,7 +54,7 @@ class ShapedCluster:
         return self.nodes.shaping
 
     def __enter__(self) -> ShapedCluster:
-        self.nodes = Namespaces(2, self.link).__enter__()
+        self.nodes = Namespaces(2, self.link, prefix=self.prefix).__enter__()
         try:
             self._start()
         except BaseException:
@@ -96,6 +96,11 @@ class ShapedCluster:
         for path in sorted(Path(self._temp).glob("node*.log")):
             tails.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(tails)
+
+    @property
+    def process_groups(self) -> list[int]:
+        """Those of the two `ray start --block` processes (each node's Ray processes are in its group)."""
+        return [process.pid for process in self._processes]
 
     def close(self) -> None:
         for process in self._processes:  # `ray start --block` stops what it started on SIGTERM

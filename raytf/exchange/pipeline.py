@@ -117,12 +117,18 @@ class Pipeline:
     def remove(self, worker: int) -> None:
         """`worker` died: the round in flight does not wait for the rest of its gradient."""
         with self.cond:
+            self.pipelined.discard(worker)  # its restarted process's first answer is a pull's
             if self._expected is not None and worker in self._expected:
                 self._expected.discard(worker)
                 self._received.pop(worker, None)
                 self._conns.pop(worker, None)
                 self._advance()
                 self.cond.notify_all()
+
+    def pulled(self, worker: int) -> None:
+        """`worker` pulls (a Ray call, whose answer carries the parameters): not answered by pieces."""
+        with self.cond:
+            self.pipelined.discard(worker)
 
     def applied_round(self) -> bool:
         """Under the lock, as the exchange applies a round: its dense part was applied piece by piece."""

@@ -307,6 +307,8 @@ class ParameterServer:
         """The parameters, once the version is at least `at_version` (a rejoining worker's start),
         and per sparse table the rows at the local ids in `want`."""
         self._require_ready()
+        if self.pipeline is not None:
+            self.pipeline.pulled(worker)
         if self.trace is None:
             self._want(worker, want)
             return self._reply(worker, self.exchange.pull(worker, at_version), in_call=True)

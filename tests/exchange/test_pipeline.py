@@ -180,6 +180,17 @@ def test_a_worker_removed_half_way_leaves_the_rest_of_the_round_to_the_others(se
     both, alone = whole_update(initial, grads), whole_update(initial, grads[:1])
     np.testing.assert_array_equal(reply.payload[:PIECE], both[:PIECE])  # applied before it died
     np.testing.assert_array_equal(reply.payload[PIECE:], alone[PIECE:])
+    # Its restarted process is admitted to the next round and connects anew: pipelined with the other.
+    assert server.exchange.admit(1, server.exchange.version + 1)
+    rejoined = worker_bell(server, 1, grads[1])
+    bell.ring(1, 2, None, True)
+    rejoined.ring(1, 1, None, True)
+    replies = [bell.answer(), rejoined.answer()]
+    expected = whole_update(reply.payload, grads)
+    for again in replies:
+        assert again.status is Status.OK and again.version == 2
+        np.testing.assert_array_equal(again.payload, expected)
+    assert server.pipeline.pipelined == {0, 1} and server.whole_updates == 0
 
 
 @pytest.mark.parametrize("how", ["abort", "stop"])

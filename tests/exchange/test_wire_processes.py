@@ -143,3 +143,27 @@ def test_the_wire_bench_runs_across_two_shaped_namespaces():
     assert bench.returncode == 0, bench.stderr
     assert "two namespaces" in bench.stdout and "| int8 | bf16 | yes |" in bench.stdout
     assert set(netns.leftovers("raytf-")) - before == set()
+
+
+def test_a_ray_cluster_runs_across_two_shaped_namespaces_and_is_gone_after():
+    """examples/netns_cluster.py, as `benchmark.py --link` uses it: the head (servers' node) in one
+    namespace, the workers' node in the other; a task asking for `bench_worker` runs at the second
+    node's address; afterwards neither the namespaces nor a process of either node is left."""
+    netns = _netns_or_skip()
+    from examples.netns_cluster import ShapedCluster
+
+    prefix = f"raytf-c{os.getpid()}"
+    with ShapedCluster(netns.Link.parse("1gbit,0.1ms"), prefix=prefix) as cluster:
+        groups = cluster.process_groups
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "where = ray.remote(num_cpus=0, resources={'bench_worker': 1})(ray.util.get_node_ip_address); "
+                 "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']), ray.get(where.remote()))")
+        seen = cluster.run_in_head_namespace([sys.executable, "-c", probe, cluster.address], capture_output=True,
+                                             text=True, timeout=DEADLINE * 4)
+        assert seen.returncode == 0, seen.stderr[-2000:]
+        assert seen.stdout.split("\n")[-2] == "['198.18.0.1', '198.18.0.2'] 198.18.0.2"
+        assert len(netns.leftovers(prefix)) == 3
+    assert netns.leftovers(prefix) == []
+    for group in groups:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(group, 0)
