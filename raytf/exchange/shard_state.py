@@ -101,8 +101,11 @@ class ShardWriter:
     with the exchange's lock held. A periodic checkpoint's file is written in the background, one
     at a time (the next waits for it, so a slow disk holds training back instead of piling up
     copies in memory); the run's last checkpoint is written before `write` returns (the driver
-    reads it as soon as the workers are done). A failed background write is raised by the next
-    `write` or `collect`: in a call of the exchange or of the driver, not lost in the thread.
+    reads it as soon as the workers are done). A failed background write is kept, no later
+    checkpoint is written, and `collect` raises it: in the driver's statistics call, which ends the
+    run with it. (Raised in `write`, it would come out of a push served on a doorbell or wire thread,
+    where it cannot reach anyone: the worker would see its server gone, the run would roll back to
+    the checkpoint before and fail at the same one again, for ever.)
     """
 
     KEEP = 8  # shards remembered for the driver (it reads them every second)
@@ -115,9 +118,12 @@ class ShardWriter:
         self._write = write or write_shard
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raytf-checkpoint")
         self._pending = None  # (version, Future) of the file being written
+        self.error: BaseException | None = None  # a failed background write, raised by `collect`
 
     def write(self, directory: Path, state: ShardState, last: bool) -> None:
-        self.collect(wait=True)
+        self._finish(wait=True)
+        if self.error is not None:
+            return  # the run is about to end with it (`collect`); a later file would not be trusted either
         if last:
             self._record(state.version, self._write(directory, self.index, state))
         else:
@@ -125,10 +131,19 @@ class ShardWriter:
 
     def collect(self, wait: bool) -> None:
         """Record the background write once it is done (waiting for it if `wait`); raise its error."""
+        self._finish(wait)
+        if self.error is not None:
+            raise self.error
+
+    def _finish(self, wait: bool) -> None:
         if self._pending is None or not (wait or self._pending[1].done()):
             return
         (version, future), self._pending = self._pending, None
-        self._record(version, future.result())
+        error = future.exception()
+        if error is None:
+            self._record(version, future.result())
+        else:
+            self.error = error
 
     def reset(self) -> None:
         """Forget every shard (a rollback restarts the run); a write under way is finished first."""
