@@ -67,7 +67,7 @@ def serve(host: str, size: int, secret: bytes) -> None:
             pipeline = None
 
             def apply(self, grads, opt=opt, times=times) -> None:
-                if self.pipeline is not None and self.pipeline.applied_round():
+                if self.pipeline is not None and self.pipeline.applied_round([]):
                     times.append(self.pipeline.seconds_apply)  # the pieces' updates
                     self.pipeline.seconds_apply = 0.0
                     return

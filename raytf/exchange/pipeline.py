@@ -130,9 +130,10 @@ class Pipeline:
         with self.cond:
             self.pipelined.discard(worker)
 
-    def applied_round(self) -> bool:
-        """Under the lock, as the exchange applies a round: its dense part was applied piece by piece."""
-        return self._expected is not None and self._applied == len(self.opt.bounds)
+    def applied_round(self, workers: list[int]) -> bool:
+        """Under the lock, as the exchange applies the round of `workers`' gradients: its dense part
+        was applied piece by piece (a round whose every worker died half-way is not this one)."""
+        return bool(self._expected) and self._applied == len(self.opt.bounds) and set(workers) <= self._expected
 
     def close(self) -> None:
         with self.cond:
@@ -153,9 +154,9 @@ class Pipeline:
             started = time.perf_counter()
             if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
                 self.opt.apply_piece(self._applied, grads)
+                ex.partial_round = True
             self.seconds_apply += time.perf_counter() - started
             self._applied += 1
-            ex.partial_round = True
             self.cond.notify_all()
 
     def _halted(self) -> bool:
@@ -169,7 +170,8 @@ class Pipeline:
         pieces = len(self.opt.bounds)
         if self._sent < pieces:  # applied ones; or all, as they are, once no more will be applied
             return self._sent < self._applied or self._halted()
-        return self.exchange.version > self._base or self._halted()  # answered: the round is over
+        # Answered: the round is over (or every worker of it died: nobody to answer, and it never completes).
+        return self.exchange.version > self._base or self._halted() or not self._expected
 
     def _send(self) -> None:
         """The sender thread: each applied piece to every worker of the round, in order."""

@@ -249,7 +249,7 @@ class ParameterServer:
         if self.trace is not None:
             traced = self.trace.mark()
         started = time.perf_counter()
-        if self.pipeline is not None and self.pipeline.applied_round():
+        if self.pipeline is not None and self.pipeline.applied_round([g.worker for g in grads]):
             started -= self.pipeline.seconds_apply  # the pieces' updates, as their bytes came in
             self.pipeline.seconds_apply = 0.0
         elif self.opt.size:

@@ -41,7 +41,8 @@ class Server:
 
     # the exchange's backend
     def apply(self, grads) -> None:
-        if not self.pipeline.applied_round():
+        workers = [w for w, g in self.grads.items() if any(g is x for x in grads)]
+        if not self.pipeline.applied_round(workers):
             self.whole_updates += 1
             self.opt.apply_mean(grads)
 
