@@ -35,8 +35,9 @@ class Server:
         self.grads = {w: aligned_zeros(SIZE) for w in (0, 1)}
         self.whole_updates = 0  # rounds applied as a whole (not piece by piece)
         self.exchange = Exchange(make_policy("sync", 2), self, workers=2, target=100)
+        self.all_wire = True  # False: as if a worker were on shared memory (rounds are not pipelined)
         self.pipeline = Pipeline(self.exchange, self.opt, lambda w: self.grads[w],
-                                 lambda: self.exchange.policy.required(self.exchange))
+                                 lambda: self.exchange.policy.required(self.exchange) if self.all_wire else None)
         self.listener = WireListener("127.0.0.1", SECRET, self._serve, chunk_bytes=4 * PIECE)
 
     # the exchange's backend
@@ -77,10 +78,10 @@ def worker_bell(server: Server, worker: int, gradient: np.ndarray) -> WireBell:
 
 
 class ByHand:
-    """Worker 1 sending its push one chunk at a time (4 values of meta, then chunks of a piece)."""
+    """A worker (1 unless said) sending its push one chunk at a time (4 values of meta, then chunks of a piece)."""
 
-    def __init__(self, server: Server, gradient: np.ndarray) -> None:
-        self.conn = connect(*server.listener.address, SECRET, 1, chunk_bytes=4 * PIECE)
+    def __init__(self, server: Server, gradient: np.ndarray, worker: int = 1) -> None:
+        self.conn = connect(*server.listener.address, SECRET, worker, chunk_bytes=4 * PIECE)
         self.gradient = gradient
 
     def start(self, base_version: int = 0) -> None:
@@ -219,3 +220,26 @@ def test_an_abort_or_stop_half_way_answers_every_worker_whole(setup, how):
         assert out[0].status is Status.DONE and status is Status.DONE
         np.testing.assert_array_equal(out[0].payload, initial)  # the version it stopped at
         np.testing.assert_array_equal(server.opt.params_view(), initial)
+
+
+def test_after_a_round_whose_workers_all_died_half_way_a_whole_round_is_applied_in_full(setup):
+    server, initial, grads = setup
+    first, second = ByHand(server, grads[0], worker=0), ByHand(server, grads[1])
+    for by_hand in (first, second):
+        by_hand.start()
+        by_hand.chunks(0, 1)
+    server.wait(lambda: server.pipeline._applied >= 1)
+    for w, by_hand in enumerate((first, second)):
+        by_hand.conn.close()
+        server.remove(w)
+    server.wait(lambda: server.pipeline._expected is None)  # the dead round is closed
+    before = server.opt.params_view()
+    server.all_wire = False  # the restarted workers' round goes the usual way
+    for w in (0, 1):
+        assert server.exchange.admit(w, server.exchange.version + 1)
+    bells = [worker_bell(server, w, grads[1 - w]) for w in (0, 1)]
+    for bell in bells:
+        bell.ring(0, 1, None, True)
+    server.wait(lambda: server.exchange.version == 1)
+    np.testing.assert_array_equal(server.opt.params_view(), whole_update(before, grads[::-1]))
+    assert server.whole_updates == 1
