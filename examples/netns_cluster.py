@@ -42,7 +42,10 @@ class ShapedCluster:
         token = Path(self._temp) / "token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
+        # Not the single-machine mode a local cluster's driver may have set (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+        # raytf.cluster.local.LOOPBACK_ENV): in it a second node refuses to join.
+        self.env = {**{k: v for k, v in os.environ.items()
+                       if not k.startswith("RAY_AUTH") and k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
 
     @property
