@@ -13,9 +13,10 @@ a step here is a training step's exchange minus the compute and the Ray control 
 setting (push codec, pull codec), in turn, interleaved, `--steps` steps after 3 warm-up ones. The
 table: the step's exchange time (median over both workers, ring to answer), the bytes each way on
 the server's link, and two floors at the link's rate, each plus the server's apply: all bytes, in
-then out (a sync round receives every gradient before it applies and answers: what raytf does
-today), and the larger direction alone (both directions at once: what a server that applies and
-answers chunk by chunk while later chunks still arrive could reach). It prints numbers and judges none.
+then out (a "whole" round receives every gradient before it applies and answers), and the larger
+direction alone (both directions at once, what a "pipelined" round, raytf.exchange.pipeline, tends
+to: it applies and answers piece by piece while later pieces still arrive). It prints numbers and
+judges none.
 """
 
 from __future__ import annotations
