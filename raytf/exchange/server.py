@@ -70,6 +70,7 @@ class ParameterServer:
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when settings.trace_steps
         self._call = threading.local()  # tracing: which worker's call (and step) this thread serves
         self.writer = ShardWriter(index)  # its checkpoint shards
+        self.failure: Exception | None = None  # an error of a push served on a connection's thread (`_rung`)
 
     def __repr__(self) -> str:
         # The dashboard's Actors view shows this ("Repr"); it is taken when the actor starts.
@@ -205,8 +206,20 @@ class ParameterServer:
         return replace(spec, bell_path=os.path.relpath(self.doorbell.path, shm_root()))
 
     def _rung(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
-        """A push that came over the doorbell: the gradient is in the worker's slot, its sparse rows
-        (and the ids of the rows it wants) in its row slot, where the rows asked for go back."""
+        """A push that came over the doorbell or the wire, served on that connection's thread. An
+        error there reaches nobody (the thread ends, the worker sees its server gone and the run rolls
+        back, maybe into the same error again): it is kept, and the driver's statistics call raises it."""
+        try:
+            return self._rung_push(worker, base_version, steps_done, loss, finite)
+        except ServerNotReady:
+            raise  # the worker treats it as a lost server, as it should
+        except Exception as err:  # not swallowed: kept for `stats`, and raised here as well
+            self.failure = err
+            raise
+
+    def _rung_push(self, worker: int, base_version: int, steps_done: int, loss: float | None, finite: bool) -> Reply:
+        """The gradient is in the worker's slot, its sparse rows (and the ids of the rows it wants) in
+        its row slot, where the rows asked for go back."""
         slot = self.slots.row_slot(worker) if self.tables else None
         if slot is None:
             return self.push(worker, base_version, None, steps_done, loss, finite)
@@ -391,7 +404,10 @@ class ParameterServer:
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> ServerStats:
         """The exchange's counts, checkpoint shards written and timings; a restarted process that
-        was not set up again reports only that it is not ready."""
+        was not set up again reports only that it is not ready. An error a push met on a doorbell or
+        wire thread is raised here (the driver ends the run with it)."""
+        if self.failure is not None:
+            raise self.failure
         if not self.ready:
             return ServerStats(ready=False)
         exchange = self.exchange.stats()

@@ -28,3 +28,14 @@ def test_removing_a_worker_from_a_restarted_server_is_a_no_op():
 def test_the_error_survives_the_trip_between_actors():
     err = pickle.loads(pickle.dumps(ServerNotReady("parameter server 3 was restarted and is not set up yet")))
     assert isinstance(err, ServerNotReady) and "server 3" in str(err)
+
+
+def test_an_error_of_a_push_on_a_connections_thread_is_raised_by_the_statistics_call():
+    """A doorbell or wire thread has nobody to hand an error to: the server keeps it, and the driver's
+    statistics call raises it (the run ends with it instead of rolling back into it again). Here the
+    error is a real one: a push served before the server's set-up has no sparse tables to read."""
+    server = ParameterServer("run", 3)
+    with pytest.raises(AttributeError, match="tables"):
+        server._rung(1, 0, 1, None, True)
+    with pytest.raises(AttributeError, match="tables"):
+        server.stats()
