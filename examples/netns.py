@@ -77,7 +77,29 @@ def unavailable_reason() -> str | None:
     return None
 
 
-class Namespaces:
+class Opened:
+    """A context manager whose `_open` is undone by `close` however it ends, a failed `_open` included
+    (so `close` must cope with a half-made state)."""
+
+    def __enter__(self):
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Namespaces(Opened):
     """N stand-in nodes; use as a context manager."""
 
     def __init__(self, count: int, link: Link | None = None, prefix: str | None = None) -> None:
@@ -94,20 +116,12 @@ class Namespaces:
     def address(self, node: int) -> str:
         return f"{SUBNET}.{node + 1}"
 
-    def __enter__(self) -> Namespaces:
+    def _open(self) -> None:
         reason = unavailable_reason()
         if reason:
             raise NamespacesUnavailable(reason)
         self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._create()
 
     def _netns(self, name: str) -> None:
         result = _ip("netns", "add", name, check=False)

@@ -25,14 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from examples.netns import Link, Namespaces
+from examples.netns import Link, Namespaces, Opened
 
 GCS_PORT = 6379
 JOIN_TIMEOUT = 120.0
 OBJECT_STORE = f"--object-store-memory={1024**3}"
 
 
-class ShapedCluster:
+class ShapedCluster(Opened):
     def __init__(self, link: Link, ps_cpus: int = 1, worker_cpus: int = 2, prefix: str | None = None) -> None:
         self.link, self.prefix = link, prefix
         self.ps_cpus, self.worker_cpus = ps_cpus, worker_cpus
@@ -56,17 +56,9 @@ class ShapedCluster:
     def shaping(self) -> str:
         return self.nodes.shaping
 
-    def __enter__(self) -> ShapedCluster:
+    def _open(self) -> None:
         self.nodes = Namespaces(2, self.link, prefix=self.prefix).__enter__()
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._start()
 
     def _ray_start(self, node: int, *args: str) -> None:
         log = open(Path(self._temp) / f"node{node}.log", "wb")
