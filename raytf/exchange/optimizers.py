@@ -99,9 +99,12 @@ class FlatOptimizer:
         in place. A numpy shard's is a copy (it is small): an update never writes under a version
         being sent.
         """
-        if self.numpy_sgd:
-            return self._params.copy()
-        return np.from_dlpack(self.params.value())
+        return self.buffer_view().copy() if self.numpy_sgd else self.buffer_view()
+
+    def buffer_view(self) -> np.ndarray:
+        """The parameters' own buffer, never a copy: for a caller that drops it before the next
+        update (raytf.exchange.pipeline sends each piece from it)."""
+        return self._params if self.numpy_sgd else np.from_dlpack(self.params.value())
 
     @property
     def steps(self) -> int:
@@ -157,8 +160,7 @@ class PiecedOptimizer:
 
     def piece_view(self, j: int) -> np.ndarray:
         """Piece `j`'s parameters, a view of its buffer (drop it before its next update)."""
-        piece = self.pieces[j]
-        return piece._params if piece.numpy_sgd else piece.params_view()
+        return self.pieces[j].buffer_view()
 
     def params_view(self) -> np.ndarray:
         """All the parameters, a copy (the pieces are separate buffers)."""
