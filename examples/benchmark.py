@@ -248,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2 (the first is warm-up)")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.link:
+        from examples.netns import Link
+
+        try:
+            Link.parse(args.link)
+        except ValueError as err:
+            parser.error(str(err))
     names = list(dict.fromkeys(n for n in names if n in CONTENDERS))  # in the order given, once each
     if args.trace:
         TRACE.extend(["trace.enabled=true", f"trace.max_steps={args.steps}"])

@@ -43,3 +43,16 @@ def test_aggregates_over_repeats_and_failed_runs_are_counted_not_averaged():
     assert "| sync | 8,500 |" in text and "(1 of 2 failed)" in text and "reference: single-process" in text
     # to the ceiling (8000/9000 + 9000/7500) / 2, to the single process (8000/9200 + 9000/8800) / 2
     assert "| sync | 1.04 (0.89–1.20) | 0.95 (0.87–1.02) |" in ratio_table(agg)
+
+
+def test_a_malformed_link_is_refused_before_anything_runs():
+    """`benchmark.py --link` with no delay (or a unit tc does not know) says what it expects, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "benchmark.py"
+    done = subprocess.run([sys.executable, str(script), "--link", "10gbps", "--only", "raytf-sync-2nodes"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--link '10gbps': expected RATE,DELAY such as 10gbit,0.1ms" in done.stderr
