@@ -65,6 +65,10 @@ class WorkerTables:
         # its ids are then read straight from the batch, without a graph call. None: not every table's,
         # so they are read through the model, deduplicated and split in one graph call.
         self._inputs = _direct_inputs(model, layers) if self.specs else None
+        if self._inputs is not None:
+            from raytf.replica.segments import IdSegmenter
+
+            self._segmenters = [IdSegmenter(spec) for spec in self.specs]
         if self.specs and self._inputs is None:
             import tensorflow as tf
 
@@ -174,11 +178,8 @@ class WorkerTables:
         """Per table, `raytf.replica.segments.id_segments` of the ids `batches` look up."""
         if self._inputs is None:
             return self._segment_ids(tuple(x for x, _ in batches))
-        from raytf.replica.segments import id_segments_numpy
-
-        return [id_segments_numpy(spec, np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1)
-                                                        for x, _ in batches]))
-                for spec, name in zip(self.specs, self._inputs)]
+        return [segment(np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1) for x, _ in batches]))
+                for segment, name in zip(self._segmenters, self._inputs)]
 
     def load(self, request: Request, rows: list, in_place: bool = False) -> int:
         """Put the rows the servers sent (per server, per table) into the replica, or with rows in the

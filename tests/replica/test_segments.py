@@ -16,7 +16,7 @@ def test_the_numpy_request_is_the_graph_request(servers, partition):
     ids[0, :3] = 7  # repeats
     graph = tf.function(lambda x: id_segments(spec, x))(tf.constant(ids))
     fast = id_segments_numpy(spec, ids)
-    # The same counts and range; the same ids per server, in another order (numpy's are sorted).
+    # The same counts and range; the same ids per server, maybe in another order.
     for k in (2, 3, 4):
         np.testing.assert_array_equal(np.asarray(fast[k]), np.asarray(graph[k]))
     flat = ids.reshape(-1)
@@ -29,10 +29,24 @@ def test_the_numpy_request_is_the_graph_request(servers, partition):
             assert (spec.owner(unique[start:start + count]) == server).all()
             start += count
         assert (low, high) == (flat.min(), flat.max())
-    start = 0
-    for count in fast[2]:  # numpy's segments sorted
-        assert (np.diff(fast[0][start:start + count]) > 0).all()
-        start += count
+
+
+@pytest.mark.parametrize("rows", [1000, (1 << 24) + 1])  # through the map of ids; sorted (a table too big for it)
+def test_a_segmenter_describes_every_batch_it_is_given(rows):
+    from raytf.replica.segments import IdSegmenter
+
+    spec = TableSpec(variable=0, layer="items", rows=rows, width=4, servers=2, partition="mod")
+    segment = IdSegmenter(spec)
+    rng = np.random.default_rng(2)
+    for size in (40, 300, 7, 0):  # the map is reused, batches grow and shrink
+        ids = rng.integers(0, 60, size=size) * (rows // 60)
+        unique, local, counts, low, high, positions = segment(ids)
+        np.testing.assert_array_equal(unique[positions], ids)
+        assert sorted(unique.tolist()) == sorted(set(ids.tolist())) and counts.sum() == len(unique)
+        np.testing.assert_array_equal(spec.local(unique), local)
+        assert positions.dtype == np.int32
+    *_, low, high, _ = segment(np.array([3, -1, rows]))  # out of range: reported by the range, not an IndexError
+    assert (low, high) == (-1, rows)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
