@@ -7,6 +7,8 @@ TensorFlow's own kernels (the same ones `tf.compat.v1.train` optimizers use).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -244,6 +246,7 @@ class RowOptimizer:
             # The same memory with a row as one item: numpy moves each row with one copy instead of
             # iterating its floats (a gather or put of ~3,000 random rows of 64 floats ~40 % faster).
             self._whole_rows = _as_row_items(self._rows)
+            self._scaled = np.empty((0, self.shape[1]), np.float32)
         else:
             self.params = tf.Variable(initial.astype(np.float32, copy=False), name="rows")
         fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
@@ -270,7 +273,20 @@ class RowOptimizer:
         """One update with the mean gradient `grad` of the rows at (unique, local) `ids`."""
         self._update_rows(np.asarray(ids, np.int64), np.asarray(grad, np.float32))
 
-    def apply_round(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    @property
+    def applies_early(self) -> bool:
+        """A round's gradients can be applied one by one as they arrive (`apply_early`): SGD's rows,
+        whose update is linear in the gradient."""
+        return self.numpy_rows
+
+    def apply_early(self, part: tuple[np.ndarray, np.ndarray], expected: int) -> None:
+        """SGD: one gradient of a round not complete yet, applied now as 1/`expected` of the round's
+        mean; `apply_round` corrects its share if the round ends with another number of gradients."""
+        ids, grad = part
+        rate = np.float32(self.config.learning_rate) * np.float32(1.0 / expected)
+        self._subtract_rows(np.asarray(ids, np.int64), np.asarray(grad, np.float32), rate)
+
+    def apply_round(self, parts: list[tuple[np.ndarray, np.ndarray]], early: Sequence[int | None] = ()) -> None:
         """One update with the mean of a round's gradients (per worker: its unique local ids and
         their summed rows): equal ids of all workers merged, summed and divided by the number of
         gradients (what the dense mean gives a row some workers left at 0), then the row update; one
@@ -282,13 +298,19 @@ class RowOptimizer:
 
         Eager ops, not a tf.function: on these sizes (thousands of rows) a graph call costs more
         than its work here (its executor hands the ops to its thread pool: ~2x the CPU of the same
-        ops run inline), and the merge is mostly numpy (`merged`)."""
+        ops run inline), and the merge is mostly numpy (`merged`).
+
+        `early`: per part, the number of gradients it was applied early for (`apply_early`), or None."""
         if not parts:
             self._update_rows(np.zeros(0, np.int64), np.zeros((0, self.shape[1]), np.float32))
         elif self.numpy_rows:
-            rate = np.float32(self.config.learning_rate) * np.float32(1.0 / len(parts))
-            for ids, grad in parts:
-                self._subtract_rows(np.asarray(ids, np.int64), rate * np.asarray(grad, np.float32))
+            lr, share = np.float32(self.config.learning_rate), np.float32(1.0 / len(parts))
+            for (ids, grad), expected in zip(parts, list(early) + [None] * (len(parts) - len(early))):
+                if expected == len(parts):
+                    continue  # applied as it arrived, with the share it has
+                # the share still missing: all of it, or the difference from an early share
+                rate = lr * (share if expected is None else share - np.float32(1.0 / expected))
+                self._subtract_rows(np.asarray(ids, np.int64), np.asarray(grad, np.float32), rate)
             self._uncounted += 1
         elif len(parts) == 1:
             self._update_rows(np.asarray(parts[0][0], np.int64), np.asarray(parts[0][1], np.float32))
@@ -327,16 +349,21 @@ class RowOptimizer:
 
     def _update_rows(self, ids: np.ndarray, grad: np.ndarray) -> None:
         if self.numpy_rows:
-            self._subtract_rows(ids, np.float32(self.config.learning_rate) * grad)
+            self._subtract_rows(ids, grad, np.float32(self.config.learning_rate))
             self._uncounted += 1
             return
         self._update(tensor_of(ids, np.int64), tensor_of(grad, np.float32))
 
-    def _subtract_rows(self, ids: np.ndarray, delta: np.ndarray) -> None:
-        """SGD's rows at the unique `ids` minus `delta`: gather, subtract, put back (the same float32
-        operations as TensorFlow's, ResourceScatterSub's result)."""
+    def _subtract_rows(self, ids: np.ndarray, grad: np.ndarray, rate: np.float32) -> None:
+        """SGD's rows at the unique `ids` minus `rate` * `grad`: gather, subtract, put back (the same
+        float32 operations as TensorFlow's, ResourceScatterSub's result). The scaled gradient goes into
+        a buffer kept for it (updates are serialized by the exchange's lock): a fresh one each time
+        cost a large allocation per update."""
+        if len(self._scaled) < len(ids):
+            self._scaled = np.empty((len(ids), self.shape[1]), np.float32)
+        scaled = np.multiply(grad, rate, out=self._scaled[:len(ids)])
         rows = self._whole_rows.take(ids)
-        _as_row_floats(rows, self.shape[1])[:] -= delta
+        _as_row_floats(rows, self.shape[1])[:] -= scaled
         self._whole_rows[ids] = rows
 
     def _update(self, ids: tf.Tensor, grad: tf.Tensor) -> None:

@@ -40,6 +40,9 @@ class Exchange(Protocol):
     def apply(self, grads: list, workers: list[int], bases: list[int]) -> None:
         """Apply `grads` (pushed by `workers` at `bases`) as one update, or take a version for none."""
 
+    def apply_early(self, grad: Any, expected: int) -> None:
+        """Apply what can be of `grad` now, in a round of `expected` gradients not complete yet."""
+
 POLICIES: dict[str, type["AggregationPolicy"]] = {}
 
 
@@ -159,6 +162,10 @@ class SyncPolicy(AggregationPolicy):
             return ex.drop(push.worker)  # its round was applied without it (a backup round)
         self.pending[push.worker] = (grad, push.base_version)
         self._complete_if_ready(ex)
+        if push.worker in self.pending and grad is not None and not self.backup_workers:
+            # Not the round's last: what of its update can be made now is (with backups the round's
+            # gradients are known only once it completes).
+            ex.apply_early(grad, self.quorum(self.required(ex)))
         return Ticket(push.worker, round=push.base_version + 1)
 
     def released(self, ex: "Exchange", ticket: Ticket) -> bool:

@@ -24,7 +24,7 @@ from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
 from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
 from raytf.observe.startup import peak_rss
-from raytf.observe.trace import DRIVER_TID
+from raytf.observe.trace import DRIVER_TID, EARLY_PHASE
 from raytf.runtime import configure_tensorflow
 
 
@@ -104,6 +104,7 @@ class ParameterServer:
             # update, or a new request of the worker, which drop them)
             self._gathered: dict[int, tuple] = {}
             self._rows_out: dict[int, tuple] = {}  # worker -> per table, those rows (gathered when published)
+            self._early: dict[int, int] = {}  # worker -> round size its rows were applied early for (this round)
             self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
             self.seconds_publish = 0.0
@@ -270,14 +271,33 @@ class ParameterServer:
         if self.tables:  # with no rows, too: a table's step count stays the dense one's
             asked = [g.worker for g in grads if g.worker in self._wanted]
             slots = [self._wanted[w][1] for w in asked]  # the worker waits for its answer: its slot is free
+            early = [self._early.get(g.worker) for g in grads]
+            self._early.clear()  # a worker removed after its rows were applied early leaves them applied
             rows = self.rounds.run([g.tables for g in grads], [self._wanted[w][0] for w in asked],
-                                   [None if slot is None else slot.sent_rows for slot in slots])
+                                   [None if slot is None else slot.sent_rows for slot in slots], early)
             self._gathered = dict(zip(asked, rows))
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
         if self.trace is not None:
             self._traced("apply", traced)
+
+    def apply_early(self, grad: Gradient, expected: int) -> bool:
+        """A gradient of a sync round still waiting for others: its sparse rows applied now (SGD's,
+        as 1/`expected` of the round's mean), while the other workers still compute, so the update
+        that completes the round has only the last gradient's rows left. False when the tables'
+        optimizer cannot (its update is not linear in the gradient)."""
+        if not (self.tables and self.rounds.applies_early):
+            return False
+        if self.trace is not None:
+            traced = self.trace.mark()
+        started = time.perf_counter()
+        self.rounds.apply_early(grad.tables, expected)
+        self._early[grad.worker] = expected
+        self.seconds_apply += time.perf_counter() - started
+        if self.trace is not None:
+            self._traced(EARLY_PHASE, traced)
+        return True
 
     def publish(self, version: int, worker: int) -> None:
         if self.trace is not None:
@@ -443,7 +463,7 @@ def _recorder(max_steps: int, workers: int):
     """A timeline of every worker's calls (one per worker, each step: push with its phases)."""
     from raytf.observe.trace import SERVER_PHASES, PhaseRecorder
 
-    recorder = PhaseRecorder(max_steps * workers * (len(SERVER_PHASES) + 2))  # + push, checkpoint
+    recorder = PhaseRecorder(max_steps * workers * (len(SERVER_PHASES) + 3))  # + push, checkpoint, apply_early
     recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
     recorder.threads[DRIVER_TID] = "driver's calls"
     return recorder

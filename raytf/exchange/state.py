@@ -25,6 +25,9 @@ class ShardBackend(Protocol):
     def apply(self, grads: list) -> None:
         """Apply the mean of `grads` (one or more) as one optimizer update."""
 
+    # Optional: `apply_early(grad, expected) -> bool`, part of a round's update made as `grad` arrives
+    # (raytf.exchange.server.ParameterServer.apply_early); a backend without it applies whole rounds.
+
     def publish(self, version: int, worker: int) -> None:
         """Make the parameters (now at `version`) readable for `worker`, before it is answered."""
 
@@ -57,7 +60,8 @@ class Exchange:
         self.members: set[int] = set(range(workers))  # live workers the policy counts on
         self.joining: dict[int, int] = {}  # restarted worker -> the first round it belongs to
         self.clock_skew_max = 0  # kept by policies that bound staleness
-        # A round part of whose update is applied already (raytf.exchange.pipeline): no stop at its version.
+        # A round part of whose update is applied already (raytf.exchange.pipeline, rows applied early):
+        # no stop at its version.
         self.partial_round = False
         self._checkpointed: set[int] = set()
         self._pushes = 0
@@ -93,6 +97,13 @@ class Exchange:
         if self.version == self.target or (self.every_versions and self.version % self.every_versions == 0):
             self._checkpoint()
         self.cond.notify_all()
+
+    def apply_early(self, grad: Any, expected: int) -> None:
+        """Let the backend apply its part of `grad` now, in a round of `expected` gradients still
+        being collected (the policy's call); the exchange then does not stop at this version."""
+        early = getattr(self.backend, "apply_early", None)
+        if early is not None and early(grad, expected):
+            self.partial_round = True
 
     def drop(self, worker: int) -> Ticket:
         """`worker`'s gradient came too late for its round: counted, not applied, answered at once."""

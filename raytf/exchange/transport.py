@@ -157,7 +157,9 @@ def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
             buffer = np.memmap(file, dtype=np.float32, mode="r+", shape=shape)  # the mapping outlives the file
     finally:
         os.close(fd)
-    return buffer[..., :size]
+    # A plain ndarray over the mapping (which it keeps alive): slicing a np.memmap builds a memmap per
+    # slice (~5 µs each, several per step).
+    return np.asarray(buffer)[..., :size]
 
 
 class ServerSlots:

@@ -32,6 +32,8 @@ Event = tuple[str, int, int, int, int, int, int, int, int]
 # reply before pushing.
 WORKER_PHASES = ("compute", "copy_out", "push", "next_batch", "wait_reply", "load")
 SERVER_PHASES = ("receive", "apply", "wait", "publish", "reply")  # inside each "push" (and "pull")
+# A sync round's sparse rows applied as their push arrives (SGD; raytf.exchange.server.ParameterServer.apply_early).
+EARLY_PHASE = "apply_early"
 DRIVER_TID = 10_000  # a server's timeline of the driver's calls (an update a worker's removal completes)
 
 

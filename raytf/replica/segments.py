@@ -75,9 +75,9 @@ class IdSegmenter:
             ids = np.clip(ids, 0, spec.rows - 1)  # out of range is an error the caller raises from low/high
         unique, positions = self._unique(ids) if self._map is not None else _unique(ids)
         unique = unique.astype(np.int64)
+        if spec.servers == 1:  # every id is the one server's, as it is
+            return unique, unique, np.array([len(unique)], np.int32), low, high, positions
         owner, local = owner_and_local(spec, unique)
-        if spec.servers == 1:
-            return unique, local, np.array([len(unique)], np.int32), low, high, positions
         # Grouped by server, stably: numpy sorts 16-bit keys by radix (linear).
         order = np.argsort(owner.astype(np.int16 if spec.servers < 1 << 15 else np.int64), kind="stable")
         counts = np.bincount(owner, minlength=spec.servers).astype(np.int32)

@@ -269,3 +269,33 @@ def test_every_mode_of_the_config_has_a_policy():
 
     modes = typing.get_args(DistributionConfig.model_fields["mode"].annotation)
     assert set(modes) == set(POLICIES)
+
+
+class EarlyShard(Shard):
+    """A shard whose backend applies a round's gradients early (as the sparse SGD rows are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.early: list[tuple[float, int]] = []
+
+    def apply_early(self, grad, expected: int) -> bool:
+        self.early.append((grad, expected))
+        return True
+
+
+@pytest.mark.parametrize("backups", [0, 1])
+def test_sync_applies_each_gradient_of_a_round_early_but_the_last_and_never_stops_mid_round(backups):
+    shard = EarlyShard()
+    ex = Exchange(make_policy("sync", 3, backup_workers=backups), shard, workers=3, target=100)
+    first = Call(ex.push, Push(0, 0, 1, None, True), 1.0)
+    assert first.waiting()
+    Call(ex.push, Push(2, 0, 1, None, False), None)  # not finite: nothing to apply early
+    if backups:  # the round's gradients are known only at its end
+        assert shard.early == [] and not ex.partial_round
+        return
+    assert shard.early == [(1.0, 3)] and ex.partial_round
+    assert not ex.set_target(0)  # part of round 1 is applied: no stop at version 0
+    last = Call(ex.push, Push(1, 0, 1, None, True), 2.0)
+    assert first.result().version == last.result().version == 1
+    assert shard.early == [(1.0, 3)], "the round's last gradient is applied with the round"
+    assert shard.updates == [[1.0, 2.0]] and not ex.partial_round

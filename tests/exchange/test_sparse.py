@@ -187,6 +187,33 @@ def test_a_round_of_two_tables_updates_both_and_gathers_each_request_after_the_u
     assert [t.steps for t in tables] == [2, 2]
 
 
+def test_sgd_rows_applied_early_equal_the_whole_round_and_a_smaller_round_is_corrected():
+    """A sync round's rows applied as each push arrives (SGD, 1/expected each) end as the whole
+    round's update; when the round ends with fewer gradients than expected (one was not finite),
+    the early share is corrected to the round's. Adagrad cannot apply early."""
+    from raytf.exchange.row_rounds import RowRounds
+
+    rng = np.random.default_rng(3)
+    config = OptimizerConfig(name="sgd", learning_rate=0.5)
+    initial = rng.normal(size=(10, 4)).astype(np.float32)
+    parts = [(np.array([1, 7, 3]), rng.normal(size=(3, 4)).astype(np.float32)),
+             (np.array([7, 2]), rng.normal(size=(2, 4)).astype(np.float32))]
+    early, whole = RowOptimizer(config, initial.copy()), RowOptimizer(config, initial.copy())
+    early.apply_early(parts[0], expected=2)
+    assert not np.array_equal(early.rows()[[1, 3, 7]], initial[[1, 3, 7]])  # applied before the round ends
+    early.apply_round(parts, early=[2, None])
+    whole.apply_round(parts)
+    np.testing.assert_allclose(early.rows(), whole.rows(), rtol=1e-6, atol=1e-7)
+    assert early.steps == whole.steps == 1
+    # Expected 3, the round ended with 2: the early part's share 1/3 becomes 1/2.
+    early.apply_early(parts[0], expected=3)
+    early.apply_round(parts, early=[3, None])
+    whole.apply_round(parts)
+    np.testing.assert_allclose(early.rows(), whole.rows(), rtol=1e-5, atol=1e-6)
+    assert RowRounds([early]).applies_early
+    assert not RowRounds([RowOptimizer(OptimizerConfig(name="adagrad", learning_rate=0.1), initial.copy())]).applies_early
+
+
 def test_gather_returns_the_current_rows():
     table = RowOptimizer(OptimizerConfig(name="sgd", learning_rate=1.0), np.zeros((5, 2), np.float32))
     table.apply(np.array([3]), np.array([[1.0, 2.0]], np.float32))
