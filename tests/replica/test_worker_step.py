@@ -133,6 +133,32 @@ def test_step_flags_a_non_finite_gradient(tmp_path, monkeypatch):
     assert flags == [True] * 6 + [False, True]
 
 
+def test_step_flags_a_non_finite_gradient_of_sparse_rows_alone(tmp_path, monkeypatch):
+    """A row of zeros under sqrt(|x|): the loss and the dense gradients are finite, the row's own
+    summed gradient is not, and the step says so."""
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"model": "tests.badinput.recsys_data:build_model_with_a_root_of_its_rows",
+                            "loss": "binary_crossentropy", "data": {"train": "examples.recsys:small_train_examples"},
+                            "batch_size": 8, "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 1}})
+    from raytf.driver.prepare import prepare
+
+    plan = prepare(cfg).plan
+    worker = Worker("test", 0)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    give_own_parameters(worker)
+    flags = []
+    for zero_row in (False, True):
+        request = worker._request_of(0)
+        rows = np.full((len(request.ids[0][0]), 16), 0.25, np.float32)
+        rows[0] = 0.0 if zero_row else 0.5
+        worker.tables.load(request, [[rows]])
+        loss, dense, (summed,), finite = worker._compute()
+        assert np.isfinite(float(loss)) and all(np.isfinite(g.numpy()).all() for g in dense)
+        assert np.isfinite(summed.numpy()).all() != zero_row
+        flags.append(bool(finite))
+    assert flags == [True, False]
+
+
 def test_step_falls_back_when_xla_cannot_compile(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     worker, plan = make_worker("tests.badinput.xla_models:build_model", servers=1)
