@@ -38,6 +38,7 @@ class IndependentTrainer:
 
         cfg = TrainConfig.model_validate(config)
         self.batch_size = cfg.batch_size
+        self.cores = _pin_as_raytf_pins_its_workers(cfg, index, num_workers, threads)
         keras.utils.set_random_seed(cfg.seed + 1 + index)
         dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), index, num_workers)
         self.iterator = iter(batches(dataset, cfg, index))
@@ -205,3 +206,20 @@ def run_ray_train(cfg, steps: int, storage_path: str) -> dict:
         run_config=RunConfig(storage_path=storage_path, name=f"ray-train-{int(time.time())}"),
     )
     return {"samples_per_second": trainer.fit().metrics["samples_per_second"]}
+
+
+def _pin_as_raytf_pins_its_workers(cfg, index: int, num_workers: int, threads: int) -> tuple[int, ...]:
+    """The reference's actors on cores of their own where raytf's workers would be (the same rule,
+    raytf.replica.placement): the ratio compares exchange against none, not two placements."""
+    import os
+
+    import ray
+
+    from raytf.replica.placement import cores_for, pin_process
+
+    if cfg.distribution.pin_workers == "off" or not hasattr(os, "sched_getaffinity"):
+        return ()
+    here = ray.get_runtime_context().get_node_id()
+    node_cpus = next((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == here), 0.0)
+    each = max(cfg.distribution.worker_resources.num_cpus, threads)  # the single-process reference: all its threads'
+    return pin_process(cores_for(index, num_workers, each, node_cpus, os.sched_getaffinity(0)))

@@ -63,6 +63,7 @@ class RunActors:
     links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker], as wired (a rejoin relinks)
     link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
     server_nodes: set[str] = field(default_factory=set)  # every node a server ran on (its exchange files are there)
+    cores: list[tuple[int, ...]] = field(default_factory=list)  # [worker]: the cores it is pinned to, () if not
 
     def links_of(self, worker: int) -> list[LinkSpec]:
         return [per_server[worker] for per_server in self.links]
@@ -145,6 +146,7 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
     servers, workers = actors.servers, actors.workers
     server_nodes = servers.locate()
     worker_nodes = workers.locate()
+    actors.cores = workers.place(worker_nodes)
     actors.server_nodes.update(node for node, has_shm in server_nodes if has_shm)
     rows_bounded = not plan.tables or RowLayout.of(plan.tables) is not None
     links: list[list[LinkSpec]] = []

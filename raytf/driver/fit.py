@@ -87,6 +87,8 @@ def fit(
                     on_event(notice)
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
                          f"parameter servers, {policy_for(cfg.distribution).describe()}, exchange via {link_kinds_text(actors.link_kinds)}"
+                         + (f", workers pinned to cores {' / '.join(','.join(map(str, c)) for c in actors.cores)}"
+                            if actors.cores and all(actors.cores) else "")
                          + (f", resuming at step {resumed}" if resumed else ""))
                 compression = cfg.distribution.compression
                 if (compression.push, compression.pull) != ("none", "none") and not any(
@@ -124,6 +126,7 @@ def fit(
                    train_seconds=train_ended - ready, startup_breakdown=clock.breakdown(ready))
     summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
                    tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
+                   worker_cores=[list(cores) for cores in actors.cores],  # [] per worker not pinned
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
                    nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))

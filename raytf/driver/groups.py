@@ -209,6 +209,17 @@ class WorkerGroup:
     def locate(self) -> list[str]:
         return get([w.node_id.remote() for w in self.handles], "Locating the workers")
 
+    def place(self, nodes: list[str]) -> list[tuple[int, ...]]:
+        """Pin each worker (on `nodes`) to cores of its own where it may (raytf.replica.placement);
+        returns the cores each runs on, () where not pinned."""
+        import ray
+
+        from raytf.replica.placement import node_ranks
+
+        node_cpus = {n["NodeID"]: n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")}
+        return get([w.place.remote(rank, count, node_cpus.get(node, 0.0))
+                    for w, node, (rank, count) in zip(self.handles, nodes, node_ranks(nodes))], "Placing the workers")
+
     def connect(self, servers: ServerGroup, links: list[list[LinkSpec]]) -> list[list[str]]:
         """Connect each worker to every server by the links given (per worker); returns how each reaches each."""
         return get([w.connect.remote(servers.handles, links[i]) for i, w in enumerate(self.handles)],
