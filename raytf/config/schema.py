@@ -105,7 +105,7 @@ class DistributionConfig(_Frozen):
     pipeline: bool = Field(True, description="sync servers whose workers are all on the wire apply and answer the gradient in 1 MB pieces while later pieces still arrive")
     doorbell: bool = Field(True, description="shared-memory links push over a Unix socket per server instead of a Ray call per step (models without sparse tables)")
     worker_resources: Resources = Resources(num_cpus=1)
-    pin_workers: Literal["auto", "off"] = Field("auto", description="auto: each worker's process runs on cores of its own where the node's workers fit in the cores Ray counts (raytf.replica.placement); off: the kernel places them")
+    pin_workers: Literal["auto", "off"] = Field("off", description="auto: each worker's process runs on cores of its own where the node's workers fit in the cores Ray counts (raytf.replica.placement); off: the kernel places them")
     # Parameter servers are idle most of the step; they reserve no CPU by default so that
     # `workers` equal to the core count still schedules.
     ps_resources: Resources = Resources(num_cpus=0)

@@ -1,11 +1,13 @@
 """Which cores a worker's process runs on.
 
 Ray gives an actor logical CPUs but leaves its threads to the kernel's scheduler, which on a busy
-node moves the workers between cores and at times runs two of them on one core for a while (their
-step and the server's work then share it, the other core takes the rest). On the recommender
-benchmark (2 workers and a server on 2 cores, async, 4,000 steps) pinning each worker to a core of
-its own took the median of five runs from 188,000 to 228,000 samples/s and the slowest from
-150,000 to 191,000; the no-exchange reference gains ~4 % the same way.
+node moves the workers between cores and at times runs two of them on one core for a while.
+`distribution.pin_workers: auto` gives each worker cores of its own. It is off by default because
+measurements disagree (recommender benchmark, 2 workers and a server on 2 cores, async, 4,000
+steps, runs alternated): one series had pinned workers faster in 5 of 5 pairs (+2.5 to +8.5 %),
+another an hour later slower in 3 of 3 (-7 to -24 %), with the server's update then taking 0.83 ms of
+CPU instead of 0.48 (it shares a core with a pinned worker's step). The no-exchange reference
+gains ~4 % pinned; the benchmarks pin it by the same setting.
 
 `auto` pins only where raytf's workers may own the cores: the cores the process may use are no more
 than the node's CPUs in Ray (an embedded cluster, a machine given to Ray, a pod with a cpuset), and
