@@ -236,4 +236,24 @@ def run_tf_ps(cfg, steps: int, across_nodes: bool = False) -> dict:
     finally:
         for actor in (chief, ps, *workers):  # the chief first: it would log every server that goes away
             ray.kill(actor)
+        _wait_gone(actors)
     return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"]}
+
+
+def _wait_gone(actors: list, timeout: float = 30.0) -> None:
+    """Until every killed actor's process is gone (ray.kill returns at once): a measurement right
+    after must not share the cores with TensorFlow servers still shutting down."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    for actor in actors:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=1.0)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+                break
+            except ray.exceptions.GetTimeoutError:
+                continue
+            time.sleep(0.05)  # still answering: the kill has not reached it yet

@@ -61,8 +61,13 @@ class FlatOptimizer:
         self._graph = tf.function(self._apply_mean)
         self._use_jit = True
 
+    @property
+    def reads_numpy(self) -> bool:
+        """`apply_mean` takes numpy arrays as they are (a tensor would be made and unmade for nothing)."""
+        return self.numpy_sgd
+
     def apply_mean(self, grads: list) -> None:
-        """Apply the mean of `grads` to the parameters."""
+        """Apply the mean of `grads` to the parameters (tensors, or numpy arrays where `reads_numpy`)."""
         if self.numpy_sgd:
             # (sum * (1/n)) * rate, subtracted: the XLA update's float32 operations, in one scratch buffer.
             grads = [np.asarray(g) for g in grads]
@@ -154,6 +159,8 @@ class PiecedOptimizer:
         a, b = self.bounds[j]
         piece = self.pieces[j]
         piece.apply_mean([g[a:b] if piece.numpy_sgd else tensor_of(g[a:b], np.float32) for g in grads])
+
+    reads_numpy = True  # its pieces are cut from numpy arrays
 
     def apply_mean(self, grads: list) -> None:
         grads = [np.asarray(g) for g in grads]

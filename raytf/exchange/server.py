@@ -361,7 +361,8 @@ class ParameterServer:
         trace = self.trace
         if trace is not None:
             self._call.current, started = (worker, steps_done), trace.mark()
-        grad = Gradient(self.slots.gradient(worker, payload), rows, worker) if finite else None
+        grad = Gradient(self.slots.gradient(worker, payload, tensor=not self.opt.reads_numpy), rows, worker) \
+            if finite else None
         if trace is not None:
             trace.record("receive", started, steps_done, worker)
         if want is not None:
@@ -396,8 +397,10 @@ class ParameterServer:
 
     # -- control by the driver --------------------------------------------------------------
     def abort(self) -> None:
-        """Release every waiting call with ROLLBACK (a checkpoint is about to be restored)."""
-        self.exchange.abort()
+        """Release every waiting call with ROLLBACK (a checkpoint is about to be restored). A restarted
+        process not set up yet has no exchange and nobody waiting on it: nothing to do."""
+        if self.exchange is not None:
+            self.exchange.abort()
 
     def set_target(self, version: int) -> bool:
         """Stop at `version` (a step boundary the driver chose); False if already past it."""

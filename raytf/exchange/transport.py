@@ -293,14 +293,16 @@ class ServerSlots:
         """Where this server's doorbell socket goes: beside its slots, in the run's private directory."""
         return self._path("bell")
 
-    def gradient(self, worker: int, payload: np.ndarray | None):
-        """The worker's gradient as a TF tensor: over the slot it wrote, or over the payload it sent
-        (the call's own argument in the object store: read by the update only, never copied)."""
+    def gradient(self, worker: int, payload: np.ndarray | None, tensor: bool = True):
+        """The worker's gradient as a TF tensor (`tensor`, else the numpy array): over the slot it
+        wrote, or over the payload it sent (the call's own argument in the object store: read by the
+        update only, never copied)."""
         from raytf.runtime import as_tensor
 
         if not self._size:
             return None  # rows only: no dense part
-        return as_tensor(payload if payload is not None else self._grads[worker], read_only=True)
+        values = payload if payload is not None else self._grads[worker]
+        return as_tensor(values, read_only=True) if tensor else values
 
     def publish(self, params: np.ndarray, version: int, worker: int) -> None:
         """Make `params` (at `version`) readable for `worker`; called by the server with its lock held,
