@@ -211,15 +211,13 @@ def run_ray_train(cfg, steps: int, storage_path: str) -> dict:
 def _pin_as_raytf_pins_its_workers(cfg, index: int, num_workers: int, threads: int) -> tuple[int, ...]:
     """The reference's actors on cores of their own where raytf's workers would be (the same rule,
     raytf.replica.placement): the ratio compares exchange against none, not two placements."""
-    import os
-
     import ray
 
-    from raytf.replica.placement import cores_for, pin_process
+    from raytf.replica.placement import pin_as_configured
 
-    if cfg.distribution.pin_workers == "off" or not hasattr(os, "sched_getaffinity"):
-        return ()
+    if cfg.distribution.pin_workers == "off":
+        return ()  # no need to ask Ray for the node's CPUs
     here = ray.get_runtime_context().get_node_id()
     node_cpus = next((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == here), 0.0)
     each = max(cfg.distribution.worker_resources.num_cpus, threads)  # the single-process reference: all its threads'
-    return pin_process(cores_for(index, num_workers, each, node_cpus, os.sched_getaffinity(0)))
+    return pin_as_configured(cfg.distribution, index, num_workers, node_cpus, each)

@@ -46,6 +46,16 @@ def pin_process(cores: tuple[int, ...]) -> tuple[int, ...]:
     return pinned
 
 
+def pin_as_configured(distribution, rank: int, count: int, node_cpus: float, cpus_each: float | None = None) -> tuple[int, ...]:
+    """Pin this process as `distribution.pin_workers` says, as the `rank`-th of `count` workers on a
+    node of `node_cpus` Ray CPUs, each of `cpus_each` CPUs (default: the workers' num_cpus). Returns
+    the cores, () when not pinned."""
+    if distribution.pin_workers == "off" or not hasattr(os, "sched_getaffinity"):
+        return ()
+    each = distribution.worker_resources.num_cpus if cpus_each is None else cpus_each
+    return pin_process(cores_for(rank, count, each, node_cpus, os.sched_getaffinity(0)))
+
+
 def node_ranks(nodes: list[str]) -> list[tuple[int, int]]:
     """Per worker (its node), its place among the workers of its node and how many they are."""
     seen: dict[str, int] = {}

@@ -86,9 +86,9 @@ class IdSegmenter:
         return unique[order], local[order], counts, low, high, rank.take(positions)
 
     def _unique(self, ids):
-        """(distinct ids in order of first lookup, for each id its place among them, int32). Each id
-        writes its index into the map; an id whose own index survived is the representative of all its
-        copies (whichever write won, every copy reads the same one back)."""
+        """(distinct ids in batch order, each where its surviving copy is; for each id its place among
+        them, int32). Each id writes its index into the map; an id whose own index survived is the
+        representative of all its copies (whichever write won, every copy reads the same one back)."""
         import numpy as np
 
         if len(self._count) < len(ids):

@@ -297,12 +297,9 @@ class Worker:
         """Pin this process to cores of its own, as the `rank`-th of `count` workers on a node of
         `node_cpus` Ray CPUs, where distribution.pin_workers allows (raytf.replica.placement).
         Returns the cores, () when not pinned."""
-        from raytf.replica.placement import cores_for, pin_process
+        from raytf.replica.placement import pin_as_configured
 
-        d = self.config.distribution
-        if d.pin_workers == "off" or not hasattr(os, "sched_getaffinity"):
-            return ()
-        return pin_process(cores_for(rank, count, d.worker_resources.num_cpus, node_cpus, os.sched_getaffinity(0)))
+        return pin_as_configured(self.config.distribution, rank, count, node_cpus)
 
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""

@@ -40,3 +40,13 @@ def test_a_pinned_process_and_the_threads_it_starts_later_run_on_its_core():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == f"({core},)"
     assert out[1] == f"[{core}] True"
+
+
+def test_pin_workers_off_pins_nothing():
+    from raytf.config import config_from_dict
+    from raytf.replica.placement import pin_as_configured
+
+    cfg = config_from_dict({"model": "examples.digits:build_model", "data": {"train": "examples.digits:train_examples"},
+                            "loss": "sparse_categorical_crossentropy"})
+    assert cfg.distribution.pin_workers == "off"
+    assert pin_as_configured(cfg.distribution, 0, 1, 64) == ()

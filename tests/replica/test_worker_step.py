@@ -24,6 +24,21 @@ def make_worker(model: str, servers: int = 2, data: str = "examples.digits:train
     return worker, plan
 
 
+def make_click_worker(model: str, servers: int, tables: list[str] | None = None):
+    """A worker of a small click model (examples/recsys.py's data, batch 8) whose sparse tables are
+    `tables` (None: the default, auto); returns it, its plan and its config."""
+    cfg = config_from_dict({"model": model, "loss": "binary_crossentropy",
+                            "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
+                            "distribution": {"parameter_servers": servers},
+                            **({"sparse": {"tables": tables}} if tables is not None else {})})
+    from raytf.driver.prepare import prepare
+
+    plan = prepare(cfg).plan
+    worker = Worker("test", 0)
+    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    return worker, plan, cfg
+
+
 def give_own_parameters(worker):
     """What a pull does: the servers' flat buffers, here packed from the replica's own initial values."""
     tvars = worker.model.trainable_variables
@@ -137,14 +152,7 @@ def test_step_flags_a_non_finite_gradient_of_sparse_rows_alone(tmp_path, monkeyp
     """A row of zeros under sqrt(|x|): the loss and the dense gradients are finite, the row's own
     summed gradient is not, and the step says so."""
     monkeypatch.chdir(tmp_path)
-    cfg = config_from_dict({"model": "tests.badinput.recsys_data:build_model_with_a_root_of_its_rows",
-                            "loss": "binary_crossentropy", "data": {"train": "examples.recsys:small_train_examples"},
-                            "batch_size": 8, "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 1}})
-    from raytf.driver.prepare import prepare
-
-    plan = prepare(cfg).plan
-    worker = Worker("test", 0)
-    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    worker, _, _ = make_click_worker("tests.badinput.recsys_data:build_model_with_a_root_of_its_rows", 1, ["items"])
     give_own_parameters(worker)
     flags = []
     for zero_row in (False, True):
@@ -173,17 +181,11 @@ def test_a_sparse_tables_gradient_leaves_the_step_summed_in_the_order_of_the_bat
     the summed rows of the distinct ids the batch asked for, server by server in the request's
     order, equal to numpy's dedupe and split of the replica's own gradient."""
     monkeypatch.chdir(tmp_path)
-    cfg = config_from_dict({"model": "examples.recsys:build_small_model", "loss": "binary_crossentropy",
-                            "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
-                            "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 2}})
-    from raytf.driver.prepare import prepare
     from raytf.exchange.tables import dedupe, split
     from raytf.replica.model import make_loss
 
-    plan = prepare(cfg).plan
+    worker, plan, cfg = make_click_worker("examples.recsys:build_small_model", 2, ["items"])
     assert [t.layer for t in plan.tables] == ["items"]
-    worker = Worker("test", 0)
-    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
     give_own_parameters(worker)
     x, y = worker._ahead(1)[0]
     table = worker.model.trainable_variables[plan.tables[0].variable]
@@ -214,14 +216,7 @@ def test_a_model_that_reads_its_ids_twice_keeps_the_rows_in_its_tables(tmp_path,
     """The step looks rows up by position only where nothing but the table reads the ids; here a dense
     layer reads them too, which the worker finds (the model's output changes) and says."""
     monkeypatch.chdir(tmp_path)
-    cfg = config_from_dict({"model": "tests.badinput.recsys_data:build_model_reading_ids_twice",
-                            "loss": "binary_crossentropy", "data": {"train": "examples.recsys:small_train_examples"},
-                            "batch_size": 8, "sparse": {"tables": ["items"]}, "distribution": {"parameter_servers": 1}})
-    from raytf.driver.prepare import prepare
-
-    plan = prepare(cfg).plan
-    worker = Worker("test", 0)
-    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    worker, _, _ = make_click_worker("tests.badinput.recsys_data:build_model_reading_ids_twice", 1, ["items"])
     assert not worker.tables.in_step
     assert "another layer reads them" in capsys.readouterr().out
     give_own_parameters(worker)
@@ -233,14 +228,7 @@ def test_a_sharded_embeddings_step_reads_its_rows_by_position_too(tmp_path, monk
     """Its cache is not read either: the rows given for the batch are looked up by position, and the
     step's summed gradient rows are those of the batch's distinct ids (checked on the summed total)."""
     monkeypatch.chdir(tmp_path)
-    cfg = config_from_dict({"model": "examples.recsys:build_small_sharded_model", "loss": "binary_crossentropy",
-                            "data": {"train": "examples.recsys:small_train_examples"}, "batch_size": 8,
-                            "distribution": {"parameter_servers": 2}})
-    from raytf.driver.prepare import prepare
-
-    plan = prepare(cfg).plan
-    worker = Worker("test", 0)
-    worker.setup(cfg.to_dict(), plan, num_workers=2, threads=1)
+    worker, _, _ = make_click_worker("examples.recsys:build_small_sharded_model", 2)
     assert worker.tables.in_step
     give_own_parameters(worker)
     request = worker._request_of(0)
