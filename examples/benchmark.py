@@ -48,10 +48,12 @@ RAYTF = {  # name: (mode, transport)
 # On a cluster of two Ray nodes (both on this machine, tests/driver/multinode.py): the server on one, both
 # workers on the other, so every exchange crosses nodes: over the wire (`transport: auto`), through Ray's
 # object store (`-objstore`), or over the wire compressed (`-bf16`: both directions; `-int8`: int8 pushes
-# with error feedback, bf16 pulls); `-whole`: sync rounds received whole before the update (no pipeline).
+# with error feedback, bf16 pulls; `-int8both`: int8 pulls too, the parameters' changes with the error kept
+# on the server); `-whole`: sync rounds received whole before the update (no pipeline).
 # name: (mode, transport, more overrides)
 COMPRESSION = {"bf16": ["distribution.compression.push=bf16", "distribution.compression.pull=bf16"],
-               "int8": ["distribution.compression.push=int8", "distribution.compression.pull=bf16"]}
+               "int8": ["distribution.compression.push=int8", "distribution.compression.pull=bf16"],
+               "int8both": ["distribution.compression.push=int8", "distribution.compression.pull=int8"]}
 TWO_NODES = {
     "raytf-sync-2nodes": ("sync", "auto", []),
     "raytf-async-2nodes": ("async", "auto", []),
@@ -61,6 +63,8 @@ TWO_NODES = {
     "raytf-sync-2nodes-bf16": ("sync", "auto", COMPRESSION["bf16"]),
     "raytf-sync-2nodes-int8": ("sync", "auto", COMPRESSION["int8"]),
     "raytf-async-2nodes-int8": ("async", "auto", COMPRESSION["int8"]),
+    "raytf-sync-2nodes-int8both": ("sync", "auto", COMPRESSION["int8both"]),
+    "raytf-async-2nodes-int8both": ("async", "auto", COMPRESSION["int8both"]),
 }
 PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
 TWO_NODE_TF_PS = "tf-ps-2nodes"  # TF's ParameterServerStrategy with its ps on one node, its workers on the other

@@ -6,7 +6,7 @@
 
 Every run uses `distribution.transport: wire` (compression applies to wire pairs only), on one
 local Ray cluster started once. Settings: none, bf16 both ways, int8 pushes (always with error
-feedback in raytf) and bf16 pulls. It prints each setting's eval metrics and their difference to
+feedback in raytf) and bf16 pulls, int8 both ways. It prints each setting's eval metrics and their difference to
 `none`; it judges nothing.
 """
 
@@ -24,6 +24,7 @@ SETTINGS = {
     "none": ("none", "none"),
     "bf16": ("bf16", "bf16"),
     "int8+ef": ("int8", "bf16"),
+    "int8 both": ("int8", "int8"),  # pulls: the parameters' changes, the error kept on the server
 }
 
 

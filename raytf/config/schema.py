@@ -91,7 +91,7 @@ class Resources(_Frozen):
 class CompressionConfig(_Frozen):
     """What the cross-node wire sends, per direction (pairs on one node share memory: nothing to compress)."""
     push: Literal["none", "bf16", "int8"] = Field("none", description="gradients: int8 keeps the rounding error on the worker and adds it to the next gradient")
-    pull: Literal["none", "bf16"] = Field("none", description="parameters sent back")
+    pull: Literal["none", "bf16", "int8"] = Field("none", description="parameters sent back: int8 sends their change from what the worker holds and keeps the rounding error on the server")
 
 
 class DistributionConfig(_Frozen):

@@ -8,6 +8,11 @@
   the bytes, an absolute error of at most scale / 2 per value. Meant for gradients, with an
   `ErrorFeedback` on the worker: what rounding took from this step's gradient is added to the next
   one, so nothing is lost over the steps, only delayed.
+* `int8` pulls (`Int8Delta`, `PullMirror`): the parameters' *change* from what the worker's buffer
+  holds, in int8 with a scale per chunk; decoding adds it to the buffer. The server keeps a copy of
+  each of the worker's buffers and adds to it exactly what the worker adds, so what rounding left
+  out is in the next change (error feedback kept on the server); a buffer whose content the server
+  does not know (the first answers, after a rollback) gets the parameters exactly.
 
 Everything is vectorized numpy over preallocated scratch buffers (one set per codec instance, sized
 for the largest chunk), so a step allocates nothing. A codec instance is not thread-safe: each
@@ -144,10 +149,23 @@ class Int8(Codec):
         np.multiply(payload.view(np.int8), np.float32(scale), out=out)
 
 
+class Int8Delta(Int8):
+    """An int8 change of values the receiver holds: decoding adds it (`PullMirror` encodes it)."""
+
+    name, id = "int8-delta", 3
+
+    def decode(self, payload: np.ndarray, scale: float, out: np.ndarray) -> None:
+        if out.size > self._scaled.size:  # a pipeline's piece may be larger than the wire's chunks
+            self._scaled = np.empty(out.size, np.float32)
+        # The same two float32 operations as the server's copy (`PullMirror.encode`): bit for bit.
+        change = np.multiply(payload.view(np.int8), np.float32(scale), out=self._scaled[:out.size])
+        np.add(out, change, out=out)
+
+
 CODECS: dict[str, type[Codec]] = {codec.name: codec for codec in (NoCompression, BFloat16, Int8)}
-BY_ID: dict[int, type[Codec]] = {codec.id: codec for codec in CODECS.values()}
+BY_ID: dict[int, type[Codec]] = {codec.id: codec for codec in (*CODECS.values(), Int8Delta)}
 PUSH_CODECS = ("none", "bf16", "int8")
-PULL_CODECS = ("none", "bf16")  # parameters: int8's error would not be fed back anywhere
+PULL_CODECS = ("none", "bf16", "int8")  # int8: changes, the error kept on the server (PullMirror)
 
 
 def make_codec(name: str, capacity: int) -> Codec:
@@ -173,3 +191,50 @@ class ErrorFeedback:
     def reset(self) -> None:
         """Forget it (after a rollback: the gradients it belongs to were never applied)."""
         self.values.fill(0)
+
+
+class PullMirror:
+    """A server's copy of one wire worker's two parameter buffers, for `pull: int8`.
+
+    The worker receives each answer into one of two buffers in turn (its step may still read the
+    other), so a buffer holds the parameters of two answers ago, as the worker decoded them. Each
+    answer is sent as the int8 change from that copy to the new parameters, and the copy gets what
+    the worker will add (`Int8Delta.decode`'s operations): the two stay equal bit for bit, and the
+    part of a change rounding left out is still in the next one. A buffer whose content is not known
+    here (a new connection, after a rollback) is sent exactly (codec none) and copied.
+    """
+
+    def __init__(self, size: int, capacity: int) -> None:
+        self._copies = [np.zeros(size, np.float32), np.zeros(size, np.float32)]
+        self._known = [False, False]
+        self._parity = 0  # the buffer the next answer lands in
+        self._wrote = False  # this answer's parameters went out (some, at least)
+        self._codec = Int8(capacity)
+        self._change = np.empty(capacity, np.float32)
+        self._decoded = np.empty(capacity, np.float32)
+
+    def encode(self, start: int, chunk: np.ndarray) -> tuple[int, memoryview, float]:
+        """(codec id, payload, scale) of the parameters `chunk` at `start` for the next answer's
+        buffer; the payload is valid until the next call."""
+        copy = self._copies[self._parity][start:start + chunk.size]
+        self._wrote = True
+        if not self._known[self._parity]:
+            np.copyto(copy, chunk)
+            return NoCompression.id, memoryview(np.ascontiguousarray(chunk)).cast("B"), 1.0
+        change = np.subtract(chunk, copy, out=self._change[:chunk.size])
+        payload, scale = self._codec.encode(change)
+        decoded = np.multiply(np.frombuffer(payload, np.int8), np.float32(scale), out=self._decoded[:chunk.size])
+        np.add(copy, decoded, out=copy)
+        return Int8Delta.id, payload, scale
+
+    def answered(self) -> None:
+        """An answer other than a rollback went out: the worker turns to its other buffer."""
+        if self._wrote:
+            self._known[self._parity] = True
+        self._parity, self._wrote = 1 - self._parity, False
+
+    def forget(self) -> None:
+        """A rollback answer: the next answers are sent exactly (a restored checkpoint may be far
+        from both buffers, and one int8 change would carry it only roughly)."""
+        self._known = [False, False]
+        self._wrote = False

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from raytf.exchange.codecs import make_codec
+from raytf.exchange.codecs import PullMirror, make_codec
 from raytf.exchange.optimizers import PiecedOptimizer
 from raytf.exchange.wire import REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
 
@@ -56,7 +56,11 @@ class Pipeline:
         self.opt = opt
         self._gradient = gradient
         self._members = members
-        self._codec = make_codec(pull_codec, max(b - a for a, b in opt.bounds))  # the sender thread's
+        self.piece_values = max(b - a for a, b in opt.bounds)
+        # pull int8: each worker's pieces are changes from its own buffer (its connection's PullMirror);
+        # else a piece is encoded once for all of them, by the sender thread's codec.
+        self._mirrored = pull_codec == "int8"
+        self._codec = None if self._mirrored else make_codec(pull_codec, self.piece_values)
         self.seconds_apply = 0.0  # the piece updates' time, taken into the server's apply time
         self.pipelined: set[int] = set()  # workers whose last push went this way
         self._rounds = 0  # rounds answered
@@ -70,15 +74,18 @@ class Pipeline:
         self._received: dict[int, int] = {}  # worker -> values of its gradient in
         self._finite: dict[int, bool] = {}
         self._conns: dict[int, Connection] = {}
+        self._mirrors: dict[int, PullMirror | None] = {}
         self._applied = 0  # pieces updated
         self._sent = 0  # pieces sent to every worker of the round
 
     # -- the connections' threads ------------------------------------------------------------------
 
-    def begin(self, worker: int, conn: Connection, finite: bool, base_version: int) -> int | None:
+    def begin(self, worker: int, conn: Connection, finite: bool, base_version: int,
+              mirror: PullMirror | None = None) -> int | None:
         """A push of `worker` starts (its meta frame is in): the round it belongs to (to wait for
         with `wait_answered`), or None when this push goes the usual way (not part of a pipelined
-        round: the round cannot be, or it came too late for it)."""
+        round: the round cannot be, or it came too late for it). `mirror`: its connection's, with
+        pull int8."""
         with self.cond:
             ex = self.exchange
             if self._closed or self._halted():
@@ -94,6 +101,7 @@ class Pipeline:
                 return None
             self.pipelined.add(worker)
             self._conns[worker] = conn
+            self._mirrors[worker] = mirror
             self._finite[worker] = finite
             self._received[worker] = 0 if finite else self.opt.size
             self._advance()
@@ -185,7 +193,8 @@ class Pipeline:
                     self._rounds += 1
                     self.cond.notify_all()
                     continue
-                j, conns, version = self._sent, list(self._conns.items()), self._base + 1
+                j, version = self._sent, self._base + 1
+                conns = [(worker, conn, self._mirrors.get(worker)) for worker, conn in self._conns.items()]
                 view = self.opt.piece_view(j)
                 self.cond.release()  # a send may wait for the link: others' chunks go on meanwhile
                 try:
@@ -199,13 +208,18 @@ class Pipeline:
                 self.cond.notify_all()
 
     def _send_piece(self, j: int, view: np.ndarray, conns: list, version: int) -> list[int]:
-        """Piece `j` to every worker: encoded once (the pull codec), sent to each."""
+        """Piece `j` to every worker: encoded once (the pull codec), sent to each; with pull int8,
+        encoded for each worker's buffer."""
         start = self.opt.bounds[j][0]
-        payload, scale = self._codec.encode(view)
+        if not self._mirrored:
+            payload, scale = self._codec.encode(view)
+            codec_id = self._codec.id
         failed = []
-        for worker, conn in conns:
+        for worker, conn, mirror in conns:
+            if self._mirrored:
+                codec_id, payload, scale = mirror.encode(start, view)
             try:
-                conn.send_encoded(REPLY, 0, version, j, len(self.opt.bounds), start, view.size, self._codec.id,
+                conn.send_encoded(REPLY, 0, version, j, len(self.opt.bounds), start, view.size, codec_id,
                                   payload, scale)
             except (PeerGone, WireTimeout, WireProtocolError):
                 failed.append(worker)  # it died: its connection's thread ends, the driver removes it

@@ -11,6 +11,7 @@ same exchange carries its bytes: per push, in order, on the pair's one connectio
                               and the wanted ids, only as many as the counts say (never compressed)
     server -> worker   META   seq: status, version: the version; [dropped, 0, 0, 0]
                        REPLY  the parameters (unless ROLLBACK), compressed by `compression.pull`
+                              (int8: their change from the worker's buffer, raytf.exchange.codecs.PullMirror)
                        ROWS   per table, the rows asked for
 
 Both ends receive into buffers that exist for the whole run: the server into the worker's gradient
@@ -34,7 +35,7 @@ import numpy as np
 
 from raytf.errors import ClusterError
 from raytf.exchange import Reply, Status
-from raytf.exchange.codecs import ErrorFeedback
+from raytf.exchange.codecs import ErrorFeedback, PullMirror
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowSlot
 from raytf.exchange.wire import (
@@ -99,11 +100,16 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
     grad, slot = found
     meta = np.zeros(4, np.float32)
     counts = _counts(slot) if slot is not None else None
+    # pull int8: the worker's two parameter buffers as this end knows them (the gradient buffer has
+    # the parameters' size); the pipeline's pieces may be larger than the wire's chunks.
+    mirror = PullMirror(grad.size, max(conn.chunk_values, pipeline.piece_values if pipeline else 0)) \
+        if pull_codec == "int8" else None
     try:
         while True:
             message = conn.receive(meta, kinds=(META,))
             loss, has_loss, finite = float(meta[0]), bool(meta[1]), bool(meta[2])
-            round_ = pipeline.begin(worker, conn, finite and grad.size > 0, message.version) if pipeline else None
+            round_ = pipeline.begin(worker, conn, finite and grad.size > 0, message.version, mirror) \
+                if pipeline else None
             if finite and grad.size:
                 if round_ is None:
                     conn.receive(grad, kinds=(PUSH,))
@@ -124,17 +130,34 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
             meta[:] = (reply.dropped, 0, 0, 0)
             conn.send(META, _STATUSES.index(reply.status), reply.version, meta)
             if reply.status is Status.ROLLBACK:
+                if mirror is not None:
+                    mirror.forget()
                 continue
             params = published(worker) if round_ is None else None
             if params is not None and params.size:
-                conn.send(REPLY, message.seq, reply.version, params, codec=pull_codec)
+                _send_params(conn, message.seq, reply.version, params, pull_codec, mirror)
             del params  # a live view of the parameters would make the next update copy them first
+            if mirror is not None:
+                mirror.answered()
             if slot is not None:
                 for k, wanted in enumerate(slot.counts[:, 1]):
                     if wanted:
                         conn.send(ROWS, message.seq, reply.version, slot.sent_rows[k][:wanted].reshape(-1))
     except (PeerGone, WireTimeout, WireProtocolError):
         return  # the worker died or hung up (the listener closes the connection)
+
+
+def _send_params(conn: Connection, seq: int, version: int, params: np.ndarray, codec: str,
+                 mirror: PullMirror | None) -> None:
+    if mirror is None:
+        conn.send(REPLY, seq, version, params, codec=codec)
+        return
+    step = conn.chunk_values
+    count = -(-params.size // step)
+    for index, start in enumerate(range(0, params.size, step)):
+        chunk = params[start:start + step]
+        codec_id, payload, scale = mirror.encode(start, chunk)
+        conn.send_encoded(REPLY, seq, version, index, count, start, chunk.size, codec_id, payload, scale)
 
 
 def open_bell(address: tuple[str, int], secret: bytes, worker: int, gradient: "Parts", size: int,

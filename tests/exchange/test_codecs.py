@@ -114,3 +114,33 @@ def test_a_chunk_larger_than_the_codec_or_not_float32_is_refused():
         codec.encode(np.zeros(5, np.float32))
     with pytest.raises(TypeError, match="float32"):
         codec.encode(np.zeros(3, np.float64))
+
+
+def test_a_pull_mirror_and_the_worker_decoding_its_changes_hold_the_same_buffers_bit_for_bit():
+    """The worker's two buffers, filled in turn as the wire does (none: copied; int8-delta: added),
+    equal the server's copies exactly after every answer; after `forget` the next answers are exact."""
+    from raytf.exchange.codecs import PullMirror
+
+    rng = np.random.default_rng(5)
+    size, chunk = 5_000, 1_024
+    mirror = PullMirror(size, chunk)
+    buffers = [np.zeros(size, np.float32), np.zeros(size, np.float32)]
+    params = rng.standard_normal(size, dtype=np.float32)
+    kinds = []
+    for answer in range(7):
+        if answer == 4:
+            mirror.forget()  # a rollback answer (the worker keeps its buffer and does not turn)
+        params += rng.standard_normal(size, dtype=np.float32) * 0.01
+        into = buffers[answer % 2]
+        for start in range(0, size, chunk):
+            codec_id, payload, scale = mirror.encode(start, params[start:start + chunk])
+            kinds.append(codec_id)
+            BY_ID[codec_id](chunk).decode(np.frombuffer(payload, np.uint8), scale, into[start:start + chunk])
+        mirror.answered()
+        np.testing.assert_array_equal(into, mirror._copies[answer % 2])
+        if BY_ID[codec_id].name == "none":
+            np.testing.assert_array_equal(into, params)
+        else:
+            assert 0 < np.abs(into - params).max() < 1e-3
+    per_answer = [BY_ID[k].name for k in kinds[::-(-size // chunk)]]
+    assert per_answer == ["none", "none", "int8-delta", "int8-delta", "none", "none", "int8-delta"]

@@ -30,14 +30,16 @@ DEADLINE = 30.0
 class Server:
     """One shard of 5 pieces for workers 0 and 1, pipelined."""
 
-    def __init__(self, initial: np.ndarray) -> None:
+    def __init__(self, initial: np.ndarray, pull_codec: str = "none") -> None:
+        self.pull_codec = pull_codec
         self.opt = PiecedOptimizer(OptimizerConfig(name="sgd", learning_rate=RATE), initial, piece=PIECE)
         self.grads = {w: aligned_zeros(SIZE) for w in (0, 1)}
         self.whole_updates = 0  # rounds applied as a whole (not piece by piece)
         self.exchange = Exchange(make_policy("sync", 2), self, workers=2, target=100)
         self.all_wire = True  # False: as if a worker were on shared memory (rounds are not pipelined)
         self.pipeline = Pipeline(self.exchange, self.opt, lambda w: self.grads[w],
-                                 lambda: self.exchange.policy.required(self.exchange) if self.all_wire else None)
+                                 lambda: self.exchange.policy.required(self.exchange) if self.all_wire else None,
+                                 pull_codec)
         self.listener = WireListener("127.0.0.1", SECRET, self._serve, chunk_bytes=4 * PIECE)
 
     # the exchange's backend
@@ -54,8 +56,8 @@ class Server:
         pass
 
     def _serve(self, conn) -> None:
-        serve_connection(conn, lambda w: (self.grads[w], None), self._push, lambda w: self.opt.params_view(), "none",
-                         self.pipeline)
+        serve_connection(conn, lambda w: (self.grads[w], None), self._push, lambda w: self.opt.params_view(),
+                         self.pull_codec, self.pipeline)
 
     def _push(self, worker, base, steps, loss, finite) -> Reply:
         outcome = self.exchange.push(Push(worker, base, steps, loss, finite), self.grads[worker] if finite else None)
@@ -165,6 +167,37 @@ def test_rounds_follow_each_other_and_a_stop_set_ahead_ends_them(setup):
         bell.ring(3, 4, None, True)
     assert [bell.answer().status for bell in bells] == [Status.DONE, Status.DONE]
     assert server.whole_updates == 0 and server.exchange.version == 4
+
+
+def test_int8_pulls_of_pipelined_rounds_are_exact_first_then_changes_whose_error_does_not_grow():
+    """Each worker buffer's first answer is the parameters exactly; later ones are int8 changes from
+    what that buffer holds, within half a chunk's scale of the parameters every round (the server's
+    copy of the buffer keeps the error, so it never adds up)."""
+    rng = np.random.default_rng(3)
+    initial = rng.standard_normal(SIZE, dtype=np.float32)
+    server = Server(initial, pull_codec="int8")
+    grads = [aligned_zeros(SIZE) for _ in range(2)]
+    bells = [worker_bell(server, w, grads[w]) for w in (0, 1)]
+    expected = initial
+    try:
+        for step in range(8):
+            for w, bell in enumerate(bells):
+                grads[w][:] = rng.standard_normal(SIZE, dtype=np.float32) * 0.01
+                bell.ring(step, step + 1, None, True)
+            replies = [bell.answer() for bell in bells]
+            expected = whole_update(expected, grads)
+            for reply in replies:
+                if step < 2:
+                    np.testing.assert_array_equal(reply.payload, expected)
+                else:
+                    error = np.abs(reply.payload - expected)
+                    # A change over two rounds of 0.5 * 0.01 * N(0, 1) means is at most ~0.05: its scale /
+                    # 2 is ~2e-4. Errors that added up over rounds would pass that.
+                    assert 0 < error.max() < 4e-4
+        assert server.whole_updates == 0
+    finally:
+        server.pipeline.close()
+        server.listener.close()
 
 
 def test_a_worker_removed_half_way_leaves_the_rest_of_the_round_to_the_others(setup):

@@ -171,3 +171,35 @@ def test_a_server_the_worker_cannot_reach_is_a_cluster_error_with_the_fix():
             open_bell(address, SECRET, 1, Parts(SIZE), SIZE, None, where="node abc")
     assert "worker 1 on node abc" in err.value.problem
     assert "transport: object_store" in err.value.fix and "NetworkPolicy" in err.value.fix
+
+
+def test_int8_pulls_are_exact_for_each_buffers_first_answer_and_after_a_rollback_and_their_error_stays_bounded():
+    server = Server(pull_codec="int8")
+    wire, staging, slot = bell(server)
+    rng = np.random.default_rng(2)
+    no_rows = [np.array([], np.int64)] * 2
+
+    def step(n: int, scale: float) -> Reply:
+        staging.set(rng.standard_normal(SIZE, dtype=np.float32) * scale)
+        slot.write_push(None, no_rows)
+        wire.ring(base_version=n, steps_done=n, loss=None, finite=True)
+        return wire.answer()
+
+    for n in range(1, 3):  # each of the worker's two buffers: the parameters exactly
+        np.testing.assert_array_equal(step(n, 1.0 if n == 1 else 0.01).payload, server.params)
+    errors = []
+    for n in range(3, 9):
+        reply = step(n, 0.01)
+        assert reply.status is Status.OK
+        errors.append(np.abs(reply.payload - server.params).max())
+    # Changes of two pushes of 0.01 * N(0, 1) (at most ~0.09): scale / 2 is ~4e-4, and the error kept on
+    # the server keeps it there; a worker and server copy that drifted apart would add up.
+    assert 0 < max(errors) < 8e-4
+    server.status = Status.ROLLBACK
+    assert step(9, 0.01).status is Status.ROLLBACK
+    server.status = Status.OK
+    server.params[:] = rng.standard_normal(SIZE, dtype=np.float32)  # a checkpoint restored: far from both buffers
+    for n in range(10, 12):
+        np.testing.assert_array_equal(step(n, 0.01).payload, server.params)
+    wire.close()
+    server.listener.close()
