@@ -196,6 +196,8 @@ def _read_shard(checkpoint: Checkpoint, entry: dict) -> tuple[dict[str, np.ndarr
 
 def _recut_table(k: int, theirs: TableSpec, ours: TableSpec, files: list) -> list[TableState]:
     """Table `k`'s rows as the checkpoint's servers held them, re-cut for this run's servers."""
+    if theirs.is_dynamic:
+        return _recut_dynamic(k, ours, files)
     keys = [key[len(f"table{k}."):] for key in files[0][0] if key.startswith(f"table{k}.")]
     whole = {key: np.empty((theirs.rows, theirs.width), np.float32) for key in keys}
     for server, (arrays, _) in enumerate(files):
@@ -209,6 +211,21 @@ def _recut_table(k: int, theirs: TableSpec, ours: TableSpec, files: list) -> lis
         mine = {key: value[ids] for key, value in whole.items()}
         slots = {key[len("slot."):]: value for key, value in mine.items() if key.startswith("slot.")}
         states.append(TableState(params=mine["params"], slots=slots, iterations=iterations))
+    return states
+
+
+def _recut_dynamic(k: int, ours: TableSpec, files: list) -> list[TableState]:
+    """A dynamic table's rows, by key, to the servers that own their keys in this run (a hash of the key)."""
+    names = [key[len(f"table{k}."):] for key in files[0][0] if key.startswith(f"table{k}.")]
+    every = {name: np.concatenate([arrays[f"table{k}.{name}"] for arrays, _ in files]) for name in names}
+    iterations = max(counters.get(f"table{k}.iterations", 0) for _, counters in files)
+    owners = ours.owner(every["keys"])
+    states = []
+    for server in range(ours.servers):
+        mine = {name: value[owners == server] for name, value in every.items()}
+        slots = {name[len("slot."):]: value for name, value in mine.items() if name.startswith("slot.")}
+        states.append(TableState(params=mine["params"], slots=slots, iterations=iterations, keys=mine["keys"],
+                                 touches=mine.get("touches"), last=mine.get("last")))
     return states
 
 

@@ -137,9 +137,13 @@ def final_model(prepared: Prepared, buffers: list[np.ndarray], tables: list[list
     model = prepared.model
     if any(t.cached for t in prepared.plan.tables):
         from raytf.config.imports import resolve_callable
+        from raytf.replica.dynamic_embedding import local_rows
         from raytf.replica.model import build_model
 
-        model = build_model(resolve_callable(prepared.config.model, "model"), *prepared.first_batch, prepared.config)
+        live = {spec.layer: sum(len(keys) for keys, _ in rows) for spec, rows in zip(prepared.plan.tables, tables)
+                if spec.is_dynamic}
+        with local_rows(live):  # a DynamicEmbedding built with room for every live row
+            model = build_model(resolve_callable(prepared.config.model, "model"), *prepared.first_batch, prepared.config)
     load_final(model, prepared.plan, buffers, tables, non_trainable)
     return model
 
@@ -151,6 +155,14 @@ def load_final(model, plan, buffers: list[np.ndarray], tables: list[list[np.ndar
         for i, offset, size in zip(shard.variables, shard.offsets, shard.sizes):
             tvars[i].assign(buffer[offset : offset + size].reshape(plan.variables[i].shape))
     for spec, rows in zip(plan.tables, tables):
+        if spec.is_dynamic:  # per server (keys, rows): the layer holds them all, keys sorted
+            from raytf.replica.model import all_layers
+
+            keys = np.concatenate([k for k, _ in rows])
+            order = np.argsort(keys)
+            layer = next(layer for layer in all_layers(model) if layer.name == spec.layer)
+            layer.set_rows(keys[order], np.concatenate([r for _, r in rows])[order])
+            continue
         whole = np.empty((spec.rows, spec.width), np.float32)
         for server, part in enumerate(rows):
             whole[spec.global_ids(server)] = part

@@ -71,7 +71,7 @@ def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], 
         # What crossed the wire links (compressed, with frame headers); 0 without one.
         "wire_bytes_per_worker_step": {"pushed": sum(r.wire_sent for r in results) / pushes,
                                        "pulled": sum(r.wire_received for r in results) / pushes},
-        "sparse": sparse_summary(cfg, plan, results, pushes),
+        "sparse": sparse_summary(cfg, plan, results, pushes, stats),
         "peak_rss_bytes": {"workers": [r.peak_rss for r in results], "servers": [s.peak_rss for s in stats]},
     }
 
@@ -83,11 +83,18 @@ def final_loss(results: list) -> float:
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int) -> dict[str, Any]:
+def sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int, stats: list = ()) -> dict[str, Any]:
     from raytf.exchange.optimizers import RowOptimizer
 
+    tables = []
+    for k, t in enumerate(plan.tables):
+        table = {"layer": t.layer, "rows": t.rows, "width": t.width, "bytes": t.nbytes}
+        if t.is_dynamic:  # its rows over all servers: created, evicted, live, ...
+            counts = [s.dynamic[k] for s in stats if len(s.dynamic) > k and s.dynamic[k]]
+            table.update(dynamic=True, **{key: sum(c[key] for c in counts) for key in (counts[0] if counts else {})})
+        tables.append(table)
     return {
-        "tables": [{"layer": t.layer, "rows": t.rows, "width": t.width, "bytes": t.nbytes} for t in plan.tables],
+        "tables": tables,
         "partition": cfg.sparse.partition,
         "lazy": bool(plan.tables) and cfg.optimizer.name in RowOptimizer.LAZY and cfg.sparse.slots == "lazy",
         "unique_ids_per_step": sum(r.unique_ids for r in results) / pushes,

@@ -94,6 +94,7 @@ class ServerStats:
     ms_apply_per_update: float = 0.0
     ms_publish_per_update: float = 0.0
     peak_rss: int = 0  # the process's peak resident memory, bytes
+    dynamic: tuple = ()  # per sparse table: a dynamic table's counts (rows created, evicted, live...), or None
 
     @property
     def version(self) -> int:

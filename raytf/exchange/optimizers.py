@@ -344,6 +344,20 @@ class RowOptimizer:
         np.copyto(out[:len(ids)], rows)
         return out[:len(ids)]
 
+    def reset_rows(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Rows at the local `ids` set to `rows`, their optimizer slots to their initial values (a
+        dynamic table's slot given to a new key)."""
+        ids = np.asarray(ids, np.int64)
+        if not ids.size:
+            return
+        if self.numpy_rows:
+            self._rows[ids] = rows
+        else:
+            _assign_rows(self.params.handle, tensor_of(ids, np.int64), tensor_of(np.asarray(rows, np.float32), np.float32))
+        fill = self.config.initial_accumulator_value if self.config.name == "adagrad" else 0.0
+        for slot in self.slots.values():
+            _assign_rows(slot.handle, tensor_of(ids, np.int64), tf.fill([len(ids), self.shape[1]], np.float32(fill)))
+
     def rows(self) -> np.ndarray:
         """The whole table now (a view of SGD's rows; a copy otherwise)."""
         return self._rows if self.numpy_rows else self.params.numpy()

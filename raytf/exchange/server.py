@@ -84,7 +84,7 @@ class ParameterServer:
         timer = ActorTimer()
         with timer.span("actor_imports"):
             configure_tensorflow(settings.threads)
-            from raytf.exchange.optimizers import FlatOptimizer, RowOptimizer
+            from raytf.exchange.optimizers import FlatOptimizer
             from raytf.exchange.row_rounds import RowRounds
             from raytf.observe.metrics import ActorMetrics
 
@@ -95,7 +95,7 @@ class ParameterServer:
             self.settings = settings
             self.policy = policy_for(settings.distribution)
             self.opt = FlatOptimizer(optimizer, state.params, state.slots, state.iterations)
-            self.tables = [RowOptimizer(optimizer, _rows(t, spec, self.index), t.slots, t.iterations, settings.dense_slots)
+            self.tables = [_table(t, spec, self.index, optimizer, settings.dense_slots)
                            for t, spec in zip(state.tables, settings.tables)]
             self.rounds = RowRounds(self.tables)
             # worker -> (per table, the local ids of the rows to send it; its row slot when they go there)
@@ -328,7 +328,7 @@ class ParameterServer:
         if self.trace is not None:
             traced = self.trace.mark()
         params, slots, iterations = self.opt.state()  # copies: the next updates do not touch them
-        tables = tuple(TableState(*table.state()) for table in self.tables)
+        tables = tuple(_table_state(table) for table in self.tables)
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
         self.writer.write(directory, ShardState(params, slots, iterations, version, tables),
                           last=version >= self.exchange.target)
@@ -440,16 +440,21 @@ class ParameterServer:
             updates = max(exchange.updates, 1)
             return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
-                               ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss())
+                               ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss(),
+                               dynamic=tuple(t.counts() if hasattr(t, "counts") else None for t in self.tables))
 
     def get_params(self) -> np.ndarray:
         with self.exchange.lock:
             return np.array(self.opt.params_view(), copy=True)
 
-    def get_table(self, k: int) -> np.ndarray:
-        """This server's rows of sparse table `k`, in its local order (`TableSpec.global_ids`)."""
+    def get_table(self, k: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """This server's rows of sparse table `k`, in its local order (`TableSpec.global_ids`); of a
+        dynamic table, (its keys, sorted, and their rows)."""
         with self.exchange.lock:
-            return np.array(self.tables[k].rows(), copy=True)
+            table = self.tables[k]
+            if hasattr(table, "export"):
+                return table.export()
+            return np.array(table.rows(), copy=True)
 
     def trace_track(self):
         """This process's recorded phases (a raytf.observe.trace.Track), or None when tracing is off."""
@@ -470,6 +475,26 @@ def _recorder(max_steps: int, workers: int):
     recorder.threads.update({w: f"calls of worker {w}" for w in range(workers)})
     recorder.threads[DRIVER_TID] = "driver's calls"
     return recorder
+
+
+def _table(state: TableState, spec, server: int, optimizer, dense_slots: bool):
+    """A sparse table's rows on this server: a RowOptimizer, or a dynamic table's key -> row storage."""
+    if spec.is_dynamic:
+        from raytf.exchange.dynamic_rows import DynamicRows, DynamicSettings
+
+        settings = DynamicSettings.of(spec.dynamic.get("admission"), spec.dynamic.get("eviction"), spec.init["seed"])
+        table = DynamicRows(optimizer, spec.width, spec.init, settings, spec.servers)
+        if state.keys is not None:
+            table.restore(state.keys, state.params, state.slots, state.iterations, state.touches, state.last)
+        return table
+    from raytf.exchange.optimizers import RowOptimizer
+
+    return RowOptimizer(optimizer, _rows(state, spec, server), state.slots, state.iterations, dense_slots)
+
+
+def _table_state(table) -> TableState:
+    state = table.state()
+    return TableState(**state) if isinstance(state, dict) else TableState(*state)
 
 
 def _rows(state: TableState, spec, server: int) -> np.ndarray:

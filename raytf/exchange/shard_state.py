@@ -24,6 +24,11 @@ class TableState:
     params: np.ndarray  # (rows of this server, width)
     slots: dict[str, np.ndarray] | None = None  # None: fresh optimizer slots
     iterations: int = 0
+    # A dynamic table's (raytf.exchange.dynamic_rows): each row's key, how often it was touched and the
+    # last update it was touched at (None for a fixed table, whose rows are in its local order).
+    keys: np.ndarray | None = None
+    touches: np.ndarray | None = None
+    last: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ def write_shard(directory: Path, index: int, state: ShardState) -> SavedShard:
     counters = {"iterations": np.int64(state.iterations), "version": np.int64(state.version)}
     for k, table in enumerate(state.tables):
         arrays[f"table{k}.params"] = table.params
+        for name in ("keys", "touches", "last"):
+            if getattr(table, name) is not None:
+                arrays[f"table{k}.{name}"] = getattr(table, name)
         arrays.update({f"table{k}.slot.{name}": value for name, value in (table.slots or {}).items()})
         counters[f"table{k}.iterations"] = np.int64(table.iterations)
     directory.mkdir(parents=True, exist_ok=True)

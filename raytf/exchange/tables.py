@@ -38,28 +38,42 @@ class TableSpec:
     # Ids one batch looks up (batch size x ids per example), which bounds a step's rows; 0: not fixed
     # (the rows then travel in Ray calls instead of fixed shared-memory segments, raytf.exchange.row_slots).
     per_batch: int = 0
+    # A DynamicEmbedding (partition "hash"): ids are keys 0 <= key < 2**62 (`rows`), a key's server is
+    # a hash of it and its local id the key itself; its servers keep key -> row storage
+    # (raytf.exchange.dynamic_rows) with these admission and eviction settings.
+    dynamic: dict | None = None
 
     @property
     def cached(self) -> bool:
         return self.init is not None
 
     @property
+    def is_dynamic(self) -> bool:
+        return self.partition == "hash"
+
+    @property
     def nbytes(self) -> int:
-        return self.rows * self.width * 4
+        return 0 if self.is_dynamic else self.rows * self.width * 4  # a dynamic table's size is its live rows
 
     @property
     def _block(self) -> int:
         return -(-self.rows // self.servers)  # div: rows per server, the last one may have fewer
 
     def owner(self, ids: np.ndarray) -> np.ndarray:
+        if self.is_dynamic:
+            return key_owner(ids, self.servers)
         return ids % self.servers if self.partition == "mod" else ids // self._block
 
     def local(self, ids: np.ndarray) -> np.ndarray:
-        """Positions of (owned) global ids among their server's rows."""
+        """Positions of (owned) global ids among their server's rows (a dynamic table's: the keys)."""
+        if self.is_dynamic:
+            return ids
         return ids // self.servers if self.partition == "mod" else ids % self._block
 
     def global_ids(self, server: int) -> np.ndarray:
         """The global ids of `server`'s rows, in its local order."""
+        if self.is_dynamic:
+            raise ValueError(f"the dynamic table '{self.layer}' has no fixed rows per server")
         if self.partition == "mod":
             return np.arange(server, self.rows, self.servers, dtype=np.int64)
         return np.arange(server * self._block, min((server + 1) * self._block, self.rows), dtype=np.int64)
@@ -71,6 +85,12 @@ class TableSpec:
         """Ids outside the table would be clamped silently by XLA's gather, training a wrong row."""
         if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
             bad = int(ids.min() if ids.min() < 0 else ids.max())
+            if self.is_dynamic:
+                raise TrainingError(
+                    f"worker {worker}: data.train: the batch has key {bad} for the DynamicEmbedding '{self.layer}', "
+                    f"whose keys must be in 0..2**62-1 under raytf.",
+                    "Map the keys into that range in the data (e.g. key % 2**62, or a hash), or use key_dtype='string'.",
+                )
             raise TrainingError(
                 f"worker {worker}: data.train: the batch has id {bad} for the embedding table '{self.layer}', whose "
                 f"input_dim is {self.rows} (ids must be in 0..{self.rows - 1}).",
@@ -107,8 +127,8 @@ def initial_rows(spec: TableSpec, server: int, block: int = 65536) -> np.ndarray
     init = spec.init
     ids = spec.global_ids(server)
     rows = np.empty((len(ids), spec.width), np.float32)
-    if init["name"] == "zeros":
-        rows[:] = 0
+    if init["name"] in ("zeros", "constant"):
+        rows[:] = init.get("value", 0.0)
         return rows
     for first in range(0, spec.rows, block):
         mine = (ids >= first) & (ids < first + block)
@@ -126,5 +146,18 @@ def initial_rows(spec: TableSpec, server: int, block: int = 65536) -> np.ndarray
     return rows
 
 
+def key_owner(keys, servers: int):
+    """The server of each key of a dynamic table: a hash of the key (numpy, or a TensorFlow tensor)."""
+    from raytf.exchange.key_index import mix64
+
+    if isinstance(keys, np.ndarray):
+        return (mix64(keys) % np.uint64(servers)).astype(np.int64)
+    import tensorflow as tf
+
+    owners = tf.numpy_function(lambda k: (mix64(k) % np.uint64(servers)).astype(np.int64), [keys], tf.int64)
+    return tf.reshape(owners, tf.shape(keys))
+
+
 def describe(tables: Sequence[TableSpec]) -> str:
-    return ", ".join(f"{t.layer} ({t.rows:,} x {t.width}, {t.nbytes / 2**20:,.0f} MB)" for t in tables)
+    return ", ".join(f"{t.layer} (dynamic keys x {t.width})" if t.is_dynamic else
+                     f"{t.layer} ({t.rows:,} x {t.width}, {t.nbytes / 2**20:,.0f} MB)" for t in tables)

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import keras
 
+from raytf.errors import ConfigError
+
 # Set while raytf builds a model whose ShardedEmbedding tables live on the servers: the batch size
 # and how many batches ahead a worker holds rows for (the cache's capacity follows from them).
 _ON_SERVERS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("raytf_rows_on_servers",
@@ -73,3 +75,23 @@ class ShardedEmbedding(keras.layers.Embedding):
         positions = tf.searchsorted(self.cached_ids.value, ids)
         rows = tf.gather(self.embeddings.value, tf.minimum(positions, self.capacity - 1))
         return tf.reshape(rows, tf.concat([tf.shape(inputs), [self.output_dim]], 0))
+
+
+def initializer_settings(layer, seed: int) -> dict:
+    """The layer's initializer as the servers recreate it, row by row (independent of their number)."""
+    import numpy as np
+
+    init = layer.embeddings_initializer
+    if isinstance(init, keras.initializers.RandomUniform):
+        return {"name": "uniform", "low": init.minval, "high": init.maxval, "seed": seed}
+    if isinstance(init, (keras.initializers.RandomNormal, keras.initializers.TruncatedNormal)):
+        return {"name": "normal", "mean": init.mean, "stddev": init.stddev, "seed": seed,
+                "truncated": isinstance(init, keras.initializers.TruncatedNormal)}
+    if isinstance(init, keras.initializers.Zeros):
+        return {"name": "zeros", "seed": seed}
+    if isinstance(init, keras.initializers.Constant) and np.ndim(init.value) == 0:
+        return {"name": "constant", "value": float(init.value), "seed": seed}
+    raise ConfigError(
+        f"The {type(layer).__name__} '{layer.name}' has the initializer {type(init).__name__}; its rows are created on the "
+        "parameter servers, which know uniform, normal, truncated_normal, zeros and a scalar constant.",
+        "Give the layer one of those embeddings_initializer values (the default, uniform, works).")

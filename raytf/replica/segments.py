@@ -15,7 +15,11 @@ from raytf.exchange.tables import TableSpec
 
 
 def owner_and_local(spec: TableSpec, ids):
-    """TensorFlow's `TableSpec.owner` and `TableSpec.local` of int64 global `ids`."""
+    """TensorFlow's (or numpy's) `TableSpec.owner` and `TableSpec.local` of int64 global `ids`."""
+    if spec.is_dynamic:
+        from raytf.exchange.tables import key_owner
+
+        return key_owner(ids, spec.servers), ids
     if spec.partition == "mod":
         return ids % spec.servers, ids // spec.servers
     block = -(-spec.rows // spec.servers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from raytf.errors import ConfigError
 from raytf.exchange.tables import TableSpec
-from raytf.replica.layers import ShardedEmbedding
+from raytf.replica.layers import ShardedEmbedding, initializer_settings
 from raytf.replica.model import all_layers, make_loss
 
 
@@ -43,29 +43,27 @@ def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[
             notices.append(f"The embedding '{layer.name}' stays dense: {problem}.")
             continue
         on_servers = _is_sharded(layer) and getattr(layer, "on_servers", False)
+        dynamic = _dynamic(layer)
         tables.append(TableSpec(variable=position[id(layer.embeddings)], layer=layer.name, rows=rows, width=width,
-                                servers=servers, partition=sparse.partition,
-                                init=_initializer(layer, config.seed + len(tables)) if on_servers else None,
-                                per_batch=_ids_per_example(layer) * config.batch_size))
+                                servers=servers, partition="hash" if dynamic else sparse.partition,
+                                init=initializer_settings(layer, config.seed + len(tables)) if on_servers else None,
+                                per_batch=_ids_per_example(layer) * config.batch_size, dynamic=dynamic))
     return tables, notices
 
 
-def _initializer(layer, seed: int) -> dict:
-    """The layer's initializer as the servers recreate it, row by row (independent of their number)."""
-    import keras
+def _dynamic(layer) -> dict | None:
+    """A DynamicEmbedding's admission and eviction, as its servers take them; None for other layers."""
+    from raytf.replica.dynamic_embedding import DynamicEmbedding
 
-    init = layer.embeddings_initializer
-    if isinstance(init, keras.initializers.RandomUniform):
-        return {"name": "uniform", "low": init.minval, "high": init.maxval, "seed": seed}
-    if isinstance(init, (keras.initializers.RandomNormal, keras.initializers.TruncatedNormal)):
-        return {"name": "normal", "mean": init.mean, "stddev": init.stddev, "seed": seed,
-                "truncated": isinstance(init, keras.initializers.TruncatedNormal)}
-    if isinstance(init, keras.initializers.Zeros):
-        return {"name": "zeros", "seed": seed}
-    raise ConfigError(
-        f"The ShardedEmbedding '{layer.name}' has the initializer {type(init).__name__}; its rows are created on the "
-        "parameter servers, which know uniform, normal, truncated_normal and zeros.",
-        "Give the layer one of those embeddings_initializer values (the default, uniform, works).")
+    if not isinstance(layer, DynamicEmbedding):
+        return None
+    if layer.key_dtype == "string":
+        raise ConfigError(
+            f"The DynamicEmbedding '{layer.name}' has string keys, which raytf does not train yet (a plain "
+            "model.fit does).",
+            "Hash the strings to int64 keys in the data (e.g. tf.strings.to_hash_bucket_fast(s, 2**62)) and use "
+            "key_dtype='int64'.")
+    return {"admission": dict(layer.admission), "eviction": dict(layer.eviction)}
 
 
 def _ids_per_example(layer) -> int:

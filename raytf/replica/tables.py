@@ -104,12 +104,13 @@ class WorkerTables:
 
         if not self.specs or self._inputs is None:
             return "a table looks up ids the model computes" if self.specs else "no sparse tables"
+        from raytf.replica.dynamic_embedding import DynamicEmbedding
         from raytf.replica.layers import ShardedEmbedding
 
         for spec, layer in zip(self.specs, self._layers):
             if spec.per_batch <= 0:
                 return f"'{spec.layer}' has no fixed number of ids per batch"
-            plain = type(layer).call in (keras.layers.Embedding.call, ShardedEmbedding.call)
+            plain = type(layer).call in (keras.layers.Embedding.call, ShardedEmbedding.call, DynamicEmbedding.call)
             if not plain or getattr(layer, "mask_zero", False) or getattr(layer, "quantization_mode", None) \
                     or getattr(layer, "lora_enabled", False):
                 return f"'{spec.layer}' is not a plain Embedding (a subclass, mask_zero, LoRA or quantized)"

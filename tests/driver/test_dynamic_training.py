@@ -1,0 +1,69 @@
+"""DynamicEmbedding end to end on the shared local cluster (examples/recsys_dynamic.py's small click
+model): with a small id space and no admission or eviction it trains the same model as a fixed
+ShardedEmbedding table (every row 0.1 at first, SGD); its saved model loads with Keras alone and
+predicts what the run evaluated; a checkpointed run resumes into another number of servers, its rows
+re-cut by key hash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import raytf  # noqa: E402
+from tests.driver.test_training import live_actor_names  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def dynamic_config(tmp_path, name: str, model: str = "examples.recsys_dynamic:build_small_dynamic_model",
+                   steps: int = 12, **distribution) -> dict:
+    return {
+        "name": name,
+        "model": model,
+        "data": {"train": "examples.recsys_dynamic:small_train_examples",
+                 "eval": "examples.recsys_dynamic:small_eval_examples", "shuffle_buffer": 0},
+        "loss": "binary_crossentropy",
+        "metrics": ["accuracy"],
+        "optimizer": {"name": "sgd", "learning_rate": 0.5},
+        "batch_size": 64,
+        "steps": steps,
+        "distribution": {"parameter_servers": 2, "workers": 2, **distribution},
+        "checkpoint": {"every_steps": 6},
+        "output_dir": str(tmp_path / name),
+    }
+
+
+def test_a_dynamic_table_trains_the_fixed_tables_model_saves_with_its_live_rows_and_resumes_resharded(
+        ray_cluster, tmp_path):
+    import keras
+
+    events = []
+    dynamic = raytf.fit(dynamic_config(tmp_path, "dyn"), address=ray_cluster.gcs_address, on_event=events.append)
+    fixed = raytf.fit(dynamic_config(tmp_path, "fixed", model="examples.recsys_dynamic:build_small_sharded_model"),
+                      address=ray_cluster.gcs_address)
+    assert any("items (dynamic keys x 16)" in e for e in events), events
+    (table,) = dynamic["sparse"]["tables"]
+    assert table["dynamic"] and table["live"] == table["created"] > 100 and table["evicted"] == 0
+    assert dynamic["final_loss"] == pytest.approx(fixed["final_loss"], rel=1e-6)
+    # The saved model: the live keys and their trained rows, loaded with Keras alone.
+    model = keras.models.load_model(dynamic["model_path"])
+    keys, rows = model.get_layer("items").live_rows()
+    assert len(keys) == table["live"] and np.abs(rows - 0.1).max() > 1e-3  # 0.1 at first: trained
+    sharded = keras.models.load_model(fixed["model_path"]).get_layer("items").embeddings.numpy()
+    np.testing.assert_allclose(rows, sharded[keys], rtol=1e-5, atol=1e-7)  # the same rows as the fixed table's
+    from examples.recsys_dynamic import small_eval_examples
+
+    evaluated = model.evaluate(small_eval_examples().batch(256), return_dict=True, verbose=0)
+    assert evaluated["loss"] == pytest.approx(dynamic["eval"]["loss"], rel=1e-5)
+    # Resumed from step 12 into 3 servers: every key on the server its hash names, none lost.
+    config = dynamic_config(tmp_path, "dyn", steps=18, parameter_servers=3)
+    resumed = raytf.fit(config, address=ray_cluster.gcs_address, resume=True)
+    assert resumed["resumed_from_step"] == 12 and resumed["parameter_servers"] == 3
+    (after,) = resumed["sparse"]["tables"]
+    assert after["live"] >= table["live"] and after["created"] == after["live"] - table["live"]
+    # A key re-cut to a server that does not own it would be created again by its owner: two rows, one key.
+    resumed_keys, _ = keras.models.load_model(resumed["model_path"]).get_layer("items").live_rows()
+    assert len(resumed_keys) == after["live"] and set(keys.tolist()) <= set(resumed_keys.tolist())
+    assert live_actor_names(ray_cluster) == []

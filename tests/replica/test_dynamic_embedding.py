@@ -1,0 +1,70 @@
+"""raytf.layers.DynamicEmbedding outside raytf: a local hash table that trains with model.fit, saves
+its live keys and rows, and loads with keras.models.load_model to the same predictions (unknown keys
+on the default row); string keys; bad settings refused with the key named."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from raytf.exchange.dynamic_rows import initial_key_rows
+from raytf.layers import DynamicEmbedding
+
+
+def click_model(key_dtype="int64", combiner="mean", local_capacity=65536):
+    inputs = keras.Input((3,), dtype="string" if key_dtype == "string" else "int64")
+    x = DynamicEmbedding(4, key_dtype=key_dtype, combiner=combiner, local_capacity=local_capacity, name="items",
+                         embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+    return model
+
+
+def test_trains_saves_and_loads_to_the_same_predictions_with_unknown_keys_on_the_default_row(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 2**50, size=(600, 3))
+    labels = (ids[:, 0] % 2).astype("float32")  # learnable only through the rows of the keys
+    model = click_model()
+    first = model.fit(ids, labels, epochs=1, batch_size=50, verbose=0).history["loss"][0]
+    last = model.fit(ids, labels, epochs=40, batch_size=50, verbose=0).history["loss"][-1]
+    assert last < first - 0.1
+    layer = model.get_layer("items")
+    keys, rows = layer.live_rows()
+    np.testing.assert_array_equal(keys, np.unique(ids))
+    untouched = initial_key_rows({"name": "uniform", "low": -0.1, "high": 0.1, "seed": 0}, keys, 4)
+    assert not np.allclose(rows, untouched)  # trained
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(ids[:20], verbose=0), model.predict(ids[:20], verbose=0), rtol=1e-6)
+    unknown = np.array([[2**55, 2**55 + 1, 2**55 + 2]])
+    bias = float(loaded.layers[-1].get_weights()[1][0])  # zero rows: the output is the dense bias alone
+    assert float(loaded.predict(unknown, verbose=0)[0, 0]) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-5)
+
+
+def test_string_keys_and_keys_past_the_local_capacity():
+    model = click_model(key_dtype="string", combiner="sum", local_capacity=4)
+    import tensorflow as tf
+
+    words = tf.constant([["a", "b", "c"], ["c", "d", "e"], ["f", "g", "a"]])
+    model.fit(tf.data.Dataset.from_tensor_slices((words, [1.0, 0.0, 1.0])).batch(3), epochs=1, verbose=0)
+    keys, _ = model.get_layer("items").live_rows()
+    assert len(keys) == 4  # a, b, c, d got rows; e, f, g read the default row
+    known = model(tf.constant([["a", "b", "c"]]), training=False)
+    zeros = model(tf.constant([["e", "f", "g"]]), training=False)  # the default rows: the bias alone
+    bias = float(model.layers[-1].get_weights()[1][0])
+    assert float(zeros[0, 0]) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-5)
+    assert float(known[0, 0]) != pytest.approx(float(zeros[0, 0]), rel=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eviction": {"ttl_steps": -5}}, "eviction.ttl_steps must be an int >= 1"),
+    ({"eviction": {"capacity": 0}}, "eviction.capacity must be an int >= 1"),
+    ({"combiner": "max"}, "combiner must be None, 'sum', 'mean' or 'sqrtn'"),
+    ({"admission": {"min_cout": 3}}, "unknown key 'min_cout'.*Did you mean 'min_count'"),
+    ({"admission": {"probability": 1.5}}, "admission.probability must be a number in"),
+    ({"key_dtype": "float32"}, "key_dtype must be one of int64, string"),
+])
+def test_bad_settings_are_refused_with_the_key_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DynamicEmbedding(8, **kwargs)
