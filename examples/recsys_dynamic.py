@@ -21,7 +21,7 @@ IDS_PER_EXAMPLE = 20
 WIDTH = 32
 CAPACITY = 200_000
 NEW_FRACTION = 0.2  # of the ids: items never seen before
-EXAMPLES_PER_SHARD = 1 << 30  # a stream: as many batches as the run's steps take
+EXAMPLES_PER_SHARD = 1 << 30  # a stream (a multiple of 1,024): as many batches as the run's steps take
 
 
 def _model(table):
@@ -59,14 +59,14 @@ def _batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _stream(seed: int, examples: int) -> tf.data.Dataset:
-    def generate():
+    def generate():  # blocks of 1,024 examples (one Python call each, not one per example)
         rng = np.random.default_rng(seed)
         for _ in range(0, examples, 1024):
-            keys, clicks = _batch(rng, 1024)
-            yield from zip(keys, clicks)
+            yield _batch(rng, 1024)
 
-    return tf.data.Dataset.from_generator(generate, output_signature=(
-        tf.TensorSpec((IDS_PER_EXAMPLE,), tf.int64), tf.TensorSpec((), tf.float32)))
+    blocks = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((1024, IDS_PER_EXAMPLE), tf.int64), tf.TensorSpec((1024,), tf.float32)))
+    return blocks.unbatch().apply(tf.data.experimental.assert_cardinality(examples))
 
 
 def train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:

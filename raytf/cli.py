@@ -434,6 +434,11 @@ def print_summary(summary: dict) -> None:
         rows.append(("rolled back", ", ".join(f"step {r['at_step']} -> {r['to_step']}" for r in summary["rollbacks"])))
     if summary.get("nonfinite_skipped"):
         rows.append(("non-finite gradients skipped", str(summary["nonfinite_skipped"])))
+    for sparse in summary.get("sparse", {}).get("tables", []):
+        if sparse.get("dynamic"):
+            rows.append((f"rows of '{sparse['layer']}' live / created / evicted",
+                         f"{sparse.get('live', 0):,} / {sparse.get('created', 0):,} / {sparse.get('evicted', 0):,}"
+                         f" ({sparse.get('not_admitted', 0):,} sightings not admitted)"))
     rows += [(f"eval {name}", f"{value:.4f}") for name, value in summary["eval"].items()]
     rows.append(("model", summary["model_path"]))
     rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))

@@ -27,6 +27,7 @@ from raytf.exchange.key_index import KeyIndex, mix64
 
 KEY_LIMIT = 2**62  # keys are 0 <= key < 2**62 (the worker's row cache sorts an empty slot after every key)
 PENDING_PER_ROW = 4  # min_count: keys still being counted, at most this many per row of capacity (oldest go)
+PENDING_MIN = 1 << 16  # ... and at least this many
 TTL_SWEEPS = 8  # ttl: rows are checked for age this many times per ttl
 
 
@@ -97,7 +98,8 @@ class DynamicRows:
         self._last = np.full(self._rows.shape[0], -1, np.int64)
         self._free = list(range(self._rows.shape[0] - 1, -1, -1))  # a stack: lowest slots first
         self._pending = KeyIndex(1024) if settings.min_count > 1 else None  # key -> sightings so far
-        self._pending_counts = np.zeros(0, np.int64)
+        self._pending_counts = np.zeros(0, np.int64)  # by the pending index's slots; the first `_pending_used` in use
+        self._pending_used = 0
         self._pending_order: list[np.ndarray] = []  # keys in the order they were first seen (oldest go first)
         self.stats = DynamicStats()
         self._step = 0  # updates applied (the ttl's clock)
@@ -158,10 +160,14 @@ class DynamicRows:
             slots = self._pending.lookup(keys)
             new = slots < 0
             if new.any():
-                first = len(self._pending_counts)
+                first = self._pending_used
                 fresh = np.arange(first, first + int(new.sum()))
+                self._pending_used += len(fresh)
+                if self._pending_used > len(self._pending_counts):  # grown by doubling: no copy per call
+                    grown = np.zeros(max(2 * len(self._pending_counts), self._pending_used, 1024), np.int64)
+                    grown[:first] = self._pending_counts[:first]
+                    self._pending_counts = grown
                 self._pending.insert(keys[new], fresh)
-                self._pending_counts = np.concatenate([self._pending_counts, np.zeros(len(fresh), np.int64)])
                 self._pending_order.append(keys[new])
                 slots[new] = fresh
             self._pending_counts[slots] += 1
@@ -175,18 +181,21 @@ class DynamicRows:
     def _bound_pending(self) -> None:
         """Keys still being counted are bounded (most keys of such a stream are seen once): past the
         bound, the oldest first seen are forgotten (their count starts again; never admitted early)."""
-        bound = PENDING_PER_ROW * max(self.share or self.slots_held, 1 << 16)
+        bound = PENDING_PER_ROW * max(self.share or self.slots_held, PENDING_MIN)
         if len(self._pending) <= bound:
             return
+        # Down to half the bound at once, so this (a pass over every pending key) is rare.
         order = np.concatenate(self._pending_order)
-        self._pending.remove(order[:len(order) - bound])
-        keys, slots = self._pending.items()  # compact the counts
-        counts = self._pending_counts[slots]
-        self._pending = KeyIndex(len(keys))
-        self._pending.insert(keys, np.arange(len(keys)))
+        order = order[self._pending.lookup(order) >= 0]  # still pending (not admitted since)
+        _, first = np.unique(order, return_index=True)  # a key pending again after an eviction: once
+        order = order[np.sort(first)]
+        kept = order[len(order) - bound // 2:]
+        counts = self._pending_counts[self._pending.lookup(kept)]
+        self._pending = KeyIndex(2 * len(kept))
+        self._pending.insert(kept, np.arange(len(kept)))
         self._pending_counts = counts
-        kept = order[len(order) - bound:]
-        self._pending_order = [kept[self._pending.lookup(kept) >= 0]]
+        self._pending_used = len(kept)
+        self._pending_order = [kept]
 
     # -- eviction ----------------------------------------------------------------------------------
     def _evict_slots(self, slots: np.ndarray) -> None:

@@ -36,7 +36,7 @@ def dynamic_config(tmp_path, name: str, model: str = "examples.recsys_dynamic:bu
 
 
 def test_a_dynamic_table_trains_the_fixed_tables_model_saves_with_its_live_rows_and_resumes_resharded(
-        ray_cluster, tmp_path):
+        ray_cluster, tmp_path, monkeypatch):
     import keras
 
     events = []
@@ -47,6 +47,14 @@ def test_a_dynamic_table_trains_the_fixed_tables_model_saves_with_its_live_rows_
     (table,) = dynamic["sparse"]["tables"]
     assert table["dynamic"] and table["live"] == table["created"] > 100 and table["evicted"] == 0
     assert dynamic["final_loss"] == pytest.approx(fixed["final_loss"], rel=1e-6)
+    from rich.console import Console
+
+    from raytf import cli
+
+    monkeypatch.setattr(cli, "out", Console(record=True, width=200))  # the command's summary shows the rows
+    cli.print_summary(dynamic)
+    assert f"rows of 'items' live / created / evicted │ {table['live']:,} / {table['created']:,} / 0" \
+        in cli.out.export_text()
     # The saved model: the live keys and their trained rows, loaded with Keras alone.
     model = keras.models.load_model(dynamic["model_path"])
     keys, rows = model.get_layer("items").live_rows()

@@ -99,3 +99,18 @@ def test_capacity_evicts_the_least_touched_rows_and_holds_the_table_at_its_capac
     assert table.slots_held == 64 and len(table.index) <= 64
     assert (table.index.lookup(popular) >= 0).all()  # touched every update: never the least touched
     assert table.stats.evicted == table.stats.created - len(table.index)
+
+
+def test_keys_still_being_counted_are_bounded_and_a_forgotten_key_is_never_admitted_early(monkeypatch):
+    from raytf.exchange import dynamic_rows
+
+    monkeypatch.setattr(dynamic_rows, "PENDING_MIN", 100)
+    table = rows_of(DynamicSettings(min_count=2, capacity=50), initial_rows=8)  # at most 4 * 100 pending keys
+    table.gather(keys(1))  # key 1's first sighting, then a flood of keys seen once
+    for start in range(10, 5010, 100):
+        table.gather(np.arange(start, start + 100))
+        assert len(table._pending) <= 400
+    table.gather(keys(1))  # forgotten: this is a first sighting again
+    assert table.index.lookup(keys(1))[0] == -1
+    table.gather(keys(1))
+    assert table.index.lookup(keys(1))[0] >= 0 and table.stats.created == 1
