@@ -5,7 +5,8 @@ few items are popular, most are rare), and a click label that a hidden per-item 
 so the model has something to learn: `Embedding(items, 64)` -> mean over the 20 items -> MLP ->
 click probability. `build_model`/`train_examples`/`eval_examples` use a 1,000,000-item table
 (256 MB); the `small_*` ones a 20,000-item table for tests; `build_huge_model` a 10,000,000-item
-`raytf.layers.ShardedEmbedding` (2.56 GB) that no worker holds whole.
+`raytf.layers.ShardedEmbedding` (2.56 GB) that no worker holds whole; `build_dynamic_model` the
+1,000,000-item model with a `raytf.layers.DynamicEmbedding` (rows made on first touch).
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def build_small_sharded_model():
     from raytf.layers import ShardedEmbedding
 
     return _model(20_000, 16, ShardedEmbedding(20_000, 16, name="items"))
+
+
+def build_dynamic_model():
+    """The click model with a `raytf.layers.DynamicEmbedding` over the same ids (keys < 1,000,000 here):
+    rows made on first touch, no admission, no eviction (the benchmark's fixed-versus-dynamic pair)."""
+    from raytf.layers import DynamicEmbedding
+
+    return _model(1_000_000, WIDTH, DynamicEmbedding(WIDTH, name="items"))
 
 
 HUGE = 10_000_000

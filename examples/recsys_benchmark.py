@@ -20,7 +20,8 @@ as that strategy trains) against a no-exchange reference interleaved around each
 async, R, tf-ps, R, ..., `--repeats` times): 2 Ray actors each training the same model with the whole
 table local and Keras SGD's sparse update (examples/bench_baselines.IndependentTrainer), once
 XLA-compiled and once as a graph, the faster of the two being the reference; a run's ratio is its
-samples/s over the mean of the R before and after it. Before each R, short reference runs are
+samples/s over the mean of the R before and after it. `--dynamic` adds sync and async with the item
+table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch). Before each R, short reference runs are
 repeated until two agree within 10 % (a contender's processes leave the machine slow for seconds).
 """
 
@@ -137,9 +138,14 @@ class Ceiling:
 
 
 CONTENDERS = ("raytf sync", "raytf async", "tf-ps")
+DYNAMIC = ("raytf sync dynamic", "raytf async dynamic")  # --dynamic: the same ids in a DynamicEmbedding
 
 
 def contender(name: str, steps: int) -> dict:
+    if name.endswith(" dynamic"):
+        mode = name.split()[1]
+        return run(config(f"recsys-dynamic-{mode}", steps, model="examples.recsys:build_dynamic_model",
+                          **{"distribution.mode": mode}))
     if name == "tf-ps":
         from examples.bench_tfps import run_tf_ps
         from raytf.config import TrainConfig
@@ -149,7 +155,7 @@ def contender(name: str, steps: int) -> dict:
     return run(config(f"recsys-rows-{mode}", steps, **{"distribution.mode": mode}))
 
 
-def against_ceiling(steps: int, repeats: int) -> list[dict]:
+def against_ceiling(steps: int, repeats: int, contenders: tuple[str, ...] = CONTENDERS) -> list[dict]:
     """R, sync, R, async, R, tf-ps, R ... `repeats` times; every run with the R before and after it."""
     ceiling = Ceiling(config("recsys-ceiling", steps))
     runs: list[dict] = []
@@ -157,7 +163,7 @@ def against_ceiling(steps: int, repeats: int) -> list[dict]:
         before = ceiling.measure(steps)
         print(f"[recsys] R {before}", file=sys.stderr, flush=True)
         for repeat in range(repeats):
-            for name in CONTENDERS:
+            for name in contenders:
                 try:
                     result = contender(name, steps)
                 except Exception as err:  # noqa: BLE001 - report it and go on to the next contender
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="raytf sync and async with rows, and tf-ps, against the interleaved no-exchange reference")
     parser.add_argument("--repeats", type=int, default=3,
                         help="--against-ceiling: rounds of R, sync, R, async, R, tf-ps (default 3)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="--against-ceiling: also sync and async with the table a DynamicEmbedding (same ids)")
     args = parser.parse_args(argv)
     from raytf.cluster.connection import connect
 
@@ -199,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.against_ceiling:
         with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
-            runs = against_ceiling(args.steps, args.repeats)
+            names = CONTENDERS + (DYNAMIC if args.dynamic else ())
+            runs = against_ceiling(args.steps, args.repeats, names)
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n"
               f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPUs: {os.cpu_count()}, "
               f"total {time.perf_counter() - started:.0f} s\n")
         print("| contender | samples/s mean | ratio mean | ratio spread | reference (faster of XLA, graph) mean |")
         print("|---|---:|---:|---|---:|")
-        for name in CONTENDERS:
+        for name in names:
             mine = [r for r in runs if r["contender"] == name]
             if not mine:
                 print(f"| {name} | failed | - | - | - |")
@@ -219,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         if mean["tf-ps"]:
             print(f"\nraytf sync / tf-ps samples/s: {mean['raytf sync'] / mean['tf-ps']:.2f}x; "
                   f"raytf async / tf-ps: {mean['raytf async'] / mean['tf-ps']:.2f}x")
+        if args.dynamic:
+            for mode in ("sync", "async"):
+                dynamic = [r for r in runs if r["contender"] == f"raytf {mode} dynamic"]
+                if dynamic and mean[f"raytf {mode}"]:
+                    print(f"DynamicEmbedding / fixed table, {mode}: "
+                          f"{sum(r['samples_per_second'] for r in dynamic) / len(dynamic) / mean[f'raytf {mode}']:.2f}x")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(runs, indent=2))

@@ -165,6 +165,7 @@ class SparseConfig(_Frozen):
 class CheckpointConfig(_Frozen):
     every_steps: int = Field(100, ge=0, description="0: only the final checkpoint (and one on interrupt)")
     keep: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
+    deltas: bool = Field(False, description="each checkpoint also writes, per server, the rows of dynamic tables touched and the keys evicted since the previous one (raytf.exchange.deltas)")
 
 
 class TraceConfig(_Frozen):

@@ -29,6 +29,7 @@ KEY_LIMIT = 2**62  # keys are 0 <= key < 2**62 (the worker's row cache sorts an 
 PENDING_PER_ROW = 4  # min_count: keys still being counted, at most this many per row of capacity (oldest go)
 PENDING_MIN = 1 << 16  # ... and at least this many
 TTL_SWEEPS = 8  # ttl: rows are checked for age this many times per ttl
+RECENT = 16  # requests whose slots are remembered for their pushes (workers x batches read ahead, and more)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class DynamicRows:
         self._pending_used = 0
         self._pending_order: list[np.ndarray] = []  # keys in the order they were first seen (oldest go first)
         self.stats = DynamicStats()
+        self._dirty = np.zeros(self._rows.shape[0], bool)  # slots changed since the last delta
+        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, slots) of the last requests that all had rows
+        self._evicted_keys: list[np.ndarray] = []  # keys evicted since the last delta
         self._step = 0  # updates applied (the ttl's clock)
         self._swept = 0
 
@@ -138,6 +142,7 @@ class DynamicRows:
         self._keys = np.concatenate([self._keys, np.full(size - old, -1, np.int64)])
         self._touches = np.concatenate([self._touches, np.zeros(size - old, np.int64)])
         self._last = np.concatenate([self._last, np.full(size - old, -1, np.int64)])
+        self._dirty = np.concatenate([self._dirty, np.zeros(size - old, bool)])
         self._free = list(range(size - 1, old - 1, -1)) + self._free
 
     def _take_slots(self, count: int) -> np.ndarray:
@@ -202,6 +207,9 @@ class DynamicRows:
         if not slots.size:
             return
         self.index.remove(self._keys[slots])
+        self._recent.clear()  # their slots may go to other keys now
+        self._evicted_keys.append(self._keys[slots].copy())
+        self._dirty[slots] = False
         self._keys[slots] = -1
         self._touches[slots] = 0
         self._last[slots] = -1
@@ -243,9 +251,13 @@ class DynamicRows:
                 self.index.insert(keys[created], new)
                 self._keys[new] = keys[created]
                 self._rows.reset_rows(new, initial_key_rows(self.init, keys[created], self.width))
+                self._dirty[new] = True
                 slots[created] = new
                 self.stats.created += len(created)
         have = slots >= 0
+        if have.all():  # the push of this batch will name the same keys: its slots are looked up once
+            self._recent.append((keys.copy(), slots.copy()))
+            del self._recent[:-RECENT]
         self._touches[slots[have]] += 1
         self._last[slots[have]] = self._step
         into = np.zeros((len(keys), self.width), np.float32) if out is None else out[:len(keys)]
@@ -257,8 +269,12 @@ class DynamicRows:
 
     def _slots_of(self, part: tuple) -> tuple:
         keys, grad = part
-        slots = self.index.lookup(np.asarray(keys, np.int64))
+        keys = np.asarray(keys, np.int64)
+        slots = next((s for k, s in reversed(self._recent) if len(k) == len(keys) and np.array_equal(k, keys)), None)
+        if slots is None:
+            slots = self.index.lookup(keys)
         have = slots >= 0
+        self._dirty[slots[have]] = True
         if have.all():
             return slots, grad
         self.stats.dropped_rows += int((~have).sum())
@@ -297,6 +313,15 @@ class DynamicRows:
         keys, slots = self._live()
         return keys, self._rows.gather(slots)
 
+    def take_delta(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, rows) of the rows changed or created since the last call, and the keys evicted since
+        (raytf.exchange.deltas); starts the next interval."""
+        slots = np.flatnonzero(self._dirty & (self._keys >= 0))
+        evicted = np.concatenate(self._evicted_keys) if self._evicted_keys else np.zeros(0, np.int64)
+        self._dirty[:] = False
+        self._evicted_keys = []
+        return self._keys[slots].copy(), self._rows.gather(slots), evicted
+
     def state(self) -> dict:
         """Copies of every live row (keys sorted) with its optimizer slots, touch count and last
         update, and the update count: what a checkpoint keeps (`restore` takes it back)."""
@@ -317,6 +342,9 @@ class DynamicRows:
         self._keys[:n] = keys
         self._touches = np.zeros(size, np.int64)
         self._last = np.full(size, -1, np.int64)
+        self._dirty = np.zeros(size, bool)  # the next delta: changes since this checkpoint
+        self._recent = []
+        self._evicted_keys = []
         if touches is not None:
             self._touches[:n] = touches
         if last is not None:

@@ -37,6 +37,7 @@ class ServerSettings:
     updates_per_step: int = 1  # server versions per training step (the policy's)
     checkpoint_dir: str | None = None
     every_versions: int = 0  # 0: checkpoint only at the target
+    deltas: bool = False  # checkpoint.deltas: dynamic tables' changes since the last checkpoint, beside it
     dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
     tables: tuple = ()  # the plan's sparse tables (raytf.exchange.tables.TableSpec)
     trace_steps: int = 0  # trace.max_steps when the run records a timeline (raytf.observe.trace); 0: off
@@ -329,8 +330,16 @@ class ParameterServer:
             traced = self.trace.mark()
         params, slots, iterations = self.opt.state()  # copies: the next updates do not touch them
         tables = tuple(_table_state(table) for table in self.tables)
+        deltas = None
+        if self.settings.deltas:  # what changed since the last checkpoint, at the same moment as the state
+            from raytf.exchange.deltas import delta_arrays
+
+            deltas = {}
+            for k, table in enumerate(self.tables):
+                if hasattr(table, "take_delta"):
+                    deltas.update(delta_arrays(k, *table.take_delta()))
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
-        self.writer.write(directory, ShardState(params, slots, iterations, version, tables),
+        self.writer.write(directory, ShardState(params, slots, iterations, version, tables, deltas),
                           last=version >= self.exchange.target)
         if self.trace is not None:
             self._traced("checkpoint", traced)

@@ -40,6 +40,7 @@ class ShardState:
     iterations: int = 0
     version: int = 0
     tables: tuple[TableState, ...] = ()  # its rows of each sparse table, in the plan's order
+    deltas: dict[str, np.ndarray] | None = None  # checkpoint.deltas: the delta file's columns (raytf.exchange.deltas)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ def write_shard(directory: Path, index: int, state: ShardState) -> SavedShard:
         arrays.update({f"table{k}.slot.{name}": value for name, value in (table.slots or {}).items()})
         counters[f"table{k}.iterations"] = np.int64(table.iterations)
     directory.mkdir(parents=True, exist_ok=True)
+    if state.deltas is not None:  # before the shard: a checkpoint whose shard is complete has its delta
+        from raytf.exchange.deltas import DELTA_PREFIX
+
+        atomic_write(directory / f"{DELTA_PREFIX}{index}.npz", lambda f: np.savez(f, **state.deltas))
     name = f"ps-{index}.npz"
     atomic_write(directory / name, lambda f: np.savez(f, **counters, **arrays))
     return SavedShard(index=index, version=state.version, file=name, crc32=checksum(arrays))

@@ -114,3 +114,25 @@ def test_keys_still_being_counted_are_bounded_and_a_forgotten_key_is_never_admit
     assert table.index.lookup(keys(1))[0] == -1
     table.gather(keys(1))
     assert table.index.lookup(keys(1))[0] >= 0 and table.stats.created == 1
+
+
+def test_deltas_replayed_in_order_rebuild_the_table_through_creations_updates_and_evictions():
+    from raytf.exchange.deltas import delta_arrays, replay
+
+    rng = np.random.default_rng(4)
+    table = rows_of(DynamicSettings(ttl_steps=3, capacity=40), initial_rows=8)
+    followed: dict[int, np.ndarray] = {}
+    evicted_any = False
+    for step in range(30):
+        ids = np.unique(rng.integers(0, 60, size=12))
+        table.gather(ids)
+        table.apply_round([(ids, rng.standard_normal((len(ids), WIDTH)).astype(np.float32))])
+        if step % 4 == 3:
+            columns = delta_arrays(0, *table.take_delta())
+            evicted_any |= bool((columns["table0.op"] == 1).any())
+            replay(followed, columns["table0.key"], columns["table0.op"], columns["table0.row"])
+    columns = delta_arrays(0, *table.take_delta())
+    replay(followed, columns["table0.key"], columns["table0.op"], columns["table0.row"])
+    keys, rows = table.export()
+    assert evicted_any and sorted(followed) == keys.tolist()
+    np.testing.assert_array_equal(np.stack([followed[k] for k in keys.tolist()]), rows)
