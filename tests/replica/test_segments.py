@@ -70,3 +70,23 @@ def test_an_unaligned_small_array_becomes_an_aligned_tensor_with_its_values():
     tensor = as_tensor(unaligned, read_only=True)
     np.testing.assert_array_equal(tensor.numpy(), unaligned)
     assert np.from_dlpack(tensor).ctypes.data % ALIGN_BYTES == 0
+
+
+@pytest.mark.parametrize("bits", [20, 3])  # a map of 8 places: most ids collide and go to the sort
+def test_ids_too_many_for_a_map_of_ids_dedupe_through_a_hashed_map(monkeypatch, bits):
+    from raytf.replica import segments
+
+    monkeypatch.setattr(segments, "HASHED_MAP_BITS", bits)
+    spec = TableSpec(variable=0, layer="items", rows=2**62, width=4, servers=3, partition="hash")  # a dynamic table
+    segment = segments.IdSegmenter(spec)
+    rng = np.random.default_rng(5)
+    for size in (500, 64, 1, 0):
+        ids = rng.integers(0, 2**62, size=size // 2 + 1)[rng.integers(0, size // 2 + 1, size=size)]  # repeats
+        unique, local, counts, low, high, positions = segment(ids)
+        np.testing.assert_array_equal(unique[positions], ids)
+        assert len(unique) == len(set(ids.tolist())) == counts.sum()
+        np.testing.assert_array_equal(local, unique)  # a dynamic table's local id is the key
+        start = 0
+        for server, count in enumerate(counts):
+            assert (spec.owner(unique[start:start + count]) == server).all()
+            start += count
