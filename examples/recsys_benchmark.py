@@ -182,6 +182,28 @@ def against_ceiling(steps: int, repeats: int, contenders: tuple[str, ...] = CONT
     return runs
 
 
+def stream_line(steps: int) -> str:
+    """One run of the flood of new keys (examples/recsys_dynamic.py) as a table row."""
+    import raytf
+    from examples.recsys_dynamic import IDS_PER_EXAMPLE
+
+    cfg = {"name": f"recsys-flood-{steps}", "model": "examples.recsys_dynamic:build_flood_model",
+           "data": {"train": "examples.recsys_dynamic:flood_train_examples",
+                    "eval": "examples.recsys_dynamic:eval_examples", "shuffle_buffer": 0},
+           "loss": "binary_crossentropy", "optimizer": {"name": "adam", "learning_rate": 0.01}, "batch_size": 256,
+           "steps": steps, "distribution": {"parameter_servers": 2, "workers": 2, "mode": "async"},
+           "checkpoint": {"every_steps": 0}, "output_dir": str(OUT / f"flood-{steps}")}
+    summary = raytf.fit(cfg, restart=True)
+    (table,) = summary["sparse"]["tables"]
+    looked_up = steps * 2 * 256 * IDS_PER_EXAMPLE
+    # Keys seen: every admitted key was created (and seen at least twice); a key not admitted was seen once or
+    # more (its sightings bound it from above); so seen is between created and created + not_admitted.
+    seen = table["created"] + table["not_admitted"]
+    rss = " / ".join(f"{b / MB:,.0f}" for b in summary["peak_rss_bytes"]["servers"])
+    return (f"| {steps:,} | {looked_up:,} | <= {seen:,} | {table['live']:,} / {table['created']:,} / {table['evicted']:,} | "
+            f"{table['not_admitted']:,} | {rss} | {summary['samples_per_second']:,.0f} |")
+
+
 def repeats_of(runs: list[dict], name: str) -> int:
     return max(1, sum(1 for r in runs if r["contender"] == name))
 
@@ -197,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="raytf sync and async with rows, and tf-ps, against the interleaved no-exchange reference")
     parser.add_argument("--repeats", type=int, default=3,
                         help="--against-ceiling: rounds of R, sync, R, async, R, tf-ps (default 3)")
+    parser.add_argument("--stream", type=int, nargs="+", metavar="STEPS",
+                        help="only the flood of new keys (examples/recsys_dynamic.py: half of all ids new, admitted at "
+                             "their second sighting, 50,000 rows at most), once per number of steps given: keys seen, "
+                             "rows live/created/evicted and the servers' peak memory, to show it stays flat")
     parser.add_argument("--dynamic", action="store_true",
                         help="--against-ceiling: also sync and async with the table a DynamicEmbedding (same ids)")
     args = parser.parse_args(argv)
@@ -205,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     started = time.perf_counter()
     results = {}
+    if args.stream:
+        with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
+            print("| steps | ids looked up | keys seen (about) | rows live / created / evicted | sightings not admitted | "
+                  "peak RSS per server MB | samples/s |")
+            print("|---:|---:|---:|---|---:|---|---:|")
+            for steps in args.stream:
+                print(stream_line(steps), flush=True)
+        return 0
     if args.against_ceiling:
         with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
             names = CONTENDERS + (DYNAMIC if args.dynamic else ())

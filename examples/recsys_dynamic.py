@@ -48,21 +48,21 @@ def _keys(ranks: np.ndarray) -> np.ndarray:
     return (mix64(ranks, seed=11) >> np.uint64(2)).astype(np.int64)  # < 2**62
 
 
-def _batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _batch(rng: np.random.Generator, count: int, fresh: float = NEW_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     ranks = (rng.pareto(0.6, size=(count, IDS_PER_EXAMPLE)) * 500).astype(np.int64)
     keys = _keys(ranks)
-    new = rng.random(size=keys.shape) < NEW_FRACTION
+    new = rng.random(size=keys.shape) < fresh
     keys[new] = rng.integers(0, 2**62, size=int(new.sum()), dtype=np.int64)
     score = np.where((ranks < 1000) & ~new, np.sin(ranks * 0.7), 0.0)
     clicks = (score.mean(axis=1) + rng.normal(0, 0.02, count) > 0).astype(np.float32)
     return keys, clicks
 
 
-def _stream(seed: int, examples: int) -> tf.data.Dataset:
+def _stream(seed: int, examples: int, fresh: float = NEW_FRACTION) -> tf.data.Dataset:
     def generate():  # blocks of 1,024 examples (one Python call each, not one per example)
         rng = np.random.default_rng(seed)
         for _ in range(0, examples, 1024):
-            yield _batch(rng, 1024)
+            yield _batch(rng, 1024, fresh)
 
     blocks = tf.data.Dataset.from_generator(generate, output_signature=(
         tf.TensorSpec((1024, IDS_PER_EXAMPLE), tf.int64), tf.TensorSpec((1024,), tf.float32)))
@@ -75,6 +75,24 @@ def train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
 
 def eval_examples() -> tf.data.Dataset:
     return _stream(7, 4096)
+
+
+# -- a flood of new keys, for the memory benchmark (examples/recsys_benchmark.py --stream) -------
+FLOOD_FRACTION = 0.5  # half of all ids never seen before: ~5,100 new keys per step of 2 workers
+
+
+FLOOD_CAPACITY = 50_000  # rows: reached after ~1,000 steps, then held by evicting the least touched
+
+
+def build_flood_model():
+    from raytf.layers import DynamicEmbedding
+
+    return _model(DynamicEmbedding(WIDTH, combiner="mean", admission={"min_count": 2},
+                                   eviction={"capacity": FLOOD_CAPACITY}, name="items"))
+
+
+def flood_train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return _stream(200 + shard_index, EXAMPLES_PER_SHARD, FLOOD_FRACTION)
 
 
 # -- small, for tests ----------------------------------------------------------------------------

@@ -452,6 +452,19 @@ def print_summary(summary: dict) -> None:
     out.print(table)
 
 
+@app.command("export")
+@command
+def export(
+    output_dir: Path = typer.Argument(..., help="A finished run's output_dir (holding model.keras), or a .keras file."),
+    savedmodel: Path = typer.Option(..., "--savedmodel", help="Write a TensorFlow SavedModel (for TF Serving) here."),
+) -> None:
+    """Export a trained model for serving: a SavedModel whose `serve` signature takes the model's inputs."""
+    from raytf.driver.export import export_savedmodel
+
+    written = export_savedmodel(output_dir, savedmodel)
+    out.print(f"SavedModel written to {written} (signature `serve`).")
+
+
 @app.command("trace")
 @command
 def trace_summary(

@@ -276,6 +276,13 @@ class Supervisor:
             samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
             elapsed=elapsed,
             staleness_mean=self.stats[0].exchange.staleness.mean if self.policy.reports_staleness else None,
+            rows_live=_rows_live(self.stats),
         )
         for reporter in self.reporters:
             reporter.update(snapshot)
+
+
+def _rows_live(stats) -> int | None:
+    """Rows of the DynamicEmbedding tables over all servers; None for a run without one."""
+    counts = [d for s in stats for d in s.dynamic if d]
+    return sum(d["live"] for d in counts) if counts else None

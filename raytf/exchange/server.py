@@ -447,10 +447,14 @@ class ParameterServer:
             self.metrics.flush()
             self.writer.collect(wait=False)
             updates = max(exchange.updates, 1)
+            dynamic = tuple(t.counts() if hasattr(t, "counts") else None for t in self.tables)
+            if any(dynamic):
+                for name in ("live", "created", "evicted"):
+                    self.metrics.set(f"raytf_dynamic_rows_{name}", sum(d[name] for d in dynamic if d))
             return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
                                ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss(),
-                               dynamic=tuple(t.counts() if hasattr(t, "counts") else None for t in self.tables))
+                               dynamic=dynamic)
 
     def get_params(self) -> np.ndarray:
         with self.exchange.lock:

@@ -27,6 +27,9 @@ METRICS = {
     "raytf_staleness": ("histogram", "ps", "Versions behind the server's parameters of each applied gradient."),
     "raytf_apply_seconds": ("histogram", "ps", "Time of one fused optimizer update of the server's shard."),
     "raytf_gradients_dropped": ("counter", "ps", "Gradients that came too late for their round and were not applied (backup workers)."),
+    "raytf_dynamic_rows_live": ("gauge", "ps", "Rows the server holds of its DynamicEmbedding tables."),
+    "raytf_dynamic_rows_created": ("gauge", "ps", "Rows of DynamicEmbedding tables this server process created (admitted keys' first touch)."),
+    "raytf_dynamic_rows_evicted": ("gauge", "ps", "Rows of DynamicEmbedding tables this server process evicted (ttl or capacity)."),
     "raytf_restarts": ("counter", "worker, ps", "Times the actor was restarted after a failure."),
 }
 

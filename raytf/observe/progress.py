@@ -16,6 +16,7 @@ class Snapshot:
     samples_per_second: float
     elapsed: float
     staleness_mean: float | None = None  # where the policy reports staleness (async, ssp)
+    rows_live: int | None = None  # rows of the run's DynamicEmbedding tables on all servers, if it has any
 
     @property
     def eta_seconds(self) -> float | None:
@@ -30,6 +31,8 @@ class Snapshot:
         parts.append(f"eta {eta:.0f}s" if eta is not None else "eta -")
         if self.staleness_mean is not None:
             parts.append(f"staleness {self.staleness_mean:.2f}")
+        if self.rows_live is not None:
+            parts.append(f"rows {self.rows_live:,}")
         return "  ".join(parts)
 
 
@@ -65,6 +68,8 @@ class RichProgress:
         info = f"loss {_num(snapshot.loss)}  {snapshot.samples_per_second:,.0f} samples/s"
         if snapshot.staleness_mean is not None:
             info += f"  staleness {snapshot.staleness_mean:.2f}"
+        if snapshot.rows_live is not None:
+            info += f"  rows {snapshot.rows_live:,}"
         self.progress.update(self.task, completed=snapshot.step, info=info)
 
     def close(self) -> None:

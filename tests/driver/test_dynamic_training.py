@@ -40,14 +40,24 @@ def test_a_dynamic_table_trains_the_fixed_tables_model_saves_with_its_live_rows_
         ray_cluster, tmp_path, monkeypatch):
     import keras
 
-    events = []
-    dynamic = raytf.fit(dynamic_config(tmp_path, "dyn"), address=ray_cluster.gcs_address, on_event=events.append)
+    events, snapshots = [], []
+
+    class Progress:  # what the progress line shows
+        def update(self, snapshot):
+            snapshots.append(snapshot)
+
+        def close(self):
+            pass
+
+    dynamic = raytf.fit(dynamic_config(tmp_path, "dyn"), address=ray_cluster.gcs_address, on_event=events.append,
+                        progress=Progress())
     fixed = raytf.fit(dynamic_config(tmp_path, "fixed", model="examples.recsys_dynamic:build_small_sharded_model"),
                       address=ray_cluster.gcs_address)
     assert any("items (dynamic keys x 16)" in e for e in events), events
     (table,) = dynamic["sparse"]["tables"]
     assert table["dynamic"] and table["live"] == table["created"] > 100 and table["evicted"] == 0
     assert dynamic["final_loss"] == pytest.approx(fixed["final_loss"], rel=1e-6)
+    assert snapshots and all(s.rows_live > 0 for s in snapshots) and "  rows " in snapshots[-1].line()
     from rich.console import Console
 
     from raytf import cli

@@ -1,0 +1,40 @@
+"""A trained model as a TensorFlow SavedModel, for TF Serving (`raytf export OUTPUT_DIR --savedmodel DEST`).
+
+The run's `model.keras` is loaded (with raytf's layers registered, no cluster needed) and exported by
+Keras's own `Model.export(format="tf_saved_model")`: its `serve` signature takes the model's inputs.
+A `DynamicEmbedding` goes in as its hash table of the live keys and rows: unknown keys read the zero
+row, as in the Keras model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raytf.errors import ConfigError
+
+
+def model_path(output_dir: Path) -> Path:
+    """The trained model of a run's output_dir (or a .keras file given directly)."""
+    path = Path(output_dir)
+    candidate = path if path.suffix == ".keras" else path / "model.keras"
+    if not candidate.is_file():
+        raise ConfigError(f"{candidate} does not exist: there is no trained model there.",
+                          "Pass the output_dir of a finished `raytf train` run (it holds model.keras), or the .keras "
+                          "file itself.")
+    return candidate
+
+
+def export_savedmodel(output_dir: Path, destination: Path) -> Path:
+    """Write the run's model as a SavedModel into `destination` (which must not exist yet)."""
+    import keras
+
+    import raytf.replica.dynamic_embedding  # noqa: F401 - registers raytf's layers for load_model
+
+    source = model_path(output_dir)
+    destination = Path(destination)
+    if destination.exists():
+        raise ConfigError(f"{destination} exists already; a SavedModel export does not overwrite anything.",
+                          "Give a new directory, or remove that one first.")
+    model = keras.models.load_model(source)
+    model.export(str(destination), format="tf_saved_model", verbose=False)
+    return destination
