@@ -92,3 +92,22 @@ def test_a_dynamic_table_trains_the_fixed_tables_model_saves_with_its_live_rows_
     resumed_keys, _ = keras.models.load_model(resumed["model_path"]).get_layer("items").live_rows()
     assert len(resumed_keys) == after["live"] and set(keys.tolist()) <= set(resumed_keys.tolist())
     assert live_actor_names(ray_cluster) == []
+
+
+def test_with_adagrad_a_dynamic_table_trains_the_fixed_tables_model_too(ray_cluster, tmp_path):
+    """Adagrad's row update with its accumulator slot (created with the row, at the initial value)."""
+    import keras
+
+    adagrad = {"name": "adagrad", "learning_rate": 0.3}
+    runs = []
+    for name, model in (("dyn-adagrad", "examples.recsys_dynamic:build_small_dynamic_model"),
+                        ("fixed-adagrad", "examples.recsys_dynamic:build_small_sharded_model")):
+        config = dynamic_config(tmp_path, name, model=model, steps=8)
+        config["optimizer"] = adagrad
+        runs.append(raytf.fit(config, address=ray_cluster.gcs_address))
+    dynamic, fixed = runs
+    assert dynamic["final_loss"] == pytest.approx(fixed["final_loss"], rel=1e-6)
+    keys, rows = keras.models.load_model(dynamic["model_path"]).get_layer("items").live_rows()
+    table = keras.models.load_model(fixed["model_path"]).get_layer("items").embeddings.numpy()
+    np.testing.assert_allclose(rows, table[keys], rtol=1e-5, atol=1e-7)
+    assert live_actor_names(ray_cluster) == []
