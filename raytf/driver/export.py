@@ -35,6 +35,6 @@ def export_savedmodel(output_dir: Path, destination: Path) -> Path:
     if destination.exists():
         raise ConfigError(f"{destination} exists already; a SavedModel export does not overwrite anything.",
                           "Give a new directory, or remove that one first.")
-    model = keras.models.load_model(source)
+    model = keras.models.load_model(source, compile=False)  # serving needs no optimizer (nor its warning)
     model.export(str(destination), format="tf_saved_model", verbose=False)
     return destination

@@ -117,8 +117,13 @@ def test_a_killed_server_rolls_back_and_a_killed_worker_is_restarted_and_the_run
     """Server 1 of 2 is killed at step 130: the run rolls back to the last checkpoint. Once that is done,
     worker 1 is killed at step 200: it is restarted and costs no rollback; the survivor goes on meanwhile.
     (One run for both, one fault at a time: a run costs ~20 s here.)"""
-    # Frequent reports: each kill lands near its step (300 steps take ~3 s), not after the run's end.
+    # Frequent reports: each kill lands near its step (300 steps take ~3 s), not after the run's end. 600
+    # steps: the restarted worker must live past Ray's metrics export (2 s here) for its restart to be
+    # counted in the dashboard; with 300, a machine that ran the last 100 steps in under a second ended
+    # the run before (the worker's counter never appeared, 2 runs of 3).
+    steps = 2 * STEPS
     config = fault_config(tmp_path, "kill-both", log_every_seconds=0.25, **{"distribution.parameter_servers": 2})
+    config["steps"] = steps
     server_killer = KillAt("kill-both", "ps", 1, step=130)
     worker_killer = KillAt("kill-both", "worker", 1, step=200, after="every server rolls back")
     events = []
@@ -143,12 +148,16 @@ def test_a_killed_server_rolls_back_and_a_killed_worker_is_restarted_and_the_run
     # server had not finished is no checkpoint (the 20-run loop saw at 151, to 100 once).
     assert rollback["to_step"] % EVERY == 0 and 0 <= rollback["at_step"] - rollback["to_step"] < 2 * EVERY
     assert rollback["to_step"] >= (server_killer.killed_at // EVERY - 1) * EVERY
-    assert [s["version"] for s in summary["per_server"]] == [STEPS, STEPS]  # both servers ended at the same step
+    assert [s["version"] for s in summary["per_server"]] == [steps, steps]  # both servers ended at the same step
     assert summary["eval"]["accuracy"] >= clean_accuracy - 0.01, (summary["eval"], clean_accuracy)
     assert live_actor_names(ray_cluster) == []
     # The restarted processes count themselves in the dashboard's metrics, too.
     scrape_raytf_metrics(ray_cluster, run="kill-both", wanted={"ray_raytf_restarts_total"})
-    assert restarts_exported(ray_cluster, "kill-both") == {("worker", "1"): 1.0, ("ps", "1"): 1.0}
+    # Each process exports on its own schedule: one of the two counters can be seen before the other.
+    expected, deadline = {("worker", "1"): 1.0, ("ps", "1"): 1.0}, time.monotonic() + 60
+    while restarts_exported(ray_cluster, "kill-both") != expected and time.monotonic() < deadline:
+        time.sleep(2)
+    assert restarts_exported(ray_cluster, "kill-both") == expected
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(ray_cluster, tmp_path, clean_accuracy):
