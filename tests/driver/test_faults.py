@@ -247,8 +247,11 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
     within the default max_restarts of 3. (One run for both kills: a run costs ~20 s here.)"""
     config = fault_config(tmp_path, name, log_every_seconds=0.25)  # frequent reports: the first kill lands mid-run
     config["distribution"].update(distribution)
+    # 900 steps: with 300, a machine that trained them (sync, 1 backup worker) before the first report
+    # past step 60 killed the worker only at the end, once in CI.
+    steps = config["steps"] = 3 * STEPS
     mid_run = KillAt(name, "worker", 1, step=60)
-    at_end = KillAt(name, "worker", 1, step=STEPS, after="Worker 1 rejoined", at_event=True)
+    at_end = KillAt(name, "worker", 1, step=steps, after="Worker 1 rejoined", at_event=True)
     events = []
 
     def on_event(message: str) -> None:
@@ -257,14 +260,14 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
         at_end.on_event(message)
 
     summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=Both(mid_run, at_end), on_event=on_event)
-    assert mid_run.killed_at is not None and mid_run.killed_at < STEPS, events
-    assert at_end.killed_at is not None and at_end.killed_at >= STEPS, events
+    assert mid_run.killed_at is not None and mid_run.killed_at < steps, events
+    assert at_end.killed_at is not None and at_end.killed_at >= steps, events
     first, second = summary["restarts"]
     # Its run call failed: it rejoined (the step is where the driver noticed: Ray fails the call a second or
     # two after the kill, and the survivor may have trained every step by then).
     assert (first["role"], first["index"], first["recovery"]) == ("worker", 1, REJOINED), summary["restarts"]
     assert first["step"] >= 60
-    assert (second["role"], second["index"], second["step"]) == ("worker", 1, STEPS), summary["restarts"]
+    assert (second["role"], second["index"], second["step"]) == ("worker", 1, steps), summary["restarts"]
     lost = [m for m in events if m.startswith("Worker 1 was lost")]
     assert len(lost) == 2, events  # each death announced once
     if "after its work was done" in lost[1]:
@@ -275,7 +278,7 @@ def test_a_killed_worker_blocks_nobody_under_any_policy(ray_cluster, tmp_path, c
         # It had rejoined while the others trained and was killed before its run returned: the call failed.
         assert second["recovery"] == REJOINED, (summary["restarts"], events)
     assert summary["rollbacks"] == []
-    assert summary["updates"] == STEPS * (1 if distribution["mode"] == "sync" else 2)
+    assert summary["updates"] == steps * (1 if distribution["mode"] == "sync" else 2)
     assert [w["index"] for w in summary["per_worker"]] == [0, 1]  # the restarted worker trained to the end
     # The clean run is sync; an async or ssp run applies the same number of gradients in an order no
     # two runs share, and lands up to ~0.02 away without any fault (the eval set is 360 examples: one
