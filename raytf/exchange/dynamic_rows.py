@@ -18,7 +18,7 @@ is full) follow the layer's settings. A key not admitted reads the default row (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -78,7 +78,6 @@ class DynamicStats:
     not_admitted: int = 0  # sightings of keys that got no row (yet)
     dropped_rows: int = 0  # gradient rows of keys without a row
     live: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"created": self.created, "evicted": self.evicted, "not_admitted": self.not_admitted,
