@@ -24,8 +24,9 @@ from typing import Sequence
 import numpy as np
 
 from raytf.exchange.key_index import KeyIndex, mix64
+from raytf.exchange.tables import ABSENT
 
-KEY_LIMIT = 2**62  # keys are 0 <= key < 2**62 (the worker's row cache sorts an empty slot after every key)
+KEY_LIMIT = ABSENT  # keys are 0 <= key < 2**62: the worker's row cache sorts an empty slot (ABSENT) after every key
 PENDING_PER_ROW = 4  # min_count: keys still being counted, at most this many per row of capacity (oldest go)
 PENDING_MIN = 1 << 16  # ... and at least this many
 TTL_SWEEPS = 8  # ttl: rows are checked for age this many times per ttl
@@ -34,7 +35,7 @@ RECENT = 16  # requests whose slots are remembered for their pushes (workers x b
 
 @dataclass(frozen=True)
 class DynamicSettings:
-    """A dynamic table's admission and eviction (validated by the layer, `raytf.replica.dynamic`)."""
+    """A dynamic table's admission and eviction (validated by the layer, `raytf.replica.dynamic_embedding`)."""
 
     min_count: int = 1
     probability: float = 1.0
@@ -77,11 +78,6 @@ class DynamicStats:
     evicted: int = 0
     not_admitted: int = 0  # sightings of keys that got no row (yet)
     dropped_rows: int = 0  # gradient rows of keys without a row
-    live: int = 0
-
-    def as_dict(self) -> dict:
-        return {"created": self.created, "evicted": self.evicted, "not_admitted": self.not_admitted,
-                "dropped_gradient_rows": self.dropped_rows, "live": self.live}
 
 
 class DynamicRows:
@@ -110,14 +106,14 @@ class DynamicRows:
 
     # -- storage -----------------------------------------------------------------------------------
     def _new_rows(self, capacity: int, rows: np.ndarray | None = None, slots: dict | None = None, iterations: int = 0):
-        from raytf.exchange.optimizers import RowOptimizer
+        from raytf.exchange.optimizers import RowOptimizer, initial_slot_value
 
         initial = np.zeros((capacity, self.width), np.float32)
         if rows is not None:
             initial[:len(rows)] = rows
         grown = None
         if slots is not None:
-            fill = self.config.initial_accumulator_value if self.config.name == "adagrad" else 0.0
+            fill = initial_slot_value(self.config)
             grown = {}
             for name, values in slots.items():
                 bigger = np.full((capacity, self.width), fill, np.float32)
@@ -290,16 +286,12 @@ class DynamicRows:
         self._rows.apply_round([self._slots_of(part) for part in parts], early)
         self._step += 1
         self._sweep_ttl()
-        self.stats.live = len(self.index)
-
-    @property
-    def steps(self) -> int:
-        return self._rows.steps
 
     def counts(self) -> dict:
         """Rows created, evicted and live, sightings not admitted, gradient rows dropped (this process's)."""
-        self.stats.live = len(self.index)
-        return self.stats.as_dict()
+        s = self.stats
+        return {"created": s.created, "evicted": s.evicted, "not_admitted": s.not_admitted,
+                "dropped_gradient_rows": s.dropped_rows, "live": len(self.index)}
 
     # -- state -------------------------------------------------------------------------------------
     def _live(self) -> tuple[np.ndarray, np.ndarray]:
@@ -350,4 +342,3 @@ class DynamicRows:
             self._last[:n] = last
         self._step = self._swept = int(iterations)  # the ttl's clock counts the table's updates
         self._free = list(range(size - 1, n - 1, -1))
-        self.stats.live = n

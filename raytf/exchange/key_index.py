@@ -62,14 +62,16 @@ class KeyIndex:
             todo, pos = todo[going], (pos[going] + 1) & mask
         return where
 
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's slot, -1 where the key is not in the index."""
-        keys = np.asarray(keys, np.int64)
-        where = self._find(keys)
-        slots = np.full(len(keys), -1, np.int64)
+    def _slots_at(self, where: np.ndarray) -> np.ndarray:
+        """The slots at table positions `where` (`_find`'s), -1 where a key was absent."""
+        slots = np.full(len(where), -1, np.int64)
         hit = where >= 0
         slots[hit] = self._slots[where[hit]]
         return slots
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's slot, -1 where the key is not in the index."""
+        return self._slots_at(self._find(np.asarray(keys, np.int64)))
 
     def insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Add distinct `keys`, none of them present yet, at `slots`."""
@@ -99,11 +101,9 @@ class KeyIndex:
 
     def remove(self, keys: np.ndarray) -> np.ndarray:
         """Take `keys` out; returns the slots they had (-1 for keys that were not there)."""
-        keys = np.asarray(keys, np.int64)
-        where = self._find(keys)
-        slots = np.full(len(keys), -1, np.int64)
+        where = self._find(np.asarray(keys, np.int64))
+        slots = self._slots_at(where)
         hit = where >= 0
-        slots[hit] = self._slots[where[hit]]
         self._keys[where[hit]] = DELETED
         removed = int(hit.sum())
         self.live -= removed

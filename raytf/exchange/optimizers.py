@@ -48,7 +48,7 @@ class FlatOptimizer:
             self.params = None
         else:
             self.params = tf.Variable(initial.astype(np.float32, copy=False), name="params")
-        fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
+        fill = initial_slot_value(config)
         self.slots = {
             name: tf.Variable(slots[name] if slots else tf.fill([size], fill), name=name)
             for name in SLOT_NAMES[config.name]
@@ -256,7 +256,7 @@ class RowOptimizer:
             self._scaled = np.empty((0, self.shape[1]), np.float32)
         else:
             self.params = tf.Variable(initial.astype(np.float32, copy=False), name="rows")
-        fill = config.initial_accumulator_value if config.name == "adagrad" else 0.0
+        fill = initial_slot_value(config)
         self.slots = {name: tf.Variable(slots[name] if slots else tf.fill(self.shape, fill), name=name)
                       for name in SLOT_NAMES[config.name]}
         self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
@@ -354,7 +354,7 @@ class RowOptimizer:
             self._rows[ids] = rows
         else:
             _assign_rows(self.params.handle, tensor_of(ids, np.int64), tensor_of(np.asarray(rows, np.float32), np.float32))
-        fill = self.config.initial_accumulator_value if self.config.name == "adagrad" else 0.0
+        fill = initial_slot_value(self.config)
         for slot in self.slots.values():
             _assign_rows(slot.handle, tensor_of(ids, np.int64), tf.fill([len(ids), self.shape[1]], np.float32(fill)))
 
@@ -419,6 +419,11 @@ class RowOptimizer:
         else:  # unreachable: the config validates the name
             raise ValueError(c.name)
         self.iterations.assign_add(1)
+
+
+def initial_slot_value(config: OptimizerConfig) -> float:
+    """What an optimizer slot starts at: Adagrad's accumulator its initial value, every other slot 0."""
+    return config.initial_accumulator_value if config.name == "adagrad" else 0.0
 
 
 def merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

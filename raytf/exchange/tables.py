@@ -150,12 +150,14 @@ def key_owner(keys, servers: int):
     """The server of each key of a dynamic table: a hash of the key (numpy, or a TensorFlow tensor)."""
     from raytf.exchange.key_index import mix64
 
+    def owners(k: np.ndarray) -> np.ndarray:
+        return (mix64(k) % np.uint64(servers)).astype(np.int64)
+
     if isinstance(keys, np.ndarray):
-        return (mix64(keys) % np.uint64(servers)).astype(np.int64)
+        return owners(keys)
     import tensorflow as tf
 
-    owners = tf.numpy_function(lambda k: (mix64(k) % np.uint64(servers)).astype(np.int64), [keys], tf.int64)
-    return tf.reshape(owners, tf.shape(keys))
+    return tf.reshape(tf.numpy_function(owners, [keys], tf.int64), tf.shape(keys))
 
 
 def describe(tables: Sequence[TableSpec]) -> str:

@@ -95,17 +95,24 @@ class IdSegmenter:
         """(distinct ids in batch order, each where its surviving copy is; for each id its place among
         them, int32). Each id writes its index into the map; an id whose own index survived is the
         representative of all its copies (whichever write won, every copy reads the same one back)."""
+        _, first, positions = self._through_map(self._map, ids)
+        return ids.compress(first), positions
+
+    def _through_map(self, table, places):
+        """Each id writes its batch index at its place of `table` and reads back the index that
+        survived there (its representative): (representatives, whether each id is one, each id's place
+        among the representatives in batch order)."""
         import numpy as np
 
-        if len(self._count) < len(ids):
-            self._count = np.arange(len(ids), dtype=np.int32)
-        count = self._count[:len(ids)]
-        self._map[ids] = count
-        representative = self._map.take(ids)
+        if len(self._count) < len(places):
+            self._count = np.arange(len(places), dtype=np.int32)
+        count = self._count[:len(places)]
+        table[places] = count
+        representative = table.take(places)
         first = representative == count
         place = np.cumsum(first, dtype=np.int32)
         place -= 1
-        return ids.compress(first), place.take(representative)
+        return representative, first, place.take(representative)
 
 
     def _hashed_unique(self, ids):
@@ -119,18 +126,10 @@ class IdSegmenter:
 
         if not len(ids):
             return ids, np.zeros(0, np.int32)
-        if len(self._count) < len(ids):
-            self._count = np.arange(len(ids), dtype=np.int32)
-        count = self._count[:len(ids)]
         places = (mix64(ids) >> np.uint64(64 - HASHED_MAP_BITS)).astype(np.intp)
-        self._hashed[places] = count
-        representative = self._hashed.take(places)
+        representative, first, positions = self._through_map(self._hashed, places)
         mapped = ids.take(representative) == ids  # all copies of an id agree: its place is its own, or not
-        first = representative == count  # (implies mapped)
-        place = np.cumsum(first, dtype=np.int32)
-        place -= 1
-        positions = place.take(representative)
-        unique = ids.compress(first)
+        unique = ids.compress(first)  # (a representative is mapped)
         if not mapped.all():
             others = ~mapped
             rest, inverse = np.unique(ids[others], return_inverse=True)

@@ -85,7 +85,7 @@ def test_ttl_evicts_rows_untouched_for_that_many_updates_and_a_returning_key_sta
         table.gather(keys(2))
         table.apply_round([(keys(2), np.ones((1, WIDTH), np.float32))])
     assert table.index.lookup(keys(1))[0] == -1 and table.index.lookup(keys(2))[0] >= 0
-    assert table.stats.evicted == 1 and table.stats.live == 1
+    assert table.stats.evicted == 1 and table.counts()["live"] == 1
     np.testing.assert_array_equal(table.gather(keys(1)), initial_key_rows(UNIFORM, keys(1), WIDTH))
 
 
