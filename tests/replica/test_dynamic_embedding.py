@@ -68,3 +68,19 @@ def test_string_keys_and_keys_past_the_local_capacity():
 def test_bad_settings_are_refused_with_the_key_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DynamicEmbedding(8, **kwargs)
+
+
+def test_under_raytf_string_keys_and_keys_out_of_range_are_refused_with_the_fix():
+    from raytf.errors import ConfigError, TrainingError
+    from raytf.exchange.tables import TableSpec
+    from raytf.replica.sparse import _dynamic
+
+    with pytest.raises(ConfigError, match="string keys.*raytf does not train yet") as refused:
+        _dynamic(DynamicEmbedding(4, key_dtype="string", name="words"))
+    assert "to_hash_bucket_fast" in refused.value.fix
+    assert _dynamic(DynamicEmbedding(4, admission={"min_count": 2}, name="items")) == {
+        "admission": {"min_count": 2}, "eviction": {}}
+    spec = TableSpec(variable=0, layer="items", rows=2**62, width=4, servers=2, partition="hash", dynamic={})
+    with pytest.raises(TrainingError, match=r"worker 1: .* key -3 for the DynamicEmbedding 'items'") as bad:
+        spec.check_ids(np.array([5, -3]), worker=1)
+    assert "key % 2**62" in bad.value.fix
