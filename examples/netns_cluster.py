@@ -107,10 +107,30 @@ class ShapedCluster(Opened):
             except subprocess.TimeoutExpired:
                 pass
             _signal_group(process, signal.SIGKILL)  # whatever is left of its group
+        # A killed process is gone only once the kernel has torn it down: wait for that (bounded), so that
+        # whoever runs next (a test's check, the next benchmark's cluster) finds nothing of these nodes.
+        groups, deadline = self.process_groups, time.monotonic() + 10
+        while live_in_groups(groups) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._processes.clear()
         if self.nodes is not None:
             self.nodes.close()
             self.nodes = None
+
+
+def live_in_groups(groups: list[int]) -> list[str]:
+    """Processes of these process groups that still run ("pid name"; zombies, whose parent died before
+    reaping them and which this machine's init reaps late, are not running)."""
+    live = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) in groups and state != "Z":
+            live.append(f"{pid} {stat[stat.index('(') + 1:stat.rindex(')')]}")
+    return live
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

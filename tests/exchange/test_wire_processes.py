@@ -150,7 +150,7 @@ def test_a_ray_cluster_runs_across_two_shaped_namespaces_and_is_gone_after():
     namespace, the workers' node in the other; a task asking for `bench_worker` runs at the second
     node's address; afterwards neither the namespaces nor a process of either node is left."""
     netns = _netns_or_skip()
-    from examples.netns_cluster import ShapedCluster
+    from examples.netns_cluster import ShapedCluster, live_in_groups
 
     prefix = f"raytf-c{os.getpid()}"
     with ShapedCluster(netns.Link.parse("1gbit,0.1ms"), prefix=prefix) as cluster:
@@ -164,19 +164,5 @@ def test_a_ray_cluster_runs_across_two_shaped_namespaces_and_is_gone_after():
         assert seen.stdout.split("\n")[-2] == "['198.18.0.1', '198.18.0.2'] 198.18.0.2"
         assert len(netns.leftovers(prefix)) == 3
     assert netns.leftovers(prefix) == []
-    assert _live_in_groups(groups) == []
+    assert live_in_groups(groups) == []
 
-
-def _live_in_groups(groups: list[int]) -> list[str]:
-    """Processes of these process groups that still run (zombies, whose parent died before reaping
-    them and which this machine's init reaps late, are not running)."""
-    live = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        state, _, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-        if int(pgrp) in groups and state != "Z":
-            live.append(f"{pid} {stat[stat.index('(') + 1:stat.rindex(')')]}")
-    return live
