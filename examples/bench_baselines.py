@@ -34,7 +34,8 @@ class IndependentTrainer:
 
         from raytf.config import TrainConfig
         from raytf.config.imports import resolve_callable
-        from raytf.replica.model import batches, first_batch, make_loss, train_dataset
+        from raytf.data.datasets import batches, first_batch, train_dataset
+        from raytf.replica.model import make_loss
 
         cfg = TrainConfig.model_validate(config)
         self.batch_size = cfg.batch_size
@@ -140,7 +141,8 @@ def _ray_train_loop(loop_config: dict) -> None:
 
     from raytf.config import TrainConfig
     from raytf.config.imports import resolve_callable
-    from raytf.replica.model import batches, make_loss, train_dataset
+    from raytf.data.datasets import batches, train_dataset
+    from raytf.replica.model import make_loss
     from raytf.replica.worker import warmup_steps
 
     cfg = TrainConfig.model_validate(loop_config["config"])

@@ -72,7 +72,7 @@ class Coordinator:
 
         from raytf.config import TrainConfig
         from raytf.config.imports import resolve_callable
-        from raytf.replica.model import batches, train_dataset
+        from raytf.data.datasets import batches, train_dataset
 
         cfg = TrainConfig.model_validate(config)
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(

@@ -65,6 +65,35 @@ def eval_examples() -> tf.data.Dataset:
     return _eval(1_000_000)
 
 
+PARQUET_DIR = "runs/data/recsys"  # relative to where raytf runs (the repository's root for examples/recsys.yaml)
+PARQUET_FILES = 4
+
+
+def write_parquet(directory: str = PARQUET_DIR, items: int = 1_000_000) -> list[str]:
+    """The click data as Parquet, written on first use (examples/recsys.yaml's `make`): the training
+    examples in PARQUET_FILES files (item_ids: a list of 20 ids per row; clicked: 0 or 1), the
+    evaluation examples in eval.parquet. Returns the files."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, f"train-{i}.parquet") for i in range(PARQUET_FILES)] + [
+        os.path.join(directory, "eval.parquet")]
+    if all(os.path.exists(path) for path in paths):
+        return paths
+    ids, clicks = _examples(items, EXAMPLES, seed=2)
+    parts = [(path, ids[i::PARQUET_FILES], clicks[i::PARQUET_FILES]) for i, path in enumerate(paths[:-1])]
+    parts.append((paths[-1], *_examples(items, EVAL_EXAMPLES, seed=3)))
+    for path, part_ids, part_clicks in parts:
+        table = pa.table({"item_ids": pa.FixedSizeListArray.from_arrays(pa.array(part_ids.reshape(-1)), IDS_PER_EXAMPLE),
+                          "clicked": pa.array(part_clicks)})
+        pq.write_table(table, path + ".tmp", row_group_size=4096)
+        os.replace(path + ".tmp", path)  # whole files only, also when two runs start at once
+    return paths
+
+
 def build_small_model():
     return _model(20_000, 16)
 

@@ -345,12 +345,13 @@ def train(
     if submit:
         raise ClusterError("--submit sends the run to the cluster `raytf up` started; --address connects directly instead.", "Drop one of --submit and --address.")
     out.print(f"raytf: training '{cfg.name}' ({cfg.distribution.workers} workers, "
-              f"{cfg.distribution.parameter_servers} parameter servers, {policy_for(cfg.distribution).describe()}) for {cfg.steps} steps")
+              f"{cfg.distribution.parameter_servers} parameter servers, {policy_for(cfg.distribution).describe()}) for "
+              + (f"{cfg.epochs} epochs" if cfg.epochs is not None else f"{cfg.steps} steps"))
     from raytf.driver.fit import fit
     from raytf.observe.progress import make_progress
     from raytf.observe.startup import process_start_time
 
-    progress = make_progress(cfg.steps, console=out, plain=plain or None)
+    progress = make_progress(cfg.steps or 0, console=out, plain=plain or None)  # epochs: steps known once the data is
     try:
         summary = fit(cfg, address=address, progress=progress, on_event=lambda message: out.print(message),
                       resume=resume, restart=restart, started_at=process_start_time())

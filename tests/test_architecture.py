@@ -19,8 +19,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "raytf.runtime": {"raytf.observe", "raytf.errors"},
     "raytf.cluster": {"raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
     "raytf.exchange": {"raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
-    "raytf.replica": {"raytf.exchange", "raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
-    "raytf.driver": {"raytf.cluster", "raytf.exchange", "raytf.replica", "raytf.config", "raytf.observe",
+    "raytf.data": {"raytf.config", "raytf.errors"},
+    "raytf.replica": {"raytf.data", "raytf.exchange", "raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
+    "raytf.driver": {"raytf.cluster", "raytf.data", "raytf.exchange", "raytf.replica", "raytf.config", "raytf.observe",
                      "raytf.runtime", "raytf.errors"},
     # The public face: the CLI, `raytf.fit`/`raytf.connect`, `raytf.layers`.
     "raytf.layers": {"raytf.replica"},

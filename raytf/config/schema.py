@@ -47,12 +47,14 @@ LOSS_ALIASES = {
     "kld": "kl_divergence",
     "logcosh": "log_cosh",
 }
+DEFAULT_STEPS = 1000
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 
 
-def _rule(problem: str, fix: str) -> PydanticCustomError:
-    """A broken rule between keys: the error names the key, the problem and the fix (see `_describe`)."""
-    return PydanticCustomError("raytf_rule", problem, {"fix": fix})
+def _rule(problem: str, fix: str, key: str | None = None) -> PydanticCustomError:
+    """A broken rule between keys: the error names the key, the problem and the fix (see `_describe`).
+    `key`: the key to name when the rule is checked on the whole config (whose error has no key)."""
+    return PydanticCustomError("raytf_rule", problem, {"fix": fix, "key": key})
 
 
 class _Frozen(BaseModel):
@@ -76,10 +78,40 @@ class OptimizerConfig(_Frozen):
     initial_accumulator_value: float = Field(0.1, ge=0)  # adagrad
 
 
+FILE_FORMATS = ("parquet", "tfrecord", "csv")
+
+
+class FileSpec(_Frozen):
+    """Training or evaluation data read from files (raytf.data.files): each worker reads its own rows."""
+
+    format: Literal[FILE_FORMATS]  # type: ignore[valid-type]
+    paths: tuple[str, ...] = Field(min_length=1, description="glob patterns (relative to the working directory), e.g. data/train-*.parquet")
+    label: str = Field(min_length=1, description="the column (tfrecord: the feature) the model predicts")
+    features: tuple[str, ...] | None = Field(None, min_length=1, description="the model's inputs: one column gives "
+                                             "the features as an array, several as a dict by name; default: every column but the label")
+    make: str | None = Field(None, description="import path module:function called once by the driver before the "
+                             "files are listed (e.g. one that writes them on first use)")
+
+    @field_validator("paths", "features", mode="before")
+    @classmethod
+    def _one(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("features")
+    @classmethod
+    def _label_not_a_feature(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        label = info.data.get("label")
+        if value is not None and label in value:
+            raise _rule(f"the label '{label}' is also among the features; the model would see the answer.",
+                        f"Remove '{label}' from features.")
+        return value
+
+
 class DataConfig(_Frozen):
-    train: str = Field(description="import path module:function (shard_index, num_shards) -> tf.data.Dataset")
-    eval: str | None = None
-    shuffle_buffer: int = Field(0, ge=0, description="0 keeps the shard's order")
+    train: str | FileSpec = Field(union_mode="left_to_right", description="import path module:function "
+                                  "(shard_index, num_shards) -> tf.data.Dataset, or a file spec {format, paths, label, features}")
+    eval: str | FileSpec | None = Field(None, union_mode="left_to_right")
+    shuffle_buffer: int = Field(0, ge=0, description="0 keeps the shard's order; files: also the order of each worker's files, reshuffled every epoch")
 
 
 class Resources(_Frozen):
@@ -183,7 +215,11 @@ class TrainConfig(_Frozen):
     metrics: tuple[str, ...] = ()
     optimizer: OptimizerConfig = OptimizerConfig(name="adam")
     batch_size: int = Field(32, ge=1)
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(None, ge=1, validate_default=False,  # type: ignore[assignment] - None until resolved below
+                       description=f"steps per worker (default {DEFAULT_STEPS}); or give epochs")
+    epochs: int | None = Field(None, ge=1, description="passes over the training data instead of steps")
+    steps_per_epoch: int | None = Field(None, ge=1, description="with epochs: steps that make an epoch (default: "
+                                        "derived from the data, each worker reading its rows once)")
     distribution: DistributionConfig = DistributionConfig()
     output_dir: str = ""
     seed: int = 0
@@ -211,6 +247,21 @@ class TrainConfig(_Frozen):
     @classmethod
     def _optimizer_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainConfig":
+        # With epochs, steps stays None until the data's size is known (raytf.data.epochs.resolve_epochs
+        # sets both: steps = epochs x steps_per_epoch, which is no contradiction).
+        if self.epochs is None:
+            if self.steps_per_epoch is not None:
+                raise _rule(f"steps_per_epoch is {self.steps_per_epoch}, but epochs is not set: it says how long an "
+                            "epoch is.", "Set epochs too, or give steps instead of steps_per_epoch.", key="steps_per_epoch")
+            if self.steps is None:
+                object.__setattr__(self, "steps", DEFAULT_STEPS)
+        elif self.steps is not None and (self.steps_per_epoch is None or self.steps != self.epochs * self.steps_per_epoch):
+            raise _rule(f"both steps ({self.steps}) and epochs ({self.epochs}) are given; a run is as long as one of them.",
+                        "Remove one: steps counts each worker's steps, epochs passes over the data.", key="epochs")
+        return self
 
     @model_validator(mode="after")
     def _default_output_dir(self) -> "TrainConfig":
@@ -284,14 +335,25 @@ def validate_config(data: dict[str, Any], source: YamlSource, overridden: Mappin
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        errors = err.errors(include_url=False)
+        errors = _chosen_branch(err.errors(include_url=False))
         message = _describe(errors[0], source, overridden)
         more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one.)" if len(errors) > 1 else ""
         raise ConfigError(message[0] + more, message[1]) from None
 
 
+def _chosen_branch(errors: list) -> list:
+    """The errors worth naming first. Of a `str | FileSpec` key: a mapping was meant as a file spec,
+    so its 'not a string' goes."""
+    kept = [e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict)
+                                      and len(errors) > 1)]
+    # A misspelt key first: its suggestion also explains the missing one it was meant to be.
+    return sorted(kept or errors, key=lambda e: e["type"] != "extra_forbidden")
+
+
 def _describe(error: Mapping[str, Any], source: YamlSource, overridden: Mapping[tuple, str]) -> tuple[str, str]:
     loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+    if not loc and error["type"] == "raytf_rule" and error["ctx"].get("key"):
+        loc = tuple(error["ctx"]["key"].split("."))
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = _where(loc, source, overridden)
     kind = error["type"]
@@ -323,6 +385,9 @@ def _value_fix(key: str, message: str) -> str:
     """The fix in the words of the failed check: 'input should be X, ...' -> 'Make KEY X.'"""
     if message.startswith("keys should be strings"):
         return "Keys are names such as steps or distribution: quote this one, or remove it."
+    if key in ("data.train", "data.eval"):
+        return (f"Make {key} an import path (module:function returning a tf.data.Dataset) or a file spec such as "
+                "{format: parquet, paths: data/train-*.parquet, label: clicked}.")
     if message.startswith("input should be "):
         return f"Make the value of {key} {message.removeprefix('input should be ').split(',')[0]}."
     return "Fix the value of that key."
@@ -341,7 +406,7 @@ def _where(loc: tuple, source: YamlSource, overridden: Mapping[tuple, str]) -> s
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds type names like 'str' or 'function-after[...]' into locs of unions/validators.
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none", "FileSpec"})
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -390,6 +455,7 @@ def _deep_copy(value: Any) -> Any:
 __all__ = [
     "DataConfig",
     "DistributionConfig",
+    "FileSpec",
     "LossConfig",
     "OptimizerConfig",
     "Resources",

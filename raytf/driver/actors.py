@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raytf.config import Resources, TrainConfig
+from raytf.data.sources import DataPlan
 from raytf.driver.groups import ServerGroup, WorkerGroup
 from raytf.errors import ClusterError
 from raytf.exchange.policies import policy_for
@@ -108,7 +109,7 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
                           wire_secret=new_secret())
 
 
-def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
+def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None) -> RunActors:
     """Create the servers and workers (restartable: Ray starts a new process when one dies)."""
     import ray
 
@@ -135,7 +136,8 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan) -> RunActors:
         for i in range(d.workers)
     ]
     return RunActors(run_id=run_id, servers=ServerGroup(servers),
-                     workers=WorkerGroup(workers, threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus))))
+                     workers=WorkerGroup(workers, threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus)),
+                                         data=data))
 
 
 
@@ -158,10 +160,11 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
 
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
-           settings: ServerSettings, clock: StartupClock | None = None) -> RunActors:
-    """Create servers and workers, set them up and connect every worker to every server."""
+           settings: ServerSettings, clock: StartupClock | None = None, data: DataPlan | None = None) -> RunActors:
+    """Create servers and workers, set them up (`data`: how the workers read data.train) and connect
+    every worker to every server."""
     created = time.time()
-    actors = create(config, run_id, plan)
+    actors = create(config, run_id, plan, data)
     try:
         # Together: each actor's first call imports TensorFlow, which takes seconds.
         set_up = (actors.servers.set_up(states, config.optimizer, settings)

@@ -66,6 +66,7 @@ def fit(
     head = local_cluster.launch() if needs_embedded_cluster(address) else None
     try:
         prepared = prepare(cfg, clock)
+        cfg = prepared.config  # steps known now, also where it gave epochs
         states = start_states(prepared, resume, restart)
     except BaseException:
         if head is not None:
@@ -80,7 +81,7 @@ def fit(
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
         with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
             check_resources(cfg, ray.cluster_resources())
-            actors = launch(cfg, run_id, prepared.plan, states, settings, clock)
+            actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data)
             try:
                 resumed = states[0].version // settings.updates_per_step
                 for notice in prepared.notices:

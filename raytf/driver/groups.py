@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from raytf.config import OptimizerConfig, TrainConfig
+from raytf.data.sources import DataPlan
 from raytf.errors import RaytfError, TrainingError
 from raytf.exchange.messages import ServerStats, WorkerResult
 from raytf.exchange.server import ServerSettings
@@ -192,9 +193,10 @@ BUSY: Any = object()  # ServerGroup.statistics: no answer in time, nothing is kn
 class WorkerGroup:
     """The run's workers, and the one call (`run` or `rejoin`) each may have under way."""
 
-    def __init__(self, handles: list, threads: int) -> None:
+    def __init__(self, handles: list, threads: int, data: DataPlan | None = None) -> None:
         self.handles = list(handles)
         self.threads = threads  # compute threads per worker
+        self.data = data or DataPlan()  # how each worker reads its share of data.train
         self.calls: dict[int, Any] = {}  # worker -> its `run`/`rejoin` under way
 
     def __len__(self) -> int:
@@ -203,7 +205,7 @@ class WorkerGroup:
     def set_up(self, config: TrainConfig, plan: ShardPlan, which: Iterable[int] | None = None) -> Pending:
         """Start building the replicas of all workers, or of `which`."""
         which = range(len(self.handles)) if which is None else which
-        return Pending(tuple(self.handles[i].setup.remote(config.to_dict(), plan, len(self.handles), self.threads)
+        return Pending(tuple(self.handles[i].setup.remote(config.to_dict(), plan, len(self.handles), self.threads, self.data)
                              for i in which), "Setting up the workers")
 
     def locate(self) -> list[str]:
@@ -238,7 +240,7 @@ class WorkerGroup:
         """Set a restarted worker up again and let it train. No links are passed: the restarted process
         may be on another node, so the servers decide them anew."""
         self.calls[worker] = self.handles[worker].rejoin.remote(
-            config.to_dict(), plan, len(self.handles), self.threads, servers.handles, target_version)
+            config.to_dict(), plan, len(self.handles), self.threads, servers.handles, target_version, self.data)
 
     def finished(self, timeout: float) -> list[tuple[int, WorkerResult | Lost]]:
         """The calls that ended within `timeout` (at least one, unless none did): each worker's result,
@@ -289,20 +291,29 @@ class WorkerGroup:
             return None
 
     def non_trainable(self) -> list[np.ndarray] | None:
-        """The trained non-trainable values (BatchNorm statistics, ...) of the first worker whose
-        process still holds its replica (one that died after its work was done holds none); None if
-        none does."""
+        """The trained non-trainable values (BatchNorm's moving statistics, ...) averaged over the workers
+        whose process still holds its replica (one that died after its work was done holds none), as
+        TensorFlow's strategies aggregate such variables (ON_READ, MEAN): each worker's statistics are of
+        its own shard. Values that are not floats (a seed generator's state) are the first such worker's.
+        None if no worker holds its replica."""
+        found = []
         for worker in self.handles:
             known = actor_state(worker)
             if known is None or known[1] != "ALIVE":
                 continue  # dead or being restarted: no replica there, and no waiting for its process
             values = answer(worker.non_trainable, "Collecting non-trainable variables")
             if values is not None:
-                return values
-        return None
+                found.append(values)
+        return mean_over_workers(found) if found else None
 
     def ray_states(self) -> list[tuple[int, str] | None]:
         return [actor_state(w) for w in self.handles]
+
+
+def mean_over_workers(per_worker: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each value's mean over the workers where it is a float, else the first worker's."""
+    return [np.mean(values, axis=0).astype(values[0].dtype) if np.issubdtype(values[0].dtype, np.floating)
+            else values[0] for values in zip(*per_worker)]
 
 
 def trace_tracks(groups: Iterable[ServerGroup | WorkerGroup]) -> list:

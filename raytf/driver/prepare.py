@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -22,13 +22,14 @@ from raytf.observe.startup import StartupClock
 class Prepared:
     """What the driver learned before any actor exists."""
 
-    config: TrainConfig
+    config: TrainConfig  # as given, with steps set when it gave epochs (raytf.data.epochs.resolve_epochs)
     model: Any  # the driver's replica: initial values, final evaluation, saving
     plan: Any
-    eval_fn: Callable[[], Any] | None
+    eval_data: Any  # raytf.data.sources.EvalData, or None
     output_dir: Path
     notices: tuple[str, ...] = ()  # what the user should know before training (e.g. tables left dense)
     first_batch: tuple = ()  # (features, labels) the model was built on (to build it again for saving)
+    data: Any = None  # raytf.data.sources.DataPlan: how the workers read data.train
 
 
 def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -71,28 +72,27 @@ def _prepare(config: TrainConfig) -> Prepared:
     import keras
 
     from raytf.config.imports import resolve_callable
+    from raytf.data.epochs import resolve_epochs
+    from raytf.data.sources import EvalData, TrainData
     from raytf.exchange.sharding import plan_shards
     from raytf.replica.layers import rows_on_servers
-    from raytf.replica.model import (
-        build_model,
-        check_labels_in_range,
-        eval_dataset,
-        first_batch,
-        train_dataset,
-        variable_specs,
-    )
+    from raytf.replica.model import build_model, check_labels_in_range, variable_specs
     from raytf.replica.sparse import find_tables
 
     output_dir = prepare_output_dir(config.output_dir)
     model_fn = resolve_callable(config.model, "model")
-    train_fn = resolve_callable(config.data.train, "data.train")
-    eval_fn = resolve_callable(config.data.eval, "data.eval") if config.data.eval else None
+    workers = config.distribution.workers
+    train = TrainData(config)
+    eval_data = EvalData(config) if config.data.eval else None
+    rows = train.shard_rows(workers) if train.layout is not None or config.epochs is not None else None
+    data = train.plan(workers, rows)
+    config = resolve_epochs(config, rows)
     keras.utils.set_random_seed(config.seed)
-    features, labels = first_batch(train_dataset(train_fn, 0, config.distribution.workers), config.batch_size, "data.train")
+    features, labels = train.first_batch(0, workers, config.batch_size)
     with rows_on_servers(config.batch_size):  # a ShardedEmbedding's table is created on the servers, not here
         model = build_model(model_fn, features, labels, config)
-    if eval_fn is not None:
-        eval_features, eval_labels = first_batch(eval_dataset(eval_fn), config.eval_batch_size, "data.eval")
+    if eval_data is not None:
+        eval_features, eval_labels = eval_data.first_batch(config.eval_batch_size)
         if [tuple(t.shape[1:]) for t in _flat(eval_features)] != [tuple(t.shape[1:]) for t in _flat(features)]:
             raise ConfigError(
                 f"data.eval gives features of shape {[tuple(t.shape[1:]) for t in _flat(eval_features)]}, "
@@ -102,8 +102,23 @@ def _prepare(config: TrainConfig) -> Prepared:
         check_labels_in_range(eval_labels, model(eval_features, training=False), config.loss, key="data.eval")
     tables, notices = find_tables(model, config, features, labels)
     plan = plan_shards(variable_specs(model), config.distribution.parameter_servers, tables)
-    return Prepared(config=config, model=model, plan=plan, eval_fn=eval_fn, output_dir=output_dir,
-                    notices=tuple(notices) + _table_notice(plan, config), first_batch=(features, labels))
+    return Prepared(config=config, model=model, plan=plan, eval_data=eval_data, output_dir=output_dir,
+                    notices=tuple(notices) + _table_notice(plan, config) + _data_notice(train, data, config),
+                    first_batch=(features, labels), data=data)
+
+
+def _data_notice(train, data, config: TrainConfig) -> tuple[str, ...]:
+    """Say what the workers read, where it is not a function's stream."""
+    parts = []
+    if train.layout is not None:
+        parts.append(f"data.train: {train.layout.describe()}, about {train.layout.rows // config.distribution.workers:,} "
+                     "rows per worker")
+    if data.steps_per_pass is not None:
+        parts.append(f"a pass over it is {data.steps_per_pass} steps (each worker reads each of its rows once; "
+                     "the last batch is filled up with rows weighted 0)")
+    if config.epochs is not None:
+        parts.append(f"{config.epochs} epochs of {config.steps_per_epoch} steps: {config.steps} steps")
+    return ("; ".join(parts) + ".",) if parts else ()
 
 
 def _flat(value):
@@ -199,12 +214,10 @@ def compile_for_saving(model, config: TrainConfig, build_optimizer: bool = True)
 
 
 def evaluate(model, prepared: Prepared) -> dict[str, float]:
-    if prepared.eval_fn is None:
+    if prepared.eval_data is None:
         return {}
-    from raytf.replica.model import eval_dataset
-
     config = prepared.config
-    results = model.evaluate(eval_dataset(prepared.eval_fn).batch(config.eval_batch_size), return_dict=True, verbose=0)
+    results = model.evaluate(prepared.eval_data.dataset().batch(config.eval_batch_size), return_dict=True, verbose=0)
     return {name: float(value) for name, value in results.items()}
 
 

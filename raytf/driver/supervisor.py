@@ -277,9 +277,17 @@ class Supervisor:
             elapsed=elapsed,
             staleness_mean=self.stats[0].exchange.staleness.mean if self.policy.reports_staleness else None,
             rows_live=_rows_live(self.stats),
+            epoch=_epoch(step, self.config),
         )
         for reporter in self.reporters:
             reporter.update(snapshot)
+
+
+def _epoch(step: int, config) -> tuple[int, int] | None:
+    """(the epoch under way, epochs) after `step` steps; None for a run of steps."""
+    if config.epochs is None:
+        return None
+    return min(step // config.steps_per_epoch + 1, config.epochs), config.epochs
 
 
 def _rows_live(stats) -> int | None:

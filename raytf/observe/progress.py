@@ -17,6 +17,7 @@ class Snapshot:
     elapsed: float
     staleness_mean: float | None = None  # where the policy reports staleness (async, ssp)
     rows_live: int | None = None  # rows of the run's DynamicEmbedding tables on all servers, if it has any
+    epoch: tuple[int, int] | None = None  # (epoch under way, epochs) for a run of epochs
 
     @property
     def eta_seconds(self) -> float | None:
@@ -26,7 +27,8 @@ class Snapshot:
         return remaining * self.elapsed / self.step
 
     def line(self) -> str:
-        parts = [f"step {self.step}/{self.total}", f"loss {_num(self.loss)}", f"samples/s {self.samples_per_second:,.0f}"]
+        parts = [f"epoch {self.epoch[0]}/{self.epoch[1]}"] if self.epoch is not None else []
+        parts += [f"step {self.step}/{self.total}", f"loss {_num(self.loss)}", f"samples/s {self.samples_per_second:,.0f}"]
         eta = self.eta_seconds
         parts.append(f"eta {eta:.0f}s" if eta is not None else "eta -")
         if self.staleness_mean is not None:
@@ -66,11 +68,13 @@ class RichProgress:
 
     def update(self, snapshot: Snapshot) -> None:
         info = f"loss {_num(snapshot.loss)}  {snapshot.samples_per_second:,.0f} samples/s"
+        if snapshot.epoch is not None:
+            info = f"epoch {snapshot.epoch[0]}/{snapshot.epoch[1]}  {info}"
         if snapshot.staleness_mean is not None:
             info += f"  staleness {snapshot.staleness_mean:.2f}"
         if snapshot.rows_live is not None:
             info += f"  rows {snapshot.rows_live:,}"
-        self.progress.update(self.task, completed=snapshot.step, info=info)
+        self.progress.update(self.task, completed=snapshot.step, total=snapshot.total, info=info)
 
     def close(self) -> None:
         self.progress.stop()

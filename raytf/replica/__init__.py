@@ -2,5 +2,5 @@
 row-cached `ShardedEmbedding` (`layers`), which tables become sparse (`sparse`), a worker's rows
 of those tables (`tables`), and the worker actor with its compiled step (`worker`).
 
-May import: `raytf.exchange`, `raytf.config`, `raytf.observe`, `raytf.runtime`, `raytf.errors`.
+May import: `raytf.data`, `raytf.exchange`, `raytf.config`, `raytf.observe`, `raytf.runtime`, `raytf.errors`.
 """

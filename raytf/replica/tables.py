@@ -178,8 +178,8 @@ class WorkerTables:
     def _segments(self, batches: list) -> list:
         """Per table, `raytf.replica.segments.id_segments` of the ids `batches` look up."""
         if self._inputs is None:
-            return self._segment_ids(tuple(x for x, _ in batches))
-        return [segment(np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1) for x, _ in batches]))
+            return self._segment_ids(tuple(batch[0] for batch in batches))
+        return [segment(np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1) for x in (batch[0] for batch in batches)]))
                 for segment, name in zip(self._segmenters, self._inputs)]
 
     def load(self, request: Request, rows: list, in_place: bool = False) -> int:

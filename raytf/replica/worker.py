@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from raytf.data.sources import NO_WEIGHTS, DataPlan
 from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
 from raytf.exchange.doorbell import Bell, ServerGone
 from raytf.exchange.policies import policy_for
@@ -110,8 +111,10 @@ class Worker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int) -> dict[str, Any]:
-        """Build the replica and the data shard. Returns the GPUs it sees and where its start-up time went."""
+    def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int,
+              data: DataPlan | None = None) -> dict[str, Any]:
+        """Build the replica and the data shard (`data`: how to read it, DataPlan() when data.train is a
+        function read as a stream). Returns the GPUs it sees and where its start-up time went."""
         from raytf.observe.startup import ActorTimer
 
         timer = ActorTimer()
@@ -121,7 +124,7 @@ class Worker:
 
             import raytf.replica.model  # noqa: F401
         with timer.span("actor_model_build"):
-            gpus = self._build(config, plan, num_workers)
+            gpus = self._build(config, plan, num_workers, data or DataPlan())
         if self.config.trace.enabled and self.trace is None:
             from raytf.observe.trace import WORKER_PHASES, PhaseRecorder
 
@@ -129,29 +132,22 @@ class Worker:
             self.trace.threads[0] = "step loop"
         return {"gpus": gpus, "timings": timer.spans}
 
-    def _build(self, config: dict[str, Any], plan: ShardPlan, num_workers: int) -> int:
+    def _build(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, data: DataPlan) -> int:
         """The replica, its data shard and its compiled step; returns the number of GPUs TensorFlow sees."""
         import keras
         import tensorflow as tf
 
         from raytf.config import TrainConfig
         from raytf.config.imports import resolve_callable
+        from raytf.data.sources import TrainData
         from raytf.replica.layers import rows_on_servers
-        from raytf.replica.model import (
-            IdOutOfRange,
-            batch_stream,
-            build_model,
-            first_batch,
-            make_loss,
-            train_dataset,
-            variable_specs,
-        )
+        from raytf.replica.model import IdOutOfRange, build_model, make_loss, variable_specs
 
         cfg = TrainConfig.model_validate(config)
         self.config = cfg
         keras.utils.set_random_seed(cfg.seed + 1 + self.index)  # dropout and shuffles differ per worker
-        dataset = train_dataset(resolve_callable(cfg.data.train, "data.train"), self.index, num_workers)
-        features, labels = first_batch(dataset, cfg.batch_size, "data.train")
+        train = TrainData(cfg, data)
+        features, labels = train.first_batch(self.index, num_workers, cfg.batch_size)
         # A ShardedEmbedding holds a cache of the rows of the batches it is about to compute, not its table.
         with rows_on_servers(cfg.batch_size, batches=2 if policy_for(cfg.distribution).overlaps_compute else 1):
             try:
@@ -170,19 +166,22 @@ class Worker:
             )
         self.model = model
         self.plan = plan
-        self.iterator = batch_stream(dataset, cfg, self.index)
+        if data.steps_per_pass is None and train.fn is not None:  # a stream of full batches only
+            try:
+                next(iter(train.dataset(self.index, num_workers).batch(cfg.batch_size, drop_remainder=True)))
+            except StopIteration:
+                from raytf.errors import ConfigError
+
+                raise ConfigError(
+                    f"data.train: shard {self.index} of {num_workers} has fewer than batch_size={cfg.batch_size} examples, "
+                    "so it yields no full batch.",
+                    "Lower batch_size, use fewer workers, give each shard more data, or train for epochs (whose last "
+                    "batch is filled up).",
+                ) from None
+        # Batches of (features, labels), or in passes over the data (features, labels, weights).
+        self.iterator = train.batches(self.index, num_workers, data)
         self.upcoming: collections.deque = collections.deque()  # batches read ahead (their sparse rows are asked early)
         self.tables = WorkerTables(model, plan, self.index)
-        try:
-            next(iter(dataset.batch(cfg.batch_size, drop_remainder=True)))
-        except StopIteration:
-            from raytf.errors import ConfigError
-
-            raise ConfigError(
-                f"data.train: shard {self.index} of {num_workers} has fewer than batch_size={cfg.batch_size} examples, "
-                "so it yields no full batch.",
-                "Lower batch_size, use fewer workers, or give each shard more data.",
-            ) from None
         loss_fn = make_loss(cfg.loss)
         tvars = model.trainable_variables
         tables = plan.tables
@@ -205,7 +204,7 @@ class Worker:
             kept = [v for v in model.variables if id(v) not in mapped]
         table_vars = [tvars[t.variable] for t in tables]
 
-        def step(x, y, positions, blocks, *params):
+        def step(x, y, w, positions, blocks, *params):
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 tape.watch(blocks)
@@ -214,7 +213,8 @@ class Worker:
                         map_rows(scope, table_vars, blocks)
                         x = self.tables.by_position(x, positions)
                     outputs = model(x, training=True)
-                    loss = loss_fn(y, outputs)
+                    # Rows weighted 0 fill a pass's last batch: they count in the mean's divisor, not its sum.
+                    loss = loss_fn(y, outputs, sample_weight=w) if w.shape[0] else loss_fn(y, outputs)
                     if model.losses:
                         loss = loss + tf.add_n(model.losses)
             for var in kept:  # what the forward pass assigned (BatchNorm statistics, dropout seeds)
@@ -236,7 +236,7 @@ class Worker:
             return loss, dense_grads, table_grads, finite
 
         self._step_fn = step
-        self._step = CompiledStep(step, cfg.jit_compile, checked=2)  # the batch's shapes may vary, not the rest
+        self._step = CompiledStep(step, cfg.jit_compile, checked=3)  # the batch's shapes may vary, not the rest
         self._step_checked = not cfg.jit_compile
         self.params: list = []  # per shard, the flat parameters of the last reply (the step reads them in place)
         return len(tf.config.list_logical_devices("GPU"))
@@ -272,23 +272,24 @@ class Worker:
         finite). The batch's row request (whose ids the rows follow) is `self.batch_request`."""
         self._ahead(1)
         self.batch_request = self._request_of(0) if self.tables.specs else None
-        x, y = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
+        x, y, *weights = self.upcoming.popleft()  # read ahead already (`_start`, and each step's `next_batch`)
+        w = weights[0] if weights else NO_WEIGHTS
         positions = list(self.batch_request.positions) if self.batch_request is not None else []
         blocks = [as_tensor(block) for block in self.batch_request.blocks] if self.tables.in_step else []
         params = self._param_tensors()
         if self._step_checked:
-            return self._step(x, y, positions, blocks, *params)
+            return self._step(x, y, w, positions, blocks, *params)
         import tensorflow as tf
 
         self._step_checked = True
         try:
-            return self._step(x, y, positions, blocks, *params)
+            return self._step(x, y, w, positions, blocks, *params)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             # Some ops have no XLA kernel; train without XLA rather than fail the run.
             print(f"raytf worker {self.index}: XLA could not compile the step ({str(err).splitlines()[0]}); "
                   "continuing without it (set jit_compile: false to skip this check).", flush=True)
-            self._step = CompiledStep(self._step_fn, None, checked=2)
-            return self._step(x, y, positions, blocks, *params)
+            self._step = CompiledStep(self._step_fn, None, checked=3)
+            return self._step(x, y, w, positions, blocks, *params)
 
     def process_id(self) -> int:
         return os.getpid()
@@ -333,14 +334,14 @@ class Worker:
                          encrypt=d.encrypt, push_codec=d.compression.push, where=f"node {self.node_id()[:12]}")
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
-               target_version: int) -> WorkerResult:
+               target_version: int, data: DataPlan | None = None) -> WorkerResult:
         """A restarted worker: set up, connect, be admitted again and train on.
 
         Ray may have restarted it on another node than before, so every server decides its link
         again (shared memory only on the server's own node); the pairing of its old process is gone."""
         import ray
 
-        self.setup(config, plan, num_workers, threads)
+        self.setup(config, plan, num_workers, threads, data)
         node = self.node_id()
         try:
             links = ray.get([server.relink.remote(self.index, node) for server in servers])
@@ -575,7 +576,7 @@ _BELLS = (Bell, WireBell)  # what a push may be rung on instead of a Ray call
 
 
 class _Batch(tuple):
-    """A batch read ahead, (features, labels), and once worked out the rows it needs (`request`)."""
+    """A batch read ahead, (features, labels) or (features, labels, weights), and once worked out the rows it needs (`request`)."""
 
     request: Request | None = None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from raytf.driver.restarts import (
@@ -181,19 +182,25 @@ class FakeWorker:
         self.non_trainable = self
 
 
-def test_non_trainable_values_come_from_the_first_worker_still_holding_its_replica(monkeypatch):
+def test_non_trainable_values_are_the_mean_over_the_workers_still_holding_their_replica(monkeypatch):
     from raytf.driver import fit, groups
 
-    states = {"w0": (1, "RESTARTING"), "w1": (1, "ALIVE"), "w2": (0, "ALIVE")}
-    workers = groups.WorkerGroup([FakeWorker("w0", ["stale"]), FakeWorker("w1", None), FakeWorker("w2", ["moving mean"])],
+    states = {"w0": (1, "RESTARTING"), "w1": (1, "ALIVE"), "w2": (0, "ALIVE"), "w3": (0, "ALIVE")}
+    seed = np.array([7, 1], np.uint32)
+    workers = groups.WorkerGroup([FakeWorker("w0", [np.array([100.0], np.float32), seed]), FakeWorker("w1", None),
+                                  FakeWorker("w2", [np.array([1.0, 3.0], np.float32), seed]),
+                                  FakeWorker("w3", [np.array([3.0, 6.0], np.float32), np.array([9, 9], np.uint32)])],
                                  threads=1)
     monkeypatch.setattr(groups, "actor_state", lambda handle: states[handle.name])  # Ray's GCS, for these handles
     monkeypatch.setattr(groups, "answer", lambda method, what: method.answer)  # the actor's reply
     events: list[str] = []
-    model = SimpleNamespace(non_trainable_variables=["moving mean"])
-    assert fit._non_trainable(workers, model, events.append) == ["moving mean"]  # w0 is restarting: not asked
+    model = SimpleNamespace(non_trainable_variables=["moving mean", "seed"])
+    mean, state = fit._non_trainable(workers, model, events.append)  # w0 is restarting: not asked
+    assert mean.dtype == np.float32 and mean.tolist() == [2.0, 4.5]  # BatchNorm's statistics: averaged
+    assert state is seed  # not a float: the first worker's
     assert events == []
-    workers.handles[2].answer = None  # none holds one: the model keeps its initial values, and the user is told
+    for handle in workers.handles[2:]:  # none holds one: the model keeps its initial values, and the user is told
+        handle.answer = None
     assert fit._non_trainable(workers, model, events.append) == []
     assert len(events) == 1 and "initial non-trainable values" in events[0]
 

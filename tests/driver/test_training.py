@@ -83,7 +83,8 @@ def by_hand_sgd(config: dict, steps: int) -> list[np.ndarray]:
     """The synchronous update rule, computed in this process: theta -= lr * mean_i(grad_i)."""
     from raytf.config.imports import resolve_callable
     from raytf.driver.prepare import prepare
-    from raytf.replica.model import batches, make_loss
+    from raytf.data.datasets import batches
+    from raytf.replica.model import make_loss
 
     cfg = config_from_dict(config)
     model = prepare(cfg).model  # same initial values as the run's driver

@@ -25,7 +25,7 @@ from raytf.errors import ClusterError
 # it, and it must be the image's), and the Kubernetes client with its urllib3 (used only on this side).
 CLUSTER_PACKAGES = (
     "tensorflow", "keras", "tensorboard", "numpy", "scikit-learn",
-    "pydantic", "pydantic-core", "pyyaml", "typer", "rich", "psutil", "cryptography",
+    "pydantic", "pydantic-core", "pyyaml", "typer", "rich", "psutil", "cryptography", "pyarrow",
 )
 CLIENT_ONLY = ("ray", "kubernetes", "urllib3")
 

@@ -1,0 +1,60 @@
+"""data.train as a function with epochs: passes in which every example of each shard is read once,
+the last batch filled with weightless copies; of unknown size, epochs need steps_per_epoch."""
+
+from __future__ import annotations
+
+import pytest
+
+from raytf.config import config_from_dict
+from raytf.data.epochs import resolve_epochs
+from raytf.data.sources import DataPlan, TrainData
+from raytf.errors import ConfigError
+from tests.data.sample_data import EXAMPLES
+
+
+def config(**extra):
+    return config_from_dict({"model": "m:f", "loss": "mse", "batch_size": 16, "epochs": 2,
+                             "data": {"train": "tests.data.sample_data:train", "shuffle_buffer": 30}, **extra})
+
+
+def test_a_functions_shards_are_read_once_per_pass_with_the_last_batch_filled():
+    cfg = config()
+    train = TrainData(cfg)
+    rows = train.shard_rows(2)
+    assert rows == [51, 50]
+    plan = train.plan(2, rows)
+    assert plan == DataPlan(None, 4)  # ceil(51 / 16)
+    assert resolve_epochs(cfg, rows).steps == 8
+    streams = [train.batches(w, 2, plan) for w in range(2)]
+    passes = []
+    for _ in range(3):
+        seen = []
+        for stream in streams:
+            for _ in range(plan.steps_per_pass):
+                x, y, w = next(stream)
+                assert x.shape == (16, 1) and w.shape == (16,)
+                seen.extend(x[w == 1, 0].astype(int).tolist())
+        assert sorted(seen) == list(range(EXAMPLES))
+        passes.append(seen)
+    assert passes[0] != passes[1]  # reshuffled every pass
+
+
+def test_without_epochs_a_function_is_read_as_a_stream_of_full_batches():
+    cfg = config_from_dict({"model": "m:f", "loss": "mse", "batch_size": 16, "data": {"train": "tests.data.sample_data:train"}})
+    train = TrainData(cfg)
+    plan = train.plan(2, None)
+    assert plan == DataPlan()
+    batch = next(train.batches(0, 2, plan))
+    assert len(batch) == 2 and batch[0].shape == (16, 1)
+
+
+def test_a_dataset_of_unknown_size_needs_steps_per_epoch():
+    cfg = config(data={"train": "tests.data.sample_data:filtered"})
+    train = TrainData(cfg)
+    rows = train.shard_rows(2)
+    assert rows is None and train.plan(2, rows) == DataPlan()
+    with pytest.raises(ConfigError, match="epochs: the size of data.train's dataset is unknown") as err:
+        resolve_epochs(cfg, rows)
+    assert "steps_per_epoch" in err.value.fix
+    given = config(data={"train": "tests.data.sample_data:filtered"}, steps_per_epoch=5)
+    assert resolve_epochs(given, rows).steps == 10
