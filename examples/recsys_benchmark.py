@@ -21,7 +21,8 @@ async, R, tf-ps, R, ..., `--repeats` times): 2 Ray actors each training the same
 table local and Keras SGD's sparse update (examples/bench_baselines.IndependentTrainer), once
 XLA-compiled and once as a graph, the faster of the two being the reference; a run's ratio is its
 samples/s over the mean of the R before and after it. `--dynamic` adds sync and async with the item
-table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch). Before each R, short reference runs are
+table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch); `--files` sync and
+async reading the same examples from Parquet files (runs/recsys-benchmark/data, written on first use). Before each R, short reference runs are
 repeated until two agree within 10 % (a contender's processes leave the machine slow for seconds).
 """
 
@@ -139,9 +140,24 @@ class Ceiling:
 
 CONTENDERS = ("raytf sync", "raytf async", "tf-ps")
 DYNAMIC = ("raytf sync dynamic", "raytf async dynamic")  # --dynamic: the same ids in a DynamicEmbedding
+FILES = ("raytf sync files", "raytf async files")  # --files: the same examples read from Parquet files
+PARQUET = OUT / "data"
+
+
+def file_data() -> dict:
+    """data.train/data.eval as Parquet files of the same examples (examples.recsys.write_parquet)."""
+    from examples.recsys import write_parquet
+
+    write_parquet(str(PARQUET))
+    spec = {"format": "parquet", "label": "clicked"}
+    return {"train": {**spec, "paths": str(PARQUET / "train-*.parquet")},
+            "eval": {**spec, "paths": str(PARQUET / "eval.parquet")}, "shuffle_buffer": 0}
 
 
 def contender(name: str, steps: int) -> dict:
+    if name.endswith(" files"):
+        mode = name.split()[1]
+        return run(config(f"recsys-files-{mode}", steps, data=file_data(), **{"distribution.mode": mode}))
     if name.endswith(" dynamic"):
         mode = name.split()[1]
         return run(config(f"recsys-dynamic-{mode}", steps, model="examples.recsys:build_dynamic_model",
@@ -225,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                              "rows live/created/evicted and the servers' peak memory, to show it stays flat")
     parser.add_argument("--dynamic", action="store_true",
                         help="--against-ceiling: also sync and async with the table a DynamicEmbedding (same ids)")
+    parser.add_argument("--files", action="store_true",
+                        help="--against-ceiling: also sync and async reading the same examples from Parquet files "
+                             "(data.train a file spec) instead of the in-memory function")
     args = parser.parse_args(argv)
     from raytf.cluster.connection import connect
 
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.against_ceiling:
         with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
-            names = CONTENDERS + (DYNAMIC if args.dynamic else ())
+            names = CONTENDERS + (DYNAMIC if args.dynamic else ()) + (FILES if args.files else ())
             runs = against_ceiling(args.steps, args.repeats, names)
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n"
               f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPUs: {os.cpu_count()}, "
@@ -262,12 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         if mean["tf-ps"]:
             print(f"\nraytf sync / tf-ps samples/s: {mean['raytf sync'] / mean['tf-ps']:.2f}x; "
                   f"raytf async / tf-ps: {mean['raytf async'] / mean['tf-ps']:.2f}x")
-        if args.dynamic:
+        for extra, label in ((DYNAMIC, "DynamicEmbedding / fixed table"), (FILES, "Parquet files / in-memory function")):
             for mode in ("sync", "async"):
-                dynamic = [r for r in runs if r["contender"] == f"raytf {mode} dynamic"]
-                if dynamic and mean[f"raytf {mode}"]:
-                    print(f"DynamicEmbedding / fixed table, {mode}: "
-                          f"{sum(r['samples_per_second'] for r in dynamic) / len(dynamic) / mean[f'raytf {mode}']:.2f}x")
+                mine = [r for r in runs if r["contender"] in extra and r["contender"].split()[1] == mode]
+                if mine and mean[f"raytf {mode}"]:
+                    print(f"{label}, {mode}: "
+                          f"{sum(r['samples_per_second'] for r in mine) / len(mine) / mean[f'raytf {mode}']:.2f}x")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(runs, indent=2))

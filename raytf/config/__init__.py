@@ -9,6 +9,7 @@ from raytf.config.schema import (
     CheckpointConfig,
     DataConfig,
     DistributionConfig,
+    EvalConfig,
     FileSpec,
     LossConfig,
     OptimizerConfig,
@@ -21,6 +22,6 @@ from raytf.config.schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "DataConfig", "DistributionConfig", "FileSpec", "LossConfig", "OptimizerConfig", "Resources", "SparseConfig",
+    "CheckpointConfig", "DataConfig", "DistributionConfig", "EvalConfig", "FileSpec", "LossConfig", "OptimizerConfig", "Resources", "SparseConfig",
     "TraceConfig", "TrainConfig", "config_from_dict", "load_config",
 ]

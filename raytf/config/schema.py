@@ -197,7 +197,23 @@ class SparseConfig(_Frozen):
 class CheckpointConfig(_Frozen):
     every_steps: int = Field(100, ge=0, description="0: only the final checkpoint (and one on interrupt)")
     keep: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
+    keep_best: str | None = Field(None, min_length=1, description="an eval metric (e.g. accuracy, loss): the checkpoint "
+                                  "where it was best is kept besides the newest ones (lower is better for losses and errors)")
     deltas: bool = Field(False, description="each checkpoint also writes, per server, the rows of dynamic tables touched and the keys evicted since the previous one (raytf.exchange.deltas)")
+
+
+class EvalConfig(_Frozen):
+    """Validation while training: data.eval evaluated on the parameters of a checkpoint written for it."""
+
+    every_steps: int | None = Field(None, ge=1)
+    every_epochs: int | None = Field(None, ge=1, description="with epochs: every this many epochs")
+
+    @field_validator("every_epochs")
+    @classmethod
+    def _one_schedule(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("every_steps") is not None:
+            raise _rule("both every_steps and every_epochs are given.", "Keep one of them.")
+        return value
 
 
 class TraceConfig(_Frozen):
@@ -230,6 +246,7 @@ class TrainConfig(_Frozen):
     log_every_seconds: float = Field(1.0, gt=0)
     eval_batch_size: int = Field(256, ge=1)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
     sparse: SparseConfig = SparseConfig()
     # A NaN/Inf gradient is dropped from its update (counted, with a warning), or ends the run.
     on_nonfinite: Literal["skip", "abort"] = "skip"
@@ -262,6 +279,36 @@ class TrainConfig(_Frozen):
             raise _rule(f"both steps ({self.steps}) and epochs ({self.epochs}) are given; a run is as long as one of them.",
                         "Remove one: steps counts each worker's steps, epochs passes over the data.", key="epochs")
         return self
+
+    @model_validator(mode="after")
+    def _evaluation_needs_data(self) -> "TrainConfig":
+        scheduled = self.eval.every_steps is not None or self.eval.every_epochs is not None
+        if scheduled and self.data.eval is None:
+            raise _rule("eval is scheduled, but there is no data.eval to evaluate.", "Set data.eval, or remove eval.",
+                        key="eval")
+        if self.eval.every_epochs is not None and self.epochs is None:
+            raise _rule(f"every_epochs is {self.eval.every_epochs}, but the run is given in steps, not epochs.",
+                        "Set epochs instead of steps, or use eval.every_steps.", key="eval.every_epochs")
+        best = self.checkpoint.keep_best
+        if best is not None and not scheduled:
+            raise _rule(f"keep_best is '{best}', but nothing is evaluated while training.",
+                        "Schedule it with eval.every_steps or eval.every_epochs, or remove keep_best.",
+                        key="checkpoint.keep_best")
+        known = ("loss", *self.metrics)
+        if best is not None and best not in known:
+            guess = difflib.get_close_matches(best, known, n=1)
+            raise _rule(f"keep_best is '{best}', which the evaluation does not report (it reports {', '.join(known)}).",
+                        (f"Did you mean '{guess[0]}'? " if guess else "") + "Name the loss or one of metrics.",
+                        key="checkpoint.keep_best")
+        return self
+
+    def eval_every_steps(self) -> int | None:
+        """Steps between two validations (None: none while training); known once steps_per_epoch is."""
+        if self.eval.every_steps is not None:
+            return self.eval.every_steps
+        if self.eval.every_epochs is not None and self.steps_per_epoch is not None:
+            return self.eval.every_epochs * self.steps_per_epoch
+        return None
 
     @model_validator(mode="after")
     def _default_output_dir(self) -> "TrainConfig":
@@ -455,6 +502,7 @@ def _deep_copy(value: Any) -> Any:
 __all__ = [
     "DataConfig",
     "DistributionConfig",
+    "EvalConfig",
     "FileSpec",
     "LossConfig",
     "OptimizerConfig",

@@ -104,7 +104,8 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
     threads = d.ps_threads or (2 if policy.workers_idle_during_update else max(1, int(d.ps_resources.num_cpus)))
     return ServerSettings(run_name=config.name, distribution=d, threads=threads, target_version=config.steps * ups,
                           updates_per_step=ups, checkpoint_dir=checkpoint_dir,
-                          every_versions=config.checkpoint.every_steps * ups, deltas=config.checkpoint.deltas, dense_slots=config.sparse.slots == "dense",
+                          every_versions=config.checkpoint.every_steps * ups,
+                          eval_versions=(config.eval_every_steps() or 0) * ups, deltas=config.checkpoint.deltas, dense_slots=config.sparse.slots == "dense",
                           tables=plan.tables, trace_steps=config.trace.max_steps if config.trace.enabled else 0,
                           wire_secret=new_secret())
 

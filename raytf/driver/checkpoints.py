@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -103,13 +103,15 @@ def latest(root: Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
-def prune(root: Path, keep: int) -> list[Path]:
-    """Delete complete checkpoints beyond the newest `keep`, and incomplete ones older than the
-    newest complete one (left by a crash). Returns what was deleted."""
+def prune(root: Path, keep: int, also: Iterable[int] = ()) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep` but those of the steps `also` (the best
+    one, those still to be evaluated), and incomplete ones older than the newest complete one (left
+    by a crash). Returns what was deleted."""
     done = complete(root)
     if not done:
         return []
-    kept = {c.directory for c in done[-keep:]}
+    also = set(also)
+    kept = {c.directory for c in done[-keep:]} | {c.directory for c in done if c.step in also}
     newest = done[-1].step
     doomed = [path for step, path in _step_dirs(root) if path not in kept and step <= newest]
     for path in doomed:

@@ -17,9 +17,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from raytf.config import TrainConfig
+from raytf.driver.checkpoints import prune
 from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
 from raytf.driver.signals import stop_on_signals, terminate_as_interrupt
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
+from raytf.driver.validation import Evaluation
 from raytf.exchange.policies import policy_for
 from raytf.observe.startup import StartupClock
 
@@ -97,10 +99,14 @@ def fit(
                     on_event(f"Note: distribution.compression (push {compression.push}, pull {compression.pull}) "
                              "applies to links over the wire only, and no worker reaches a server over it in this "
                              "run (they share nodes, or transport is not auto/wire): nothing is compressed.")
+                validator = _validator(prepared, actors, tensorboard, on_event)
                 supervisor = Supervisor(cfg, run_id, prepared.plan, actors, settings, states,
-                                        [r for r in (progress, tensorboard) if r is not None], on_event)
+                                        [r for r in (progress, tensorboard) if r is not None], on_event, validator)
                 with stop_on_signals(supervisor.stop_requested):
                     supervisor.run()
+                if validator is not None and not supervisor.interrupted:
+                    validator.finish()  # its evaluations still under way ask the workers for their statistics
+                    supervisor.report_validation()
                 if supervisor.interrupted:
                     raise _interrupted(supervisor, cfg)
                 buffers = actors.servers.parameters()
@@ -115,7 +121,12 @@ def fit(
         model = final_model(prepared, buffers, tables, non_trainable)
         compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
         eval_results = evaluate(model, prepared)
-        tensorboard.evaluation(eval_results, cfg.steps)
+        if validator is not None and eval_results:  # the last step's evaluation, in the history too
+            validator.record(Evaluation(cfg.steps, cfg.epochs, eval_results))
+            if settings.checkpoint_dir:  # what waited for its evaluation, and is neither the best nor new, goes
+                prune(Path(settings.checkpoint_dir), cfg.checkpoint.keep, also=validator.kept_steps())
+        else:
+            tensorboard.evaluation(eval_results, cfg.steps)
     finally:
         tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
@@ -131,10 +142,31 @@ def fit(
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
                    nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
+    if validator is not None:
+        summary["eval_history"] = [evaluation.as_dict() for evaluation in validator.history]
+        best = validator.best
+        if best is not None:
+            metric = cfg.checkpoint.keep_best
+            summary["best_checkpoint"] = {"step": best.step, "metric": metric, "value": best.results[metric],
+                                          "checkpoint": _checkpoint_path(settings, best.step)}
     if tracks is not None:
         summary["trace"] = write_trace(prepared.output_dir / "trace.json", tracks, run_id)
     write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _validator(prepared, actors, tensorboard, on_event: Callable[[str], None]):
+    """Validation while training where eval asks for it (raytf.driver.validation), else None."""
+    every = prepared.config.eval_every_steps()
+    if every is None:
+        return None
+    from raytf.driver.validation import Validator
+
+    def published(evaluation) -> None:
+        on_event(evaluation.line())
+        tensorboard.evaluation(evaluation.results, evaluation.step)
+
+    return Validator(prepared, every, actors.workers.non_trainable, published, on_event)
 
 
 def _non_trainable(workers, model, on_event: Callable[[str], None]) -> list[np.ndarray]:

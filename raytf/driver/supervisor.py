@@ -26,7 +26,7 @@ import numpy as np
 
 from raytf.config import TrainConfig
 from raytf.driver.actors import RunActors, wire
-from raytf.driver.checkpoints import build_manifest, discard_after, latest, load, prune, write_manifest
+from raytf.driver.checkpoints import Checkpoint, build_manifest, discard_after, latest, load, prune, write_manifest
 from raytf.driver.groups import BUSY, RESTART_TIMEOUT, Lost
 from raytf.driver.restarts import RESTARTING, RESTORED, RESTORED_FROM_CHECKPOINT, RestartLog
 from raytf.exchange.messages import ServerStats, Status, WorkerResult
@@ -38,8 +38,9 @@ from raytf.exchange.sharding import ShardPlan
 
 class Supervisor:
     def __init__(self, config: TrainConfig, run_id: str, plan: ShardPlan, actors: RunActors, settings: ServerSettings,
-                 start: list[ShardState], reporters: list, on_event: Callable[[str], None]) -> None:
+                 start: list[ShardState], reporters: list, on_event: Callable[[str], None], validator=None) -> None:
         self.config = config
+        self.validator = validator  # raytf.driver.validation.Validator: evaluates checkpoints of the steps due
         self.run_id = run_id
         self.plan = plan
         self.actors = actors
@@ -248,9 +249,18 @@ class Supervisor:
             write_manifest(step_dir(self.root, step), manifest)
             self.manifests.add(step)
             self.checkpoint_step = step
-            prune(self.root, self.config.checkpoint.keep)
+            if self.validator is not None:
+                self.validator.checkpointed(step, Checkpoint(step_dir(self.root, step), manifest))
+            prune(self.root, self.config.checkpoint.keep, also=self.validator.kept_steps() if self.validator else ())
+
+    def report_validation(self) -> None:
+        """A last progress update once the validations under way at the end of training are in."""
+        self.reported_step = None
+        self._report()
 
     def _report(self) -> None:
+        if self.validator is not None:
+            self.validator.publish()
         if not self.stats:
             return
         skipped = sum(s.exchange.nonfinite_skipped for s in self.stats)
@@ -278,6 +288,8 @@ class Supervisor:
             staleness_mean=self.stats[0].exchange.staleness.mean if self.policy.reports_staleness else None,
             rows_live=_rows_live(self.stats),
             epoch=_epoch(step, self.config),
+            evaluation=self.validator.latest.brief(self.config.checkpoint.keep_best)
+            if self.validator is not None and self.validator.latest is not None else None,
         )
         for reporter in self.reporters:
             reporter.update(snapshot)

@@ -37,6 +37,7 @@ class ServerSettings:
     updates_per_step: int = 1  # server versions per training step (the policy's)
     checkpoint_dir: str | None = None
     every_versions: int = 0  # 0: checkpoint only at the target
+    eval_versions: int = 0  # validation while training: a checkpoint also at every multiple, evaluated by the driver
     deltas: bool = False  # checkpoint.deltas: dynamic tables' changes since the last checkpoint, beside it
     dense_slots: bool = False  # sparse tables: update every row's slots (sparse.slots: dense), not just touched ones
     tables: tuple = ()  # the plan's sparse tables (raytf.exchange.tables.TableSpec)
@@ -113,7 +114,8 @@ class ParameterServer:
                 self.trace = _recorder(settings.trace_steps, settings.distribution.workers)
             self.exchange = Exchange(self.policy, self, workers=settings.distribution.workers,
                                      target=settings.target_version, version=state.version,
-                                     every_versions=settings.every_versions, observer=self.metrics, tracer=self.trace)
+                                     every_versions=settings.every_versions, eval_versions=settings.eval_versions,
+                                     observer=self.metrics, tracer=self.trace)
             self.ready = True
         return {"timings": timer.spans}
 

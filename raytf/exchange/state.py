@@ -45,7 +45,7 @@ class Observer(Protocol):
 
 class Exchange:
     def __init__(self, policy: AggregationPolicy, backend: ShardBackend, *, workers: int, target: int,
-                 version: int = 0, every_versions: int = 0, observer: Observer | None = None,
+                 version: int = 0, every_versions: int = 0, eval_versions: int = 0, observer: Observer | None = None,
                  tracer: Any = None) -> None:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
@@ -56,6 +56,7 @@ class Exchange:
         self.version = version
         self.target = target
         self.every_versions = every_versions
+        self.eval_versions = eval_versions  # validation's checkpoints, besides the every_versions ones
         self.aborted = False
         self.members: set[int] = set(range(workers))  # live workers the policy counts on
         self.joining: dict[int, int] = {}  # restarted worker -> the first round it belongs to
@@ -94,7 +95,8 @@ class Exchange:
         self.version += 1
         self.partial_round = False
         self._updates += 1
-        if self.version == self.target or (self.every_versions and self.version % self.every_versions == 0):
+        if self.version == self.target or any(every and self.version % every == 0
+                                              for every in (self.every_versions, self.eval_versions)):
             self._checkpoint()
         self.cond.notify_all()
 

@@ -18,6 +18,7 @@ class Snapshot:
     staleness_mean: float | None = None  # where the policy reports staleness (async, ssp)
     rows_live: int | None = None  # rows of the run's DynamicEmbedding tables on all servers, if it has any
     epoch: tuple[int, int] | None = None  # (epoch under way, epochs) for a run of epochs
+    evaluation: str | None = None  # the latest validation while training, e.g. "eval accuracy 0.8612 @79"
 
     @property
     def eta_seconds(self) -> float | None:
@@ -35,6 +36,8 @@ class Snapshot:
             parts.append(f"staleness {self.staleness_mean:.2f}")
         if self.rows_live is not None:
             parts.append(f"rows {self.rows_live:,}")
+        if self.evaluation:
+            parts.append(self.evaluation)
         return "  ".join(parts)
 
 
@@ -74,6 +77,8 @@ class RichProgress:
             info += f"  staleness {snapshot.staleness_mean:.2f}"
         if snapshot.rows_live is not None:
             info += f"  rows {snapshot.rows_live:,}"
+        if snapshot.evaluation:
+            info += f"  {snapshot.evaluation}"
         self.progress.update(self.task, completed=snapshot.step, total=snapshot.total, info=info)
 
     def close(self) -> None:

@@ -14,8 +14,9 @@ import raytf  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_the_click_model_trains_for_epochs_from_parquet_files(ray_cluster, tmp_path):
+def test_the_click_model_trains_for_epochs_from_parquet_files_validated_every_epoch(ray_cluster, tmp_path):
     from examples.recsys import write_parquet
+    from tests.driver.test_training import tensorboard_scalars
 
     write_parquet(str(tmp_path / "data"), items=20_000)
     events, snapshots = [], []
@@ -28,18 +29,33 @@ def test_the_click_model_trains_for_epochs_from_parquet_files(ray_cluster, tmp_p
             pass
 
     spec = {"format": "parquet", "label": "clicked"}
+    run = tmp_path / "run"
     summary = raytf.fit({
         "name": "files", "model": "examples.recsys:build_small_model",
         "data": {"train": {**spec, "paths": str(tmp_path / "data" / "train-*.parquet")},
                  "eval": {**spec, "paths": str(tmp_path / "data" / "eval.parquet")}, "shuffle_buffer": 1000},
         "loss": "binary_crossentropy", "metrics": ["accuracy"], "optimizer": {"name": "adam", "learning_rate": 0.01},
-        "batch_size": 256, "epochs": 2, "distribution": {"parameter_servers": 2, "workers": 2},
-        "output_dir": str(tmp_path / "run")}, address=ray_cluster.gcs_address, on_event=events.append, progress=Progress())
+        "batch_size": 256, "epochs": 3, "eval": {"every_epochs": 1},
+        "checkpoint": {"every_steps": 0, "keep": 1, "keep_best": "accuracy"},
+        "distribution": {"parameter_servers": 2, "workers": 2}, "output_dir": str(run)},
+        address=ray_cluster.gcs_address, on_event=events.append, progress=Progress())
     # 40,000 rows in 4 files: 20,000 per worker, 79 batches of 256 (the last filled up) an epoch
     assert any("40,000 rows in 4 parquet files" in e and "a pass over it is 79 steps" in e for e in events), events
-    assert summary["steps"] == 2 * 79
+    assert summary["steps"] == 3 * 79
     assert summary["eval"]["accuracy"] > 0.75  # learnt (the no-skill rate is ~0.5)
-    assert snapshots[-1].epoch == (2, 2) and snapshots[-1].line().startswith("epoch 2/2  step 158/158")
+    assert snapshots[-1].epoch == (3, 3) and snapshots[-1].line().startswith("epoch 3/3  step 237/237")
+    # Validated after every epoch: in the events, the progress line, TensorBoard and the summary's history.
+    history = summary["eval_history"]
+    assert [(h["step"], h["epoch"]) for h in history] == [(79, 1), (158, 2), (237, 3)]
+    assert history[-1]["accuracy"] == summary["eval"]["accuracy"]
+    assert sum(e.startswith("eval at epoch") for e in events) == 3, events
+    assert any(s.evaluation and s.evaluation.startswith("eval accuracy ") for s in snapshots)
+    assert [step for step in tensorboard_scalars(run / "tensorboard")["eval/accuracy"]] == [79, 158, 237]
+    # The best epoch's checkpoint is kept besides the newest (keep: 1).
+    best = max(history, key=lambda h: h["accuracy"])
+    assert summary["best_checkpoint"]["step"] == best["step"] and summary["best_checkpoint"]["value"] == best["accuracy"]
+    kept = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    assert kept == sorted({best["step"], 237})
 
 
 def test_batchnorm_statistics_are_the_mean_over_the_workers_shards(ray_cluster, tmp_path):
