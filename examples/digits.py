@@ -40,3 +40,29 @@ def train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
 def eval_examples() -> tf.data.Dataset:
     _, (features, labels) = _split()
     return tf.data.Dataset.from_tensor_slices((features, labels))
+
+
+
+def _ray_dataset(features, labels):
+    """Rows of raw pixel values (0..16, as the data set has them) scaled by a Ray Data map: a lazy dataset,
+    whose reading runs as Ray tasks."""
+    import ray.data
+
+    raw = ray.data.from_items([{"pixels": row * 16.0, "digit": int(label)} for row, label in zip(features, labels)])
+    return raw.map_batches(_scaled, batch_format="numpy")
+
+
+def _scaled(batch: dict) -> dict:
+    return {"pixels": (batch["pixels"] / 16.0).astype(np.float32), "digit": batch["digit"]}
+
+
+def ray_train_dataset():
+    """The training images as a Ray Data dataset (examples/digits_ray_data.yaml): columns pixels (64
+    floats) and digit; raytf splits it between the workers (streaming_split, equal)."""
+    (features, labels), _ = _split()
+    return _ray_dataset(features, labels)
+
+
+def ray_eval_dataset():
+    _, (features, labels) = _split()
+    return _ray_dataset(features, labels)

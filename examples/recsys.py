@@ -94,6 +94,13 @@ def write_parquet(directory: str = PARQUET_DIR, items: int = 1_000_000) -> list[
     return paths
 
 
+def ray_train_dataset():
+    """The training examples of write_parquet's files as a Ray Data dataset (format: ray_data)."""
+    import ray.data
+
+    return ray.data.read_parquet(write_parquet()[:-1])
+
+
 def build_small_model():
     return _model(20_000, 16)
 

@@ -22,7 +22,8 @@ table local and Keras SGD's sparse update (examples/bench_baselines.IndependentT
 XLA-compiled and once as a graph, the faster of the two being the reference; a run's ratio is its
 samples/s over the mean of the R before and after it. `--dynamic` adds sync and async with the item
 table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch); `--files` sync and
-async reading the same examples from Parquet files (runs/recsys-benchmark/data, written on first use). Before each R, short reference runs are
+async reading the same examples from Parquet files (runs/data/recsys, written on first use), by raytf
+and through Ray Data. Before each R, short reference runs are
 repeated until two agree within 10 % (a contender's processes leave the machine slow for seconds).
 """
 
@@ -140,24 +141,27 @@ class Ceiling:
 
 CONTENDERS = ("raytf sync", "raytf async", "tf-ps")
 DYNAMIC = ("raytf sync dynamic", "raytf async dynamic")  # --dynamic: the same ids in a DynamicEmbedding
-FILES = ("raytf sync files", "raytf async files")  # --files: the same examples read from Parquet files
-PARQUET = OUT / "data"
+# --files: the same examples read from Parquet files by raytf, and through Ray Data
+FILES = ("raytf sync files", "raytf async files", "raytf sync ray-data", "raytf async ray-data")
 
 
-def file_data() -> dict:
-    """data.train/data.eval as Parquet files of the same examples (examples.recsys.write_parquet)."""
-    from examples.recsys import write_parquet
+def file_data(ray_data: bool = False) -> dict:
+    """data.train/data.eval as Parquet files of the same examples (examples.recsys.write_parquet, under
+    the repository's runs/data/recsys); with `ray_data`, data.train reads them through Ray Data."""
+    from examples.recsys import PARQUET_DIR, write_parquet
 
-    write_parquet(str(PARQUET))
+    write_parquet(str(REPO / PARQUET_DIR))
     spec = {"format": "parquet", "label": "clicked"}
-    return {"train": {**spec, "paths": str(PARQUET / "train-*.parquet")},
-            "eval": {**spec, "paths": str(PARQUET / "eval.parquet")}, "shuffle_buffer": 0}
+    train = ({"format": "ray_data", "dataset": "examples.recsys:ray_train_dataset", "label": "clicked"} if ray_data
+             else {**spec, "paths": str(REPO / PARQUET_DIR / "train-*.parquet")})
+    return {"train": train, "eval": {**spec, "paths": str(REPO / PARQUET_DIR / "eval.parquet")}, "shuffle_buffer": 0}
 
 
 def contender(name: str, steps: int) -> dict:
-    if name.endswith(" files"):
-        mode = name.split()[1]
-        return run(config(f"recsys-files-{mode}", steps, data=file_data(), **{"distribution.mode": mode}))
+    if name.endswith((" files", " ray-data")):
+        mode, source = name.split()[1:]
+        return run(config(f"recsys-{source}-{mode}", steps, data=file_data(source == "ray-data"),
+                          **{"distribution.mode": mode}))
     if name.endswith(" dynamic"):
         mode = name.split()[1]
         return run(config(f"recsys-dynamic-{mode}", steps, model="examples.recsys:build_dynamic_model",
@@ -243,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--against-ceiling: also sync and async with the table a DynamicEmbedding (same ids)")
     parser.add_argument("--files", action="store_true",
                         help="--against-ceiling: also sync and async reading the same examples from Parquet files "
-                             "(data.train a file spec) instead of the in-memory function")
+                             "(data.train a file spec, and a Ray Data dataset) instead of the in-memory function")
     args = parser.parse_args(argv)
     from raytf.cluster.connection import connect
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    os.chdir(REPO)  # examples.recsys writes and reads its Parquet files under runs/data/recsys, from here
     started = time.perf_counter()
     results = {}
     if args.stream:
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         if mean["tf-ps"]:
             print(f"\nraytf sync / tf-ps samples/s: {mean['raytf sync'] / mean['tf-ps']:.2f}x; "
                   f"raytf async / tf-ps: {mean['raytf async'] / mean['tf-ps']:.2f}x")
-        for extra, label in ((DYNAMIC, "DynamicEmbedding / fixed table"), (FILES, "Parquet files / in-memory function")):
+        for extra, label in ((DYNAMIC, "DynamicEmbedding / fixed table"), (FILES[:2], "Parquet files / in-memory function"),
+                             (FILES[2:], "Ray Data / in-memory function")):
             for mode in ("sync", "async"):
                 mine = [r for r in runs if r["contender"] in extra and r["contender"].split()[1] == mode]
                 if mine and mean[f"raytf {mode}"]:

@@ -445,6 +445,9 @@ def print_summary(summary: dict) -> None:
     rows.append(("summary", str(Path(summary["model_path"]).with_name("summary.json"))))
     if summary.get("checkpoint"):
         rows.append(("checkpoint", summary["checkpoint"]))
+    best = summary.get("best_checkpoint")
+    if best:
+        rows.append((f"best {best['metric']}", f"{best['value']:.4f} at step {best['step']}: {best['checkpoint']}"))
     if summary.get("trace"):
         rows.append(("trace", f"{summary['trace']} (open in ui.perfetto.dev)"))
     rows.append(("tensorboard", f"tensorboard --logdir {summary['tensorboard_dir']}"))

@@ -90,9 +90,10 @@ def _driver_runtime_env() -> dict:
     from raytf.observe.native_logs import VERBOSE_ENV, verbose_requested
 
     paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {"PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Ray Data (data.train as a dataset) logs every execution of every epoch at INFO: warnings only.
+    env = {"PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "3", "RAY_DATA_LOG_LEVEL": "WARNING"}
     if verbose_requested():  # the actors show TensorFlow's native logs too
-        env.update({VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0"})
+        env.update({VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0", "RAY_DATA_LOG_LEVEL": "INFO"})
     return {"env_vars": env}
 
 

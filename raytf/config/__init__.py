@@ -10,7 +10,7 @@ from raytf.config.schema import (
     DataConfig,
     DistributionConfig,
     EvalConfig,
-    FileSpec,
+    DataSpec,
     LossConfig,
     OptimizerConfig,
     Resources,
@@ -22,6 +22,6 @@ from raytf.config.schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "DataConfig", "DistributionConfig", "EvalConfig", "FileSpec", "LossConfig", "OptimizerConfig", "Resources", "SparseConfig",
+    "CheckpointConfig", "DataConfig", "DistributionConfig", "EvalConfig", "DataSpec", "LossConfig", "OptimizerConfig", "Resources", "SparseConfig",
     "TraceConfig", "TrainConfig", "config_from_dict", "load_config",
 ]

@@ -53,7 +53,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 
 def _rule(problem: str, fix: str, key: str | None = None) -> PydanticCustomError:
     """A broken rule between keys: the error names the key, the problem and the fix (see `_describe`).
-    `key`: the key to name when the rule is checked on the whole config (whose error has no key)."""
+    `key`: the key to name when the rule is checked on a whole mapping (whose error names only the mapping)."""
     return PydanticCustomError("raytf_rule", problem, {"fix": fix, "key": key})
 
 
@@ -81,16 +81,38 @@ class OptimizerConfig(_Frozen):
 FILE_FORMATS = ("parquet", "tfrecord", "csv")
 
 
-class FileSpec(_Frozen):
-    """Training or evaluation data read from files (raytf.data.files): each worker reads its own rows."""
+class DataSpec(_Frozen):
+    """Training or evaluation data that raytf reads itself: files (raytf.data.files; each worker reads its own
+    rows) or, for data.train, a Ray Data dataset (raytf.data.ray_data; split between the workers by Ray Data)."""
 
-    format: Literal[FILE_FORMATS]  # type: ignore[valid-type]
-    paths: tuple[str, ...] = Field(min_length=1, description="glob patterns (relative to the working directory), e.g. data/train-*.parquet")
+    format: Literal[(*FILE_FORMATS, "ray_data")]  # type: ignore[valid-type]
+    paths: tuple[str, ...] | None = Field(None, min_length=1, description="files: glob patterns (relative to the "
+                                          "working directory), e.g. data/train-*.parquet")
+    dataset: str | None = Field(None, description="ray_data: import path module:function () -> ray.data.Dataset")
     label: str = Field(min_length=1, description="the column (tfrecord: the feature) the model predicts")
     features: tuple[str, ...] | None = Field(None, min_length=1, description="the model's inputs: one column gives "
                                              "the features as an array, several as a dict by name; default: every column but the label")
-    make: str | None = Field(None, description="import path module:function called once by the driver before the "
+    make: str | None = Field(None, description="files: import path module:function called once by the driver before the "
                              "files are listed (e.g. one that writes them on first use)")
+
+    @model_validator(mode="after")
+    def _source_of_its_format(self) -> "DataSpec":
+        if self.format == "ray_data":
+            if self.dataset is None:
+                raise _rule("format ray_data reads the dataset a function returns, and dataset names none.",
+                            "Add dataset: module:function (returning a ray.data.Dataset).", key="dataset")
+            if self.paths is not None or self.make is not None:
+                raise _rule("paths and make are for files; format ray_data reads the dataset its function returns.",
+                            "Read the files in that function (e.g. ray.data.read_parquet), and remove paths/make.",
+                            key="paths" if self.paths is not None else "make")
+        else:
+            if self.paths is None:
+                raise _rule(f"format {self.format} reads files, and paths names none.",
+                            "Add paths: a glob such as data/train-*." + self.format, key="paths")
+            if self.dataset is not None:
+                raise _rule(f"dataset is for format ray_data; format {self.format} reads the files of paths.",
+                            "Remove dataset, or set format: ray_data.", key="dataset")
+        return self
 
     @field_validator("paths", "features", mode="before")
     @classmethod
@@ -108,9 +130,9 @@ class FileSpec(_Frozen):
 
 
 class DataConfig(_Frozen):
-    train: str | FileSpec = Field(union_mode="left_to_right", description="import path module:function "
+    train: str | DataSpec = Field(union_mode="left_to_right", description="import path module:function "
                                   "(shard_index, num_shards) -> tf.data.Dataset, or a file spec {format, paths, label, features}")
-    eval: str | FileSpec | None = Field(None, union_mode="left_to_right")
+    eval: str | DataSpec | None = Field(None, union_mode="left_to_right")
     shuffle_buffer: int = Field(0, ge=0, description="0 keeps the shard's order; files: also the order of each worker's files, reshuffled every epoch")
 
 
@@ -389,7 +411,7 @@ def validate_config(data: dict[str, Any], source: YamlSource, overridden: Mappin
 
 
 def _chosen_branch(errors: list) -> list:
-    """The errors worth naming first. Of a `str | FileSpec` key: a mapping was meant as a file spec,
+    """The errors worth naming first. Of a `str | DataSpec` key: a mapping was meant as a file spec,
     so its 'not a string' goes."""
     kept = [e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict)
                                       and len(errors) > 1)]
@@ -399,8 +421,8 @@ def _chosen_branch(errors: list) -> list:
 
 def _describe(error: Mapping[str, Any], source: YamlSource, overridden: Mapping[tuple, str]) -> tuple[str, str]:
     loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
-    if not loc and error["type"] == "raytf_rule" and error["ctx"].get("key"):
-        loc = tuple(error["ctx"]["key"].split("."))
+    if error["type"] == "raytf_rule" and error["ctx"].get("key"):  # a rule of a whole mapping names its key
+        loc = loc + tuple(error["ctx"]["key"].split("."))
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = _where(loc, source, overridden)
     kind = error["type"]
@@ -453,7 +475,7 @@ def _where(loc: tuple, source: YamlSource, overridden: Mapping[tuple, str]) -> s
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds type names like 'str' or 'function-after[...]' into locs of unions/validators.
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none", "FileSpec"})
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none", "DataSpec"})
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -503,7 +525,7 @@ __all__ = [
     "DataConfig",
     "DistributionConfig",
     "EvalConfig",
-    "FileSpec",
+    "DataSpec",
     "LossConfig",
     "OptimizerConfig",
     "Resources",

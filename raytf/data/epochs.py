@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -86,38 +86,10 @@ class FileBatches:
     def one_pass(self, epoch: int) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
         rng = np.random.default_rng([self.seed, self.worker, epoch]) if self.shuffle_buffer else None
         order = rng.permutation(len(self.pieces)) if rng is not None else range(len(self.pieces))
-        keep = self.shuffle_buffer if rng is not None else 0  # rows held back to mix with the next block
-        size = self.batch_size
-        ones = np.ones(size, np.float32)
-        pending: list[dict[str, np.ndarray]] = []  # blocks read, not yet batched
-        held = done = 0
-        last = None  # the last batch given (its rows fill a pass whose rows ended on a whole batch)
-        for index in order:
-            for block in self.layout.read(self.pieces[index]):
-                pending.append(block)
-                held += len(block[self.layout.label.name])
-                ready = (held - keep) // size * size
-                if ready > 0:
-                    rows = _joined(pending, rng)
-                    pending, held = [{k: v[ready:] for k, v in rows.items()}], held - ready
-                    for last in _batches(rows, size, ready):
-                        done += 1
-                        yield self._item(last, ones)
-        rows = _joined(pending, rng) if held else {}
-        full = held // size * size
-        for last in _batches(rows, size, full):
-            done += 1
-            yield self._item(last, ones)
-        left = self.steps_per_pass - done
-        if left < 0 or left == 0 and held > full:
-            raise RuntimeError(f"worker {self.worker}: its share takes more than the {self.steps_per_pass} batches of a pass")
-        if left:  # the last rows, filled up with weightless copies (whole such batches if the share is short)
-            source = {k: v[full:] for k, v in rows.items()} if held > full else last
-            if source is None:
-                raise ConfigError(f"{self.layout.key}: worker {self.worker}'s share has no rows.",
-                                  "Use fewer workers, or more data.")
-            for batch, weights in padded_batches(source, held - full, size, left):
-                yield self._item(batch, weights)
+        blocks = (block for index in order for block in self.layout.read(self.pieces[index]))
+        for columns, weights in pass_batches(blocks, self.layout.label.name, self.batch_size, self.steps_per_pass,
+                                             rng, self.shuffle_buffer, f"{self.layout.key}: worker {self.worker}'s share"):
+            yield self._item(columns, weights)
 
     def _item(self, columns: dict[str, np.ndarray], weights: np.ndarray):
         names = [c.name for c in self.layout.features]
@@ -141,6 +113,44 @@ class FileBatches:
         rows = {k: v[:batch_size] for k, v in _joined(blocks, None).items()}
         features, labels, _ = self._item(rows, np.ones(0, np.float32))
         return features, labels
+
+
+def pass_batches(blocks: Iterable[dict[str, np.ndarray]], count_by: str, size: int, steps: int, rng, shuffle_buffer: int,
+                 share: str) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """One pass over `blocks` (dicts of columns; `count_by` names one to count rows by) as exactly `steps`
+    batches of `size` rows with their weights: every row once, weighted 1, then weightless copies filling the
+    last batch (and whole batches, if the rows end short of `steps`). With `rng`, rows are mixed within a buffer
+    of `shuffle_buffer` rows. `share` names the rows in errors."""
+    keep = shuffle_buffer if rng is not None else 0  # rows held back to mix with the next block
+    ones = np.ones(size, np.float32)
+    pending: list[dict[str, np.ndarray]] = []  # blocks read, not yet batched
+    held = done = 0
+    last = None  # the last batch given (its rows fill a pass whose rows ended on a whole batch)
+    for block in blocks:
+        pending.append(block)
+        held += len(block[count_by])
+        ready = (held - keep) // size * size
+        if ready > 0:
+            rows = _joined(pending, rng)
+            pending, held = [{k: v[ready:] for k, v in rows.items()}], held - ready
+            for last in _batches(rows, size, ready):
+                done += 1
+                if done > steps:
+                    raise RuntimeError(f"{share} takes more than the {steps} batches of a pass")
+                yield last, ones
+    rows = _joined(pending, rng) if held else {}
+    full = held // size * size
+    for last in _batches(rows, size, full):
+        done += 1
+        yield last, ones
+    left = steps - done
+    if left < 0 or left == 0 and held > full:
+        raise RuntimeError(f"{share} takes more than the {steps} batches of a pass")
+    if left:  # the last rows, filled up with weightless copies (whole such batches if the share is short)
+        source = {k: v[full:] for k, v in rows.items()} if held > full else last
+        if source is None:
+            raise ConfigError(f"{share} has no rows.", "Use fewer workers, or more data.")
+        yield from padded_batches(source, held - full, size, left)
 
 
 def _joined(blocks: list[dict[str, np.ndarray]], rng) -> dict[str, np.ndarray]:

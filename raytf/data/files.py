@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from raytf.config import FileSpec
+from raytf.config import DataSpec
 from raytf.errors import ConfigError
 
 READ_ROWS = 65_536  # rows per block read (Parquet and CSV batches, TFRecord parse batches)
@@ -127,7 +127,7 @@ class FileLayout:
         return f"{self.rows:,} rows in {files} {self.format} file{'s' if files != 1 else ''}"
 
 
-def discover(spec: FileSpec, key: str) -> FileLayout:
+def discover(spec: DataSpec, key: str) -> FileLayout:
     """List `spec`'s files, count their rows and check its columns (ConfigError naming `key`'s part)."""
     if spec.make is not None:
         from raytf.config.imports import resolve_callable
@@ -151,7 +151,7 @@ def discover(spec: FileSpec, key: str) -> FileLayout:
                       tfrecord_kinds=kinds)
 
 
-def _matching(spec: FileSpec, key: str) -> list[str]:
+def _matching(spec: DataSpec, key: str) -> list[str]:
     paths: list[str] = []
     for pattern in spec.paths:
         found = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
@@ -281,6 +281,7 @@ def _example_schema(record: bytes, key: str, path: str) -> dict[str, Column | st
 def _arrow_schema(schema, first_values) -> dict[str, Column | str]:
     """Per column: what it is read as, or (a string) why a model cannot take it."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     columns: dict[str, Column | str] = {}
     for field in schema:
@@ -295,7 +296,7 @@ def _arrow_schema(schema, first_values) -> dict[str, Column | str]:
                 columns[field.name] = Column(field.name, inner, field.type.list_size)
             else:
                 values = first_values(field.name)
-                lengths = set() if values is None else set(pa.compute.list_value_length(values).to_pylist())
+                lengths = set() if values is None else set(pc.list_value_length(values).to_pylist())
                 columns[field.name] = (Column(field.name, inner, lengths.pop()) if len(lengths) == 1 else
                                        f"lists of different lengths ({min(lengths)} to {max(lengths)})" if lengths
                                        else "lists of unknown length")

@@ -1,8 +1,9 @@
 """`data.train` and `data.eval` as the driver and the workers use them, whether a function that returns a
-`tf.data.Dataset` or a file spec (raytf.data.files).
+`tf.data.Dataset`, files (raytf.data.files) or a Ray Data dataset (raytf.data.ray_data).
 
-The driver opens them (`open_train`, `open_eval`: files listed and counted, the function checked) and
-hands each worker a `DataPlan`, from which every worker reads its own share the same way.
+The driver opens them (`TrainData`, `EvalData`: files listed and counted, the function checked, the Ray
+Data dataset sampled and counted) and hands each worker a `DataPlan`, from which every worker reads its
+own share the same way.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from raytf.config import FileSpec, TrainConfig
-from raytf.data.epochs import FileBatches, passes_steps, read_ahead
+from raytf.config import DataSpec, TrainConfig
+from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, passes_steps, read_ahead
 from raytf.data.files import FileLayout, discover
+from raytf.data.ray_data import RayDataInput, RayShare
+from raytf.data.ray_data import passes as ray_passes
 
 NO_WEIGHTS = np.ones(0, np.float32)  # the step's weights argument of a batch whose rows all count
 
 
 @dataclass(frozen=True)
 class DataPlan:
-    """What a worker needs to read its share of data.train: the files (None: data.train is a function),
-    and the steps of a pass in which each worker reads every row of its share once (None: the share
-    is read as a continuous stream, as many steps as the run has)."""
+    """What a worker needs to read its share of data.train: the files, or the Ray Data splits (both None:
+    data.train is a function), and the steps of a pass in which each worker reads every row of its share
+    once (None: the share is read as a continuous stream, as many steps as the run has)."""
 
     layout: FileLayout | None = None
     steps_per_pass: int | None = None
+    ray: RayShare | None = None  # set by the driver once the workers exist (their nodes are the split's hints)
 
 
 class TrainData:
@@ -35,10 +39,13 @@ class TrainData:
     def __init__(self, config: TrainConfig, plan: DataPlan | None = None) -> None:
         self.config = config
         spec = config.data.train
+        self.share = plan.ray if plan is not None else None  # a worker's Ray Data split
+        ray_data = isinstance(spec, DataSpec) and spec.format == "ray_data"
+        self.ray = RayDataInput(spec, "data.train") if ray_data and self.share is None else None  # the driver's
         self.layout = (plan.layout if plan is not None and plan.layout is not None
-                       else discover(spec, "data.train") if isinstance(spec, FileSpec) else None)
+                       else discover(spec, "data.train") if isinstance(spec, DataSpec) and not ray_data else None)
         self.fn = None
-        if self.layout is None:
+        if self.layout is None and not ray_data:
             from raytf.config.imports import resolve_callable
 
             self.fn = resolve_callable(spec, "data.train")
@@ -49,7 +56,12 @@ class TrainData:
         return train_dataset(self.fn, worker, workers)
 
     def first_batch(self, worker: int, workers: int, batch_size: int):
-        """(features, labels) of the first `batch_size` examples of the worker's share."""
+        """(features, labels) of the first `batch_size` examples of the worker's share (Ray Data: of the
+        dataset, read on the driver: a worker's split is read only to train)."""
+        if self.share is not None:
+            return self.share.sample
+        if self.ray is not None:
+            return self.ray.first_batch(batch_size)
         if self.layout is not None:
             return FileBatches(self.layout, worker, workers, self.config, 1).first_batch(batch_size)
         from raytf.data.datasets import first_batch
@@ -58,6 +70,8 @@ class TrainData:
 
     def shard_rows(self, workers: int) -> list[int] | None:
         """Rows in each worker's share; None when a function's datasets do not know their size."""
+        if self.ray is not None:
+            return self.ray.shard_rows(workers)
         if self.layout is not None:
             return self.layout.shard_rows(workers)
         counts = [int(self.dataset(w, workers).cardinality()) for w in range(workers)]
@@ -66,6 +80,8 @@ class TrainData:
     def plan(self, workers: int, shard_rows: list[int] | None) -> DataPlan:
         """How the workers read: in passes over files always, over a function's datasets for epochs whose
         length the data decides (`shard_rows`: rows per worker, None when unknown or not asked)."""
+        if self.ray is not None:
+            return DataPlan(steps_per_pass=passes_steps(shard_rows, self.config.batch_size))
         if self.layout is None and (self.config.epochs is None or shard_rows is None):
             return DataPlan()
         steps = passes_steps(shard_rows, self.config.batch_size)
@@ -75,6 +91,9 @@ class TrainData:
 
     def batches(self, worker: int, workers: int, plan: DataPlan) -> Iterator:
         """The worker's training batches for ever: (features, labels) or, in passes, (features, labels, weights)."""
+        if self.share is not None:
+            return read_ahead(ray_passes(self.share, worker, self.config, plan.steps_per_pass),
+                              depth=_ray_depth(self.share.sample, plan.steps_per_pass))
         if self.layout is not None:
             steps = plan.steps_per_pass or passes_steps(self.layout.shard_rows(workers), self.config.batch_size)
             return read_ahead(FileBatches(self.layout, worker, workers, self.config, steps).passes())
@@ -85,6 +104,20 @@ class TrainData:
             return batch_stream(batches(dataset, self.config, worker))
         rows = int(dataset.cardinality())
         return batch_stream(padded_dataset(dataset, rows, plan.steps_per_pass, self.config, worker))
+
+
+RAY_AHEAD_BYTES = 256 * 2**20
+
+
+def _ray_depth(sample, steps_per_pass: int) -> int:
+    """Batches to read ahead of a Ray Data split: two passes, within RAY_AHEAD_BYTES. A split's epoch starts
+    only when every split's does, and each start is a new execution of the dataset (~0.2-0.3 s here, as
+    long as a pass of the click model trains); read that far ahead, the next pass is under way while this
+    one trains."""
+    import tensorflow as tf
+
+    batch_bytes = max(1, sum(np.asarray(a).nbytes for a in tf.nest.flatten(sample)))  # the sample is a batch
+    return int(max(PREFETCH_BATCHES, min(2 * steps_per_pass, RAY_AHEAD_BYTES // batch_bytes)))
 
 
 def padded_dataset(dataset, rows: int, steps: int, config: TrainConfig, seed_offset: int):
@@ -105,14 +138,18 @@ class EvalData:
 
     def __init__(self, config: TrainConfig) -> None:
         spec = config.data.eval
-        self.layout = discover(spec, "data.eval") if isinstance(spec, FileSpec) else None
+        ray_data = isinstance(spec, DataSpec) and spec.format == "ray_data"
+        self.ray = RayDataInput(spec, "data.eval") if ray_data else None  # opened by the driver once connected
+        self.layout = discover(spec, "data.eval") if isinstance(spec, DataSpec) and not ray_data else None
         self.fn = None
-        if self.layout is None:
+        if self.layout is None and not ray_data:
             from raytf.config.imports import resolve_callable
 
             self.fn = resolve_callable(spec, "data.eval")
 
     def first_batch(self, batch_size: int):
+        if self.ray is not None:
+            return self.ray.first_batch(batch_size)
         if self.fn is None:
             return _file_first(self.layout, batch_size)
         from raytf.data.datasets import first_batch
@@ -127,13 +164,16 @@ class EvalData:
             return eval_dataset(self.fn)
         import tensorflow as tf
 
-        layout = self.layout
-        features, labels = _file_first(layout, 1)
-        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)),
-                                          (features, labels))
-        blocks = tf.data.Dataset.from_generator(lambda: _file_blocks(layout), output_signature=signature)
+        if self.ray is not None:
+            ray, rows = self.ray, self.ray.rows
+            first, read = ray.first_batch(1), lambda: ray.blocks()
+        else:
+            layout, rows = self.layout, self.layout.rows
+            first, read = _file_first(layout, 1), lambda: _file_blocks(layout)
+        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), first)
+        blocks = tf.data.Dataset.from_generator(read, output_signature=signature)
         # Its size known, Keras's evaluate does not take the end of the data for a shortage.
-        return blocks.unbatch().apply(tf.data.experimental.assert_cardinality(layout.rows))
+        return blocks.unbatch().apply(tf.data.experimental.assert_cardinality(rows))
 
 
 def _file_blocks(layout: FileLayout) -> Iterator[tuple[Any, np.ndarray]]:

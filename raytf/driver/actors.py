@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from raytf.config import Resources, TrainConfig
 from raytf.data.sources import DataPlan
@@ -110,7 +110,8 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
                           wire_secret=new_secret())
 
 
-def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None) -> RunActors:
+def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None,
+           statistics: list | None = None) -> RunActors:
     """Create the servers and workers (restartable: Ray starts a new process when one dies)."""
     import ray
 
@@ -138,7 +139,7 @@ def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | N
     ]
     return RunActors(run_id=run_id, servers=ServerGroup(servers),
                      workers=WorkerGroup(workers, threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus)),
-                                         data=data))
+                                         data=data, statistics=statistics))
 
 
 
@@ -161,12 +162,16 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
 
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
-           settings: ServerSettings, clock: StartupClock | None = None, data: DataPlan | None = None) -> RunActors:
-    """Create servers and workers, set them up (`data`: how the workers read data.train) and connect
-    every worker to every server."""
+           settings: ServerSettings, clock: StartupClock | None = None, data: DataPlan | None = None,
+           share: Callable[[list[str]], DataPlan] | None = None, statistics: list | None = None) -> RunActors:
+    """Create servers and workers, set them up (`data`: how the workers read data.train; `share`: for Ray
+    Data, the plan with the dataset split for the workers' nodes; `statistics`: the non-trainable values the
+    replicas start from) and connect every worker to every server."""
     created = time.time()
-    actors = create(config, run_id, plan, data)
+    actors = create(config, run_id, plan, data, statistics)
     try:
+        if share is not None:
+            actors.workers.data = share(actors.workers.locate())
         # Together: each actor's first call imports TensorFlow, which takes seconds.
         set_up = (actors.servers.set_up(states, config.optimizer, settings)
                   + actors.workers.set_up(config, plan)).join("Setting up the actors")

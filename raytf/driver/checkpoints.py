@@ -33,6 +33,7 @@ from raytf.exchange.tables import TableSpec
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+NON_TRAINABLE = "non_trainable.npz"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,22 @@ def build_manifest(step: int, plan: ShardPlan, saved: Sequence[SavedShard], *, m
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     atomic_write(directory / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
+def write_non_trainable(directory: Path, values: Sequence[np.ndarray]) -> None:
+    """The workers' non-trainable values (BatchNorm statistics, averaged over them), beside the shards;
+    written before the manifest, so a complete checkpoint has them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / NON_TRAINABLE, lambda f: np.savez(f, *values))
+
+
+def read_non_trainable(directory: Path) -> list[np.ndarray] | None:
+    """What `write_non_trainable` wrote there; None for a checkpoint without (older, or of a model without any)."""
+    path = directory / NON_TRAINABLE
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,7 +19,16 @@ import numpy as np
 
 from raytf.config import TrainConfig
 from raytf.driver.checkpoints import prune
-from raytf.driver.prepare import coerce_config, compile_for_saving, evaluate, final_model, prepare, start_states
+from raytf.driver.prepare import (
+    coerce_config,
+    compile_for_saving,
+    evaluate,
+    final_model,
+    prepare,
+    reads_ray_data,
+    resumed_statistics,
+    start_states,
+)
 from raytf.driver.signals import stop_on_signals, terminate_as_interrupt
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
 from raytf.driver.validation import Evaluation
@@ -66,24 +76,33 @@ def fit(
     # With no cluster up, the embedded head starts while this process imports TensorFlow and
     # checks the model (seconds each); bad input stops it again before it is used.
     head = local_cluster.launch() if needs_embedded_cluster(address) else None
+    # A Ray Data dataset is opened on the cluster: then the driver connects first, and prepares there.
+    ray_first = reads_ray_data(cfg)
     try:
-        prepared = prepare(cfg, clock)
-        cfg = prepared.config  # steps known now, also where it gave epochs
-        states = start_states(prepared, resume, restart)
+        if not ray_first:
+            prepared = prepare(cfg, clock)
+            cfg = prepared.config  # steps known now, also where it gave epochs
+            states = start_states(prepared, resume, restart)
     except BaseException:
         if head is not None:
             head.stop()
         raise
     run_id = f"{cfg.name}-{uuid.uuid4().hex[:8]}"
-    settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
-    tensorboard = TensorBoardLog(prepared.output_dir / "tensorboard", on_event)
+    tensorboard = TensorBoardLog(Path(cfg.output_dir) / "tensorboard", on_event)
     try:
         # job_name is the dashboard's Jobs "Name" column; the config sits in the job's details.
         metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
         with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
+            if ray_first:
+                prepared = prepare(cfg, clock)
+                cfg = prepared.config
+                states = start_states(prepared, resume, restart)
+            settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
             check_resources(cfg, ray.cluster_resources())
-            actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data)
+            actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data,
+                            share=_ray_data_share(prepared),
+                            statistics=resumed_statistics(prepared) if states[0].version else None)
             try:
                 resumed = states[0].version // settings.updates_per_step
                 for notice in prepared.notices:
@@ -153,6 +172,16 @@ def fit(
         summary["trace"] = write_trace(prepared.output_dir / "trace.json", tracks, run_id)
     write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _ray_data_share(prepared):
+    """For a Ray Data data.train: what gives the workers their parts once their nodes are known (the
+    splits' locality hints); None for other data."""
+    ray_input, config = prepared.train.ray, prepared.config
+    if ray_input is None:
+        return None
+    return lambda nodes: replace(prepared.data, ray=ray_input.share(config.distribution.workers, nodes,
+                                                                   config.batch_size))
 
 
 def _validator(prepared, actors, tensorboard, on_event: Callable[[str], None]):

@@ -193,10 +193,12 @@ BUSY: Any = object()  # ServerGroup.statistics: no answer in time, nothing is kn
 class WorkerGroup:
     """The run's workers, and the one call (`run` or `rejoin`) each may have under way."""
 
-    def __init__(self, handles: list, threads: int, data: DataPlan | None = None) -> None:
+    def __init__(self, handles: list, threads: int, data: DataPlan | None = None,
+                 statistics: list[np.ndarray] | None = None) -> None:
         self.handles = list(handles)
         self.threads = threads  # compute threads per worker
         self.data = data or DataPlan()  # how each worker reads its share of data.train
+        self.statistics = statistics  # the non-trainable values the replicas start from (a resumed checkpoint's)
         self.calls: dict[int, Any] = {}  # worker -> its `run`/`rejoin` under way
 
     def __len__(self) -> int:
@@ -205,7 +207,8 @@ class WorkerGroup:
     def set_up(self, config: TrainConfig, plan: ShardPlan, which: Iterable[int] | None = None) -> Pending:
         """Start building the replicas of all workers, or of `which`."""
         which = range(len(self.handles)) if which is None else which
-        return Pending(tuple(self.handles[i].setup.remote(config.to_dict(), plan, len(self.handles), self.threads, self.data)
+        return Pending(tuple(self.handles[i].setup.remote(config.to_dict(), plan, len(self.handles), self.threads, self.data,
+                                                     self.statistics)
                              for i in which), "Setting up the workers")
 
     def locate(self) -> list[str]:
@@ -239,8 +242,11 @@ class WorkerGroup:
                      target_version: int) -> None:
         """Set a restarted worker up again and let it train. No links are passed: the restarted process
         may be on another node, so the servers decide them anew."""
+        # Its replica starts from the others' statistics of this moment (the run's start values if none answers).
+        statistics = self.non_trainable() or self.statistics
         self.calls[worker] = self.handles[worker].rejoin.remote(
-            config.to_dict(), plan, len(self.handles), self.threads, servers.handles, target_version, self.data)
+            config.to_dict(), plan, len(self.handles), self.threads, servers.handles, target_version, self.data,
+            statistics)
 
     def finished(self, timeout: float) -> list[tuple[int, WorkerResult | Lost]]:
         """The calls that ended within `timeout` (at least one, unless none did): each worker's result,

@@ -30,6 +30,7 @@ class Prepared:
     notices: tuple[str, ...] = ()  # what the user should know before training (e.g. tables left dense)
     first_batch: tuple = ()  # (features, labels) the model was built on (to build it again for saving)
     data: Any = None  # raytf.data.sources.DataPlan: how the workers read data.train
+    train: Any = None  # raytf.data.sources.TrainData: data.train on the driver (Ray Data: split once the workers exist)
 
 
 def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -84,7 +85,19 @@ def _prepare(config: TrainConfig) -> Prepared:
     workers = config.distribution.workers
     train = TrainData(config)
     eval_data = EvalData(config) if config.data.eval else None
-    rows = train.shard_rows(workers) if train.layout is not None or config.epochs is not None else None
+    ray_notices: list[str] = []
+    for ray_data in (train.ray, eval_data.ray if eval_data is not None else None):
+        if ray_data is not None:
+            ray_data.open()  # connected already (raytf.driver.fit: reads_ray_data)
+    if train.ray is not None:
+        import ray
+
+        said = train.ray.materialize_if_needed(config, ray.cluster_resources().get("CPU", 0.0))
+        ray_notices += [said] if said else []
+    if eval_data is not None and eval_data.ray is not None:
+        eval_data.ray.hold()  # evaluated at the end too, when the connection is closed
+    rows = (train.shard_rows(workers) if train.layout is not None or train.ray is not None or config.epochs is not None
+            else None)
     data = train.plan(workers, rows)
     config = resolve_epochs(config, rows)
     keras.utils.set_random_seed(config.seed)
@@ -103,13 +116,28 @@ def _prepare(config: TrainConfig) -> Prepared:
     tables, notices = find_tables(model, config, features, labels)
     plan = plan_shards(variable_specs(model), config.distribution.parameter_servers, tables)
     return Prepared(config=config, model=model, plan=plan, eval_data=eval_data, output_dir=output_dir,
-                    notices=tuple(notices) + _table_notice(plan, config) + _data_notice(train, data, config),
-                    first_batch=(features, labels), data=data)
+                    notices=tuple(ray_notices) + tuple(notices) + _table_notice(plan, config)
+                    + _data_notice(train, data, config),
+                    first_batch=(features, labels), data=data, train=train)
+
+
+def reads_ray_data(config: TrainConfig) -> bool:
+    """Whether data.train or data.eval is a Ray Data dataset: it is opened on the cluster, so the driver
+    connects before it prepares."""
+    return any(getattr(spec, "format", None) == "ray_data" for spec in (config.data.train, config.data.eval))
 
 
 def _data_notice(train, data, config: TrainConfig) -> tuple[str, ...]:
     """Say what the workers read, where it is not a function's stream."""
     parts = []
+    if train.ray is not None:
+        rows, workers = train.ray.rows, config.distribution.workers
+        if train.ray.materialized:
+            parts.append(f"data.train: a Ray Data dataset of {rows:,} rows in the object store, about "
+                         f"{rows // workers:,} per worker")
+        else:
+            parts.append(f"data.train: a Ray Data dataset of {rows:,} rows, streamed and split equally: {rows // workers:,} "
+                         "per worker" + (f" ({rows % workers} left out each epoch)" if rows % workers else ""))
     if train.layout is not None:
         parts.append(f"data.train: {train.layout.describe()}, about {train.layout.rows // config.distribution.workers:,} "
                      "rows per worker")
@@ -219,6 +247,15 @@ def evaluate(model, prepared: Prepared) -> dict[str, float]:
     config = prepared.config
     results = model.evaluate(prepared.eval_data.dataset().batch(config.eval_batch_size), return_dict=True, verbose=0)
     return {name: float(value) for name, value in results.items()}
+
+
+def resumed_statistics(prepared: Prepared) -> list[np.ndarray] | None:
+    """The non-trainable values (BatchNorm statistics) of the checkpoint a run resumes from, if it has them."""
+    from raytf.driver.checkpoints import latest, read_non_trainable
+    from raytf.exchange.shard_state import root_of
+
+    newest = latest(root_of(prepared.output_dir))
+    return read_non_trainable(newest.directory) if newest is not None else None
 
 
 def start_states(prepared: Prepared, resume: bool, restart: bool) -> list:

@@ -26,7 +26,16 @@ import numpy as np
 
 from raytf.config import TrainConfig
 from raytf.driver.actors import RunActors, wire
-from raytf.driver.checkpoints import Checkpoint, build_manifest, discard_after, latest, load, prune, write_manifest
+from raytf.driver.checkpoints import (
+    Checkpoint,
+    build_manifest,
+    discard_after,
+    latest,
+    load,
+    prune,
+    write_manifest,
+    write_non_trainable,
+)
 from raytf.driver.groups import BUSY, RESTART_TIMEOUT, Lost
 from raytf.driver.restarts import RESTARTING, RESTORED, RESTORED_FROM_CHECKPOINT, RestartLog
 from raytf.exchange.messages import ServerStats, Status, WorkerResult
@@ -244,6 +253,9 @@ class Supervisor:
             if step in self.manifests:
                 continue
             saved = [s.saved[version] for s in self.stats]
+            state = self.workers.non_trainable()  # the workers' statistics of this moment, averaged
+            if state:
+                write_non_trainable(step_dir(self.root, step), state)
             manifest = build_manifest(step, self.plan, saved, mode=self.config.distribution.mode, updates_per_step=self.ups,
                                       optimizer=self.config.optimizer.name, run_id=self.run_id)
             write_manifest(step_dir(self.root, step), manifest)

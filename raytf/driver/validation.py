@@ -61,6 +61,7 @@ class Validator:
         self.history: list[Evaluation] = []
         self.best: Evaluation | None = None
         self.pending: set[int] = set()  # checkpointed steps not evaluated yet: not to be pruned
+        self._compiled = None  # the replica compiled for evaluation
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="raytf-validation", daemon=True)
@@ -125,7 +126,7 @@ class Validator:
         return step // self.config.steps_per_epoch if self.config.epochs is not None else None
 
     def _evaluate(self, checkpoint) -> dict[str, float]:
-        from raytf.driver.checkpoints import load
+        from raytf.driver.checkpoints import load, read_non_trainable
         from raytf.driver.prepare import compile_for_saving, evaluate, final_model
         from raytf.exchange.policies import policy_for
 
@@ -134,6 +135,10 @@ class Validator:
                       policy_for(self.config.distribution).updates_per_step)
         tables = [[state.tables[k].params if state.tables[k].keys is None else (state.tables[k].keys, state.tables[k].params)
                    for state in states] for k in range(len(prepared.plan.tables))]
-        model = final_model(prepared, [state.params for state in states], tables, self.non_trainable() or [])
-        compile_for_saving(model, self.config, build_optimizer=False)
+        # The checkpoint's statistics (written with it), else the workers' of this moment.
+        statistics = read_non_trainable(checkpoint.directory) or self.non_trainable() or []
+        model = final_model(prepared, [state.params for state in states], tables, statistics)
+        if model is not self._compiled:  # once: compiling again would trace Keras's test step again
+            compile_for_saving(model, self.config, build_optimizer=False)
+            self._compiled = model
         return evaluate(model, prepared)

@@ -112,9 +112,10 @@ class Worker:
         return ray.get_runtime_context().get_node_id()
 
     def setup(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int,
-              data: DataPlan | None = None) -> dict[str, Any]:
+              data: DataPlan | None = None, statistics: list[np.ndarray] | None = None) -> dict[str, Any]:
         """Build the replica and the data shard (`data`: how to read it, DataPlan() when data.train is a
-        function read as a stream). Returns the GPUs it sees and where its start-up time went."""
+        function read as a stream; `statistics`: the non-trainable values to start from, a resumed
+        checkpoint's, in the order `non_trainable` gives them). Returns the GPUs it sees and where its start-up time went."""
         from raytf.observe.startup import ActorTimer
 
         timer = ActorTimer()
@@ -125,6 +126,9 @@ class Worker:
             import raytf.replica.model  # noqa: F401
         with timer.span("actor_model_build"):
             gpus = self._build(config, plan, num_workers, data or DataPlan())
+            if statistics:
+                for variable, value in zip(self._state_variables(), statistics):
+                    variable.assign(value)
         if self.config.trace.enabled and self.trace is None:
             from raytf.observe.trace import WORKER_PHASES, PhaseRecorder
 
@@ -334,14 +338,15 @@ class Worker:
                          encrypt=d.encrypt, push_codec=d.compression.push, where=f"node {self.node_id()[:12]}")
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
-               target_version: int, data: DataPlan | None = None) -> WorkerResult:
+               target_version: int, data: DataPlan | None = None,
+               statistics: list[np.ndarray] | None = None) -> WorkerResult:
         """A restarted worker: set up, connect, be admitted again and train on.
 
         Ray may have restarted it on another node than before, so every server decides its link
         again (shared memory only on the server's own node); the pairing of its old process is gone."""
         import ray
 
-        self.setup(config, plan, num_workers, threads, data)
+        self.setup(config, plan, num_workers, threads, data, statistics)
         node = self.node_id()
         try:
             links = ray.get([server.relink.remote(self.index, node) for server in servers])
@@ -568,8 +573,12 @@ class Worker:
         None in a process restarted after its work was done, which was never set up."""
         if self.model is None:
             return None
+        return [np.asarray(v.numpy()) for v in self._state_variables()]
+
+    def _state_variables(self) -> list:
+        """The replica's non-trainable variables but a ShardedEmbedding's row cache."""
         cache = {id(v) for v in self.tables.cache_ids if v is not None}
-        return [np.asarray(v.numpy()) for v in self.model.non_trainable_variables if id(v.value) not in cache]
+        return [v for v in self.model.non_trainable_variables if id(v.value) not in cache]
 
 
 _BELLS = (Bell, WireBell)  # what a push may be rung on instead of a Ray call

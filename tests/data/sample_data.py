@@ -15,3 +15,15 @@ def train(shard_index: int, num_shards: int) -> tf.data.Dataset:
 def filtered(shard_index: int, num_shards: int) -> tf.data.Dataset:
     """Of unknown size: a filter leaves tf.data's cardinality unknown."""
     return train(shard_index, num_shards).filter(lambda x, y: True)
+
+
+def ray_rows(rows: int = 1000):
+    """A Ray Data dataset of `rows` rows: id (0..rows-1) and label (id % 2), in 8 blocks."""
+    import ray.data
+
+    return ray.data.range(rows, override_num_blocks=8).map_batches(
+        lambda batch: {"id": batch["id"], "label": batch["id"] % 2}, batch_format="numpy")
+
+
+def ray_rows_odd():
+    return ray_rows(1001)

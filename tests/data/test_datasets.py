@@ -58,3 +58,30 @@ def test_a_dataset_of_unknown_size_needs_steps_per_epoch():
     assert "steps_per_epoch" in err.value.fix
     given = config(data={"train": "tests.data.sample_data:filtered"}, steps_per_epoch=5)
     assert resolve_epochs(given, rows).steps == 10
+
+
+def test_ray_data_columns_become_what_the_model_takes():
+    import numpy as np
+
+    from raytf.data.ray_data import column
+
+    lists = np.empty(2, dtype=object)
+    lists[:] = [np.array([1, 2, 3]), np.array([4, 5, 6])]
+    assert column(lists, "ids", "data.train").tolist() == [[1, 2, 3], [4, 5, 6]]  # lists of one length: 2-D
+    assert column(np.array([True, False]), "clicked", "data.train").dtype == np.float32
+    assert column(np.array([1, 2], np.int64), "id", "data.train").dtype == np.int64  # ids stay integers
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [np.array([1, 2]), np.array([3])]
+    with pytest.raises(ConfigError, match="column 'ids' holds lists of different lengths"):
+        column(ragged, "ids", "data.train")
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"format": "ray_data", "label": "y"}, "data.train.dataset"),
+    ({"format": "ray_data", "dataset": "a:b", "paths": "x", "label": "y"}, "data.train.paths"),
+    ({"format": "parquet", "label": "y"}, "data.train.paths"),
+    ({"format": "csv", "paths": "x", "dataset": "a:b", "label": "y"}, "data.train.dataset"),
+])
+def test_a_data_spec_takes_the_source_of_its_format(spec, key):
+    with pytest.raises(ConfigError, match=rf"^<config>: {key}: "):
+        config_from_dict({"model": "m:f", "loss": "mse", "data": {"train": spec}})

@@ -58,15 +58,30 @@ def test_the_click_model_trains_for_epochs_from_parquet_files_validated_every_ep
     assert kept == sorted({best["step"], 237})
 
 
-def test_batchnorm_statistics_are_the_mean_over_the_workers_shards(ray_cluster, tmp_path):
+def test_batchnorm_statistics_are_the_mean_over_the_workers_shards_also_in_checkpoints_and_resumed(
+        ray_cluster, tmp_path):
     import keras
 
-    summary = raytf.fit({
-        "name": "bn", "model": "tests.driver.shifted_data:build_model",
-        "data": {"train": "tests.driver.shifted_data:train_examples"}, "loss": "mse",
-        "optimizer": {"name": "sgd", "learning_rate": 0.01}, "batch_size": 64, "steps": 60,
-        "distribution": {"parameter_servers": 1, "workers": 2}, "output_dir": str(tmp_path / "bn")},
-        address=ray_cluster.gcs_address)
+    from raytf.driver.checkpoints import latest, read_non_trainable
+
+    def train(steps: int, resume: bool = False) -> dict:
+        return raytf.fit({
+            "name": "bn", "model": "tests.driver.shifted_data:build_model",
+            "data": {"train": "tests.driver.shifted_data:train_examples"}, "loss": "mse",
+            "optimizer": {"name": "sgd", "learning_rate": 0.01}, "batch_size": 64, "steps": steps,
+            "checkpoint": {"every_steps": 30}, "distribution": {"parameter_servers": 1, "workers": 2},
+            "output_dir": str(tmp_path / "bn")}, address=ray_cluster.gcs_address, resume=resume)
+
+    summary = train(60)
     norm = keras.models.load_model(summary["model_path"]).get_layer("norm")
     # worker 0's own moving mean is ~0, worker 1's ~10: the model keeps their mean
+    assert float(np.asarray(norm.moving_mean)[0]) == pytest.approx(5.0, abs=0.5)
+    checkpoint = latest(tmp_path / "bn" / "checkpoints")
+    assert checkpoint.step == 60
+    moving_mean = read_non_trainable(checkpoint.directory)[0]  # the layer's first non-trainable value
+    assert float(moving_mean[0]) == pytest.approx(5.0, abs=0.5)
+    # One more step from the checkpoint (momentum 0.8): workers starting from its 5 give 0.8 * 5 + 0.2 * 0 and
+    # 0.8 * 5 + 0.2 * 10, mean 5; had they started from the initial 0, the mean would be 1.
+    resumed = train(61, resume=True)
+    norm = keras.models.load_model(resumed["model_path"]).get_layer("norm")
     assert float(np.asarray(norm.moving_mean)[0]) == pytest.approx(5.0, abs=0.5)
