@@ -76,3 +76,26 @@ def test_digits_trains_from_ray_data_while_the_workers_hold_every_cpu(ray_cluste
     assert [h["epoch"] for h in summary["eval_history"]] == [1, 2]
     assert summary["steps"] == 2 * 23  # ceil(719 / 32) a pass
     assert summary["eval"]["accuracy"] > 0.5  # learnt (chance: 0.1)
+
+
+def test_a_killed_worker_reading_a_streamed_split_is_restarted_and_the_run_ends(ray_cluster, tmp_path):
+    """Worker 1 is SIGKILLed mid-epoch: its split's epoch under way is lost to it, the others go on; restarted,
+    it reads its split from the next epoch on (a fresh iterator) and the run trains every step."""
+    from tests.driver.test_faults import KillAt
+
+    killer = KillAt("digits-ray-data", "worker", 1, step=30)
+    events = []
+
+    def on_event(message: str) -> None:
+        events.append(message)
+        killer.on_event(message)
+
+    summary = raytf.fit("examples/digits_ray_data.yaml", address=ray_cluster.gcs_address, on_event=on_event,
+                        progress=killer,
+                        overrides=[f"output_dir={tmp_path / 'run'}", "epochs=6", "log_every_seconds=0.25",
+                                   "distribution.worker_resources.num_cpus=0.5"])  # a CPU left: streamed
+    assert any("streamed and split equally" in e for e in events), events
+    assert killer.killed_at is not None
+    assert [r["index"] for r in summary["restarts"] if r["role"] == "worker"] == [1], summary["restarts"]
+    assert summary["steps"] == 6 * 23 and len(summary["eval_history"]) == 6
+    assert summary["eval"]["accuracy"] > 0.5
