@@ -17,6 +17,7 @@ from raytf.config import DataSpec, TrainConfig
 from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, passes_steps, read_ahead
 from raytf.data.files import FileLayout, discover
 from raytf.data.ray_data import RayDataInput, RayShare
+from raytf.errors import ConfigError
 from raytf.data.ray_data import passes as ray_passes
 
 NO_WEIGHTS = np.ones(0, np.float32)  # the step's weights argument of a batch whose rows all count
@@ -80,6 +81,9 @@ class TrainData:
     def plan(self, workers: int, shard_rows: list[int] | None) -> DataPlan:
         """How the workers read: in passes over files always, over a function's datasets for epochs whose
         length the data decides (`shard_rows`: rows per worker, None when unknown or not asked)."""
+        if (self.ray is not None or self.layout is not None) and min(shard_rows) == 0:
+            raise ConfigError(f"data.train has {sum(shard_rows)} row(s) for {workers} workers: a worker would read "
+                              "nothing.", "Use fewer workers (distribution.workers), or more data.")
         if self.ray is not None:
             return DataPlan(steps_per_pass=passes_steps(shard_rows, self.config.batch_size))
         if self.layout is None and (self.config.epochs is None or shard_rows is None):

@@ -202,3 +202,15 @@ def test_a_misspelt_file_spec_key_is_named_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"unknown key 'data\.train\.path'") as err:
         config_from_dict({"model": "m:f", "loss": "mse", "data": {"train": {"format": "parquet", "path": "x", "label": "y"}}})
     assert "data.train.paths" in err.value.fix
+
+
+def test_more_workers_than_rows_is_refused_before_any_actor(tmp_path):
+    from raytf.data.sources import TrainData
+
+    write_parquet(tmp_path, files=[(3, 3)])
+    cfg = config(tmp_path)
+    train = TrainData(cfg)
+    assert train.plan(3, train.shard_rows(3)).steps_per_pass == 1  # one row each
+    with pytest.raises(ConfigError, match="data.train has 3 row\\(s\\) for 4 workers") as err:
+        train.plan(4, train.shard_rows(4))
+    assert "fewer workers" in err.value.fix
