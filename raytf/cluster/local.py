@@ -192,6 +192,9 @@ class PendingHead:
         stop(self.cluster)
 
 
+METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
+
+
 def launch(num_cpus: int | None = None) -> PendingHead:
     """Start a Ray head process and return at once; `PendingHead.wait` waits until it is ready.
 
@@ -214,6 +217,9 @@ def launch(num_cpus: int | None = None) -> PendingHead:
     ]
     env = {name: value for name, value in os.environ.items() if name not in AUTH_VARS}
     env.update(LOOPBACK_ENV, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    # Every process of the cluster exports its metrics every 2 s instead of Ray's 10: `raytf status` and the
+    # dashboard see a run of a few seconds (a user's own setting wins).
+    env.setdefault(METRICS_INTERVAL_ENV, str(METRICS_INTERVAL_MS))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)

@@ -38,6 +38,7 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
     from tests.cluster.test_security import files_holding, without_ray_auth
 
     env = dict(without_ray_auth(os.environ), RAYTF_HOME=str(raytf_home))  # a user's shell: no Ray settings of this session
+    env.pop(local_cluster.METRICS_INTERVAL_ENV, None)  # (the test cluster's own setting)
     outputs = []
 
     def raytf_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -65,6 +66,9 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
             urllib.request.urlopen(cluster.dashboard_url + "/api/version", timeout=5)
         assert refused.value.code == 401
         assert bystander.token_path != cluster.token_path and token_file.read_text() != Path(bystander.token_path).read_text()
+        # Its processes export metrics every 2 s (Ray's default 10 s hides a short run from `raytf status`).
+        environment = Path(f"/proc/{cluster.pid}/environ").read_bytes().split(b"\0")
+        assert f"{local_cluster.METRICS_INTERVAL_ENV}=2000".encode() in environment
         # Ray's sockets and logs live under a temp root only this user may enter.
         assert stat.S_IMODE(Path(cluster.temp_dir).parent.stat().st_mode) == 0o700
 
