@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,9 +76,9 @@ class FileBatches:
         self.seed = config.seed
         self.steps_per_pass = steps_per_pass
 
-    def passes(self, first: int = 0) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-        """The batches of pass `first`, then of every pass after it, in this thread."""
-        epoch = first
+    def passes(self) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+        """The batches of every pass, one after another, in this thread."""
+        epoch = 0
         while True:
             yield from self.one_pass(epoch)
             epoch += 1
@@ -89,12 +89,10 @@ class FileBatches:
         blocks = (block for index in order for block in self.layout.read(self.pieces[index]))
         for columns, weights in pass_batches(blocks, self.layout.label.name, self.batch_size, self.steps_per_pass,
                                              rng, self.shuffle_buffer, f"{self.layout.key}: worker {self.worker}'s share"):
-            yield self._item(columns, weights)
+            yield (*self._inputs(columns), weights)
 
-    def _item(self, columns: dict[str, np.ndarray], weights: np.ndarray):
-        names = [c.name for c in self.layout.features]
-        features = columns[names[0]] if len(names) == 1 else {name: columns[name] for name in names}
-        return features, columns[self.layout.label.name], weights
+    def _inputs(self, columns: dict[str, np.ndarray]):
+        return model_inputs(columns, [c.name for c in self.layout.features], self.layout.label.name)
 
     def first_batch(self, batch_size: int):
         """The first (features, labels) of this worker's rows in file order, at most `batch_size` of them."""
@@ -110,9 +108,13 @@ class FileBatches:
         if not blocks:
             raise ConfigError(f"{self.layout.key}: worker {self.worker}'s share has no rows.",
                               "Use fewer workers, or more data.")
-        rows = {k: v[:batch_size] for k, v in _joined(blocks, None).items()}
-        features, labels, _ = self._item(rows, np.ones(0, np.float32))
-        return features, labels
+        return self._inputs({k: v[:batch_size] for k, v in _joined(blocks, None).items()})
+
+
+def model_inputs(columns: dict[str, np.ndarray], features: Sequence[str], label: str) -> tuple[Any, np.ndarray]:
+    """(features, labels) as the model takes them: one feature as its array, several as a dict by name."""
+    inputs = columns[features[0]] if len(features) == 1 else {name: columns[name] for name in features}
+    return inputs, columns[label]
 
 
 def pass_batches(blocks: Iterable[dict[str, np.ndarray]], count_by: str, size: int, steps: int, rng, shuffle_buffer: int,

@@ -140,12 +140,7 @@ def discover(spec: DataSpec, key: str) -> FileLayout:
     if not sum(unit.rows for unit in units):
         raise ConfigError(f"{key}: the {len(paths)} file(s) matching {', '.join(spec.paths)} hold no rows.",
                           "Point paths at files with data.")
-    label = _column(schema, spec.label, f"{key}.label", key)
-    names = spec.features if spec.features is not None else tuple(n for n in schema if n != spec.label)
-    if not names:
-        raise ConfigError(f"{key}: the files have no column besides the label '{spec.label}'.",
-                          "Add feature columns to the files, or name them in features.")
-    features = tuple(_column(schema, name, f"{key}.features", key) for name in names)
+    features, label = checked_columns(schema, spec, key, "files")
     kinds = tuple((name, column.kind) for name, column in schema.items()) if spec.format == "tfrecord" else ()
     return FileLayout(key=key, format=spec.format, units=tuple(units), features=features, label=label,
                       tfrecord_kinds=kinds)
@@ -163,16 +158,33 @@ def _matching(spec: DataSpec, key: str) -> list[str]:
     return paths
 
 
-def _column(schema: dict[str, Column | str], name: str, where: str, key: str) -> Column:
+# What holds the columns, in errors: (its name with its verb, where its columns are made).
+_HOLDERS = {"files": ("the files have", "when writing the files"), "dataset": ("the dataset has", "in the dataset")}
+
+
+def checked_columns(schema: dict[str, Column | str], spec: DataSpec, key: str,
+                    holder: str) -> tuple[tuple[Column, ...], Column]:
+    """`spec`'s features (default: every column but the label) and label in `schema` (per column what it is
+    read as, or why a model cannot take it), each checked; `holder`: "files" or "dataset", for the errors."""
+    label = _column(schema, spec.label, f"{key}.label", holder)
+    names = spec.features if spec.features is not None else tuple(n for n in schema if n != spec.label)
+    if not names:
+        raise ConfigError(f"{key}: {_HOLDERS[holder][0]} no column besides the label '{spec.label}'.",
+                          "Add feature columns, or name them in features.")
+    return tuple(_column(schema, name, f"{key}.features", holder) for name in names), label
+
+
+def _column(schema: dict[str, Column | str], name: str, where: str, holder: str) -> Column:
+    has, made = _HOLDERS[holder]
     found = schema.get(name)
     if found is None:
         guess = difflib.get_close_matches(name, list(schema), n=1)
-        raise ConfigError(f"{where}: the files have no column '{name}'.",
-                          (f"Did you mean '{guess[0]}'? " if guess else "") + f"Their columns: {', '.join(schema)}.")
+        raise ConfigError(f"{where}: {has} no column '{name}'.",
+                          (f"Did you mean '{guess[0]}'? " if guess else "") + f"Its columns: {', '.join(schema)}.")
     if isinstance(found, str):  # why it cannot be trained on
         what = "label" if where.endswith(".label") else "feature"
         raise ConfigError(f"{where}: the column '{name}' holds {found}, which a model cannot take as its {what}.",
-                          "Turn it into numbers when writing the files (class names into integer ids, strings hashed "
+                          f"Turn it into numbers {made} (class names into integer ids, strings hashed "
                           "to int64), or leave it out" + (" of features." if what == "feature" else "."))
     return found
 

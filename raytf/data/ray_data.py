@@ -26,6 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from raytf.config import DataSpec
+from raytf.data.epochs import model_inputs, pass_batches
+from raytf.data.files import Column, checked_columns
 from raytf.errors import ConfigError
 
 READ_ROWS = 4096  # rows per batch asked of Ray Data (raytf batches them again, to batch_size)
@@ -76,23 +78,11 @@ class RayDataInput:
                               "Return a Ray Data dataset (e.g. ray.data.read_parquet(...)), or use format parquet/csv/"
                               "tfrecord, or a function returning a tf.data.Dataset.")
         sample = self._take(dataset, 64)
-        label = self.spec.label
-        names = self.spec.features if self.spec.features is not None else tuple(n for n in sample if n != label)
-        for name, where in [(label, f"{self.key}.label")] + [(n, f"{self.key}.features") for n in names]:
-            if name not in sample:
-                import difflib
-
-                guess = difflib.get_close_matches(name, list(sample), n=1)
-                raise ConfigError(f"{where}: the dataset has no column '{name}'.",
-                                  (f"Did you mean '{guess[0]}'? " if guess else "") + f"Its columns: {', '.join(sample)}.")
-            if sample[name].dtype.kind not in "iufb":
-                raise ConfigError(f"{where}: the dataset's column '{name}' holds {sample[name].dtype} values, which a "
-                                  "model cannot train on.", "Map it to numbers in the dataset (class names into integer "
-                                  "ids, strings hashed to int64), or leave it out.")
-        if not names:
-            raise ConfigError(f"{self.key}: the dataset has no column besides the label '{label}'.",
-                              "Add feature columns, or name them in features.")
-        self.dataset, self.features = dataset, tuple(names)
+        kinds = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+        schema = {name: Column(name, kinds[values.dtype.kind], None) if values.dtype.kind in kinds
+                  else f"{values.dtype} values" for name, values in sample.items()}
+        features, _ = checked_columns(schema, self.spec, self.key, "dataset")
+        self.dataset, self.features = dataset, tuple(column.name for column in features)
         self.rows = dataset.count()
 
     def _take(self, dataset, rows: int) -> dict[str, np.ndarray]:
@@ -115,9 +105,7 @@ class RayDataInput:
         return self._item(self._take(self.dataset, batch_size))
 
     def _item(self, columns: dict[str, np.ndarray]):
-        features = (columns[self.features[0]] if len(self.features) == 1
-                    else {name: columns[name] for name in self.features})
-        return features, columns[self.spec.label]
+        return model_inputs(columns, self.features, self.spec.label)
 
     def blocks(self) -> Iterator[tuple[Any, np.ndarray]]:
         """Every row once, in blocks of (features, labels): data.eval, held (`hold`) on the driver."""
@@ -206,8 +194,6 @@ def arrow_column(array, name: str, key: str) -> np.ndarray:
 
 def passes(share: RayShare, worker: int, config, steps_per_pass: int) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
     """Worker `worker`'s batches (features, labels, weights): pass after pass over its split."""
-    from raytf.data.epochs import pass_batches
-
     names = (*share.features, share.label)
     epoch = 0
     while True:
@@ -220,9 +206,7 @@ def passes(share: RayShare, worker: int, config, steps_per_pass: int) -> Iterato
                                                                      prefetch_batches=2))
         for columns, weights in pass_batches(blocks, share.label, config.batch_size, steps_per_pass, rng,
                                              config.data.shuffle_buffer, f"data.train: worker {worker}'s split"):
-            features = (columns[share.features[0]] if len(share.features) == 1
-                        else {name: columns[name] for name in share.features})
-            yield features, columns[share.label], weights
+            yield (*model_inputs(columns, share.features, share.label), weights)
         epoch += 1
 
 

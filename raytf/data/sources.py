@@ -8,13 +8,14 @@ own share the same way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
 from raytf.config import DataSpec, TrainConfig
-from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, passes_steps, read_ahead
+from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, model_inputs, passes_steps, read_ahead
 from raytf.data.files import FileLayout, discover
 from raytf.data.ray_data import RayDataInput, RayShare
 from raytf.errors import ConfigError
@@ -50,11 +51,16 @@ class TrainData:
             from raytf.config.imports import resolve_callable
 
             self.fn = resolve_callable(spec, "data.train")
+        self._datasets: dict[tuple[int, int], Any] = {}
 
     def dataset(self, worker: int, workers: int):
-        from raytf.data.datasets import train_dataset
+        """The function's dataset for `worker`: called once (the first batch, the size and the batches
+        all read that one)."""
+        if (worker, workers) not in self._datasets:
+            from raytf.data.datasets import train_dataset
 
-        return train_dataset(self.fn, worker, workers)
+            self._datasets[worker, workers] = train_dataset(self.fn, worker, workers)
+        return self._datasets[worker, workers]
 
     def first_batch(self, worker: int, workers: int, batch_size: int):
         """(features, labels) of the first `batch_size` examples of the worker's share (Ray Data: of the
@@ -99,8 +105,7 @@ class TrainData:
             return read_ahead(ray_passes(self.share, worker, self.config, plan.steps_per_pass),
                               depth=_ray_depth(self.share.sample, plan.steps_per_pass))
         if self.layout is not None:
-            steps = plan.steps_per_pass or passes_steps(self.layout.shard_rows(workers), self.config.batch_size)
-            return read_ahead(FileBatches(self.layout, worker, workers, self.config, steps).passes())
+            return read_ahead(FileBatches(self.layout, worker, workers, self.config, plan.steps_per_pass).passes())
         from raytf.data.datasets import batch_stream, batches
 
         dataset = self.dataset(worker, workers)
@@ -141,6 +146,7 @@ class EvalData:
     """data.eval: its first batch (checked on the driver) and its batches for `model.evaluate`."""
 
     def __init__(self, config: TrainConfig) -> None:
+        self.config = config
         spec = config.data.eval
         ray_data = isinstance(spec, DataSpec) and spec.format == "ray_data"
         self.ray = RayDataInput(spec, "data.eval") if ray_data else None  # opened by the driver once connected
@@ -155,7 +161,7 @@ class EvalData:
         if self.ray is not None:
             return self.ray.first_batch(batch_size)
         if self.fn is None:
-            return _file_first(self.layout, batch_size)
+            return FileBatches(self.layout, 0, 1, self.config, 1).first_batch(batch_size)
         from raytf.data.datasets import first_batch
 
         return first_batch(self.dataset(), batch_size, "data.eval")
@@ -168,12 +174,11 @@ class EvalData:
             return eval_dataset(self.fn)
         import tensorflow as tf
 
-        if self.ray is not None:
-            ray, rows = self.ray, self.ray.rows
-            first, read = ray.first_batch(1), lambda: ray.blocks()
+        if self.ray is not None:  # a function making the generator, as from_generator takes it
+            read, rows = self.ray.blocks, self.ray.rows
         else:
-            layout, rows = self.layout, self.layout.rows
-            first, read = _file_first(layout, 1), lambda: _file_blocks(layout)
+            read, rows = functools.partial(_file_blocks, self.layout), self.layout.rows
+        first = self.first_batch(1)
         signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), first)
         blocks = tf.data.Dataset.from_generator(read, output_signature=signature)
         # Its size known, Keras's evaluate does not take the end of the data for a shortage.
@@ -184,14 +189,5 @@ def _file_blocks(layout: FileLayout) -> Iterator[tuple[Any, np.ndarray]]:
     names = [c.name for c in layout.features]
     for piece in layout.shard(0, 1):
         for block in layout.read(piece):
-            yield (block[names[0]] if len(names) == 1 else {n: block[n] for n in names}), block[layout.label.name]
-
-
-def _file_first(layout: FileLayout, batch_size: int):
-    for features, labels in _file_blocks(layout):
-        return (features[:batch_size] if isinstance(features, np.ndarray) else
-                {k: v[:batch_size] for k, v in features.items()}), labels[:batch_size]
-    from raytf.errors import ConfigError
-
-    raise ConfigError(f"{layout.key}: the files hold no rows.", "Point paths at files with data.")
+            yield model_inputs(block, names, layout.label.name)
 
