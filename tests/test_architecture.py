@@ -21,8 +21,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "raytf.exchange": {"raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
     "raytf.data": {"raytf.config", "raytf.errors"},
     "raytf.replica": {"raytf.data", "raytf.exchange", "raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
-    "raytf.driver": {"raytf.cluster", "raytf.data", "raytf.exchange", "raytf.replica", "raytf.config", "raytf.observe",
-                     "raytf.runtime", "raytf.errors"},
+    "raytf.pool": {"raytf.replica", "raytf.exchange", "raytf.config", "raytf.observe", "raytf.runtime", "raytf.errors"},
+    "raytf.driver": {"raytf.cluster", "raytf.data", "raytf.exchange", "raytf.replica", "raytf.pool", "raytf.config",
+                     "raytf.observe", "raytf.runtime", "raytf.errors"},
     # The public face: the CLI, `raytf.fit`/`raytf.connect`, `raytf.layers`.
     "raytf.layers": {"raytf.replica"},
     "raytf.cli": {"*"},

@@ -39,28 +39,79 @@ class RunStatus:
         return sum(self.rates.values()) if self.rates else None
 
 
-def live_runs(dashboard_url: str, headers: dict[str, str] | None = None) -> dict[str, RunStatus]:
-    """raytf's runs with actors alive. `headers` default to the recorded local cluster's token when
-    `dashboard_url` is its dashboard; without one, Ray's client uses RAY_AUTH_* of the environment."""
+@dataclass
+class PoolHostStatus:
+    """One process of the warm pool (raytf.pool): its Ray state, and the run's actor it plays now."""
+
+    name: str
+    node: str  # Ray's node id, shortened
+    state: str  # Ray's: ALIVE, RESTARTING (a fresh process imports TensorFlow), ...
+    pid: int | None
+    playing: str | None = None  # e.g. raytf:digits:worker-0, from the task it runs
+
+
+@dataclass
+class ClusterActivity:
+    runs: dict[str, RunStatus]
+    pool: list[PoolHostStatus]
+
+
+POOL_PREFIX = "raytf-pool:"  # raytf.pool.host.NAME_PREFIX (that layer is above this one)
+
+
+def _client(dashboard_url: str, headers: dict[str, str] | None):
     from ray.util.state import StateApiClient
-    from ray.util.state.common import ListApiOptions, StateResource
 
     from raytf.cluster.local import headers_for
 
     auth = headers_for(dashboard_url) if headers is None else headers
-    client = StateApiClient(address=dashboard_url, headers={"Content-Type": "application/json", **auth})
-    options = ListApiOptions(filters=[("state", "=", "ALIVE")], limit=10_000)
+    return StateApiClient(address=dashboard_url, headers={"Content-Type": "application/json", **auth})
+
+
+def activity(dashboard_url: str, headers: dict[str, str] | None = None) -> ClusterActivity:
+    """raytf's runs with actors alive, and the warm pool. A run's own actors are named
+    `raytf:<run>:<role>-<i>`; a pool host playing one runs tasks named after it (`raytf:<run>:worker-0.run`).
+    `headers` default to the recorded local cluster's token when `dashboard_url` is its dashboard;
+    without one, Ray's client uses RAY_AUTH_* of the environment."""
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    client = _client(dashboard_url, headers)
+    live = ListApiOptions(filters=[("state", "!=", "DEAD")], limit=10_000)
+    actors = client.list(StateResource.ACTORS, options=live, raise_on_missing_output=True)
     runs: dict[str, RunStatus] = {}
-    for actor in client.list(StateResource.ACTORS, options=options, raise_on_missing_output=True):
-        parts = (actor.name or "").split(":")
-        if len(parts) != 3 or parts[0] != "raytf":
-            continue
-        run = runs.setdefault(parts[1], RunStatus(parts[1]))
-        if parts[2].startswith("worker-"):
-            run.workers += 1
-        elif parts[2].startswith("ps-"):
-            run.servers += 1
-    return runs
+    pool: dict[str, PoolHostStatus] = {}
+    for actor in actors:
+        name = actor.name or ""
+        if name.startswith(POOL_PREFIX):
+            pool[actor.actor_id] = PoolHostStatus(name, (actor.node_id or "?")[:12], actor.state, actor.pid)
+        elif actor.state == "ALIVE":
+            _count(runs, name)
+    if pool:
+        running = ListApiOptions(filters=[("state", "=", "RUNNING")], limit=10_000)
+        for task in client.list(StateResource.TASKS, options=running, raise_on_missing_output=False):
+            host = pool.get(task.actor_id or "")
+            if host is not None and (task.name or "").startswith("raytf:"):
+                host.playing = task.name.rsplit(".", 1)[0]
+        for host in pool.values():
+            if host.playing:
+                _count(runs, host.playing)
+    return ClusterActivity(runs, sorted(pool.values(), key=lambda h: h.name))
+
+
+def live_runs(dashboard_url: str, headers: dict[str, str] | None = None) -> dict[str, RunStatus]:
+    """raytf's runs with actors alive (see `activity`)."""
+    return activity(dashboard_url, headers).runs
+
+
+def _count(runs: dict[str, RunStatus], actor_name: str) -> None:
+    parts = actor_name.split(":")
+    if len(parts) != 3 or parts[0] != "raytf":
+        return
+    run = runs.setdefault(parts[1], RunStatus(parts[1]))
+    if parts[2].startswith("worker-"):
+        run.workers += 1
+    elif parts[2].startswith("ps-"):
+        run.servers += 1
 
 
 def add_metrics(runs: dict[str, RunStatus], metrics_url: str) -> None:

@@ -172,20 +172,35 @@ def _batches(columns: dict[str, np.ndarray], batch_size: int, rows: int):
 
 def read_ahead(batches: Iterator, depth: int = PREFETCH_BATCHES) -> Iterator:
     """`batches`, produced by a daemon thread up to `depth` ahead (reading and decoding files releases
-    the GIL for most of its time). An error in the thread is raised here, where the batch was due."""
+    the GIL for most of its time). An error in the thread is raised here, where the batch was due.
+    Closed (or dropped) before the end, the thread stops too: a pool host's next run must not find it."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     failed = object()
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in batches:
-                items.put(item)
+                if not hand_over(item):
+                    return
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
-            items.put((failed, err))
+            hand_over((failed, err))
 
     threading.Thread(target=produce, name="raytf-read-ahead", daemon=True).start()
-    while True:
-        item = items.get()
-        if isinstance(item, tuple) and len(item) == 2 and item[0] is failed:
-            raise item[1]
-        yield item
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is failed:
+                raise item[1]
+            yield item
+    finally:
+        stop.set()

@@ -2,6 +2,6 @@
 speak to them in intents (`actors`), supervise it (restarts, rollback, stop: `supervisor`),
 checkpoints and their manifests (`checkpoints`), and report it (`summary`); `fit` ties them together.
 
-May import: `raytf.cluster`, `raytf.data`, `raytf.exchange`, `raytf.replica`, `raytf.observe`, `raytf.config`,
+May import: `raytf.cluster`, `raytf.data`, `raytf.exchange`, `raytf.replica`, `raytf.pool`, `raytf.observe`, `raytf.config`,
 `raytf.runtime`, `raytf.errors`.
 """

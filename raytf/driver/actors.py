@@ -23,6 +23,7 @@ from raytf.exchange.wire import new_secret
 from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.transport import LinkSpec, choose_link, remove_shm_files
 from raytf.observe.startup import StartupClock
+from raytf.pool.handles import HostedHandle
 
 
 def actor_name(run_name: str, role: str, index: int) -> str:
@@ -65,6 +66,8 @@ class RunActors:
     link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
     server_nodes: set[str] = field(default_factory=set)  # every node a server ran on (its exchange files are there)
     cores: list[tuple[int, ...]] = field(default_factory=list)  # [worker]: the cores it is pinned to, () if not
+    pool: Any = None  # raytf.pool.lease.PoolUse: the warm pool's hosts the run took, and its CPUs' reservation
+    notices: list[str] = field(default_factory=list)  # what the user should know about the actors
 
     def links_of(self, worker: int) -> list[LinkSpec]:
         return [per_server[worker] for per_server in self.links]
@@ -74,7 +77,10 @@ class RunActors:
 
         self.servers.close()
         for actor in self.servers.handles + self.workers.handles:
-            ray.kill(actor, no_restart=True)
+            if not isinstance(actor, HostedHandle):
+                ray.kill(actor, no_restart=True)
+        if self.pool is not None:
+            self.pool.give_back()  # every host cleans up after the run, or is replaced
         remove_shm_files(self.run_id)
         self._sweep_other_nodes()
 
@@ -111,36 +117,42 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
 
 
 def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None,
-           statistics: list | None = None) -> RunActors:
-    """Create the servers and workers (restartable: Ray starts a new process when one dies)."""
+           statistics: list | None = None, on_event: Callable[[str], None] = lambda message: None) -> RunActors:
+    """Create the servers and workers (restartable: Ray starts a new process when one dies), taking
+    warm processes from the pool `raytf up` keeps where it has them (raytf.pool)."""
     import ray
 
     from raytf.exchange.server import ParameterServer
+    from raytf.pool.lease import Want, take
     from raytf.replica.worker import Worker
 
     d = config.distribution
     mode = policy_for(config.distribution).describe()
     namespace = f"raytf-{run_id}"
     restarts = {"max_restarts": d.max_restarts, "max_task_retries": 0}  # raytf replays the work itself
-    ps_cls = ray.remote(ParameterServer)
-    worker_cls = ray.remote(Worker)
-    servers = [
-        ps_cls.options(name=actor_name(config.name, "ps", i), namespace=namespace,
-                       max_concurrency=d.workers + 4, **restarts, **_options(d.ps_resources)).remote(
-            run_id, i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {mode}, "
-                       f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}")
-        for i in range(d.parameter_servers)
-    ]
-    workers = [
-        worker_cls.options(name=actor_name(config.name, "worker", i), namespace=namespace,
-                           max_concurrency=2, **restarts, **_options(d.worker_resources)).remote(
-            run_id, i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, {config.steps} steps, {mode}")
-        for i in range(d.workers)
-    ]
+    wants = ([Want("ps", i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {mode}, "
+                            f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}",
+                   d.ps_resources, d.workers + 4) for i in range(d.parameter_servers)]
+             + [Want("worker", i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, "
+                                  f"{config.steps} steps, {mode}", d.worker_resources, 2) for i in range(d.workers)])
+    pool = take(wants, run_id, config.name, on_event)
+    classes = {"ps": ray.remote(ParameterServer), "worker": ray.remote(Worker)}
+    handles = []
+    for k, want in enumerate(wants):
+        hosted = pool.hosted[k] if pool is not None else None
+        if hosted is not None:
+            handles.append(hosted)
+            continue
+        placed = pool.fresh_options[k] if pool is not None else {}
+        handles.append(classes[want.role].options(
+            name=actor_name(config.name, want.role, want.index), namespace=namespace,
+            max_concurrency=want.max_concurrency, **restarts, **_options(want.resources), **placed,
+        ).remote(run_id, want.index, want.description))
+    servers, workers = handles[:d.parameter_servers], handles[d.parameter_servers:]
     return RunActors(run_id=run_id, servers=ServerGroup(servers),
                      workers=WorkerGroup(workers, threads=d.worker_threads or max(1, int(d.worker_resources.num_cpus)),
-                                         data=data, statistics=statistics))
-
+                                         data=data, statistics=statistics),
+                     pool=pool, notices=list(pool.said) if pool is not None else [])
 
 
 def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
@@ -163,12 +175,15 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
            settings: ServerSettings, clock: StartupClock | None = None, data: DataPlan | None = None,
-           share: Callable[[list[str]], DataPlan] | None = None, statistics: list | None = None) -> RunActors:
+           share: Callable[[list[str]], DataPlan] | None = None, statistics: list | None = None,
+           on_event: Callable[[str], None] = lambda message: None) -> RunActors:
     """Create servers and workers, set them up (`data`: how the workers read data.train; `share`: for Ray
     Data, the plan with the dataset split for the workers' nodes; `statistics`: the non-trainable values the
     replicas start from) and connect every worker to every server."""
     created = time.time()
-    actors = create(config, run_id, plan, data, statistics)
+    actors = create(config, run_id, plan, data, statistics, on_event)
+    if clock is not None:
+        clock.add("pool_take", "driver", created, time.time())
     try:
         if share is not None:
             actors.workers.data = share(actors.workers.locate())

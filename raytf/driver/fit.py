@@ -102,10 +102,11 @@ def fit(
             check_resources(cfg, ray.cluster_resources())
             actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data,
                             share=_ray_data_share(prepared),
-                            statistics=resumed_statistics(prepared) if states[0].version else None)
+                            statistics=resumed_statistics(prepared) if states[0].version else None,
+                            on_event=on_event)
             try:
                 resumed = states[0].version // settings.updates_per_step
-                for notice in prepared.notices:
+                for notice in [*actors.notices, *prepared.notices]:
                     on_event(notice)
                 on_event(f"Run {run_id}: {cfg.distribution.workers} workers, {cfg.distribution.parameter_servers} "
                          f"parameter servers, {policy_for(cfg.distribution).describe()}, exchange via {link_kinds_text(actors.link_kinds)}"
@@ -158,6 +159,7 @@ def fit(
     summary.update(model_path=str(model_path), run_id=run_id, ephemeral_cluster=connection.ephemeral,
                    tensorboard_dir=str(tensorboard.logdir), resumed_from_step=resumed or None,
                    worker_cores=[list(cores) for cores in actors.cores],  # [] per worker not pinned
+                   warm_pool=_pool_counts(actors),
                    restarts=supervisor.restarts, rollbacks=supervisor.rollbacks,
                    nonfinite_skipped=sum(s.exchange.nonfinite_skipped for s in stats),
                    checkpoint=_checkpoint_path(settings, supervisor.checkpoint_step))
@@ -172,6 +174,12 @@ def fit(
         summary["trace"] = write_trace(prepared.output_dir / "trace.json", tracks, run_id)
     write_json(prepared.output_dir / "summary.json", summary)
     return summary
+
+
+def _pool_counts(actors) -> dict[str, int]:
+    """How many of the run's actors were warm processes of the pool (raytf.pool), and how many started afresh."""
+    hosted = sum(h is not None for h in actors.pool.hosted) if actors.pool is not None else 0
+    return {"hosted": hosted, "fresh": len(actors.servers) + len(actors.workers) - hosted}
 
 
 def _ray_data_share(prepared):

@@ -20,6 +20,7 @@ from raytf.exchange.server import ServerSettings
 from raytf.exchange.shard_state import ShardState
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec
+from raytf.pool.handles import HostedHandle
 
 CALL_TIMEOUT = 30.0  # seconds for a control call to a live actor
 RESTART_TIMEOUT = 300.0  # seconds for Ray to bring a lost actor back (a new process imports TensorFlow)
@@ -63,7 +64,9 @@ def actor_state(handle) -> tuple[int, str] | None:
     info = state.actor_table(handle._actor_id.hex())
     if not info:
         return None
-    return int(info["NumRestarts"]), str(info["State"])
+    # A pool host (raytf.pool) was restarted for other runs before this one took it: those are not this run's.
+    before = handle.restarts_before if isinstance(handle, HostedHandle) else 0
+    return int(info["NumRestarts"]) - before, str(info["State"])
 
 
 @dataclass(frozen=True)

@@ -306,6 +306,18 @@ class Worker:
 
         return pin_as_configured(self.config.distribution, rank, count, node_cpus)
 
+    def close(self) -> None:
+        """Let go of the run (a pool host hands this process to the next one): the links to the servers
+        close and the data reader's thread ends; the replica goes with the host's reference to this."""
+        for bell in self.bells:
+            if bell is not None:
+                bell.close()
+        self.bells, self.links, self.servers = [], [], []
+        iterator = getattr(self, "iterator", None)
+        if hasattr(iterator, "close"):
+            iterator.close()  # a generator: its read-ahead thread stops (raytf.data.epochs.read_ahead)
+        self.iterator = None
+
     def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
         """Map the exchange buffers of every server (again, after the servers were set up anew)."""
         self.servers = servers

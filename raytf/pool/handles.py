@@ -1,0 +1,65 @@
+"""A run's view of a pool host: the lease it holds on it, and a handle that is spoken to like the
+Ray actor the host stands in for (`handle.push.remote(...)`), so the driver, the servers and the
+workers need not know which of their peers came from the pool.
+
+A call goes to the host's one method, `call`, with the lease: the host runs it on the role it holds
+for that lease, or builds the role first where its process is new (Ray restarted it). Ray names
+each such task after the run's actor (`raytf:<run>:worker-0.run`), so the dashboard's task views
+show whose work a host does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("ps", "worker")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One run's claim on one host: the role it plays there, and what the run's own actors would
+    have had from the run's Ray job (its import paths and environment variables)."""
+
+    run_id: str
+    run_name: str
+    role: str  # "ps" or "worker"
+    index: int
+    description: str
+    job_id: str  # the driver's Ray job (hex): a host whose run's driver is gone recycles itself
+    paths: tuple[str, ...] = ()  # the driver's current directory and PYTHONPATH, as its actors get them
+    env: tuple[tuple[str, str], ...] = ()  # the environment variables the run's actors get
+
+    @property
+    def actor_name(self) -> str:
+        return f"raytf:{self.run_name}:{self.role}-{self.index}"
+
+
+class HostedMethod:
+    """`handle.<name>`: `.remote(...)` calls it on the host, for the lease."""
+
+    def __init__(self, host, lease: Lease, name: str) -> None:
+        self._host, self._lease, self._name = host, lease, name
+
+    def remote(self, *args: Any, **kwargs: Any):
+        task = f"{self._lease.actor_name}.{self._name}"
+        return self._host.call.options(name=task).remote(self._lease, self._name, *args, **kwargs)
+
+
+class HostedHandle:
+    """A pool host as the run's server or worker. Picklable (the workers get the servers' handles).
+    `restarts_before`: Ray's restart count of the host when the run took it (the run counts its own)."""
+
+    def __init__(self, host, lease: Lease, restarts_before: int = 0) -> None:
+        self.host = host
+        self.lease = lease
+        self.restarts_before = restarts_before
+        self._actor_id = host._actor_id  # what Ray's actor table knows it by (raytf.driver.groups.actor_state)
+
+    def __getattr__(self, name: str) -> HostedMethod:
+        if name.startswith("_"):  # pickle's and copy's probes, before __dict__ exists
+            raise AttributeError(name)
+        return HostedMethod(self.host, self.lease, name)
+
+    def __repr__(self) -> str:
+        return f"HostedHandle({self.lease.actor_name} on pool host {self._actor_id.hex()[:8]})"

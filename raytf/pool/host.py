@@ -1,0 +1,339 @@
+"""A pool host: a Ray actor that imported TensorFlow, Keras and raytf when `raytf up` started it, and
+then plays one run's parameter server or worker at a time.
+
+A run takes it (`take`), calls its role's methods through `call`, and gives it back (`give_back`):
+the role closes its links and threads, every module of the run's own code is forgotten (the next
+run imports the user's edited files afresh), Keras's session is cleared, freed memory goes back to
+the kernel and the CPU pinning is undone. Where that cannot be made sure of (a thread of the run
+still alive, memory far above the idle size), or the run's driver is gone while it holds the host
+(killed, say), the process exits and Ray starts a fresh one in its place (max_restarts=-1): no
+broken process stays in the pool.
+
+Idle, a host holds no CPU in Ray's accounting (num_cpus=0); a run reserves its CPUs with a
+placement group while it uses hosts (raytf.pool.lease).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import sysconfig
+import threading
+import time
+from typing import Any
+
+from raytf.pool.handles import Lease
+
+NAMESPACE = "raytf-pool"
+NAME_PREFIX = "raytf-pool:"
+MAX_CONCURRENCY = 32  # a server serves each of its workers' calls on a thread of its own
+OWNER_CHECK_SECONDS = 2.0  # how often a taken host asks whether its run's driver is still there
+THREADS_GRACE_SECONDS = 3.0  # how long a given-back host waits for the run's threads to end
+# Threads a run starts (raytf's own, and unnamed Python threads); Ray's executor threads show as Dummy-N.
+RUN_THREADS = ("raytf-", "Thread-")
+RSS_SLACK = 0.10  # a host given back more than this above its idle size starts afresh
+
+
+RAYTF_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the raytf package's directory
+
+
+def host_name(node_id: str, index: int) -> str:
+    return f"{NAME_PREFIX}{node_id[:12]}:{index}"
+
+
+def warm_imports() -> None:
+    """What every run's actors import first (TensorFlow's is ~4.5 CPU-seconds), without starting
+    TensorFlow's runtime: a run's set-up still sets the thread pools to its CPUs."""
+    from raytf.observe.native_logs import native_stderr_filtered, verbose_requested
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with native_stderr_filtered(verbose_requested()):
+        import tensorflow  # noqa: F401
+    import keras  # noqa: F401
+
+    import raytf.exchange.optimizers  # noqa: F401
+    import raytf.exchange.server  # noqa: F401
+    import raytf.observe.metrics  # noqa: F401
+    import raytf.replica.model  # noqa: F401
+    import raytf.replica.worker  # noqa: F401
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (not its peak)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _installed_roots() -> tuple[str, ...]:
+    """Where installed packages and the standard library live: modules from there stay imported."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.add(RAYTF_ROOT)
+    return tuple(os.path.abspath(root) for root in roots)
+
+
+def run_modules(before: set[str], roots: tuple[str, ...]) -> list[str]:
+    """Modules imported since `before` that are the run's own code (not installed, not raytf):
+    forgotten when the host is given back, so the next run imports the user's edited files."""
+    found = []
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path is None:
+            continue
+        if not os.path.abspath(path).startswith(roots):
+            found.append(name)
+    return found
+
+
+def fingerprint() -> str:
+    """raytf's code in this process: its files' names, sizes and times. A host whose code differs
+    from the driver's (raytf upgraded or edited since `raytf up`) is recycled, not used."""
+    import hashlib
+
+    root = RAYTF_ROOT
+    digest = hashlib.sha1()
+    for directory, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(directory, name))
+                digest.update(f"{os.path.relpath(os.path.join(directory, name), root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+class PoolHost:
+    """One warm process of the pool (see the module's docstring)."""
+
+    def __init__(self, index: int) -> None:
+        started = time.time()
+        self.index = index
+        warm_imports()
+        self.code = fingerprint()
+        self.lease: Lease | None = None
+        self.role: Any = None  # the ParameterServer or Worker it plays for the lease
+        self.runs = 0  # runs served by this process
+        self.threads: int | None = None  # TensorFlow's thread pools, once a run set them (fixed for the process)
+        self._lock = threading.Lock()
+        self._released = threading.Event()  # set when the lease under way ends (its owner check stops)
+        self._restore_env: dict[str, str | None] = {}
+        self._added_paths: list[str] = []
+        self._roots = _installed_roots()
+        self.idle_modules = set(sys.modules)
+        self.idle_threads = {t.ident for t in threading.enumerate()}
+        self.idle_rss = rss_bytes()
+        self.warm_seconds = time.time() - started
+
+    def __repr__(self) -> str:
+        # The dashboard's Actors view shows this ("Repr"), taken when the process starts; each run's
+        # tasks on it carry the run's actor names (raytf.pool.handles).
+        return f"PoolHost({self.index}, warm raytf process)"
+
+    # -- the pool's side --------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        import ray
+
+        lease = self.lease
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "code": self.code,
+                "taken_by": lease.actor_name if lease else None, "run_id": lease.run_id if lease else None,
+                "runs": self.runs, "threads": self.threads, "rss": rss_bytes(), "idle_rss": self.idle_rss,
+                "warm_seconds": self.warm_seconds}
+
+    def take(self, lease: Lease, code: str) -> dict[str, Any] | None:
+        """Give this host to `lease`'s run; None if another run has it. A host whose raytf differs
+        from the driver's (`code`) is never given: it exits, and Ray starts it afresh with the new code."""
+        with self._lock:
+            if self.lease is not None:
+                return None
+            if code != self.code:
+                _exit_soon("its raytf differs from the driver's")
+                return None
+            if not all(os.path.isdir(path) for path in lease.paths):
+                return None  # the run's code (a job's working_dir) is not on this node: a fresh actor gets it
+            self._adopt(lease)
+        return self.state()
+
+    def recycle(self) -> None:
+        """Exit; Ray starts a fresh process in this host's place."""
+        _exit_soon("asked to")
+
+    # -- the run's side ----------------------------------------------------------------------
+    def call(self, lease: Lease, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the role's `method` for `lease`. A fresh process (Ray restarted this host during the run)
+        takes the lease up again, as a restarted actor of the run would start."""
+        with self._lock:
+            if self.lease is None:
+                self._adopt(lease)
+            elif self.lease != lease:
+                from raytf.errors import ClusterError
+
+                raise ClusterError(f"Pool host {self.index} serves {self.lease.actor_name}, not {lease.actor_name}.",
+                                   "This is a bug in raytf's pool; recycle the pool with `raytf down` and `raytf up`.")
+            role = self.role
+        return getattr(role, method)(*args, **kwargs)
+
+    def give_back(self, lease: Lease) -> dict[str, Any]:
+        """End `lease`'s use of this host and clean up after it. Returns what was found: `clean` is
+        False when the process exits instead (it is replaced)."""
+        with self._lock:
+            if self.lease != lease:
+                return {"clean": True, "note": "not taken by this run"}
+            role, self.role, self.lease = self.role, None, None
+            self._released.set()
+        if role is not None and hasattr(role, "close"):
+            role.close()
+        del role
+        self.threads = _thread_pools()
+        forgotten = run_modules(self.idle_modules, self._roots)
+        for name in forgotten:
+            sys.modules.pop(name, None)
+        self._restore()
+        import keras
+
+        keras.backend.clear_session(free_memory=True)
+        gc.collect()
+        _unpin()
+        _trim_malloc()
+        left = self._wait_for_run_threads()
+        rss = rss_bytes()
+        if self.runs == 0:
+            # The first run started TensorFlow's runtime (thread pools, kernels), which stays: the idle
+            # size of a host that served a run is the one to come back to.
+            self.idle_rss = rss
+        clean = not left and rss <= self.idle_rss * (1 + RSS_SLACK)
+        if not clean:
+            why = (f"threads of the run still alive: {left}" if left else
+                   f"{rss / 2**20:.0f} MiB resident after the run, idle it held {self.idle_rss / 2**20:.0f} MiB")
+            _exit_soon(why)
+        self.runs += 1
+        return {"clean": clean, "rss": rss, "idle_rss": self.idle_rss, "threads_left": left,
+                "modules_forgotten": sorted(forgotten)}
+
+    def leftovers(self) -> dict[str, Any]:
+        """What of past runs this process still holds: TensorFlow variables, Keras models and layers,
+        raytf's servers and workers reachable from anywhere (the leak test asks this)."""
+        import keras
+        import tensorflow as tf
+
+        from raytf.exchange.server import ParameterServer
+        from raytf.replica.worker import Worker
+
+        gc.collect()
+        counts = {"variables": 0, "keras_objects": 0, "roles": 0, "tensors": 0}
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, (tf.Variable, keras.Variable)):
+                    counts["variables"] += 1
+                elif isinstance(obj, (keras.Model, keras.layers.Layer, keras.optimizers.Optimizer)):
+                    counts["keras_objects"] += 1
+                elif isinstance(obj, (ParameterServer, Worker)):
+                    counts["roles"] += 1
+                elif isinstance(obj, tf.Tensor):
+                    counts["tensors"] += 1
+            except ReferenceError:  # a weak proxy whose object is gone
+                continue
+        return {**counts, "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
+                "threads": sorted(t.name for t in threading.enumerate() if t.ident not in self.idle_threads
+                                  and t.name.startswith(RUN_THREADS)),
+                "run_modules": sorted(run_modules(self.idle_modules, self._roots))}
+
+    # -- inside ------------------------------------------------------------------------------
+    def _adopt(self, lease: Lease) -> None:
+        from raytf.exchange.server import ParameterServer
+        from raytf.replica.worker import Worker
+
+        self.lease = lease
+        self._apply(lease)
+        role_cls = ParameterServer if lease.role == "ps" else Worker
+        self.role = role_cls(lease.run_id, lease.index, lease.description)
+        self._released = threading.Event()
+        threading.Thread(target=self._watch_owner, args=(lease, self._released), name="raytf-pool-owner",
+                         daemon=True).start()
+
+    def _apply(self, lease: Lease) -> None:
+        """The run's environment and import paths, as its own actors would have them."""
+        for key, value in lease.env:
+            self._restore_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        for path in reversed(lease.paths):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+                self._added_paths.append(path)
+
+    def _restore(self) -> None:
+        for key, value in self._restore_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._restore_env.clear()
+        for path in self._added_paths:
+            if path in sys.path:
+                sys.path.remove(path)
+        self._added_paths.clear()
+
+    def _watch_owner(self, lease: Lease, released: threading.Event) -> None:
+        """While `lease` holds this host: exit if its driver's Ray job ended without giving it back."""
+        while not released.wait(OWNER_CHECK_SECONDS):
+            if job_ended(lease.job_id):
+                _exit_soon(f"the driver of {lease.actor_name} is gone", delay=0.0)
+                return
+
+    def _wait_for_run_threads(self) -> list[str]:
+        """The run's threads still alive after THREADS_GRACE_SECONDS (Ray's own threads of this
+        process are left out: they are the ones that were there when it became idle, or Ray's)."""
+        deadline = time.monotonic() + THREADS_GRACE_SECONDS
+        while True:
+            left = [t for t in threading.enumerate() if t.ident not in self.idle_threads
+                    and t.name.startswith(RUN_THREADS)]
+            if not left or time.monotonic() > deadline:
+                return sorted(t.name for t in left)
+            left[0].join(timeout=0.1)
+
+
+def job_ended(job_id: str) -> bool:
+    """Whether the Ray job `job_id` (hex) is known to the cluster and over. Ray's public API has no
+    such question without the dashboard, so this reads the GCS's job table through Ray's private
+    `ray._private.state`, as raytf.driver.groups reads its actor table."""
+    from ray._private.state import state
+
+    return any(job["JobID"] == job_id and job["IsDead"] for job in state.job_table())
+
+
+def _thread_pools() -> int | None:
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads() or None
+
+
+def _unpin() -> None:
+    """Undo a worker's CPU pinning (raytf.replica.placement): every thread may use every core again."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    every = set(range(os.cpu_count() or 1))
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), every)
+        except (OSError, ValueError):
+            continue
+
+
+def _trim_malloc() -> None:
+    """Hand freed heap memory back to the kernel (raytf keeps it for reuse while training)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _exit_soon(why: str, delay: float = 0.2) -> None:
+    """Leave the pool's process after `delay` (the answer of the call under way gets out first);
+    Ray starts a fresh one in its place."""
+    print(f"raytf pool host exits ({why}); Ray starts a fresh process in its place.", file=sys.stderr, flush=True)
+    timer = threading.Timer(delay, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()

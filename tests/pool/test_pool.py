@@ -1,0 +1,177 @@
+"""The warm pool (raytf.pool) on a real local cluster: runs take its processes and give them back
+clean, a process killed between runs or mid-run is replaced, a run that fails or whose driver is
+killed returns no broken process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import raytf
+from tests.driver.test_training import digits_config
+
+pytestmark = pytest.mark.slow
+POOL = 3  # a server and two workers: digits_config's run
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster):
+    """A warm pool of POOL processes on the shared cluster, removed after this module (the other
+    tests' runs start their actors afresh)."""
+    from raytf.pool.start import ensure_pool, wait_until_warm
+
+    with _driver(ray_cluster):
+        ensure_pool(POOL)
+        assert wait_until_warm() == POOL
+    yield ray_cluster
+    with _driver(ray_cluster):
+        import ray
+
+        from raytf.pool.lease import pool_hosts
+
+        for host in pool_hosts().values():
+            ray.kill(host, no_restart=True)
+
+
+def _driver(cluster):
+    from raytf.cluster.connection import connect
+
+    return connect(cluster.gcs_address)
+
+
+def hosts(cluster) -> dict[str, dict]:
+    """Every pool host's state and leftovers, by name (waits for a restarting one)."""
+    import ray
+
+    from raytf.pool.lease import pool_hosts
+
+    def answer(method):
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return ray.get(method.remote(), timeout=120)
+            except ray.exceptions.ActorUnavailableError:  # killed just now: Ray is starting it again
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+
+    with _driver(cluster):
+        found = pool_hosts()
+        return {name: {**answer(h.state), **answer(h.leftovers)} for name, h in found.items()}
+
+
+def assert_clean(found: dict[str, dict]) -> None:
+    for name, host in found.items():
+        assert host["taken_by"] is None, name
+        assert (host["variables"], host["keras_objects"], host["roles"], host["tensors"]) == (0, 0, 0, 0), (name, host)
+        assert host["threads"] == [] and host["run_modules"] == [], (name, host)
+        assert host["rss"] <= 1.10 * host["idle_rss"], (name, host["rss"] / 2**20, host["idle_rss"] / 2**20)
+
+
+def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind(pool, tmp_path):
+    before = hosts(pool)
+    big = digits_config(tmp_path / "big", name="pool-big", steps=5, **{"model": "tests.pool.big_model:build_model"})
+    summary = raytf.fit(big, address=pool.gcs_address)
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["steps"] == 5
+    after_big = hosts(pool)
+    assert {n: h["pid"] for n, h in after_big.items()} == {n: h["pid"] for n, h in before.items()}  # reused, not replaced
+    assert_clean(after_big)
+    # A different model and mode in the same processes trains as it does on fresh actors.
+    small = digits_config(tmp_path / "small", name="pool-small", steps=300, **{"distribution.mode": "async"})
+    summary = raytf.fit(small, address=pool.gcs_address)
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["eval"]["accuracy"] > 0.9
+    after_small = hosts(pool)
+    assert {n: h["pid"] for n, h in after_small.items()} == {n: h["pid"] for n, h in before.items()}
+    assert_clean(after_small)
+    assert all(h["runs"] == before[n]["runs"] + 2 for n, h in after_small.items())
+
+
+def test_a_pool_process_killed_between_runs_is_replaced(pool, tmp_path):
+    before = hosts(pool)
+    victim = sorted(before)[0]
+    os.kill(before[victim]["pid"], signal.SIGKILL)
+    after = hosts(pool)  # waits for Ray to bring it back
+    assert after[victim]["pid"] != before[victim]["pid"] and after[victim]["runs"] == 0
+    summary = raytf.fit(digits_config(tmp_path, name="pool-after-kill", steps=20), address=pool.gcs_address)
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 0}
+
+
+class KillWorkerHost:
+    """A progress reporter that SIGKILLs the pool process playing worker 1 once the run reported `step`."""
+
+    def __init__(self, cluster, step: int) -> None:
+        self.cluster, self.step, self.killed = cluster, step, {}
+
+    def update(self, snapshot) -> None:
+        if self.killed or snapshot.step < self.step:
+            return
+        for name, host in hosts(self.cluster).items():
+            if (host["taken_by"] or "").endswith(":worker-1"):
+                os.kill(host["pid"], signal.SIGKILL)
+                self.killed.update(name=name, pid=host["pid"])
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_killed_mid_run_is_a_restarted_pool_process_that_rejoins(pool, tmp_path):
+    config = digits_config(tmp_path, name="pool-fault", steps=20_000, log_every_seconds=0.5,
+                           **{"distribution.max_restarts": 2})
+    killer = KillWorkerHost(pool, step=100)
+    summary = raytf.fit(config, address=pool.gcs_address, progress=killer)
+    assert killer.killed, "worker 1's pool process was never killed"
+    assert summary["steps"] == 20_000 and summary["warm_pool"] == {"hosted": 3, "fresh": 0}
+    assert [(r["role"], r["index"], r["recovery"]) for r in summary["restarts"]] == [("worker", 1, "restarted and rejoined")]
+    after = hosts(pool)
+    assert after[killer.killed["name"]]["pid"] != killer.killed["pid"]
+    assert_clean(after)
+
+
+def test_a_run_that_fails_midway_returns_no_broken_process(pool, tmp_path):
+    from raytf.errors import TrainingError
+
+    config = digits_config(tmp_path, name="pool-fails", steps=200, **{"data.train": "tests.badinput.failing_data:train_examples",
+                                                                       "data.shuffle_buffer": 0})
+    with pytest.raises(TrainingError, match=r"Worker 1 failed.*shard 1 is corrupt"):
+        raytf.fit(config, address=pool.gcs_address)
+    assert_clean(hosts(pool))
+    summary = raytf.fit(digits_config(tmp_path / "next", name="pool-next", steps=20), address=pool.gcs_address)
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 0}
+
+
+def test_a_killed_driver_leaves_no_process_taken(pool, tmp_path):
+    """`raytf train` killed with SIGKILL mid-run (no clean-up of its own): its hosts see its Ray job end,
+    exit, and come back fresh."""
+    from raytf.cluster.local import auth_env
+
+    config = tmp_path / "long.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(digits_config(tmp_path, name="pool-orphan", steps=200_000)))
+    env = {**os.environ, **auth_env(pool)}
+    driver = subprocess.Popen([sys.executable, "-m", "raytf.cli", "train", str(config), "--plain",
+                               "--address", pool.gcs_address], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 120
+        taken = {}
+        while time.monotonic() < deadline and len(taken) < POOL:
+            taken = {n: h["pid"] for n, h in hosts(pool).items() if h["taken_by"]}
+            time.sleep(0.5)
+        assert len(taken) == POOL, "the run never took the pool"
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 60
+    while True:
+        found = hosts(pool)
+        if all(h["taken_by"] is None for h in found.values()):
+            break
+        assert time.monotonic() < deadline, {n: h["taken_by"] for n, h in found.items()}
+        time.sleep(0.5)
+    assert all(found[n]["pid"] != pid for n, pid in taken.items())  # each exited and was started afresh
+    assert_clean(found)
