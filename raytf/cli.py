@@ -133,7 +133,10 @@ def up(
     out.print(f"  Dashboard:   {local.dashboard_url}")
     if local.token_path:
         out.print(f"  Token:       {local.token_path} (the dashboard asks for its contents)")
-    _warm_pool(local, warm)
+    if started or warm is not None:
+        _warm_pool(local, warm)
+    else:
+        out.print("  Warm pool:   as it was (`raytf status` shows it; `raytf up --warm N` resizes it)")
     out.print("Train on it with `raytf train CONFIG`; stop it with `raytf down`.")
 
 
@@ -241,6 +244,50 @@ def _print_runs(local) -> None:
             "-" if run.samples_per_second is None else f"{run.samples_per_second:,.0f}",
         )
     out.print(table)
+
+
+JOB_ID = typer.Argument(None, help="The Ray job's id, as `raytf train --submit` printed it (default: the newest raytf job).")
+
+
+@app.command()
+@command
+def logs(
+    job: Optional[str] = JOB_ID,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends (as `raytf attach`)."),
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
+) -> None:
+    """Print the logs of a run submitted to the cluster (`raytf train --submit`; on KubeRay, every run)."""
+    _job_logs(job, follow, kubeconfig, context)
+
+
+@app.command()
+@command
+def attach(
+    job: Optional[str] = JOB_ID,
+    kubeconfig: Optional[str] = KUBECONFIG,
+    context: Optional[str] = KUBE_CONTEXT,
+) -> None:
+    """Follow a detached run's logs until it ends (Ctrl-C detaches again); exits with the run's outcome."""
+    _job_logs(job, True, kubeconfig, context)
+
+
+def _job_logs(job: Optional[str], follow: bool, kubeconfig: Optional[str], context: Optional[str]) -> None:
+    if _recorded_provider() == "kuberay":
+        from raytf.cluster.kuberay import commands as kuberay
+
+        code = kuberay.logs(job, follow=follow, console=out, kubeconfig=kubeconfig, context=context)
+    else:
+        from raytf.cluster.connection import recorded_local_cluster
+        from raytf.cluster.jobs import job_logs
+
+        local = recorded_local_cluster()
+        if local is None:
+            raise ClusterError("No raytf cluster is up, so there is no submitted run to show.",
+                               "Runs submitted with `raytf train --submit` live on the cluster `raytf up` started.")
+        code = job_logs(local.dashboard_url, job, console=out, follow=follow)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -107,7 +107,8 @@ def _final_status(client, job_id: str, timeout: float = 30.0) -> str:
 
 
 def _follow_hint(job_id: str, dashboard_url: str, reattach_hint: str | None) -> str:
-    return reattach_hint.format(job_id=job_id) if reattach_hint else follow_command(job_id, dashboard_url)
+    other = reattach_hint.format(job_id=job_id) if reattach_hint else follow_command(job_id, dashboard_url)
+    return f"raytf attach {job_id}\n  (or: {other})"
 
 
 def _redact(text: str, headers: dict[str, str] | None) -> str:
@@ -197,3 +198,58 @@ def submit_training_job(
         return 0
     console.print(f"Ray job {job_id} ended {status}; its logs are above and in the dashboard's Jobs view.")
     return 2
+
+
+# -- coming back to a submitted run: `raytf logs`, `raytf attach` ------------------------------------
+
+def raytf_jobs(client) -> list:
+    """The cluster's raytf training jobs (submitted by `raytf train`), newest first."""
+    jobs = [job for job in client.list_jobs() if (job.metadata or {}).get("raytf_run") and job.submission_id]
+    return sorted(jobs, key=lambda job: job.start_time or 0, reverse=True)
+
+
+def pick_job(client, job_id: str | None, dashboard_url: str):
+    """The job `job_id`, or the newest raytf job; a clear error when there is none or the id is unknown."""
+    jobs = raytf_jobs(client)
+    if job_id is None:
+        if not jobs:
+            raise ClusterError(f"No raytf job was ever submitted to the cluster at {dashboard_url}.",
+                               "Submit one with `raytf train CONFIG --submit` (runs on a KubeRay cluster always are).")
+        return jobs[0]
+    for job in jobs:
+        if job.submission_id == job_id:
+            return job
+    import difflib
+
+    known = [job.submission_id for job in jobs]
+    guess = difflib.get_close_matches(job_id, known, n=1)
+    raise ClusterError(f"The cluster at {dashboard_url} has no raytf job '{job_id}'.",
+                       (f"Did you mean {guess[0]}? " if guess else "")
+                       + (f"Its raytf jobs, newest first: {', '.join(known[:5])}." if known else "It has no raytf job."))
+
+
+def job_logs(dashboard_url: str, job_id: str | None, *, console, follow: bool = False,
+             headers: dict[str, str] | None = None, reattach_hint: str | None = None) -> int:
+    """Print a submitted run's logs (`job_id`, default the newest raytf job). With `follow`, stream them
+    until the job ends (Ctrl-C detaches again, or stops it when asked) and return its exit code as
+    `submit_training_job` does; without, print what there is and return 0."""
+    client = _client(dashboard_url, headers)
+    job = pick_job(client, job_id, dashboard_url)
+    job_id = job.submission_id
+    status = str(job.status.value if hasattr(job.status, "value") else job.status)
+    console.print(f"Ray job {job_id} ('{job.metadata.get('raytf_run')}'): {status}. Dashboard: {job_url(dashboard_url, job_id)}")
+    try:
+        if not follow or status in _TERMINAL:
+            console.out(client.get_job_logs(job_id), end="", highlight=False)
+            return 0 if not follow else (0 if status == "SUCCEEDED" else 2)
+        _stream_logs(client, job_id, console)
+        status = _final_status(client, job_id)
+    except KeyboardInterrupt:
+        return _on_interrupt(client, job_id, dashboard_url, console, reattach_hint)
+    except ClusterError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the dashboard went away mid-stream
+        raise ClusterError(f"Lost the logs of job {job_id} at {dashboard_url}: {_redact(str(err), headers)}",
+                           "Check the cluster with `raytf status`; the job may still run.") from None
+    console.print(f"Ray job {job_id} {'succeeded' if status == 'SUCCEEDED' else 'ended ' + status}.")
+    return 0 if status == "SUCCEEDED" else 2

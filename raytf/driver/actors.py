@@ -116,26 +116,47 @@ def server_settings(config: TrainConfig, checkpoint_dir: str | None, plan: Shard
                           wire_secret=new_secret())
 
 
-def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None,
-           statistics: list | None = None, on_event: Callable[[str], None] = lambda message: None) -> RunActors:
-    """Create the servers and workers (restartable: Ray starts a new process when one dies), taking
-    warm processes from the pool `raytf up` keeps where it has them (raytf.pool)."""
-    import ray
+UNTRIED: Any = object()  # `create`'s pool: not asked yet (a pool, or None for none, once asked)
 
-    from raytf.exchange.server import ParameterServer
-    from raytf.pool.lease import Want, take
-    from raytf.replica.worker import Worker
+
+def wants_of(config: TrainConfig, plan: ShardPlan | None = None) -> list:
+    """The run's actors as the pool is asked for them (raytf.pool.lease.Want): servers, then workers."""
+    from raytf.pool.lease import Want
 
     d = config.distribution
     mode = policy_for(config.distribution).describe()
+    sizes = [f": {plan.shards[i].size:,} floats" if plan is not None else "" for i in range(d.parameter_servers)]
+    return ([Want("ps", i, f"shard {i}/{d.parameter_servers}{sizes[i]}, {mode}, {config.optimizer.name} "
+                           f"lr={config.optimizer.learning_rate:g}", d.ps_resources, d.workers + 4)
+             for i in range(d.parameter_servers)]
+            + [Want("worker", i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, "
+                                 f"{config.steps} steps, {mode}", d.worker_resources, 2) for i in range(d.workers)])
+
+
+def take_pool(config: TrainConfig, run_id: str, on_event: Callable[[str], None] = lambda message: None):
+    """The warm pool's processes for the run (raytf.pool.lease.PoolUse), or None where there is no pool
+    or the run cannot use it."""
+    from raytf.pool.lease import take
+
+    return take(wants_of(config), run_id, config.name, on_event)
+
+
+def create(config: TrainConfig, run_id: str, plan: ShardPlan, data: DataPlan | None = None,
+           statistics: list | None = None, on_event: Callable[[str], None] = lambda message: None,
+           pool: Any = UNTRIED) -> RunActors:
+    """Create the servers and workers (restartable: Ray starts a new process when one dies), taking
+    warm processes from the pool `raytf up` keeps where it has them (raytf.pool; `pool`: taken already)."""
+    import ray
+
+    from raytf.exchange.server import ParameterServer
+    from raytf.replica.worker import Worker
+
+    d = config.distribution
     namespace = f"raytf-{run_id}"
     restarts = {"max_restarts": d.max_restarts, "max_task_retries": 0}  # raytf replays the work itself
-    wants = ([Want("ps", i, f"shard {i}/{d.parameter_servers}: {plan.shards[i].size:,} floats, {mode}, "
-                            f"{config.optimizer.name} lr={config.optimizer.learning_rate:g}",
-                   d.ps_resources, d.workers + 4) for i in range(d.parameter_servers)]
-             + [Want("worker", i, f"worker {i}/{d.workers}: {config.model}, batch {config.batch_size}, "
-                                  f"{config.steps} steps, {mode}", d.worker_resources, 2) for i in range(d.workers)])
-    pool = take(wants, run_id, config.name, on_event)
+    wants = wants_of(config, plan)
+    if pool is UNTRIED:
+        pool = take_pool(config, run_id, on_event)
     classes = {"ps": ray.remote(ParameterServer), "worker": ray.remote(Worker)}
     handles = []
     for k, want in enumerate(wants):
@@ -176,12 +197,12 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],
            settings: ServerSettings, clock: StartupClock | None = None, data: DataPlan | None = None,
            share: Callable[[list[str]], DataPlan] | None = None, statistics: list | None = None,
-           on_event: Callable[[str], None] = lambda message: None) -> RunActors:
-    """Create servers and workers, set them up (`data`: how the workers read data.train; `share`: for Ray
+           on_event: Callable[[str], None] = lambda message: None, pool: Any = UNTRIED) -> RunActors:
+    """Create servers and workers (from `pool` where taken already), set them up (`data`: how the workers read data.train; `share`: for Ray
     Data, the plan with the dataset split for the workers' nodes; `statistics`: the non-trainable values the
     replicas start from) and connect every worker to every server."""
     created = time.time()
-    actors = create(config, run_id, plan, data, statistics, on_event)
+    actors = create(config, run_id, plan, data, statistics, on_event, pool)
     if clock is not None:
         clock.add("pool_take", "driver", created, time.time())
     try:

@@ -20,7 +20,10 @@ import numpy as np
 from raytf.config import TrainConfig
 from raytf.driver.checkpoints import prune
 from raytf.driver.prepare import (
+    check_on_host,
+    checks_in_pool,
     coerce_config,
+    finish_on_host,
     compile_for_saving,
     evaluate,
     final_model,
@@ -63,7 +66,7 @@ def fit(
 
     from raytf.cluster import local as local_cluster
     from raytf.cluster.connection import connect, needs_embedded_cluster
-    from raytf.driver.actors import check_resources, launch, server_settings
+    from raytf.driver.actors import UNTRIED, check_resources, launch, server_settings, take_pool
     from raytf.driver.groups import trace_tracks
     from raytf.driver.supervisor import Supervisor
     from raytf.exchange.shard_state import root_of
@@ -78,8 +81,10 @@ def fit(
     head = local_cluster.launch() if needs_embedded_cluster(address) else None
     # A Ray Data dataset is opened on the cluster: then the driver connects first, and prepares there.
     ray_first = reads_ray_data(cfg)
+    # On a cluster `raytf up` started, a warm pool process checks the model: this process needs no TensorFlow.
+    in_pool = head is None and checks_in_pool(cfg)
     try:
-        if not ray_first:
+        if not ray_first and not in_pool:
             prepared = prepare(cfg, clock)
             cfg = prepared.config  # steps known now, also where it gave epochs
             states = start_states(prepared, resume, restart)
@@ -94,16 +99,28 @@ def fit(
         metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
         with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
-            if ray_first:
-                prepared = prepare(cfg, clock)
-                cfg = prepared.config
-                states = start_states(prepared, resume, restart)
-            settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
-            check_resources(cfg, ray.cluster_resources())
-            actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data,
-                            share=_ray_data_share(prepared),
-                            statistics=resumed_statistics(prepared) if states[0].version else None,
-                            on_event=on_event)
+            pool = UNTRIED
+            try:
+                if in_pool:
+                    check_resources(cfg, ray.cluster_resources())
+                    with clock.span("pool_take"):
+                        pool = take_pool(cfg, run_id, on_event)
+                    prepared, states = _checked(pool, cfg, resume, restart, clock)
+                    cfg = prepared.config
+                if ray_first:
+                    prepared = prepare(cfg, clock)
+                    cfg = prepared.config
+                    states = start_states(prepared, resume, restart)
+                settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
+                check_resources(cfg, ray.cluster_resources())
+                actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data,
+                                share=_ray_data_share(prepared),
+                                statistics=resumed_statistics(prepared) if states[0].version else None,
+                                on_event=on_event, pool=pool)
+            except BaseException:
+                if pool is not UNTRIED and pool is not None:
+                    pool.give_back()  # taken before the actors existed (launch gives back what it was handed)
+                raise
             try:
                 resumed = states[0].version // settings.updates_per_step
                 for notice in [*actors.notices, *prepared.notices]:
@@ -134,13 +151,19 @@ def fit(
                 stats = actors.servers.final_statistics()
                 non_trainable = _non_trainable(actors.workers, prepared.model, on_event)
                 train_ended = time.time()
+                # Checked in a pool process: the final model is made in one too, before the hosts go back.
+                finished = (_finished_in_pool(actors, cfg, buffers, tables, non_trainable)
+                            if prepared.model is None else None)
                 tracks = trace_tracks([actors.workers, actors.servers]) if cfg.trace.enabled else None
                 supervisor.finish()  # deaths Ray saw after the actors' work was done, up to this moment
             finally:
                 actors.release()
-        model = final_model(prepared, buffers, tables, non_trainable)
-        compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
-        eval_results = evaluate(model, prepared)
+        if finished is not None:
+            model, (eval_results, model_bytes) = None, finished
+        else:
+            model = final_model(prepared, buffers, tables, non_trainable)
+            compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
+            eval_results = evaluate(model, prepared)
         if validator is not None and eval_results:  # the last step's evaluation, in the history too
             validator.record(Evaluation(cfg.steps, cfg.epochs, eval_results))
             if settings.checkpoint_dir:  # what waited for its evaluation, and is neither the best nor new, goes
@@ -150,7 +173,10 @@ def fit(
     finally:
         tensorboard.close()
     model_path = prepared.output_dir / "model.keras"
-    model.save(model_path)
+    if model is not None:
+        model.save(model_path)
+    else:
+        model_path.write_bytes(model_bytes)
     results = [supervisor.results[i] for i in sorted(supervisor.results)]
     summary = build_summary(cfg, prepared.plan, results, supervisor.steps_done, stats, eval_results, actors.link_kinds)
     ready = first_steps(clock, supervisor.first_steps)
@@ -176,6 +202,30 @@ def fit(
     return summary
 
 
+def _checked(pool, cfg: TrainConfig, resume: bool, restart: bool, clock: StartupClock):
+    """`prepare` and `start_states` in one of the run's pool processes (this process never imports
+    TensorFlow then), or here where the pool gave the run none. Bad input fails with the same errors."""
+    from raytf.driver.groups import get
+
+    host = next((h for h in (pool.hosted if pool is not None else []) if h is not None), None)
+    if host is None:
+        prepared = prepare(cfg, clock)
+        return prepared, start_states(prepared, resume, restart)
+    with clock.span("pool_model_check"):
+        return get(host.host.run_task.remote(host.lease, os.getcwd(), check_on_host, cfg, resume, restart),
+                   "Checking the model")
+
+
+def _finished_in_pool(actors, cfg: TrainConfig, buffers, tables, non_trainable) -> tuple[dict, bytes]:
+    """The final model's evaluation and file, made by a worker's (else a server's) pool process."""
+    from raytf.driver.groups import get
+
+    hosted = sorted((h for h in actors.pool.hosted if h is not None), key=lambda h: (h.lease.role != "worker", h.lease.index))
+    host = hosted[0]
+    return get(host.host.run_task.remote(host.lease, os.getcwd(), finish_on_host, cfg, buffers, tables, non_trainable),
+               "Saving the trained model")
+
+
 def _pool_counts(actors) -> dict[str, int]:
     """How many of the run's actors were warm processes of the pool (raytf.pool), and how many started afresh."""
     hosted = sum(h is not None for h in actors.pool.hosted) if actors.pool is not None else 0
@@ -185,6 +235,8 @@ def _pool_counts(actors) -> dict[str, int]:
 def _ray_data_share(prepared):
     """For a Ray Data data.train: what gives the workers their parts once their nodes are known (the
     splits' locality hints); None for other data."""
+    if prepared.train is None:  # checked in a pool process: data.train is no Ray Data dataset
+        return None
     ray_input, config = prepared.train.ray, prepared.config
     if ray_input is None:
         return None
@@ -213,7 +265,7 @@ def _non_trainable(workers, model, on_event: Callable[[str], None]) -> list[np.n
     values = workers.non_trainable()
     if values is not None:
         return values
-    if model.non_trainable_variables:
+    if model is None or model.non_trainable_variables:
         on_event("Warning: no worker process holds its replica any more; the model keeps its initial "
                  "non-trainable values (BatchNorm statistics and the like).")
     return []

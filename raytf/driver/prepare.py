@@ -6,7 +6,7 @@ back into the replica, which is evaluated and saved."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -121,6 +121,38 @@ def _prepare(config: TrainConfig) -> Prepared:
                     first_batch=(features, labels), data=data, train=train)
 
 
+def check_on_host(config: TrainConfig, resume: bool, restart: bool) -> tuple[Prepared, list]:
+    """`prepare` and `start_states` in a warm pool process (raytf.pool.host.PoolHost.run_task): the same
+    checks and errors, without TensorFlow in the driver. Returns what the driver needs to run the
+    training (no model: the final one is made by `finish_on_host`) and where the servers start."""
+    prepared = prepare(config)
+    states = start_states(prepared, resume, restart)
+    return replace(prepared, model=None, first_batch=(), eval_data=None, train=None), states
+
+
+def finish_on_host(config: TrainConfig, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+                   non_trainable: list[np.ndarray]) -> tuple[dict[str, float], bytes]:
+    """The trained model, made in a pool process: built as the driver would have built it, with the trained
+    values, compiled for saving, evaluated on data.eval. Returns the evaluation and the `.keras` file's bytes
+    (the driver writes it: its output_dir may not be on this node)."""
+    import tempfile
+
+    prepared = prepare(config)
+    model = final_model(prepared, buffers, tables, non_trainable)
+    compile_for_saving(model, prepared.config, build_optimizer=not any(t.cached for t in prepared.plan.tables))
+    results = evaluate(model, prepared)
+    with tempfile.TemporaryDirectory(prefix="raytf-model-") as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return results, path.read_bytes()
+
+
+def checks_in_pool(config: TrainConfig) -> bool:
+    """Whether the model check may run in a pool process: not where the driver needs the model while
+    training (validation) or opens a Ray Data dataset itself."""
+    return not reads_ray_data(config) and config.eval.every_steps is None and config.eval.every_epochs is None
+
+
 def reads_ray_data(config: TrainConfig) -> bool:
     """Whether data.train or data.eval is a Ray Data dataset: it is opened on the cluster, so the driver
     connects before it prepares."""
@@ -218,12 +250,11 @@ def _table_notice(plan, config: TrainConfig) -> tuple[str, ...]:
     """Announce the sparse tables once, and say when their updates differ from the dense ones."""
     if not plan.tables:
         return ()
-    from raytf.exchange.optimizers import RowOptimizer
-    from raytf.exchange.tables import describe
+    from raytf.exchange.tables import LAZY_OPTIMIZERS, describe
 
     notice = (f"Sparse tables, rows over {config.distribution.parameter_servers} servers "
               f"({config.sparse.partition}): {describe(plan.tables)}.")
-    if config.optimizer.name in RowOptimizer.LAZY and config.sparse.slots == "lazy":
+    if config.optimizer.name in LAZY_OPTIMIZERS and config.sparse.slots == "lazy":
         notice += (f" {config.optimizer.name} updates only the rows a step touches (sparse.slots: lazy); "
                    "sparse.slots: dense updates every row, as the dense exchange does.")
     return (notice,)

@@ -84,7 +84,7 @@ def final_loss(results: list) -> float:
 
 
 def sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int, stats: list = ()) -> dict[str, Any]:
-    from raytf.exchange.optimizers import RowOptimizer
+    from raytf.exchange.tables import LAZY_OPTIMIZERS
 
     tables = []
     for k, t in enumerate(plan.tables):
@@ -96,7 +96,7 @@ def sparse_summary(cfg: TrainConfig, plan, results: list, pushes: int, stats: li
     return {
         "tables": tables,
         "partition": cfg.sparse.partition,
-        "lazy": bool(plan.tables) and cfg.optimizer.name in RowOptimizer.LAZY and cfg.sparse.slots == "lazy",
+        "lazy": bool(plan.tables) and cfg.optimizer.name in LAZY_OPTIMIZERS and cfg.sparse.slots == "lazy",
         "unique_ids_per_step": sum(r.unique_ids for r in results) / pushes,
     }
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from raytf.config import OptimizerConfig
 from raytf.runtime import aligned_zeros, back_with_huge_pages, tensor_of
+from raytf.exchange.tables import LAZY_OPTIMIZERS
 
 HUGE_PAGES_FROM = 64 * 2**20  # tables at least this large are backed by 2 MB pages
 EAGER_BELOW = 65536  # dense shards of fewer parameters are updated by eager ops, not a compiled call
@@ -234,7 +235,7 @@ class RowOptimizer:
     (`dense_slots=True` does the dense update of the whole table instead: exact, and a full pass).
     """
 
-    LAZY = ("momentum", "rmsprop", "adam")
+    LAZY = LAZY_OPTIMIZERS
 
     def __init__(self, config: OptimizerConfig, initial: np.ndarray, slots: dict[str, np.ndarray] | None = None,
                  iterations: int = 0, dense_slots: bool = False) -> None:

@@ -19,6 +19,10 @@ import numpy as np
 
 from raytf.errors import TrainingError
 
+# Optimizers whose slots a row optimizer updates only for the rows a step touches (sparse.slots: lazy).
+# Here, not in raytf.exchange.optimizers, so the driver can say so without importing TensorFlow.
+LAZY_OPTIMIZERS = ("momentum", "rmsprop", "adam")
+
 ABSENT = 2**62  # the id of an empty slot of a ShardedEmbedding's row cache: sorts after every real id
 
 

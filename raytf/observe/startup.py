@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 # The phases, in the order they happen.
-PHASES = ("command", "cluster_start", "driver_imports", "driver_model_build", "connect", "pool_take", "actor_processes",
+PHASES = ("command", "cluster_start", "driver_imports", "driver_model_build", "connect", "pool_take", "pool_model_check", "actor_processes",
           "actor_imports", "actor_model_build", "first_pull", "first_compile")
 
 

@@ -172,6 +172,28 @@ class PoolHost:
             role = self.role
         return getattr(role, method)(*args, **kwargs)
 
+    def run_task(self, lease: Lease, cwd: str, fn, *args: Any) -> Any:
+        """Run `fn(*args)` here for the run holding `lease` (the model check before its training, its final
+        model after), in the driver's directory `cwd` (relative paths of the config mean it); Keras's
+        layer names start afresh after it, as they do in a new process (the role builds its replica next)."""
+        import keras
+
+        with self._lock:
+            if self.lease != lease:
+                from raytf.errors import ClusterError
+
+                raise ClusterError(f"Pool host {self.index} is not taken by {lease.actor_name}.",
+                                   "This is a bug in raytf's pool; recycle the pool with `raytf down` and `raytf up`.")
+        here = os.getcwd()
+        keras.backend.clear_session()
+        try:
+            if os.path.isdir(cwd):
+                os.chdir(cwd)
+            return fn(*args)
+        finally:
+            os.chdir(here)
+            keras.backend.clear_session()
+
     def give_back(self, lease: Lease) -> dict[str, Any]:
         """End `lease`'s use of this host and clean up after it. Returns what was found: `clean` is
         False when the process exits instead (it is replaced)."""
@@ -191,6 +213,7 @@ class PoolHost:
         import keras
 
         keras.backend.clear_session(free_memory=True)
+        _flush_tensorflow_caches()
         gc.collect()
         _unpin()
         _trim_malloc()
@@ -220,6 +243,7 @@ class PoolHost:
 
         gc.collect()
         counts = {"variables": 0, "keras_objects": 0, "roles": 0, "tensors": 0}
+        seen: list[str] = []  # what they are, and what holds them: to find a leak's source
         for obj in gc.get_objects():
             try:
                 if isinstance(obj, (tf.Variable, keras.Variable)):
@@ -230,9 +254,13 @@ class PoolHost:
                     counts["roles"] += 1
                 elif isinstance(obj, tf.Tensor):
                     counts["tensors"] += 1
+                else:
+                    continue
+                holders = [type(r).__name__ for r in gc.get_referrers(obj)][:4]
+                seen.append(f"{type(obj).__name__} {getattr(obj, 'shape', '')} held by {holders}")
             except ReferenceError:  # a weak proxy whose object is gone
                 continue
-        return {**counts, "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
+        return {**counts, "held": seen[:10], "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
                 "threads": sorted(t.name for t in threading.enumerate() if t.ident not in self.idle_threads
                                   and t.name.startswith(RUN_THREADS)),
                 "run_modules": sorted(run_modules(self.idle_modules, self._roots))}
@@ -298,6 +326,19 @@ def job_ended(job_id: str) -> bool:
     from ray._private.state import state
 
     return any(job["JobID"] == job_id and job["IsDead"] for job in state.job_table())
+
+
+def _flush_tensorflow_caches() -> None:
+    """Empty TensorFlow's per-process caches of small constant tensors (ones and zeros that gradients
+    reuse): the last run's would otherwise stay reachable. Private API, so where it is missing, nothing."""
+    try:
+        from tensorflow.python.eager import context
+
+        ctx = context.context()
+        for cache in (ctx.ones_rank_cache(), ctx.zeros_cache()):
+            cache.flush()
+    except (ImportError, AttributeError):
+        pass
 
 
 def _thread_pools() -> int | None:

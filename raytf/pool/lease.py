@@ -46,11 +46,15 @@ class PoolUse:
     fresh_options: list[dict[str, Any]]
     placement_group: Any = None
     said: list[str] = field(default_factory=list)  # what the run should tell the user about its actors
+    given_back: bool = False
 
     def give_back(self) -> None:
         """Give every host back (each cleans up, or is replaced when it cannot) and free the CPUs."""
         import ray
 
+        if self.given_back:
+            return
+        self.given_back = True
         hosted = [h for h in self.hosted if h is not None]
         refs = {h.host.give_back.remote(h.lease): h for h in hosted}
         ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=GIVE_BACK_TIMEOUT)

@@ -42,13 +42,19 @@ def test_entrypoint_quotes_arguments():
 
 
 @pytest.mark.slow
-def test_failing_job_returns_2(ray_cluster, workdir, tmp_path):
+def test_a_detached_failing_job_is_attached_to_and_returns_2(ray_cluster, workdir, tmp_path):
+    from raytf.cluster.jobs import job_logs
+
     console, log = _console(tmp_path)
     code = submit_training_job(
         ray_cluster.dashboard_url, str(workdir / "examples" / "digits.yaml"),
         ["steps=5", "data.train=failing_data:train_examples", f"output_dir={tmp_path / 'out'}"],
-        working_dir=str(workdir), console=console,
+        working_dir=str(workdir), console=console, follow=False,
     )
+    assert code == 0  # submitted, not followed
+    job_id = next(line.split()[3] for line in log.read_text().splitlines() if line.startswith("Submitted Ray job"))
+    assert f"raytf attach {job_id}" in log.read_text()
+    code = job_logs(ray_cluster.dashboard_url, job_id, console=console, follow=True)  # `raytf attach ID`
     console.file.close()
     text = log.read_text()
     print(text)
@@ -101,6 +107,13 @@ def test_cli_submit_runs_on_the_recorded_local_cluster(ray_cluster, raytf_home, 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
     assert client.get_job_info(job_id).metadata.get("raytf_run") == "digits"
+    # Coming back to it: `raytf logs` (the newest raytf job, or by id), `raytf attach` of an ended job.
+    newest = CliRunner().invoke(cli.app, ["logs"])
+    assert newest.exit_code == 0 and job_id in newest.output and "final training loss" in newest.output, newest.output
+    attached = CliRunner().invoke(cli.app, ["attach", job_id])
+    assert attached.exit_code == 0 and "SUCCEEDED" in attached.output and "[raytf] step 10/10" in attached.output
+    typo = CliRunner().invoke(cli.app, ["logs", job_id[:-1] + "x"])
+    assert typo.exit_code == 2 and f"Did you mean {job_id}?" in typo.output, typo.output
     # Submitted with the token over HTTP, its driver connected with the inherited one: neither the output,
     # raytf's files nor Ray's session logs (the job's driver log included) hold the token.
     from tests.cluster.test_security import files_holding

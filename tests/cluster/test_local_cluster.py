@@ -48,9 +48,10 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
 
     bystander = local_cluster.start(num_cpus=1)  # someone else's Ray on this machine: down must not touch it
     try:
-        first = raytf_cli("up", env=env)
+        first = raytf_cli("up", "--warm", "1", env=env)
         assert first.returncode == 0, first.stderr
         assert "Started local Ray cluster" in first.stdout
+        assert "Warm pool:   1 processes on 1 node(s)" in " ".join(first.stdout.split("\n"))
         record = json.loads((raytf_home / "cluster.json").read_text())
         cluster = LocalCluster.from_record(record)
         assert cluster.dashboard_url in first.stdout and cluster.gcs_address in first.stdout
@@ -84,6 +85,7 @@ def test_up_status_dashboard_down_lifecycle(raytf_home, tmp_path):
         status = raytf_cli("status", env=env)
         assert status.returncode == 0, status.stderr
         assert "ALIVE" in status.stdout and "127.0.0.1 (head)" in status.stdout and cluster.gcs_address in status.stdout
+        assert "warm pool" in status.stdout and "idle" in status.stdout  # its one process, taken by no run
 
         dashboard = raytf_cli("dashboard", env=env)
         assert dashboard.returncode == 0 and dashboard.stdout.strip() == cluster.dashboard_url

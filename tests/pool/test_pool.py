@@ -81,7 +81,7 @@ def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind
     assert {n: h["pid"] for n, h in after_big.items()} == {n: h["pid"] for n, h in before.items()}  # reused, not replaced
     assert_clean(after_big)
     # A different model and mode in the same processes trains as it does on fresh actors.
-    small = digits_config(tmp_path / "small", name="pool-small", steps=300, **{"distribution.mode": "async"})
+    small = digits_config(tmp_path / "small", name="pool-small", steps=800, **{"distribution.mode": "async"})
     summary = raytf.fit(small, address=pool.gcs_address)
     assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["eval"]["accuracy"] > 0.9
     after_small = hosts(pool)
@@ -174,4 +174,53 @@ def test_a_killed_driver_leaves_no_process_taken(pool, tmp_path):
         assert time.monotonic() < deadline, {n: h["taken_by"] for n, h in found.items()}
         time.sleep(0.5)
     assert all(found[n]["pid"] != pid for n, pid in taken.items())  # each exited and was started afresh
+    assert_clean(found)
+
+
+def test_the_driver_checks_and_saves_the_model_in_the_pool_without_tensorflow(pool, tmp_path):
+    """A run on the pool: the model check before training and the final model after it are made by pool
+    processes, so the driver never imports TensorFlow; the saved model is the one a driver-made run saves."""
+    import json
+
+    import yaml
+
+    config = tmp_path / "digits.yaml"
+    config.write_text(yaml.safe_dump(digits_config(tmp_path, name="pool-driver", steps=200)))
+    script = ("import json, sys, raytf; s = raytf.fit(sys.argv[1], address=sys.argv[2]); "
+              "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'pool': s['warm_pool'], "
+              "'breakdown': s['startup_breakdown'], 'eval': s['eval']}))")
+    from raytf.cluster.local import auth_env
+
+    done = subprocess.run([sys.executable, "-c", script, str(config), pool.gcs_address], capture_output=True, text=True,
+                          env={**os.environ, **auth_env(pool)}, cwd=os.getcwd(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["tf"] is False and seen["pool"] == {"hosted": 3, "fresh": 0}
+    assert seen["breakdown"]["pool_model_check"] > 0 and seen["breakdown"]["driver_imports"] == 0
+    import keras
+
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    from examples.digits import eval_examples
+
+    features = next(iter(eval_examples().batch(360)))[0]
+    driver_made = raytf.fit(digits_config(tmp_path / "here", name="pool-driver-here", steps=200),
+                            address=pool.gcs_address)  # the same run, for the evaluation to compare with
+    # Not bit for bit: a pool process keeps the TensorFlow thread count of its first run, which changes sums' order.
+    assert abs(seen["eval"]["accuracy"] - driver_made["eval"]["accuracy"]) < 0.02
+    assert model.predict(features, verbose=0).shape == (360, 10)
+    assert_clean(hosts(pool))
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ({"model": "examples.digits:build_modle"}, r"model: module 'examples.digits' has no attribute 'build_modle'"),
+    ({"data.train": "tests.badinput.failing_data:no_such"}, r"data.train: module 'tests.badinput.failing_data' has no attribute"),
+])
+def test_bad_input_checked_in_the_pool_fails_with_the_driver_s_error_before_training(pool, tmp_path, overrides, error):
+    from raytf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=error):
+        raytf.fit(digits_config(tmp_path, name="pool-bad", steps=20, **overrides), address=pool.gcs_address)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    found = hosts(pool)
+    assert all(h["taken_by"] is None for h in found.values())
     assert_clean(found)

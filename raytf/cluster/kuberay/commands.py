@@ -330,6 +330,21 @@ def train(
                                    runtime_env=extra_env, reattach_hint=reattach)
 
 
+def logs(job_id: str | None, *, follow: bool, console: Console, kubeconfig: str | None = None, context: str | None = None,
+         api_client: k8s.ApiClient | None = None) -> int:
+    """`raytf logs` / `raytf attach` on the remembered KubeRay cluster: its dashboard's job API through a
+    port-forward, with the cluster's token."""
+    from raytf.cluster.jobs import job_logs
+
+    target = _target(None, kubeconfig, context)
+    kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
+    headers = bearer(cluster_token(kube, target.name, target.namespace))
+    pod, port = head_dashboard_target(kube, target.name, target.namespace)
+    reattach = f"kubectl exec -n {target.namespace} {pod} -c ray-head -- ray job logs --follow {{job_id}}"
+    with LocalForward(lambda: kube.open_pod_port(pod, target.namespace, port)) as forward:
+        return job_logs(forward.url, job_id, console=console, follow=follow, headers=headers, reattach_hint=reattach)
+
+
 def _recorded_spec(target: _Target) -> tuple[ClusterSpec, str]:
     """The spec the remembered cluster was made from (it says where output_dir may go and how raytf gets there)."""
     record = load_cluster_record() or {}
