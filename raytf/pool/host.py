@@ -116,6 +116,8 @@ class PoolHost:
         self.threads: int | None = None  # TensorFlow's thread pools, once a run set them (fixed for the process)
         self._lock = threading.Lock()
         self._released = threading.Event()  # set when the lease under way ends (its owner check stops)
+        self.exiting = False  # it decided to leave: no run may take it in the moment before it does
+        self.cleaning = False  # cleaning up after a run: no run may take it before that is done
         self._restore_env: dict[str, str | None] = {}
         self._added_paths: list[str] = []
         self._roots = _installed_roots()
@@ -135,7 +137,8 @@ class PoolHost:
 
         lease = self.lease
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "code": self.code,
-                "taken_by": lease.actor_name if lease else None, "run_id": lease.run_id if lease else None,
+                "taken_by": lease.actor_name if lease else ("(exiting)" if self.exiting else
+                                                            "(cleaning up)" if self.cleaning else None), "run_id": lease.run_id if lease else None,
                 "runs": self.runs, "threads": self.threads, "rss": rss_bytes(), "idle_rss": self.idle_rss,
                 "warm_seconds": self.warm_seconds}
 
@@ -143,19 +146,32 @@ class PoolHost:
         """Give this host to `lease`'s run; None if another run has it. A host whose raytf differs
         from the driver's (`code`) is never given: it exits, and Ray starts it afresh with the new code."""
         with self._lock:
-            if self.lease is not None:
+            if self.lease is not None or self.exiting or self.cleaning:
                 return None
             if code != self.code:
-                _exit_soon("its raytf differs from the driver's")
+                self._leave("its raytf differs from the driver's")
                 return None
             if not all(os.path.isdir(path) for path in lease.paths):
                 return None  # the run's code (a job's working_dir) is not on this node: a fresh actor gets it
             self._adopt(lease)
         return self.state()
 
+    def hold(self, lease: Lease) -> None:
+        """Return when `lease` no longer holds this host. The run starts it as a task named after the actor
+        it plays (`raytf:<run>:ps-0.taken`): the dashboard's task views and `raytf status` show whose
+        process this is for as long as the run has it, also while no other call of the run is under way."""
+        with self._lock:
+            released = self._released if self.lease == lease else None
+        if released is not None:
+            released.wait()
+
     def recycle(self) -> None:
         """Exit; Ray starts a fresh process in this host's place."""
-        _exit_soon("asked to")
+        self._leave("asked to")
+
+    def _leave(self, why: str, delay: float = 0.2) -> None:
+        self.exiting = True
+        _exit_soon(why, delay)
 
     # -- the run's side ----------------------------------------------------------------------
     def call(self, lease: Lease, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -201,7 +217,17 @@ class PoolHost:
             if self.lease != lease:
                 return {"clean": True, "note": "not taken by this run"}
             role, self.role, self.lease = self.role, None, None
+            self.cleaning = True
             self._released.set()
+        try:
+            return self._clean_up(role)
+        except BaseException as err:  # noqa: BLE001 - whatever broke, this process leaves the pool
+            self._leave(f"cleaning up after {lease.actor_name} failed: {type(err).__name__}: {err}")
+            return {"clean": False, "error": f"{type(err).__name__}: {err}"}
+        finally:
+            self.cleaning = False
+
+    def _clean_up(self, role) -> dict[str, Any]:
         if role is not None and hasattr(role, "close"):
             role.close()
         del role
@@ -227,14 +253,20 @@ class PoolHost:
         if not clean:
             why = (f"threads of the run still alive: {left}" if left else
                    f"{rss / 2**20:.0f} MiB resident after the run, idle it held {self.idle_rss / 2**20:.0f} MiB")
-            _exit_soon(why)
+            self._leave(why)
         self.runs += 1
         return {"clean": clean, "rss": rss, "idle_rss": self.idle_rss, "threads_left": left,
                 "modules_forgotten": sorted(forgotten)}
 
     def leftovers(self) -> dict[str, Any]:
         """What of past runs this process still holds: TensorFlow variables, Keras models and layers,
-        raytf's servers and workers reachable from anywhere (the leak test asks this)."""
+        raytf's servers and workers reachable from anywhere (the leak test asks this). Only while idle:
+        walking every object (and asking tensors their shape) under a run's feet would break its step."""
+        if self.lease is not None or self.cleaning:
+            from raytf.errors import ClusterError
+
+            raise ClusterError(f"Pool host {self.index} is in use; leftovers are counted only between runs.",
+                               "Ask again once the run has ended.")
         import keras
         import tensorflow as tf
 
@@ -304,7 +336,7 @@ class PoolHost:
         """While `lease` holds this host: exit if its driver's Ray job ended without giving it back."""
         while not released.wait(OWNER_CHECK_SECONDS):
             if job_ended(lease.job_id):
-                _exit_soon(f"the driver of {lease.actor_name} is gone", delay=0.0)
+                self._leave(f"the driver of {lease.actor_name} is gone", delay=0.0)
                 return
 
     def _wait_for_run_threads(self) -> list[str]:

@@ -185,6 +185,7 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
             continue  # it died meanwhile: a fresh actor takes its place
         if state is not None:  # None: another run took it first
             hosted[i] = HostedHandle(picks[i][0], leases[i], _restarts(picks[i][0]))
+            picks[i][0].hold.options(name=f"{leases[i].actor_name}.taken").remote(leases[i])
     fresh = [{"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_of[i])}
              if i in bundle_of else {} for i in range(len(wants))]
     use = PoolUse(hosted=hosted, fresh_options=fresh, placement_group=pg)

@@ -44,8 +44,8 @@ def _driver(cluster):
     return connect(cluster.gcs_address)
 
 
-def hosts(cluster) -> dict[str, dict]:
-    """Every pool host's state and leftovers, by name (waits for a restarting one)."""
+def hosts(cluster, leftovers: bool = True) -> dict[str, dict]:
+    """Every pool host's state and (idle hosts only) its leftovers, by name (waits for a restarting one)."""
     import ray
 
     from raytf.pool.lease import pool_hosts
@@ -61,7 +61,7 @@ def hosts(cluster) -> dict[str, dict]:
 
     with _driver(cluster):
         found = pool_hosts()
-        return {name: {**answer(h.state), **answer(h.leftovers)} for name, h in found.items()}
+        return {name: {**answer(h.state), **(answer(h.leftovers) if leftovers else {})} for name, h in found.items()}
 
 
 def assert_clean(found: dict[str, dict]) -> None:
@@ -73,6 +73,10 @@ def assert_clean(found: dict[str, dict]) -> None:
 
 
 def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind(pool, tmp_path):
+    import ray
+
+    with _driver(pool):  # idle, the pool holds no CPU in Ray's accounting
+        assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"] == 2
     before = hosts(pool)
     big = digits_config(tmp_path / "big", name="pool-big", steps=5, **{"model": "tests.pool.big_model:build_model"})
     summary = raytf.fit(big, address=pool.gcs_address)
@@ -88,6 +92,16 @@ def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind
     assert {n: h["pid"] for n, h in after_small.items()} == {n: h["pid"] for n, h in before.items()}
     assert_clean(after_small)
     assert all(h["runs"] == before[n]["runs"] + 2 for n, h in after_small.items())
+
+
+def test_a_run_larger_than_the_pool_takes_what_there_is_and_says_so(pool, tmp_path):
+    events = []
+    config = digits_config(tmp_path, name="pool-larger", steps=20, **{"distribution.parameter_servers": 2})
+    summary = raytf.fit(config, address=pool.gcs_address, on_event=events.append)
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 1}
+    said = [e for e in events if "warm pool has no idle process" in e]
+    assert len(said) == 1 and "1 of the run's 4 actors" in said[0]
+    assert_clean(hosts(pool))
 
 
 def test_a_pool_process_killed_between_runs_is_replaced(pool, tmp_path):
@@ -109,7 +123,7 @@ class KillWorkerHost:
     def update(self, snapshot) -> None:
         if self.killed or snapshot.step < self.step:
             return
-        for name, host in hosts(self.cluster).items():
+        for name, host in hosts(self.cluster, leftovers=False).items():
             if (host["taken_by"] or "").endswith(":worker-1"):
                 os.kill(host["pid"], signal.SIGKILL)
                 self.killed.update(name=name, pid=host["pid"])
@@ -153,23 +167,37 @@ def test_a_killed_driver_leaves_no_process_taken(pool, tmp_path):
 
     config.write_text(yaml.safe_dump(digits_config(tmp_path, name="pool-orphan", steps=200_000)))
     env = {**os.environ, **auth_env(pool)}
+    log = tmp_path / "driver.log"
     driver = subprocess.Popen([sys.executable, "-m", "raytf.cli", "train", str(config), "--plain",
-                               "--address", pool.gcs_address], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, cwd=os.getcwd())
+                               "--address", pool.gcs_address], env=env, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, cwd=os.getcwd())
     try:
         deadline = time.monotonic() + 120
         taken = {}
         while time.monotonic() < deadline and len(taken) < POOL:
-            taken = {n: h["pid"] for n, h in hosts(pool).items() if h["taken_by"]}
+            taken = {n: h["pid"] for n, h in hosts(pool, leftovers=False).items() if h["taken_by"]}
             time.sleep(0.5)
-        assert len(taken) == POOL, "the run never took the pool"
+        assert len(taken) == POOL, f"the run never took the pool: {log.read_text()[-3000:]}"
+        # `raytf status` sees the run on the pool: its actors' tasks carry the run's names.
+        from raytf.cluster.run_status import activity
+
+        while time.monotonic() < deadline:  # task events reach the dashboard within a second or two
+            seen = activity(pool.dashboard_url)
+            run = seen.runs.get("pool-orphan")
+            if run is not None and (run.workers, run.servers) == (2, 1):
+                break
+            time.sleep(0.5)
+        assert (seen.runs["pool-orphan"].workers, seen.runs["pool-orphan"].servers) == (2, 1)
+        assert sorted(h.playing for h in seen.pool) == ["raytf:pool-orphan:ps-0", "raytf:pool-orphan:worker-0",
+                                                         "raytf:pool-orphan:worker-1"]
     finally:
         driver.kill()
         driver.wait()
     deadline = time.monotonic() + 60
     while True:
-        found = hosts(pool)
+        found = hosts(pool, leftovers=False)
         if all(h["taken_by"] is None for h in found.values()):
+            found = hosts(pool)
             break
         assert time.monotonic() < deadline, {n: h["taken_by"] for n, h in found.items()}
         time.sleep(0.5)
@@ -186,7 +214,7 @@ def test_the_driver_checks_and_saves_the_model_in_the_pool_without_tensorflow(po
 
     config = tmp_path / "digits.yaml"
     config.write_text(yaml.safe_dump(digits_config(tmp_path, name="pool-driver", steps=200)))
-    script = ("import json, sys, raytf; s = raytf.fit(sys.argv[1], address=sys.argv[2]); "
+    script = ("import json, sys, raytf; s = raytf.fit(sys.argv[1], address=sys.argv[2], on_event=print); "
               "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'pool': s['warm_pool'], "
               "'breakdown': s['startup_breakdown'], 'eval': s['eval']}))")
     from raytf.cluster.local import auth_env
@@ -195,7 +223,7 @@ def test_the_driver_checks_and_saves_the_model_in_the_pool_without_tensorflow(po
                           env={**os.environ, **auth_env(pool)}, cwd=os.getcwd(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["tf"] is False and seen["pool"] == {"hosted": 3, "fresh": 0}
+    assert seen["tf"] is False and seen["pool"] == {"hosted": 3, "fresh": 0}, done.stdout[-3000:]
     assert seen["breakdown"]["pool_model_check"] > 0 and seen["breakdown"]["driver_imports"] == 0
     import keras
 
