@@ -73,27 +73,36 @@ def wait_for_pool(repo: Path, home: Path, timeout: float = 180.0) -> None:
     sys.exit(f"the warm pool of {home} did not get ready in {timeout:.0f} s")
 
 
+def has_pool(repo: Path) -> bool:
+    """Whether that checkout of raytf has the warm pool (older ones measure cold and warm only)."""
+    return (repo / "raytf" / "pool").is_dir()
+
+
 def measure(repos: list[Path], runs: int, steps: int | None, tmp: Path) -> list[dict[str, dict]]:
     """Per checkout: {"cold": medians, "warm": medians, "pool": medians}, the runs alternating over
     kinds and checkouts."""
-    homes = {(i, kind): tmp / f"home-{i}-{kind}" for i in range(len(repos)) for kind in KINDS}
+    homes = {(i, kind): tmp / f"home-{i}-{kind}" for i in range(len(repos)) for kind in KINDS
+             if kind != "pool" or has_pool(repos[i])}
     rows: dict[tuple[int, str], list[dict]] = {key: [] for key in homes}
     try:
         for i, repo in enumerate(repos):
-            raytf(repo, homes[i, "warm"], "up", "--warm", "0")
-            raytf(repo, homes[i, "pool"], "up")
-            wait_for_pool(repo, homes[i, "pool"])
+            raytf(repo, homes[i, "warm"], "up", *(["--warm", "0"] if has_pool(repo) else []))
+            if (i, "pool") in homes:
+                raytf(repo, homes[i, "pool"], "up")
+                wait_for_pool(repo, homes[i, "pool"])
             for kind in ("warm", "pool"):  # a new cluster's first run is not warm yet
-                train(repo, homes[i, kind], tmp / f"runs-{i}" / f"{kind}-first", steps)
+                if (i, kind) in homes:
+                    train(repo, homes[i, kind], tmp / f"runs-{i}" / f"{kind}-first", steps)
         for n in range(runs):
             for kind in KINDS:
                 for i, repo in enumerate(repos):
-                    rows[i, kind].append(train(repo, homes[i, kind], tmp / f"runs-{i}" / f"{kind}-{n}", steps))
+                    if (i, kind) in homes:
+                        rows[i, kind].append(train(repo, homes[i, kind], tmp / f"runs-{i}" / f"{kind}-{n}", steps))
     finally:
         for (i, kind), home in homes.items():
             if kind != "cold":
                 raytf(repos[i], home, "down")
-    return [{kind: median_row(rows[i, kind]) for kind in KINDS} for i in range(len(repos))]
+    return [{kind: median_row(rows[i, kind]) if rows.get((i, kind)) else {} for kind in KINDS} for i in range(len(repos))]
 
 
 def main() -> None:
@@ -119,8 +128,9 @@ def main() -> None:
         print(f"{label:<20}{cells}")
     if len(results) == 2:
         for kind in KINDS:
-            a, b = results[0][kind]["wall"], results[1][kind]["wall"]
-            print(f"whole command, {kind}: A/B = {a / b:.2f}")
+            if results[0][kind] and results[1][kind]:
+                a, b = results[0][kind]["wall"], results[1][kind]["wall"]
+                print(f"whole command, {kind}: A/B = {a / b:.2f}")
 
 
 if __name__ == "__main__":

@@ -203,8 +203,6 @@ def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[Shard
     replicas start from) and connect every worker to every server."""
     created = time.time()
     actors = create(config, run_id, plan, data, statistics, on_event, pool)
-    if clock is not None:
-        clock.add("pool_take", "driver", created, time.time())
     try:
         if share is not None:
             actors.workers.data = share(actors.workers.locate())

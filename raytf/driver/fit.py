@@ -99,7 +99,7 @@ def fit(
         metadata = {"job_name": f"raytf {run_id}", "raytf_run": run_id,
                     "raytf_config": json.dumps(cfg.to_dict(), sort_keys=True)}
         with connect(address, on_event=on_event, metadata=metadata, clock=clock, head=head) as connection:
-            pool = UNTRIED
+            pool = None if connection.ephemeral else UNTRIED  # an embedded cluster has no pool: no need to look
             try:
                 if in_pool:
                     check_resources(cfg, ray.cluster_resources())
