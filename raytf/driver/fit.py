@@ -161,6 +161,8 @@ def fit(
         if finished is not None:
             model, (eval_results, model_bytes) = None, finished
         else:
+            if prepared.model is None:  # checked in a pool process that is gone now: made here, as without a pool
+                prepared = replace(prepare(cfg), notices=prepared.notices)  # (after start-up: not on its clock)
             model = final_model(prepared, buffers, tables, non_trainable)
             compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
             eval_results = evaluate(model, prepared)
@@ -216,14 +218,24 @@ def _checked(pool, cfg: TrainConfig, resume: bool, restart: bool, clock: Startup
                    "Checking the model")
 
 
-def _finished_in_pool(actors, cfg: TrainConfig, buffers, tables, non_trainable) -> tuple[dict, bytes]:
-    """The final model's evaluation and file, made by a worker's (else a server's) pool process."""
+def _finished_in_pool(actors, cfg: TrainConfig, buffers, tables, non_trainable) -> tuple[dict, bytes] | None:
+    """The final model's evaluation and file, made by a worker's (else a server's) pool process; None
+    when every one of them died meanwhile (the driver then makes it itself)."""
+    import ray
+
     from raytf.driver.groups import get
 
     hosted = sorted((h for h in actors.pool.hosted if h is not None), key=lambda h: (h.lease.role != "worker", h.lease.index))
-    host = hosted[0]
-    return get(host.host.run_task.remote(host.lease, os.getcwd(), finish_on_host, cfg, buffers, tables, non_trainable),
-               "Saving the trained model")
+    for host in hosted:
+        ref = host.host.run_task.remote(host.lease, os.getcwd(), finish_on_host, cfg, buffers, tables, non_trainable)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            continue  # that process is gone (or restarting): the next one
+        except ray.exceptions.RayTaskError:
+            pass  # raised below as raytf's error
+        return get(ref, "Saving the trained model")
+    return None
 
 
 def _pool_counts(actors) -> dict[str, int]:
