@@ -88,17 +88,21 @@ def run_modules(before: set[str], roots: tuple[str, ...]) -> list[str]:
 
 
 def fingerprint() -> str:
-    """raytf's code in this process: its files' names, sizes and times. A host whose code differs
-    from the driver's (raytf upgraded or edited since `raytf up`) is recycled, not used."""
+    """raytf's code in this process: a hash of its files' names and contents (~1 MB, a few ms). A host
+    whose code differs from the driver's (raytf upgraded or edited since `raytf up`) is recycled, not
+    used. Contents, not times: a Ray job's working_dir holds a copy of the same files with other times."""
     import hashlib
 
     root = RAYTF_ROOT
     digest = hashlib.sha1()
-    for directory, _, files in sorted(os.walk(root)):
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
         for name in sorted(files):
             if name.endswith(".py"):
-                stat = os.stat(os.path.join(directory, name))
-                digest.update(f"{os.path.relpath(os.path.join(directory, name), root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                path = os.path.join(directory, name)
+                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as source:
+                    digest.update(source.read())
     return digest.hexdigest()[:16]
 
 

@@ -252,3 +252,31 @@ def test_bad_input_checked_in_the_pool_fails_with_the_driver_s_error_before_trai
     found = hosts(pool)
     assert all(h["taken_by"] is None for h in found.values())
     assert_clean(found)
+
+
+def test_a_submitted_run_takes_the_pool_and_imports_its_code_from_the_job_s_working_dir(pool, tmp_path):
+    """`raytf train --submit`: the job's code is uploaded as its working_dir (here a copy of examples/ with a
+    model of its own); the pool's processes take the run and import that code from where Ray unpacked it."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from raytf.cluster.jobs import submit_training_job
+
+    work = tmp_path / "job"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples", work / "examples",
+                    ignore=shutil.ignore_patterns("__pycache__", "bench*", "benchmark*"))
+    (work / "jobs_own_model.py").write_text("from examples.digits import build_model\n")
+    out = tmp_path / "out"
+    console = Console(file=(tmp_path / "console.txt").open("w"), width=120)
+    code = submit_training_job(pool.dashboard_url, str(work / "examples" / "digits.yaml"),
+                               ["steps=30", "model=jobs_own_model:build_model", f"output_dir={out}"],
+                               working_dir=str(work), console=console)
+    console.file.close()
+    assert code == 0, (tmp_path / "console.txt").read_text()[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["steps"] == 30
+    assert summary["startup_breakdown"]["pool_model_check"] > 0
+    assert_clean(hosts(pool))  # jobs_own_model and examples.* forgotten
