@@ -126,7 +126,6 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
     """Hosts for the run's actors (see the module's docstring); None when there is no pool, or the run
     cannot use it (said once through `on_event`)."""
     import ray
-    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     hosts = list(pool_hosts().values())
@@ -149,22 +148,10 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
             stale += 1
             continue
         idle.setdefault(state["node"], []).append((handle, state))
-    bundles = [bundle(w.resources) for w in wants]
-    slots = [i for i, b in enumerate(bundles) if b]  # wanted actor -> its bundle index, for those with one
-    pg = None
-    if slots:
-        pg = placement_group([bundles[i] for i in slots], strategy="PACK", name=f"raytf:{run_name}:{run_id}")
-        try:
-            ray.get(pg.ready(), timeout=RESERVE_TIMEOUT)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(pg)
-            on_event("Not using the warm pool: the cluster has no room for the run's CPUs now; starting the run's "
-                     "actors afresh (they wait for it).")
-            return None
-    placed = placement_group_table(pg)["bundles_to_node_id"] if pg is not None else {}
-    bundle_of = {want: k for k, want in enumerate(slots)}
-    busiest = max(set(placed.values()), key=list(placed.values()).count) if placed else None
-    nodes = [placed[bundle_of[i]] if i in bundle_of else (busiest or _roomiest(idle)) for i in range(len(wants))]
+    reserved = _reserve(wants, idle, f"raytf:{run_name}:{run_id}", on_event)
+    if reserved is None:
+        return None
+    pg, bundle_of, nodes = reserved
     env_vars = dict(runtime_env.get("env_vars", {}))
     paths = tuple(p for p in env_vars.pop("PYTHONPATH", "").split(os.pathsep) if p)
     leases, picks = [], []
@@ -195,6 +182,32 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
                         + (f" ({stale} still ran an older raytf and restart with this one)" if stale else "")
                         + "; those start afresh (`raytf up --warm N` keeps N per node).")
     return use
+
+
+def _reserve(wants: list[Want], idle: dict[str, list], name: str, on_event: Callable[[str], None]):
+    """The run's CPUs as a placement group of one bundle per actor that reserves something: (the group or
+    None, wanted actor -> its bundle, wanted actor -> the node its host is taken from). None (said) when
+    the cluster has no room for them now."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    bundles = [bundle(w.resources) for w in wants]
+    slots = [i for i, b in enumerate(bundles) if b]  # the wanted actors that get a bundle, in bundle order
+    pg = None
+    if slots:
+        pg = placement_group([bundles[i] for i in slots], strategy="PACK", name=name)
+        try:
+            ray.get(pg.ready(), timeout=RESERVE_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            on_event("Not using the warm pool: the cluster has no room for the run's CPUs now; starting the run's "
+                     "actors afresh (they wait for it).")
+            return None
+    placed = placement_group_table(pg)["bundles_to_node_id"] if pg is not None else {}
+    bundle_of = {want: k for k, want in enumerate(slots)}
+    busiest = max(set(placed.values()), key=list(placed.values()).count) if placed else None
+    nodes = [placed[bundle_of[i]] if i in bundle_of else (busiest or _roomiest(idle)) for i in range(len(wants))]
+    return pg, bundle_of, nodes
 
 
 def _roomiest(idle: dict[str, list]) -> str | None:
