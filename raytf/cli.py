@@ -101,8 +101,9 @@ def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="KubeRay: print the RayCluster manifest as YAML and touch nothing."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait until the cluster is ready (local: 90, KubeRay: 600)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Local: CPUs the head offers (default: this machine's cores)."),
-    warm: Optional[int] = typer.Option(None, "--warm", min=0, help="Local: warm processes per node, with TensorFlow "
-                                       "imported, that runs take as their actors (default: the node's CPUs + 1; 0: none)."),
+    warm: Optional[int] = typer.Option(None, "--warm", min=0, help="Warm processes per node (KubeRay: per pod with CPUs), "
+                                       "with TensorFlow imported, that runs take as their actors (default: the node's "
+                                       "CPUs + 1; 0: none)."),
     kubeconfig: Optional[str] = KUBECONFIG,
     context: Optional[str] = KUBE_CONTEXT,
 ) -> None:
@@ -115,7 +116,8 @@ def up(
     if _kuberay_spec(cluster):
         from raytf.cluster.kuberay import commands as kuberay
 
-        kuberay.up(cluster, dry_run=dry_run, timeout=timeout or 600.0, kubeconfig=kubeconfig, context=context, console=out)
+        kuberay.up(cluster, dry_run=dry_run, timeout=timeout or 600.0, kubeconfig=kubeconfig, context=context, console=out,
+                   warm=warm)
         return
     if dry_run:
         raise ClusterError("--dry-run renders a KubeRay manifest; the embedded cluster has none.", "Pass --cluster with a KubeRay spec, e.g. cluster-configs/kuberay-cpu.yaml.")

@@ -253,3 +253,20 @@ def job_logs(dashboard_url: str, job_id: str | None, *, console, follow: bool = 
                            "Check the cluster with `raytf status`; the job may still run.") from None
     console.print(f"Ray job {job_id} {'succeeded' if status == 'SUCCEEDED' else 'ended ' + status}.")
     return 0 if status == "SUCCEEDED" else 2
+
+
+def submit_pool_job(dashboard_url: str, per_node: int | None, *, headers: dict[str, str] | None = None,
+                    runtime_env: dict[str, Any] | None = None) -> str:
+    """Start (or resize) the cluster's warm pool from a short Ray job on the head: `python -m raytf.pool`
+    (raytf.pool.start). Its processes get the job's `runtime_env` (KubeRay: raytf by py_modules and pip,
+    as every run's job brings it) and outlive it. Returns the job's id."""
+    client = _client(dashboard_url, headers)
+    entrypoint = "python -m raytf.pool" + (f" --warm {int(per_node)}" if per_node is not None else "")
+    job_id = f"raytf-pool-{uuid.uuid4().hex[:8]}"
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=dict(runtime_env or {}),
+                          metadata={"job_name": "raytf warm pool"})
+    except Exception as err:  # noqa: BLE001 - upload errors, HTTP 4xx/5xx from the job API
+        raise ClusterError(f"The Ray cluster at {dashboard_url} rejected the warm pool's job: {_redact(str(err), headers)}",
+                           "The cluster is up; runs start their actors afresh. Retry with `raytf up --warm N`.") from None
+    return job_id

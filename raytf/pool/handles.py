@@ -14,6 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("ps", "worker")
+# A Ray job's runtime_env keys that are the run's own, not its processes' make-up: a host takes them on
+# for the lease (environment variables, the working_dir's code); the rest (pip, py_modules, conda, ...)
+# must be what the host was started with (`code_env`).
+PER_RUN_ENV = ("env_vars", "working_dir", "excludes")
+
+
+def code_env(runtime_env: dict) -> str:
+    """What of a runtime_env a process is made of (not per run), canonical, to compare a run's with a host's."""
+    import json
+
+    return json.dumps({k: v for k, v in dict(runtime_env or {}).items() if k not in PER_RUN_ENV}, sort_keys=True,
+                      default=str)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class Lease:
     job_id: str  # the driver's Ray job (hex): a host whose run's driver is gone recycles itself
     paths: tuple[str, ...] = ()  # the driver's current directory and PYTHONPATH, as its actors get them
     env: tuple[tuple[str, str], ...] = ()  # the environment variables the run's actors get
+    working_dir: str | None = None  # the job's working_dir package (a URI): unpacked by a host that lacks it
 
     @property
     def actor_name(self) -> str:

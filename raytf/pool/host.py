@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from raytf.pool.handles import Lease
+from raytf.pool.handles import Lease, code_env
 
 NAMESPACE = "raytf-pool"
 NAME_PREFIX = "raytf-pool:"
@@ -140,7 +140,9 @@ class PoolHost:
         import ray
 
         lease = self.lease
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "code": self.code,
+        context = ray.get_runtime_context()
+        return {"node": context.get_node_id(), "pid": os.getpid(), "code": self.code,
+                "code_env": code_env(dict(context.runtime_env or {})),
                 "taken_by": lease.actor_name if lease else ("(exiting)" if self.exiting else
                                                             "(cleaning up)" if self.cleaning else None), "run_id": lease.run_id if lease else None,
                 "runs": self.runs, "threads": self.threads, "rss": rss_bytes(), "idle_rss": self.idle_rss,
@@ -155,8 +157,10 @@ class PoolHost:
             if code != self.code:
                 self._leave("its raytf differs from the driver's")
                 return None
+            if lease.working_dir and not all(os.path.isdir(path) for path in lease.paths):
+                unpack_working_dir(lease.working_dir, lease.paths)  # Ray unpacked it only where the job's processes ran
             if not all(os.path.isdir(path) for path in lease.paths):
-                return None  # the run's code (a job's working_dir) is not on this node: a fresh actor gets it
+                return None  # the run's code is not on this node: a fresh actor gets it
             self._adopt(lease)
         return self.state()
 
@@ -353,6 +357,28 @@ class PoolHost:
             if not left or time.monotonic() > deadline:
                 return sorted(t.name for t in left)
             left[0].join(timeout=0.1)
+
+
+def unpack_working_dir(uri: str, paths: tuple[str, ...]) -> None:
+    """Unpack a job's working_dir package (`uri`, in the GCS) where the run's import paths expect it:
+    Ray unpacks it per node into the same session directory, `.../working_dir_files/_ray_pkg_<hash>`, but
+    only on nodes where the job's own processes run. Ray's DeveloperAPI download; a failure leaves the
+    path missing (the run starts a fresh actor there)."""
+    import asyncio
+    from pathlib import Path
+
+    import ray
+    from ray._private.runtime_env.packaging import download_and_unpack_package, get_local_dir_from_uri
+
+    for path in paths:
+        parent = os.path.dirname(path)
+        if os.path.isdir(path) or get_local_dir_from_uri(uri, parent) != Path(path):
+            continue  # there already, or not this package's place
+        os.makedirs(parent, exist_ok=True)
+        try:
+            asyncio.run(download_and_unpack_package(uri, parent, gcs_client=ray._private.worker.global_worker.gcs_client))
+        except (OSError, ValueError) as err:
+            print(f"raytf pool host: could not unpack {uri} into {parent}: {err}", file=sys.stderr, flush=True)
 
 
 def job_ended(job_id: str) -> bool:

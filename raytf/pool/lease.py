@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raytf.config import Resources
-from raytf.pool.handles import HostedHandle, Lease
+from raytf.pool.handles import HostedHandle, Lease, code_env
 from raytf.pool.host import MAX_CONCURRENCY, NAME_PREFIX, NAMESPACE, fingerprint
 
 STATE_TIMEOUT = 2.0  # seconds for the hosts to say whether they are idle (a warming one is not yet)
 RESERVE_TIMEOUT = 10.0  # seconds for the run's CPUs; a busy cluster falls back to starting actors, which wait
 GIVE_BACK_TIMEOUT = 30.0
-# What of a run's Ray job runtime_env the hosts can take on: environment variables, and a working_dir,
-# which hosts of a node where it is unpacked use from there (raytf.pool.host.PoolHost.take).
-POOLABLE_ENV = {"env_vars", "working_dir", "excludes"}
 
 
 @dataclass(frozen=True)
@@ -102,14 +99,10 @@ def host_states(hosts: list, timeout: float = STATE_TIMEOUT) -> list[tuple[Any, 
     return found
 
 
-def why_not_pooled(wants: list[Want], runtime_env: dict) -> str | None:
+def why_not_pooled(wants: list[Want]) -> str | None:
     """Why a run cannot use the pool at all, or None."""
     if any(w.resources.num_gpus for w in wants):
         return "the run asks for GPUs, which Ray gives to an actor when it starts"
-    extra = set(runtime_env) - POOLABLE_ENV
-    if extra:
-        keys = ", ".join(sorted(extra))
-        return f"the run's Ray job has a runtime_env with {keys}, which the pool's processes were started without"
     if any(w.max_concurrency > MAX_CONCURRENCY for w in wants):
         return f"a parameter server of this many workers serves more calls at once than a pool host ({MAX_CONCURRENCY})"
     return None
@@ -133,15 +126,18 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
         return None
     context = ray.get_runtime_context()
     runtime_env = dict(context.runtime_env or {})
-    why = why_not_pooled(wants, runtime_env)
+    why = why_not_pooled(wants)
     if why is not None:
         on_event(f"Not using the warm pool: {why}; starting the run's actors afresh.")
         return None
-    code = fingerprint()
+    code, made_of = fingerprint(), code_env(runtime_env)
     idle: dict[str, list[tuple[Any, dict]]] = {}
-    stale = 0
+    stale = other_env = 0
     for handle, state in host_states(hosts):
         if state["taken_by"] is not None:
+            continue
+        if state["code_env"] != made_of:  # started with other packages (pip, py_modules, conda)
+            other_env += 1
             continue
         if state["code"] != code:
             handle.recycle.remote()  # it restarts with the code the driver has
@@ -157,7 +153,8 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
     leases, picks = [], []
     for i, want in enumerate(wants):
         lease = Lease(run_id=run_id, run_name=run_name, role=want.role, index=want.index, description=want.description,
-                      job_id=context.get_job_id(), paths=paths, env=tuple(sorted(env_vars.items())))
+                      job_id=context.get_job_id(), paths=paths, env=tuple(sorted(env_vars.items())),
+                      working_dir=runtime_env.get("working_dir"))
         free = idle.get(nodes[i], [])
         threads = max(1, int(want.resources.num_cpus))
         free.sort(key=lambda hs: (hs[1]["threads"] not in (None, threads), hs[1]["threads"] is not None))
@@ -180,6 +177,8 @@ def take(wants: list[Want], run_id: str, run_name: str, on_event: Callable[[str]
     if missing:
         use.said.append(f"The warm pool has no idle process for {missing} of the run's {len(wants)} actors"
                         + (f" ({stale} still ran an older raytf and restart with this one)" if stale else "")
+                        + (f" ({other_env} were started with another runtime_env: pip, py_modules or conda)"
+                           if other_env else "")
                         + "; those start afresh (`raytf up --warm N` keeps N per node).")
     return use
 

@@ -280,3 +280,25 @@ def test_a_submitted_run_takes_the_pool_and_imports_its_code_from_the_job_s_work
     assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["steps"] == 30
     assert summary["startup_breakdown"]["pool_model_check"] > 0
     assert_clean(hosts(pool))  # jobs_own_model and examples.* forgotten
+
+    # On a node where Ray did not unpack the job's working_dir (a KubeRay pod the job's driver is not on), a
+    # host unpacks it from the GCS where the run's import paths expect it, before it takes the run.
+    import ray
+    from ray.job_submission import JobSubmissionClient
+    from ray._private.runtime_env.packaging import get_local_dir_from_uri
+
+    from raytf.pool.handles import Lease
+    from raytf.pool.host import fingerprint
+    from raytf.pool.lease import pool_hosts
+
+    job_id = next(line.split()[3] for line in (tmp_path / "console.txt").read_text().splitlines()
+                  if line.startswith("Submitted Ray job"))
+    uri = JobSubmissionClient(pool.dashboard_url).get_job_info(job_id).runtime_env["working_dir"]
+    elsewhere = get_local_dir_from_uri(uri, str(tmp_path / "other-node" / "working_dir_files"))
+    with _driver(pool):
+        host = next(iter(pool_hosts().values()))
+        lease = Lease(run_id="unpack-1", run_name="unpack", role="worker", index=0, description="",
+                      job_id=ray.get_runtime_context().get_job_id(), paths=(str(elsewhere),), working_dir=uri)
+        taken = ray.get(host.take.remote(lease, fingerprint()))
+        ray.get(host.give_back.remote(lease))
+    assert taken is not None and (elsewhere / "jobs_own_model.py").read_text().startswith("from examples.digits")

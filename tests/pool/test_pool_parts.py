@@ -67,12 +67,19 @@ class _PicklableHost:
 
 
 def test_runs_the_pool_cannot_serve_say_why():
-    cpu = [Want("worker", 0, "", Resources(num_cpus=1), 2)]
-    assert why_not_pooled(cpu, {"env_vars": {"A": "1"}}) is None
-    assert why_not_pooled(cpu, {"env_vars": {}, "working_dir": "gcs://x.zip", "excludes": []}) is None
-    assert "GPUs" in why_not_pooled([Want("worker", 0, "", Resources(num_gpus=1), 2)], {})
-    assert "pip" in why_not_pooled(cpu, {"pip": ["x"]})
-    assert "more calls at once" in why_not_pooled([Want("ps", 0, "", Resources(), 500)], {})
+    assert why_not_pooled([Want("worker", 0, "", Resources(num_cpus=1), 2)]) is None
+    assert "GPUs" in why_not_pooled([Want("worker", 0, "", Resources(num_gpus=1), 2)])
+    assert "more calls at once" in why_not_pooled([Want("ps", 0, "", Resources(), 500)])
+
+
+def test_a_host_serves_runs_made_of_the_same_packages_whatever_their_own_code_and_variables():
+    from raytf.pool.handles import code_env
+
+    kuberay = {"py_modules": ["gcs://_ray_pkg_raytf.zip"], "pip": {"packages": ["numpy==2.0"], "pip_check": False}}
+    run = {**kuberay, "working_dir": "gcs://_ray_pkg_users.zip", "env_vars": {"PYTHONPATH": "/x"}, "excludes": ["runs/"]}
+    assert code_env(run) == code_env(dict(reversed(list(kuberay.items()))))  # per-run keys and order do not count
+    assert code_env(run) != code_env({}) and code_env({"env_vars": {"A": "1"}}) == code_env({})
+    assert code_env({**kuberay, "pip": {"packages": ["numpy==2.1"], "pip_check": False}}) != code_env(kuberay)
 
 
 def test_an_actor_reserves_its_cpus_and_resources_and_nothing_when_it_asks_none():

@@ -36,7 +36,7 @@ from raytf.cluster.kuberay.storage import check_output_dir
 from raytf.cluster.kuberay.token import cluster_token, read_token
 from raytf.cluster.kuberay.versions import version_mismatch_warning
 from raytf.cluster.record import clear_cluster_record, load_cluster_record, save_cluster_record
-from raytf.errors import ClusterError
+from raytf.errors import ClusterError, RaytfError
 
 
 def up(
@@ -50,11 +50,14 @@ def up(
     api_client: k8s.ApiClient | None = None,
     poll_interval: float = 2.0,
     check_dashboard: bool = True,
+    warm: int | None = 0,
 ) -> ClusterStatus | None:
     """Create the RayCluster described by `spec_path` and wait until it is ready.
 
     `dry_run` writes the manifest as YAML to stdout (for `kubectl apply -f -`) and touches
-    nothing else, not even the kubeconfig. Returns the ready status (None for a dry run).
+    nothing else, not even the kubeconfig. `warm`: start the warm pool with that many processes per
+    pod with CPUs (None: the pod's CPUs + 1, the CLI's default; 0: no pool). Returns the ready status
+    (None for a dry run).
     """
     spec = load_cluster_spec(spec_path)  # validated before anything else happens
     unauthenticated = auth_disabled_warning(spec)
@@ -95,7 +98,26 @@ def up(
     console.print(Text(f"{where} is ready: " + _groups_line(status), style="green"))
     if check_dashboard:
         _check_dashboard(kube, status, console)
+    if warm != 0:
+        _start_pool(kube, spec, warm, console)
     return status
+
+
+def _start_pool(kube: KubeClient, spec: ClusterSpec, per_node: int | None, console: Console) -> None:
+    """Submit the warm pool's job (raytf.cluster.jobs.submit_pool_job) through a port-forward; a failure
+    is said, not raised: the cluster is up, and runs start their actors afresh without a pool."""
+    from raytf.cluster.jobs import submit_pool_job
+
+    try:
+        headers = bearer(cluster_token(kube, spec.name, spec.namespace))
+        pod, port = head_dashboard_target(kube, spec.name, spec.namespace)
+        with LocalForward(lambda: kube.open_pod_port(pod, spec.namespace, port)) as forward:
+            job_id = submit_pool_job(forward.url, per_node, headers=headers, runtime_env=job_runtime_env(spec))
+    except RaytfError as error:
+        console.print(Text(f"Warm pool not started: {error.problem} {error.fix or ''}".strip(), style="yellow"))
+        return
+    console.print(Text(f"Warm pool: starting on every pod with CPUs (Ray job {job_id}); runs take its processes "
+                       "once they have imported TensorFlow."))
 
 
 def down(

@@ -129,6 +129,24 @@ def test_up_sends_the_token_and_never_prints_it(
     assert fake.auth_token not in text + captured.out + captured.err
 
 
+def test_up_starts_the_warm_pool_as_a_job_with_the_runs_runtime_env(
+    fake: FakeApiServer, api_client: k8s.ApiClient, console: Console, ray_dashboard: FakeRayDashboard,
+) -> None:
+    """`raytf up --cluster ... [--warm N]`: once ready, the pool is started by a Ray job on the head, through the
+    port-forward with the cluster's token, with the runtime_env every run's job brings raytf by (so the pool's
+    processes are made of what the runs are); `--warm 0` submits none."""
+    from raytf.cluster.kuberay.runtime_env import pinned_requirements
+
+    commands.up(CPU, timeout=60, kubeconfig=None, console=console, api_client=api_client, poll_interval=0, warm=2)
+    (job,) = ray_dashboard.jobs
+    assert job["entrypoint"] == "python -m raytf.pool --warm 2" and job["submission_id"].startswith("raytf-pool-")
+    assert job["runtime_env"]["pip"]["packages"] == pinned_requirements() and job["runtime_env"]["py_modules"]
+    assert ("POST", "/api/jobs/", f"Bearer {fake.auth_token}") in ray_dashboard.seen_auth
+    assert f"Warm pool: starting on every pod with CPUs (Ray job {job['submission_id']})" in output(console)
+    commands.up(CPU, timeout=60, kubeconfig=None, console=console, api_client=api_client, poll_interval=0, warm=0)
+    assert len(ray_dashboard.jobs) == 1
+
+
 def test_status_reports_a_token_the_dashboard_refuses(
     fake: FakeApiServer, api_client: k8s.ApiClient, console: Console, ray_dashboard: FakeRayDashboard,
 ) -> None:
