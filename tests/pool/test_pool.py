@@ -64,12 +64,16 @@ def hosts(cluster, leftovers: bool = True) -> dict[str, dict]:
         return {name: {**answer(h.state), **(answer(h.leftovers) if leftovers else {})} for name, h in found.items()}
 
 
-def assert_clean(found: dict[str, dict]) -> None:
+def assert_clean(found: dict[str, dict], memory: bool = False) -> None:
+    """No object, thread or module of past runs in any host; with `memory`, RSS within 10 % of idle too. (After
+    many different runs a process's caches, TensorFlow's compiled kernels among them, may pass that bound: the
+    host then exits by itself and is replaced, which the memory check of a long series would race with.)"""
     for name, host in found.items():
         assert host["taken_by"] is None, name
         assert (host["variables"], host["keras_objects"], host["roles"], host["tensors"]) == (0, 0, 0, 0), (name, host)
         assert host["threads"] == [] and host["run_modules"] == [], (name, host)
-        assert host["rss"] <= 1.10 * host["idle_rss"], (name, host["rss"] / 2**20, host["idle_rss"] / 2**20)
+        if memory:
+            assert host["rss"] <= 1.10 * host["idle_rss"], (name, host["rss"] / 2**20, host["idle_rss"] / 2**20)
 
 
 def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind(pool, tmp_path):
@@ -83,14 +87,14 @@ def test_two_models_back_to_back_in_the_same_pool_processes_leave_nothing_behind
     assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["steps"] == 5
     after_big = hosts(pool)
     assert {n: h["pid"] for n, h in after_big.items()} == {n: h["pid"] for n, h in before.items()}  # reused, not replaced
-    assert_clean(after_big)
+    assert_clean(after_big, memory=True)
     # A different model and mode in the same processes trains as it does on fresh actors.
     small = digits_config(tmp_path / "small", name="pool-small", steps=800, **{"distribution.mode": "async"})
     summary = raytf.fit(small, address=pool.gcs_address)
     assert summary["warm_pool"] == {"hosted": 3, "fresh": 0} and summary["eval"]["accuracy"] > 0.9
     after_small = hosts(pool)
     assert {n: h["pid"] for n, h in after_small.items()} == {n: h["pid"] for n, h in before.items()}
-    assert_clean(after_small)
+    assert_clean(after_small, memory=True)
     assert all(h["runs"] == before[n]["runs"] + 2 for n, h in after_small.items())
 
 
