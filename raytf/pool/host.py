@@ -65,6 +65,16 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def run_mappings() -> list[str]:
+    """Files of runs' exchange (shared slots, under raytf's shared-memory directory) this process still maps."""
+    from raytf.exchange.transport import shm_user_dir
+
+    root = shm_user_dir()
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split(maxsplit=5)[5].strip() for line in maps
+                       if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].startswith(root)})
+
+
 def _installed_roots() -> tuple[str, ...]:
     """Where installed packages and the standard library live: modules from there stay imported."""
     paths = sysconfig.get_paths()
@@ -300,7 +310,7 @@ class PoolHost:
                 seen.append(f"{type(obj).__name__} {getattr(obj, 'shape', '')} held by {holders}")
             except ReferenceError:  # a weak proxy whose object is gone
                 continue
-        return {**counts, "held": seen[:10], "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
+        return {**counts, "held": seen[:10], "mappings": run_mappings(), "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
                 "threads": sorted(t.name for t in threading.enumerate() if t.ident not in self.idle_threads
                                   and t.name.startswith(RUN_THREADS)),
                 "run_modules": sorted(run_modules(self.idle_modules, self._roots))}

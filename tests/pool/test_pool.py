@@ -71,7 +71,7 @@ def assert_clean(found: dict[str, dict], memory: bool = False) -> None:
     for name, host in found.items():
         assert host["taken_by"] is None, name
         assert (host["variables"], host["keras_objects"], host["roles"], host["tensors"]) == (0, 0, 0, 0), (name, host)
-        assert host["threads"] == [] and host["run_modules"] == [], (name, host)
+        assert host["threads"] == [] and host["run_modules"] == [] and host["mappings"] == [], (name, host)
         if memory:
             assert host["rss"] <= 1.10 * host["idle_rss"], (name, host["rss"] / 2**20, host["idle_rss"] / 2**20)
 
