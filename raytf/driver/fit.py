@@ -24,13 +24,11 @@ from raytf.driver.prepare import (
     checks_in_pool,
     coerce_config,
     finish_on_host,
-    compile_for_saving,
-    evaluate,
-    final_model,
     prepare,
+    prepare_and_start,
     reads_ray_data,
     resumed_statistics,
-    start_states,
+    trained_model,
 )
 from raytf.driver.signals import stop_on_signals, terminate_as_interrupt
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
@@ -85,9 +83,8 @@ def fit(
     in_pool = head is None and checks_in_pool(cfg)
     try:
         if not ray_first and not in_pool:
-            prepared = prepare(cfg, clock)
+            prepared, states = prepare_and_start(cfg, resume, restart, clock)
             cfg = prepared.config  # steps known now, also where it gave epochs
-            states = start_states(prepared, resume, restart)
     except BaseException:
         if head is not None:
             head.stop()
@@ -108,9 +105,8 @@ def fit(
                     prepared, states = _checked(pool, cfg, resume, restart, clock)
                     cfg = prepared.config
                 if ray_first:
-                    prepared = prepare(cfg, clock)
+                    prepared, states = prepare_and_start(cfg, resume, restart, clock)
                     cfg = prepared.config
-                    states = start_states(prepared, resume, restart)
                 settings = server_settings(cfg, str(root_of(prepared.output_dir).resolve()), prepared.plan)
                 check_resources(cfg, ray.cluster_resources())
                 actors = launch(cfg, run_id, prepared.plan, states, settings, clock, data=prepared.data,
@@ -163,9 +159,7 @@ def fit(
         else:
             if prepared.model is None:  # checked in a pool process that is gone now: made here, as without a pool
                 prepared = replace(prepare(cfg), notices=prepared.notices)  # (after start-up: not on its clock)
-            model = final_model(prepared, buffers, tables, non_trainable)
-            compile_for_saving(model, cfg, build_optimizer=not any(t.cached for t in prepared.plan.tables))
-            eval_results = evaluate(model, prepared)
+            model, eval_results = trained_model(prepared, buffers, tables, non_trainable)
         if validator is not None and eval_results:  # the last step's evaluation, in the history too
             validator.record(Evaluation(cfg.steps, cfg.epochs, eval_results))
             if settings.checkpoint_dir:  # what waited for its evaluation, and is neither the best nor new, goes
@@ -211,8 +205,7 @@ def _checked(pool, cfg: TrainConfig, resume: bool, restart: bool, clock: Startup
 
     host = next((h for h in (pool.hosted if pool is not None else []) if h is not None), None)
     if host is None:
-        prepared = prepare(cfg, clock)
-        return prepared, start_states(prepared, resume, restart)
+        return prepare_and_start(cfg, resume, restart, clock)
     with clock.span("pool_model_check"):
         return get(host.host.run_task.remote(host.lease, os.getcwd(), check_on_host, cfg, resume, restart),
                    "Checking the model")

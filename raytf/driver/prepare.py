@@ -121,26 +121,36 @@ def _prepare(config: TrainConfig) -> Prepared:
                     first_batch=(features, labels), data=data, train=train)
 
 
+def prepare_and_start(config: TrainConfig, resume: bool, restart: bool,
+                      clock: StartupClock | None = None) -> tuple[Prepared, list]:
+    """`prepare`, then `start_states`: everything checked, and where every server starts."""
+    prepared = prepare(config, clock)
+    return prepared, start_states(prepared, resume, restart)
+
+
+def trained_model(prepared: Prepared, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
+                  non_trainable: list[np.ndarray]):
+    """The final model with the trained values, compiled for saving, and its evaluation on data.eval."""
+    model = final_model(prepared, buffers, tables, non_trainable)
+    compile_for_saving(model, prepared.config, build_optimizer=not any(t.cached for t in prepared.plan.tables))
+    return model, evaluate(model, prepared)
+
+
 def check_on_host(config: TrainConfig, resume: bool, restart: bool) -> tuple[Prepared, list]:
-    """`prepare` and `start_states` in a warm pool process (raytf.pool.host.PoolHost.run_task): the same
-    checks and errors, without TensorFlow in the driver. Returns what the driver needs to run the
-    training (no model: the final one is made by `finish_on_host`) and where the servers start."""
-    prepared = prepare(config)
-    states = start_states(prepared, resume, restart)
+    """`prepare_and_start` in a warm pool process (raytf.pool.host.PoolHost.run_task): the same checks and
+    errors, without TensorFlow in the driver. Returns what the driver needs to run the training (no model:
+    the final one is made by `finish_on_host`) and where the servers start."""
+    prepared, states = prepare_and_start(config, resume, restart)
     return replace(prepared, model=None, first_batch=(), eval_data=None, train=None), states
 
 
 def finish_on_host(config: TrainConfig, buffers: list[np.ndarray], tables: list[list[np.ndarray]],
                    non_trainable: list[np.ndarray]) -> tuple[dict[str, float], bytes]:
-    """The trained model, made in a pool process: built as the driver would have built it, with the trained
-    values, compiled for saving, evaluated on data.eval. Returns the evaluation and the `.keras` file's bytes
-    (the driver writes it: its output_dir may not be on this node)."""
+    """`trained_model` in a pool process, built as the driver would have built it. Returns the evaluation
+    and the `.keras` file's bytes (the driver writes it: its output_dir may not be on this node)."""
     import tempfile
 
-    prepared = prepare(config)
-    model = final_model(prepared, buffers, tables, non_trainable)
-    compile_for_saving(model, prepared.config, build_optimizer=not any(t.cached for t in prepared.plan.tables))
-    results = evaluate(model, prepared)
+    model, results = trained_model(prepare(config), buffers, tables, non_trainable)
     with tempfile.TemporaryDirectory(prefix="raytf-model-") as tmp:
         path = Path(tmp) / "model.keras"
         model.save(path)
