@@ -183,6 +183,12 @@ def submit_training_job(
     if not follow:
         console.print(f"Follow it with: {_follow_hint(job_id, dashboard_url, reattach_hint)}")
         return 0
+    return _follow(client, job_id, dashboard_url, console, headers, reattach_hint)
+
+
+def _follow(client, job_id: str, dashboard_url: str, console, headers: dict[str, str] | None,
+            reattach_hint: str | None) -> int:
+    """Stream the job's logs until it ends; its exit code (`_outcome`), or 130 when the user detached."""
     try:
         _stream_logs(client, job_id, console)
         status = _final_status(client, job_id)
@@ -193,6 +199,11 @@ def submit_training_job(
             f"Lost the log stream of job {job_id} at {dashboard_url}: {_redact(str(err), headers)}",
             f"The job may still run; check it with `{_follow_hint(job_id, dashboard_url, reattach_hint)}`.",
         ) from None
+    return _outcome(console, job_id, status)
+
+
+def _outcome(console, job_id: str, status: str) -> int:
+    """Say how the job ended: 0 when it succeeded, else 2."""
     if status == "SUCCEEDED":
         console.print(f"Ray job {job_id} succeeded.")
         return 0
@@ -238,21 +249,15 @@ def job_logs(dashboard_url: str, job_id: str | None, *, console, follow: bool = 
     job_id = job.submission_id
     status = str(job.status.value if hasattr(job.status, "value") else job.status)
     console.print(f"Ray job {job_id} ('{job.metadata.get('raytf_run')}'): {status}. Dashboard: {job_url(dashboard_url, job_id)}")
-    try:
-        if not follow or status in _TERMINAL:
-            console.out(client.get_job_logs(job_id), end="", highlight=False)
-            return 0 if not follow else (0 if status == "SUCCEEDED" else 2)
-        _stream_logs(client, job_id, console)
-        status = _final_status(client, job_id)
-    except KeyboardInterrupt:
-        return _on_interrupt(client, job_id, dashboard_url, console, reattach_hint)
-    except ClusterError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the dashboard went away mid-stream
-        raise ClusterError(f"Lost the logs of job {job_id} at {dashboard_url}: {_redact(str(err), headers)}",
-                           "Check the cluster with `raytf status`; the job may still run.") from None
-    console.print(f"Ray job {job_id} {'succeeded' if status == 'SUCCEEDED' else 'ended ' + status}.")
-    return 0 if status == "SUCCEEDED" else 2
+    if not follow or status in _TERMINAL:
+        try:
+            text = client.get_job_logs(job_id)
+        except Exception as err:  # noqa: BLE001 - the dashboard went away meanwhile
+            raise ClusterError(f"Lost the logs of job {job_id} at {dashboard_url}: {_redact(str(err), headers)}",
+                               "Check the cluster with `raytf status`; the job may still run.") from None
+        console.out(text, end="", highlight=False)
+        return _outcome(console, job_id, status) if follow else 0
+    return _follow(client, job_id, dashboard_url, console, headers, reattach_hint)
 
 
 def submit_pool_job(dashboard_url: str, per_node: int | None, *, headers: dict[str, str] | None = None,

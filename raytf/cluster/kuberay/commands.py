@@ -8,12 +8,13 @@ commands without a spec path act on the cluster remembered by `raytf up` (raytf/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from kubernetes import client as k8s
 from rich.console import Console
@@ -109,10 +110,8 @@ def _start_pool(kube: KubeClient, spec: ClusterSpec, per_node: int | None, conso
     from raytf.cluster.jobs import submit_pool_job
 
     try:
-        headers = bearer(cluster_token(kube, spec.name, spec.namespace))
-        pod, port = head_dashboard_target(kube, spec.name, spec.namespace)
-        with LocalForward(lambda: kube.open_pod_port(pod, spec.namespace, port)) as forward:
-            job_id = submit_pool_job(forward.url, per_node, headers=headers, runtime_env=job_runtime_env(spec))
+        with _job_api(kube, spec.name, spec.namespace) as (url, headers, _):
+            job_id = submit_pool_job(url, per_node, headers=headers, runtime_env=job_runtime_env(spec))
     except RaytfError as error:
         console.print(Text(f"Warm pool not started: {error.problem} {error.fix or ''}".strip(), style="yellow"))
         return
@@ -343,11 +342,8 @@ def train(
     check_output_dir(spec, cfg.output_dir, spec_source=spec_source)
     extra_env = job_runtime_env(spec)
     kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
-    headers = bearer(cluster_token(kube, target.name, target.namespace))
-    pod, port = head_dashboard_target(kube, target.name, target.namespace)
-    reattach = f"kubectl exec -n {target.namespace} {pod} -c ray-head -- ray job logs --follow {{job_id}}"
-    with LocalForward(lambda: kube.open_pod_port(pod, target.namespace, port)) as forward:
-        return submit_training_job(forward.url, str(config_path), overrides, working_dir=working_dir or os.getcwd(),
+    with _job_api(kube, target.name, target.namespace) as (url, headers, reattach):
+        return submit_training_job(url, str(config_path), overrides, working_dir=working_dir or os.getcwd(),
                                    console=console, flags=flags, follow=follow, headers=headers,
                                    runtime_env=extra_env, reattach_hint=reattach)
 
@@ -360,11 +356,20 @@ def logs(job_id: str | None, *, follow: bool, console: Console, kubeconfig: str 
 
     target = _target(None, kubeconfig, context)
     kube, _, _ = _connect(api_client, target.kubeconfig, target.context)
-    headers = bearer(cluster_token(kube, target.name, target.namespace))
-    pod, port = head_dashboard_target(kube, target.name, target.namespace)
-    reattach = f"kubectl exec -n {target.namespace} {pod} -c ray-head -- ray job logs --follow {{job_id}}"
-    with LocalForward(lambda: kube.open_pod_port(pod, target.namespace, port)) as forward:
-        return job_logs(forward.url, job_id, console=console, follow=follow, headers=headers, reattach_hint=reattach)
+    with _job_api(kube, target.name, target.namespace) as (url, headers, reattach):
+        return job_logs(url, job_id, console=console, follow=follow, headers=headers, reattach_hint=reattach)
+
+
+@contextlib.contextmanager
+def _job_api(kube: KubeClient, name: str, namespace: str) -> Iterator[tuple[str, dict[str, str], str]]:
+    """The head's job API through a port-forward while in use: its URL, the cluster's token as request
+    headers, and the command that follows a job from inside the head pod (`{job_id}` to fill in; the
+    forward's URL dies with this process)."""
+    headers = bearer(cluster_token(kube, name, namespace))
+    pod, port = head_dashboard_target(kube, name, namespace)
+    reattach = f"kubectl exec -n {namespace} {pod} -c ray-head -- ray job logs --follow {{job_id}}"
+    with LocalForward(lambda: kube.open_pod_port(pod, namespace, port)) as forward:
+        yield forward.url, headers, reattach
 
 
 def _recorded_spec(target: _Target) -> tuple[ClusterSpec, str]:
