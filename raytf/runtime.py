@@ -85,6 +85,15 @@ def keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed since `keep_freed_memory` kept it back to the kernel (`malloc_trim`: every
+    arena, not only the top of the heap), when a process is done with a run. A no-op where the C library
+    is not glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25  # linux/mman.h
 _HUGE_PAGE = 2 * 2**20
 

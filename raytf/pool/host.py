@@ -24,6 +24,8 @@ import time
 from typing import Any
 
 from raytf.pool.handles import Lease, code_env
+from raytf.replica.placement import pin_process
+from raytf.runtime import release_freed_memory
 
 NAMESPACE = "raytf-pool"
 NAME_PREFIX = "raytf-pool:"
@@ -71,8 +73,8 @@ def run_mappings() -> list[str]:
 
     root = shm_user_dir()
     with open("/proc/self/maps") as maps:
-        return sorted({line.split(maxsplit=5)[5].strip() for line in maps
-                       if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].startswith(root)})
+        paths = (fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6)
+        return sorted({path for path in paths if path.startswith(root)})
 
 
 def _installed_roots() -> tuple[str, ...]:
@@ -137,6 +139,8 @@ class PoolHost:
         self._roots = _installed_roots()
         self.idle_modules = set(sys.modules)
         self.idle_threads = {t.ident for t in threading.enumerate()}
+        # The cores it may use when idle; a worker's pinning (raytf.replica.placement) is undone to these.
+        self.idle_cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
         self.idle_rss = rss_bytes()
         self.warm_seconds = time.time() - started
 
@@ -153,9 +157,9 @@ class PoolHost:
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "pid": os.getpid(), "code": self.code,
                 "code_env": code_env(dict(context.runtime_env or {})),
-                "taken_by": lease.actor_name if lease else ("(exiting)" if self.exiting else
-                                                            "(cleaning up)" if self.cleaning else None), "run_id": lease.run_id if lease else None,
-                "runs": self.runs, "threads": self.threads, "rss": rss_bytes(), "idle_rss": self.idle_rss,
+                "taken_by": (lease.actor_name if lease else "(exiting)" if self.exiting
+                             else "(cleaning up)" if self.cleaning else None),
+                "run_id": lease.run_id if lease else None, "runs": self.runs, "threads": self.threads, "rss": rss_bytes(), "idle_rss": self.idle_rss,
                 "warm_seconds": self.warm_seconds}
 
     def take(self, lease: Lease, code: str) -> dict[str, Any] | None:
@@ -259,8 +263,8 @@ class PoolHost:
         keras.backend.clear_session(free_memory=True)
         _flush_tensorflow_caches()
         gc.collect()
-        _unpin()
-        _trim_malloc()
+        pin_process(self.idle_cores)  # every thread back on every core it had before a run pinned it
+        release_freed_memory()
         left = self._wait_for_run_threads()
         rss = rss_bytes()
         if self.runs == 0:
@@ -310,9 +314,8 @@ class PoolHost:
                 seen.append(f"{type(obj).__name__} {getattr(obj, 'shape', '')} held by {holders}")
             except ReferenceError:  # a weak proxy whose object is gone
                 continue
-        return {**counts, "held": seen[:10], "mappings": run_mappings(), "rss": rss_bytes(), "idle_rss": self.idle_rss, "pid": os.getpid(),
-                "threads": sorted(t.name for t in threading.enumerate() if t.ident not in self.idle_threads
-                                  and t.name.startswith(RUN_THREADS)),
+        return {**counts, "held": seen[:10], "mappings": run_mappings(), "rss": rss_bytes(),
+                "idle_rss": self.idle_rss, "pid": os.getpid(), "threads": sorted(t.name for t in self._run_threads()),
                 "run_modules": sorted(run_modules(self.idle_modules, self._roots))}
 
     # -- inside ------------------------------------------------------------------------------
@@ -357,13 +360,15 @@ class PoolHost:
                 self._leave(f"the driver of {lease.actor_name} is gone", delay=0.0)
                 return
 
+    def _run_threads(self) -> list[threading.Thread]:
+        """Threads a run started that are alive (not those there when it became idle, nor Ray's executors)."""
+        return [t for t in threading.enumerate() if t.ident not in self.idle_threads and t.name.startswith(RUN_THREADS)]
+
     def _wait_for_run_threads(self) -> list[str]:
-        """The run's threads still alive after THREADS_GRACE_SECONDS (Ray's own threads of this
-        process are left out: they are the ones that were there when it became idle, or Ray's)."""
+        """The run's threads still alive after THREADS_GRACE_SECONDS."""
         deadline = time.monotonic() + THREADS_GRACE_SECONDS
         while True:
-            left = [t for t in threading.enumerate() if t.ident not in self.idle_threads
-                    and t.name.startswith(RUN_THREADS)]
+            left = self._run_threads()
             if not left or time.monotonic() > deadline:
                 return sorted(t.name for t in left)
             left[0].join(timeout=0.1)
@@ -417,30 +422,6 @@ def _thread_pools() -> int | None:
     import tensorflow as tf
 
     return tf.config.threading.get_intra_op_parallelism_threads() or None
-
-
-def _unpin() -> None:
-    """Undo a worker's CPU pinning (raytf.replica.placement): every thread may use every core again."""
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    every = set(range(os.cpu_count() or 1))
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), every)
-        except (OSError, ValueError):
-            continue
-
-
-def _trim_malloc() -> None:
-    """Hand freed heap memory back to the kernel (raytf keeps it for reuse while training)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _exit_soon(why: str, delay: float = 0.2) -> None:

@@ -4,8 +4,9 @@ hosts, and give them back when the run ends.
 The run's CPUs are reserved by a placement group of one bundle per actor (a host holds no CPU of
 its own): Ray puts the bundles on nodes as it would the actors, and each bundle's actor is an idle
 host of that node, or, where the node has none left, a fresh actor started in the bundle as today.
-A run the pool cannot serve at all (GPUs, a job runtime_env with code or packages, more threads
-than a host has) starts fresh actors and says why once.
+A run the pool cannot serve at all (GPUs, more concurrent calls than a host takes) starts fresh
+actors and says why once; hosts made of other packages than the run's job (pip, py_modules, conda)
+are passed over.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ On a KubeRay cluster the same code runs as a short Ray job on the head (`python 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from raytf.pool.host import MAX_CONCURRENCY, NAMESPACE, PoolHost, host_name
@@ -71,8 +70,7 @@ def wait_until_warm(timeout: float = 120.0) -> int:
     from raytf.pool.lease import pool_hosts
 
     hosts = list(pool_hosts().values())
-    deadline = time.monotonic() + timeout
-    ray.get([h.state.remote() for h in hosts], timeout=max(deadline - time.monotonic(), 1.0))
+    ray.get([h.state.remote() for h in hosts], timeout=timeout)
     return len(hosts)
 
 
