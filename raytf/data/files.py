@@ -43,10 +43,16 @@ class Piece:
     stop: int
 
 
+def _tfrecord_dtypes():
+    import tensorflow as tf
+
+    return {"int": tf.int64, "float": tf.float32, "string": tf.string}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str  # "int", "float" or "bool"
+    kind: str  # "int", "float", "bool" or "string" (keys of a DynamicEmbedding(key_dtype="string"); a feature only)
     width: int | None  # a list column's length; None: one value per row
 
 
@@ -112,7 +118,7 @@ class FileLayout:
         columns = {c.name: c for c in (*self.features, self.label)}
         kinds = dict(self.tfrecord_kinds)
         spec = {name: tf.io.FixedLenFeature([columns[name].width] if columns[name].width else [],
-                                            tf.int64 if kinds[name] == "int" else tf.float32) for name in names}
+                                            _tfrecord_dtypes()[kinds[name]]) for name in names}
         dataset = tf.data.TFRecordDataset(unit.path).batch(READ_ROWS).map(lambda s: tf.io.parse_example(s, spec))
         try:
             for block in dataset.as_numpy_iterator():
@@ -181,8 +187,10 @@ def _column(schema: dict[str, Column | str], name: str, where: str, holder: str)
         guess = difflib.get_close_matches(name, list(schema), n=1)
         raise ConfigError(f"{where}: {has} no column '{name}'.",
                           (f"Did you mean '{guess[0]}'? " if guess else "") + f"Its columns: {', '.join(schema)}.")
+    what = "label" if where.endswith(".label") else "feature"
+    if what == "label" and not isinstance(found, str) and found.kind == "string":
+        found = "text (strings)"
     if isinstance(found, str):  # why it cannot be trained on
-        what = "label" if where.endswith(".label") else "feature"
         raise ConfigError(f"{where}: the column '{name}' holds {found}, which a model cannot take as its {what}.",
                           f"Turn it into numbers {made} (class names into integer ids, strings hashed "
                           "to int64), or leave it out" + (" of features." if what == "feature" else "."))
@@ -280,12 +288,9 @@ def _example_schema(record: bytes, key: str, path: str) -> dict[str, Column | st
     schema: dict[str, Column | str] = {}
     for name, feature in sorted(example.features.feature.items()):
         kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            schema[name] = "bytes (text)"
-            continue
         values = getattr(feature, kind).value
         width = None if len(values) == 1 else len(values)
-        schema[name] = Column(name, "int" if kind == "int64_list" else "float", width)
+        schema[name] = Column(name, {"int64_list": "int", "float_list": "float", "bytes_list": "string"}[kind], width)
     return schema
 
 
@@ -313,7 +318,7 @@ def _arrow_schema(schema, first_values) -> dict[str, Column | str]:
                                        f"lists of different lengths ({min(lengths)} to {max(lengths)})" if lengths
                                        else "lists of unknown length")
         else:
-            columns[field.name] = f"{field.type} values" if not pa.types.is_string(field.type) else "text (strings)"
+            columns[field.name] = f"{field.type} values"
     return columns
 
 
@@ -326,6 +331,8 @@ def _kind(arrow_type) -> str | None:
         return "float"
     if pa.types.is_boolean(arrow_type):
         return "bool"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
     return None
 
 
@@ -349,8 +356,8 @@ def _arrow_values(array, column: Column, key: str, path: str) -> np.ndarray:
 
 
 def _normalized(values: np.ndarray, column: Column) -> np.ndarray:
-    """Floats and booleans as float32 (what the model computes in); integers as they are (ids)."""
-    if column.kind == "int":
+    """Floats and booleans as float32 (what the model computes in); integers (ids) and strings (keys) as they are."""
+    if column.kind in ("int", "string"):
         return values
     return values.astype(np.float32, copy=False)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -33,6 +33,15 @@ class DataPlan:
     layout: FileLayout | None = None
     steps_per_pass: int | None = None
     ray: RayShare | None = None  # set by the driver once the workers exist (their nodes are the split's hints)
+
+
+class FeatureTransform(Protocol):
+    """What a worker does to the features before its step sees them (raytf.replica.string_keys.StringKeys:
+    string keys hashed), in a dataset's graph or per batch of numpy arrays."""
+
+    def dataset(self, dataset): ...
+
+    def batches(self, batches: Iterator) -> Iterator: ...
 
 
 class TrainData:
@@ -99,16 +108,21 @@ class TrainData:
             return DataPlan()  # epochs of the steps the user gave: a continuous stream
         return DataPlan(self.layout, steps)
 
-    def batches(self, worker: int, workers: int, plan: DataPlan) -> Iterator:
-        """The worker's training batches for ever: (features, labels) or, in passes, (features, labels, weights)."""
+    def batches(self, worker: int, workers: int, plan: DataPlan,
+                transform: FeatureTransform | None = None) -> Iterator:
+        """The worker's training batches for ever: (features, labels) or, in passes, (features, labels, weights);
+        with `transform` applied where the data is read (in the read-ahead thread, or the dataset's graph)."""
+        batch_map = transform.batches if transform is not None else (lambda batches: batches)
         if self.share is not None:
-            return read_ahead(ray_passes(self.share, worker, self.config, plan.steps_per_pass),
+            return read_ahead(batch_map(ray_passes(self.share, worker, self.config, plan.steps_per_pass)),
                               depth=_ray_depth(self.share.sample, plan.steps_per_pass))
         if self.layout is not None:
-            return read_ahead(FileBatches(self.layout, worker, workers, self.config, plan.steps_per_pass).passes())
+            return read_ahead(batch_map(FileBatches(self.layout, worker, workers, self.config, plan.steps_per_pass).passes()))
         from raytf.data.datasets import batch_stream, batches
 
         dataset = self.dataset(worker, workers)
+        if transform is not None:
+            dataset = transform.dataset(dataset)
         if plan.steps_per_pass is None:
             return batch_stream(batches(dataset, self.config, worker))
         rows = int(dataset.cardinality())
@@ -179,10 +193,16 @@ class EvalData:
         else:
             read, rows = functools.partial(_file_blocks, self.layout), self.layout.rows
         first = self.first_batch(1)
-        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), first)
+        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), _tf_dtype(a)), first)
         blocks = tf.data.Dataset.from_generator(read, output_signature=signature)
         # Its size known, Keras's evaluate does not take the end of the data for a shortage.
         return blocks.unbatch().apply(tf.data.experimental.assert_cardinality(rows))
+
+
+def _tf_dtype(values: np.ndarray):
+    import tensorflow as tf
+
+    return tf.string if values.dtype.kind in "OSU" else tf.as_dtype(values.dtype)
 
 
 def _file_blocks(layout: FileLayout) -> Iterator[tuple[Any, np.ndarray]]:

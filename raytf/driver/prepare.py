@@ -112,6 +112,13 @@ def _prepare(config: TrainConfig) -> Prepared:
                 f"but data.train gives {[tuple(t.shape[1:]) for t in _flat(features)]}.",
                 "Make both datasets yield features of the same shape.",
             )
+        strings = [_holds_strings(t) for t in _flat(features)]
+        if [_holds_strings(t) for t in _flat(eval_features)] != strings:
+            raise ConfigError(
+                f"data.eval gives features of dtype {_dtype_names(eval_features)}, but data.train gives "
+                f"{_dtype_names(features)}: strings in one and numbers in the other.",
+                "Make both datasets yield features of the same dtypes.",
+            )
         check_labels_in_range(eval_labels, model(eval_features, training=False), config.loss, key="data.eval")
     tables, notices = find_tables(model, config, features, labels)
     plan = plan_shards(variable_specs(model), config.distribution.parameter_servers, tables)
@@ -189,6 +196,14 @@ def _data_notice(train, data, config: TrainConfig) -> tuple[str, ...]:
     if config.epochs is not None:
         parts.append(f"{config.epochs} epochs of {config.steps_per_epoch} steps: {config.steps} steps")
     return ("; ".join(parts) + ".",) if parts else ()
+
+
+def _holds_strings(values) -> bool:
+    return np.dtype(getattr(values.dtype, "as_numpy_dtype", values.dtype)).kind in "OSU"
+
+
+def _dtype_names(features) -> str:
+    return ", ".join(getattr(t.dtype, "name", str(t.dtype)) for t in _flat(features))
 
 
 def _flat(value):

@@ -45,6 +45,13 @@ def local_rows(rows: dict[str, int]) -> Iterator[None]:
         _LOCAL_ROWS.reset(token)
 
 
+def string_keys(strings):
+    """int64 keys of a string tensor (any shape): their 62-bit FarmHash fingerprints, below KEY_LIMIT."""
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_fast(strings, KEY_LIMIT)
+
+
 def _unknown(kind: str, key: str, known: tuple) -> ValueError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -129,16 +136,17 @@ class DynamicEmbedding(ShardedEmbedding):
         self.built = True
 
     def keys_of(self, inputs):
-        """int64 keys of the inputs: strings by their 62-bit FarmHash fingerprint."""
+        """int64 keys of the inputs: strings by `string_keys`; under raytf a string table's keys come
+        hashed already (`raytf.replica.string_keys`)."""
         import tensorflow as tf
 
-        if self.key_dtype == "string":
-            return tf.strings.to_hash_bucket_fast(inputs, KEY_LIMIT)
+        if inputs.dtype == tf.string:
+            return string_keys(inputs)
         return tf.cast(inputs, tf.int64)
 
     def call(self, inputs, training=None):
         if getattr(self, "on_servers", False):
-            return self._combine(super().call(inputs))
+            return self._combine(super().call(self.keys_of(inputs)))
         import tensorflow as tf
 
         keys = self.keys_of(inputs)

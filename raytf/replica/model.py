@@ -28,6 +28,7 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
             f"model: {config.model} returned a {type(model).__name__}, not a Keras model.",
             "Return a keras.Model (e.g. keras.Sequential([...])).",
         )
+    _check_string_features(model, features, config)
     try:
         outputs = model(features, training=False)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
@@ -58,6 +59,34 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
         )
     check_metrics(config.metrics, labels, outputs)
     return model
+
+
+def _check_string_features(model, features, config: TrainConfig) -> None:
+    """String features need a model input that takes strings (a DynamicEmbedding(key_dtype="string") looks
+    them up); elsewhere they are an error that says so, not a failed cast deep in the model."""
+    if not any(_is_string(t) for t in tf.nest.flatten(features)):
+        return
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):
+        inputs = []
+    if any(str(getattr(t, "dtype", "")) == "string" for t in inputs):
+        return
+    raise ConfigError(
+        f"data.train: the features have dtype string, which the model ({config.model}) cannot take: "
+        f"its inputs are {', '.join(str(getattr(t, 'dtype', '?')) for t in inputs) or 'not declared'}.",
+        "Convert the features to a numeric dtype (e.g. tf.float32 or tf.int32) in the dataset, or look the strings "
+        "up in a raytf.layers.DynamicEmbedding(key_dtype='string') fed by keras.Input(..., dtype='string').",
+    )
+
+
+def _is_string(values) -> bool:
+    """Whether a tensor or numpy array holds strings."""
+    import numpy as np
+
+    if isinstance(values.dtype, tf.DType):
+        return values.dtype == tf.string
+    return np.dtype(values.dtype).kind in "OSU"
 
 
 class IdOutOfRange(ConfigError):

@@ -7,6 +7,7 @@ from raytf.errors import ConfigError
 from raytf.exchange.tables import TableSpec
 from raytf.replica.layers import ShardedEmbedding, initializer_settings
 from raytf.replica.model import all_layers, make_loss
+from raytf.replica.string_keys import string_inputs
 
 
 def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[str]]:
@@ -28,6 +29,7 @@ def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[
             f"name (its embedding layers: {', '.join(repr(layer.name) for layer in candidates) or 'none'}).",
             "Name keras.layers.Embedding layers of the model, or use sparse.tables: auto.",
         )
+    string_inputs(model)  # a string table must look up a model input (the data path hashes it)
     sparse_grads = _sparse_gradients(model, features, labels, config)
     tables, notices = [], []
     servers = config.distribution.parameter_servers
@@ -57,12 +59,6 @@ def _dynamic(layer) -> dict | None:
 
     if not isinstance(layer, DynamicEmbedding):
         return None
-    if layer.key_dtype == "string":
-        raise ConfigError(
-            f"The DynamicEmbedding '{layer.name}' has string keys, which raytf does not train yet (a plain "
-            "model.fit does).",
-            "Hash the strings to int64 keys in the data (e.g. tf.strings.to_hash_bucket_fast(s, 2**62)) and use "
-            "key_dtype='int64'.")
     return {"admission": dict(layer.admission), "eviction": dict(layer.eviction)}
 
 

@@ -160,6 +160,14 @@ class Worker:
                 from raytf.errors import TrainingError
 
                 raise TrainingError(f"worker {self.index}: {err.problem}", err.fix) from None
+        # A string-keyed DynamicEmbedding's strings become int64 keys where the data is read: the step sees none.
+        from raytf.replica.string_keys import StringKeys, string_inputs, take_hashed_keys
+
+        hashed = string_inputs(model)
+        transform = StringKeys(hashed) if hashed else None
+        if transform is not None:
+            take_hashed_keys(model, hashed)
+            features = transform.features(features)
         # Shapes, not names: Keras numbers layer names per process (dense_3 here, dense there).
         if [(v.shape, v.dtype) for v in variable_specs(model)] != [(v.shape, v.dtype) for v in plan.variables]:
             from raytf.errors import TrainingError
@@ -183,7 +191,7 @@ class Worker:
                     "batch is filled up).",
                 ) from None
         # Batches of (features, labels), or in passes over the data (features, labels, weights).
-        self.iterator = train.batches(self.index, num_workers, data)
+        self.iterator = train.batches(self.index, num_workers, data, transform)
         self.upcoming: collections.deque = collections.deque()  # batches read ahead (their sparse rows are asked early)
         self.tables = WorkerTables(model, plan, self.index)
         loss_fn = make_loss(cfg.loss)

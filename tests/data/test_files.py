@@ -214,3 +214,31 @@ def test_more_workers_than_rows_is_refused_before_any_actor(tmp_path):
     with pytest.raises(ConfigError, match="data.train has 3 row\\(s\\) for 4 workers") as err:
         train.plan(4, train.shard_rows(4))
     assert "fewer workers" in err.value.fix
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
+def test_string_columns_are_read_as_strings_for_string_keyed_tables(tmp_path, fmt):
+    """Text features (a DynamicEmbedding(key_dtype="string")'s keys), one per row or a list of them, come
+    as numpy object arrays (Parquet: str, TFRecord: bytes; both hash to the same keys)."""
+    import tensorflow as tf
+
+    names = [f"item-{r}" for r in range(6)]
+    tags = [[f"t{r}", f"t{r + 1}"] for r in range(6)]
+    if fmt == "parquet":
+        pq.write_table(pa.table({"name": names, "tags": pa.array(tags, type=pa.list_(pa.string())),
+                                 "clicked": [r % 2 == 1 for r in range(6)]}), tmp_path / "part-0.parquet")
+    else:
+        with tf.io.TFRecordWriter(str(tmp_path / "part-0.tfrecord")) as writer:
+            for r in range(6):
+                feature = {"name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[names[r].encode()])),
+                           "tags": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in tags[r]])),
+                           "clicked": tf.train.Feature(int64_list=tf.train.Int64List(value=[r % 2]))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    layout = discover(config(tmp_path, fmt).data.train, "data.train")
+    assert [(c.name, c.kind, c.width) for c in layout.features] == [("name", "string", None), ("tags", "string", 2)]
+    (block,) = list(layout.read(layout.shard(0, 1)[0]))
+    text = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v)
+    np.testing.assert_array_equal(text(block["name"]), names)
+    np.testing.assert_array_equal(text(block["tags"]), tags)
+    np.testing.assert_array_equal(tf.strings.to_hash_bucket_fast(block["name"], 2**62),
+                                  tf.strings.to_hash_bucket_fast(names, 2**62))

@@ -111,3 +111,32 @@ def test_with_adagrad_a_dynamic_table_trains_the_fixed_tables_model_too(ray_clus
     table = keras.models.load_model(fixed["model_path"]).get_layer("items").embeddings.numpy()
     np.testing.assert_allclose(rows, table[keys], rtol=1e-5, atol=1e-7)
     assert live_actor_names(ray_cluster) == []
+
+
+def test_string_keys_train_as_their_hashes_and_the_saved_model_looks_up_strings(ray_cluster, tmp_path):
+    """A string-keyed table (beside an int64 one, the model's inputs a dict) trains exactly as the same
+    model on the strings' int64 keys hashed by hand; the saved model takes the strings."""
+    import keras
+
+    from tests.driver.string_keys_data import hashed_eval, string_eval
+
+    runs = {}
+    for kind in ("string", "hashed"):
+        config = dynamic_config(tmp_path, kind, model=f"tests.driver.string_keys_data:build_{kind}_model", steps=8)
+        config["data"] = {"train": f"tests.driver.string_keys_data:{kind}_train",
+                          "eval": f"tests.driver.string_keys_data:{kind}_eval", "shuffle_buffer": 0}
+        runs[kind] = raytf.fit(config, address=ray_cluster.gcs_address)
+    strings, hashed = runs["string"], runs["hashed"]
+    assert strings["final_loss"] == pytest.approx(hashed["final_loss"], rel=1e-6)
+    assert [t["live"] for t in strings["sparse"]["tables"]] == [t["live"] for t in hashed["sparse"]["tables"]]
+    on_strings = keras.models.load_model(strings["model_path"])
+    on_keys = keras.models.load_model(hashed["model_path"])
+    keys, rows = on_strings.get_layer("items").live_rows()
+    np.testing.assert_array_equal(keys, on_keys.get_layer("items").live_rows()[0])
+    np.testing.assert_allclose(rows, on_keys.get_layer("items").live_rows()[1], rtol=1e-6)
+    (words, _), = string_eval().batch(32).take(1)
+    (hashes, _), = hashed_eval().batch(32).take(1)
+    np.testing.assert_allclose(on_strings.predict(words, verbose=0), on_keys.predict(hashes, verbose=0), rtol=1e-5)
+    evaluated = on_strings.evaluate(string_eval().batch(256), return_dict=True, verbose=0)
+    assert evaluated["loss"] == pytest.approx(strings["eval"]["loss"], rel=1e-5)
+    assert live_actor_names(ray_cluster) == []

@@ -70,17 +70,66 @@ def test_bad_settings_are_refused_with_the_key_named(kwargs, message):
         DynamicEmbedding(8, **kwargs)
 
 
-def test_under_raytf_string_keys_and_keys_out_of_range_are_refused_with_the_fix():
-    from raytf.errors import ConfigError, TrainingError
+def test_keys_out_of_range_are_refused_with_the_fix():
+    from raytf.errors import TrainingError
     from raytf.exchange.tables import TableSpec
     from raytf.replica.sparse import _dynamic
 
-    with pytest.raises(ConfigError, match="string keys.*raytf does not train yet") as refused:
-        _dynamic(DynamicEmbedding(4, key_dtype="string", name="words"))
-    assert "to_hash_bucket_fast" in refused.value.fix
     assert _dynamic(DynamicEmbedding(4, admission={"min_count": 2}, name="items")) == {
         "admission": {"min_count": 2}, "eviction": {}}
     spec = TableSpec(variable=0, layer="items", rows=2**62, width=4, servers=2, partition="hash", dynamic={})
     with pytest.raises(TrainingError, match=r"worker 1: .* key -3 for the DynamicEmbedding 'items'") as bad:
         spec.check_ids(np.array([5, -3]), worker=1)
     assert "key % 2**62" in bad.value.fix
+
+
+# -- string keys under raytf (raytf.replica.string_keys) ---------------------------------------------
+def test_the_data_path_hashes_strings_to_the_keys_the_layer_looks_up():
+    """The same int64 keys from the layer (a plain model.fit, the saved model), a tf.data map and numpy
+    batches (files, Ray Data), for str and bytes alike; other features untouched."""
+    import tensorflow as tf
+
+    from raytf.replica.string_keys import StringKeys, hash_features
+
+    words = np.array([["apple", "pear", "apple"], ["", "kiwi", "\u00e9t\u00e9"]])
+    layer_keys = DynamicEmbedding(4, key_dtype="string").keys_of(tf.constant(words)).numpy()
+    assert layer_keys.dtype == np.int64 and (layer_keys >= 0).all() and (layer_keys < 2**62).all()
+    assert layer_keys[0, 0] == layer_keys[0, 2] and len(set(layer_keys.ravel().tolist())) == 5
+    keys = StringKeys(("words",))
+    batch = ({"words": words.astype(object), "n": np.arange(2)}, np.ones(2), np.ones(2))
+    (features, labels, weights), = keys.batches(iter([batch]))
+    np.testing.assert_array_equal(features["words"], layer_keys)
+    np.testing.assert_array_equal(features["n"], np.arange(2))
+    bytes_words = np.vectorize(lambda w: w.encode())(words).astype(object)
+    np.testing.assert_array_equal(hash_features(bytes_words, (0,)), layer_keys)  # a model of one input
+    dataset = keys.dataset(tf.data.Dataset.from_tensor_slices(({"words": words, "n": np.arange(2)}, [0.0, 1.0])))
+    np.testing.assert_array_equal(np.stack([x["words"].numpy() for x, _ in dataset]), layer_keys)
+
+
+def test_a_replica_takes_the_hashed_keys_and_computes_what_the_strings_give():
+    import tensorflow as tf
+
+    from raytf.replica.layers import rows_on_servers
+    from raytf.replica.string_keys import hash_features, string_inputs, take_hashed_keys
+
+    words = tf.constant([["a", "b", "c"], ["c", "d", "e"]])
+    with rows_on_servers(batch_size=2):
+        replica = click_model(key_dtype="string")
+    assert string_inputs(replica) == (0,)
+    on_strings = replica(words, training=False)
+    take_hashed_keys(replica, (0,))
+    np.testing.assert_allclose(replica(hash_features(words, (0,)), training=False), on_strings)
+
+
+def test_a_string_table_must_look_up_a_model_input_as_it_is():
+    import tensorflow as tf
+
+    from raytf.errors import ConfigError
+    from raytf.replica.string_keys import string_inputs
+
+    text = keras.Input((1,), dtype="string", name="text")
+    words = keras.layers.Lambda(lambda t: tf.strings.lower(t), output_shape=(1,))(text)
+    out = keras.layers.Dense(1)(DynamicEmbedding(4, key_dtype="string", combiner="sum", name="words")(words))
+    with pytest.raises(ConfigError, match="'words' has string keys.*looks up a tensor the model computes") as err:
+        string_inputs(keras.Model(text, out))
+    assert "to_hash_bucket_fast" in err.value.fix
