@@ -542,8 +542,11 @@ def export(
     """Export a trained model for serving: a SavedModel whose `serve` signature takes the model's inputs."""
     from raytf.driver.export import export_savedmodel
 
-    written = export_savedmodel(output_dir, savedmodel)
+    written, ragged = export_savedmodel(output_dir, savedmodel)
     out.print(f"SavedModel written to {written} (signature `serve`).")
+    if ragged:
+        out.print(f"Its ragged inputs: a dense tensor padded with '' (strings) or -1 (int keys): {', '.join(ragged)}.",
+                  markup=False)
 
 
 @app.command("trace")

@@ -15,6 +15,8 @@ from raytf.errors import ConfigError
 def call_user(fn: Callable[..., Any], key: str, *args: Any) -> Any:
     try:
         return fn(*args)
+    except ConfigError:  # raytf's own (a layer's settings refused while the model is built): it names the fix
+        raise
     except Exception as err:  # noqa: BLE001 - user code; report it with its type and where it was named
         raise ConfigError(
             f"{key}: calling {getattr(fn, '__qualname__', fn)}{args} raised {type(err).__name__}: {err}.",

@@ -36,8 +36,8 @@ class DataPlan:
 
 
 class FeatureTransform(Protocol):
-    """What a worker does to the features before its step sees them (raytf.replica.string_keys.StringKeys:
-    string keys hashed), in a dataset's graph or per batch of numpy arrays."""
+    """What a worker does to the features before its step sees them (raytf.replica.key_inputs.KeyTransform:
+    string keys hashed, ragged lists padded), in a dataset's graph and per batch of numpy arrays."""
 
     def dataset(self, dataset): ...
 
@@ -124,9 +124,9 @@ class TrainData:
         if transform is not None:
             dataset = transform.dataset(dataset)
         if plan.steps_per_pass is None:
-            return batch_stream(batches(dataset, self.config, worker))
+            return batch_map(batch_stream(batches(dataset, self.config, worker)))
         rows = int(dataset.cardinality())
-        return batch_stream(padded_dataset(dataset, rows, plan.steps_per_pass, self.config, worker))
+        return batch_map(batch_stream(padded_dataset(dataset, rows, plan.steps_per_pass, self.config, worker)))
 
 
 RAY_AHEAD_BYTES = 256 * 2**20

@@ -3,7 +3,8 @@
 The run's `model.keras` is loaded (with raytf's layers registered, no cluster needed) and exported by
 Keras's own `Model.export(format="tf_saved_model")`: its `serve` signature takes the model's inputs.
 A `DynamicEmbedding` goes in as its hash table of the live keys and rows: unknown keys read the zero
-row, as in the Keras model.
+row, as in the Keras model. A ragged input (a list of ids per example) is a dense tensor in the
+signature, padded with '' (string keys) or -1 (int keys).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def model_path(output_dir: Path) -> Path:
     return candidate
 
 
-def export_savedmodel(output_dir: Path, destination: Path) -> Path:
-    """Write the run's model as a SavedModel into `destination` (which must not exist yet)."""
+def export_savedmodel(output_dir: Path, destination: Path) -> tuple[Path, list[str]]:
+    """Write the run's model as a SavedModel into `destination` (which must not exist yet). Returns it and
+    the names of the model's ragged inputs: the signature takes them as dense tensors (a signature's inputs
+    are tensors), padded with '' (strings) or -1 (int keys), which a DynamicEmbedding does not count."""
     import keras
 
     import raytf.replica.dynamic_embedding  # noqa: F401 - registers raytf's layers for load_model
@@ -37,4 +40,4 @@ def export_savedmodel(output_dir: Path, destination: Path) -> Path:
                           "Give a new directory, or remove that one first.")
     model = keras.models.load_model(source, compile=False)  # serving needs no optimizer (nor its warning)
     model.export(str(destination), format="tf_saved_model", verbose=False)
-    return destination
+    return destination, [tensor.name for tensor in model.inputs if getattr(tensor, "ragged", False)]

@@ -45,6 +45,17 @@ def local_rows(rows: dict[str, int]) -> Iterator[None]:
         _LOCAL_ROWS.reset(token)
 
 
+PAD = -1  # a padded place of a ragged input (keys are >= 0): no row, no gradient, not counted by the combiner
+
+
+def pad_ragged(ids, width: int):
+    """A ragged (examples, None) tensor of int64 ids as a dense (examples, width) one: each list cut to its
+    first `width` ids or padded with PAD."""
+    import tensorflow as tf
+
+    return ids.to_tensor(default_value=tf.constant(PAD, ids.dtype), shape=[None, width])
+
+
 def string_keys(strings):
     """int64 keys of a string tensor (any shape): their 62-bit FarmHash fingerprints, below KEY_LIMIT."""
     import tensorflow as tf
@@ -58,7 +69,8 @@ def _unknown(kind: str, key: str, known: tuple) -> ValueError:
     return ValueError(f"DynamicEmbedding {kind}: unknown key '{key}' (known: {', '.join(known)}).{hint}")
 
 
-def check_settings(output_dim, key_dtype, combiner, admission, eviction, local_capacity) -> None:
+def check_settings(output_dim, key_dtype, combiner, admission, eviction, local_capacity,
+                   max_ids_per_example=None) -> None:
     """Refuse bad settings with the key named (ValueError): before anything is built or trained."""
     if not isinstance(output_dim, int) or output_dim < 1:
         raise ValueError(f"DynamicEmbedding output_dim must be a positive int, not {output_dim!r}.")
@@ -90,6 +102,9 @@ def check_settings(output_dim, key_dtype, combiner, admission, eviction, local_c
             raise ValueError(f"DynamicEmbedding {kind}.{key} must be {what}, not {value!r}.")
     if not isinstance(local_capacity, int) or local_capacity < 1:
         raise ValueError(f"DynamicEmbedding local_capacity must be a positive int, not {local_capacity!r}.")
+    if max_ids_per_example is not None and (isinstance(max_ids_per_example, bool) or not isinstance(max_ids_per_example, int)
+                                            or max_ids_per_example < 1):
+        raise ValueError(f"DynamicEmbedding max_ids_per_example must be a positive int or None, not {max_ids_per_example!r}.")
 
 
 @keras.saving.register_keras_serializable(package="raytf")
@@ -98,21 +113,25 @@ class DynamicEmbedding(ShardedEmbedding):
 
     def __init__(self, output_dim: int, key_dtype: str = "int64", embeddings_initializer="uniform",
                  combiner: str | None = None, admission: dict | None = None, eviction: dict | None = None,
-                 local_capacity: int = 65536, **kwargs) -> None:
-        check_settings(output_dim, key_dtype, combiner, admission, eviction, local_capacity)
+                 local_capacity: int = 65536, max_ids_per_example: int | None = None, **kwargs) -> None:
+        check_settings(output_dim, key_dtype, combiner, admission, eviction, local_capacity, max_ids_per_example)
         kwargs.pop("input_dim", None)  # from a saved config
         super().__init__(input_dim=KEY_LIMIT, output_dim=output_dim, embeddings_initializer=embeddings_initializer,
                          **kwargs)
         self.key_dtype, self.combiner = key_dtype, combiner
         self.admission, self.eviction = dict(admission or {}), dict(eviction or {})
         self.local_capacity = local_capacity
+        # Ragged inputs under raytf: each example's ids padded (with PAD) or cut to this many.
+        self.max_ids_per_example = max_ids_per_example
+        self.ragged_input = False
         self.supports_jit = False  # a hash table's ops have no XLA kernel (the local mode's)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.pop("input_dim", None)
         config.update(key_dtype=self.key_dtype, combiner=self.combiner, admission=self.admission,
-                      eviction=self.eviction, local_capacity=self.local_capacity)
+                      eviction=self.eviction, local_capacity=self.local_capacity,
+                      max_ids_per_example=self.max_ids_per_example)
         return config
 
     @property
@@ -121,7 +140,12 @@ class DynamicEmbedding(ShardedEmbedding):
         return initializer_settings(self, getattr(self, "seed", 0))
 
     def build(self, input_shape=None):
+        per_example = tuple(input_shape[1:]) if input_shape is not None else ()
+        self.ragged_input = any(dim is None for dim in per_example)
         if _ON_SERVERS.get() is not None:
+            if self.ragged_input:  # a fixed block of ids per example: the ragged lists padded to it
+                self._check_ragged_under_raytf(per_example)
+                input_shape = (input_shape[0], self.max_ids_per_example)
             return super().build(input_shape)  # the row cache of the coming batches, as ShardedEmbedding's
         import tensorflow as tf
 
@@ -137,7 +161,7 @@ class DynamicEmbedding(ShardedEmbedding):
 
     def keys_of(self, inputs):
         """int64 keys of the inputs: strings by `string_keys`; under raytf a string table's keys come
-        hashed already (`raytf.replica.string_keys`)."""
+        hashed already (`raytf.replica.key_inputs`)."""
         import tensorflow as tf
 
         if inputs.dtype == tf.string:
@@ -145,20 +169,67 @@ class DynamicEmbedding(ShardedEmbedding):
         return tf.cast(inputs, tf.int64)
 
     def call(self, inputs, training=None):
-        if getattr(self, "on_servers", False):
-            return self._combine(super().call(self.keys_of(inputs)))
         import tensorflow as tf
 
+        if getattr(self, "on_servers", False):
+            return self._call_on_servers(inputs)
+        if isinstance(inputs, tf.RaggedTensor):  # (examples, ragged ids): rows of the flat keys, combined per example
+            rows = inputs.with_flat_values(self._local_rows(self.keys_of(inputs.flat_values), training))
+            if self.combiner is None:
+                return rows
+            dense = rows.to_tensor()
+            return self._combine(dense, tf.sequence_mask(rows.row_lengths(), tf.shape(dense)[1]))
         keys = self.keys_of(inputs)
-        unique, where = tf.unique(tf.reshape(keys, [-1]))
+        rows = self._local_rows(tf.reshape(keys, [-1]), training)
+        rows = tf.reshape(rows, tf.concat([tf.shape(keys), [self.output_dim]], 0))
+        if not self.ragged_input:
+            return self._combine(rows)
+        # Ragged lists given dense (a SavedModel's signature takes them so), padded with PAD or '' for strings.
+        real = inputs != ("" if inputs.dtype == tf.string else tf.constant(PAD, inputs.dtype))
+        return self._combine(rows * tf.cast(real, rows.dtype)[..., None], real)
+
+    def _call_on_servers(self, inputs):
+        """The rows from the worker's cache or block (`ShardedEmbedding.call`). Ragged ids come padded with PAD
+        to `max_ids_per_example` (the data path pads a batch's lists; the driver's checks pass ragged tensors)."""
+        import tensorflow as tf
+
+        if not self.ragged_input:
+            return self._combine(super().call(self.keys_of(inputs)))
+        if isinstance(inputs, tf.RaggedTensor):
+            inputs = pad_ragged(inputs.with_flat_values(self.keys_of(inputs.flat_values)), self.max_ids_per_example)
+        keys = self.keys_of(inputs)
+        real = keys != PAD  # (by position, a pad's place is PAD too)
+        rows = super().call(tf.where(real, keys, tf.zeros_like(keys)))
+        return self._combine(rows * tf.cast(real, rows.dtype)[..., None], real)
+
+    def _check_ragged_under_raytf(self, per_example: tuple) -> None:
+        from raytf.errors import ConfigError
+
+        if len(per_example) != 1:
+            problem = f"its input has the shape {per_example} per example (raytf takes one ragged list of ids)"
+        elif self.combiner is None:
+            problem = "it has no combiner (a ragged list of rows per example has no fixed shape)"
+        elif self.max_ids_per_example is None:
+            problem = "it has no max_ids_per_example (the worker's step keeps a fixed block of ids per batch)"
+        else:
+            return
+        raise ConfigError(
+            f"The DynamicEmbedding '{self.name}' looks up ragged ids, but {problem}.",
+            "Give the layer a combiner ('sum', 'mean' or 'sqrtn') and max_ids_per_example=N (longer lists are cut to "
+            "their first N ids, said once per worker), for one ragged input of shape (None,).")
+
+    def _local_rows(self, keys, training):
+        """The local table's rows of flat int64 `keys` (created for new keys when training)."""
+        import tensorflow as tf
+
+        unique, where = tf.unique(keys)
         slots = tf.reshape(self._table.lookup(unique), [-1])  # (the table's lookup has no static shape)
         if training:
             slots = self._create(unique, slots)
         found = slots > 0
         rows = tf.gather(self._embeddings.value, tf.where(found, slots, tf.zeros_like(slots)))
         rows = tf.where(found[:, None], rows, tf.zeros_like(rows))  # the default row, and no gradient into it
-        out = tf.reshape(tf.gather(rows, where), tf.concat([tf.shape(keys), [self.output_dim]], 0))
-        return self._combine(out)
+        return tf.gather(rows, where)
 
     def _create(self, unique, slots):
         """Rows for the keys without one (as many as there is room for), from the initializer."""
@@ -176,8 +247,9 @@ class DynamicEmbedding(ShardedEmbedding):
         self._rows_used.assign(used + take)
         return tf.reshape(self._table.lookup(unique), [-1])
 
-    def _combine(self, rows):
-        """rows: (..., ids, width) -> (..., width) by the combiner; as they are without one."""
+    def _combine(self, rows, real=None):
+        """rows: (..., ids, width) -> (..., width) by the combiner; as they are without one. `real`: which
+        ids are the example's own (the rest padding, zero rows): the mean and sqrtn count those only."""
         import tensorflow as tf
 
         if self.combiner is None:
@@ -185,7 +257,10 @@ class DynamicEmbedding(ShardedEmbedding):
         summed = tf.reduce_sum(rows, axis=-2)
         if self.combiner == "sum":
             return summed
-        count = tf.cast(tf.shape(rows)[-2], rows.dtype)
+        if real is None:
+            count = tf.cast(tf.shape(rows)[-2], rows.dtype)
+        else:  # an example without ids gives zeros
+            count = tf.maximum(tf.reduce_sum(tf.cast(real, rows.dtype), axis=-1, keepdims=True), 1.0)
         return summed / (count if self.combiner == "mean" else tf.sqrt(count))
 
     def compute_output_shape(self, input_shape):

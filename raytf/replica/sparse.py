@@ -7,7 +7,7 @@ from raytf.errors import ConfigError
 from raytf.exchange.tables import TableSpec
 from raytf.replica.layers import ShardedEmbedding, initializer_settings
 from raytf.replica.model import all_layers, make_loss
-from raytf.replica.string_keys import string_inputs
+from raytf.replica.key_inputs import key_inputs
 
 
 def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[str]]:
@@ -29,7 +29,7 @@ def find_tables(model, config, features, labels) -> tuple[list[TableSpec], list[
             f"name (its embedding layers: {', '.join(repr(layer.name) for layer in candidates) or 'none'}).",
             "Name keras.layers.Embedding layers of the model, or use sparse.tables: auto.",
         )
-    string_inputs(model)  # a string table must look up a model input (the data path hashes it)
+    key_inputs(model)  # a table of strings or ragged ids must look up a model input (the data path makes its keys)
     sparse_grads = _sparse_gradients(model, features, labels, config)
     tables, notices = [], []
     servers = config.distribution.parameter_servers
@@ -66,6 +66,8 @@ def _ids_per_example(layer) -> int:
     """How many ids one example looks up in `layer`, from its symbolic input; 0 when not fixed."""
     import math
 
+    if getattr(layer, "ragged_input", False) and getattr(layer, "on_servers", False):
+        return layer.max_ids_per_example  # the data path pads each list to it (raytf.replica.key_inputs)
     try:
         shape = tuple(layer.input.shape)[1:]
     except (AttributeError, ValueError):  # a layer called on no keras.Input, or more than once

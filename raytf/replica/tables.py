@@ -69,6 +69,8 @@ class WorkerTables:
             from raytf.replica.segments import IdSegmenter
 
             self._segmenters = [IdSegmenter(spec) for spec in self.specs]
+            # Tables of ragged ids, padded with PAD in the data path (raytf.replica.key_inputs): no row for those.
+            self._padded = [getattr(layer, "ragged_input", False) for layer in layers]
         if self.specs and self._inputs is None:
             import tensorflow as tf
 
@@ -179,8 +181,11 @@ class WorkerTables:
         """Per table, `raytf.replica.segments.id_segments` of the ids `batches` look up."""
         if self._inputs is None:
             return self._segment_ids(tuple(batch[0] for batch in batches))
-        return [segment(np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1) for x in (batch[0] for batch in batches)]))
-                for segment, name in zip(self._segmenters, self._inputs)]
+        segments = []
+        for segment, name, padded in zip(self._segmenters, self._inputs, self._padded):
+            ids = np.concatenate([np.asarray(x if name == 0 else x[name]).reshape(-1) for x in (batch[0] for batch in batches)])
+            segments.append(segment(ids) if not padded else _without_pads(segment, ids))
+        return segments
 
     def load(self, request: Request, rows: list, in_place: bool = False) -> int:
         """Put the rows the servers sent (per server, per table) into the replica, or with rows in the
@@ -263,6 +268,18 @@ class WorkerTables:
             distinct += start
             sent += start * self.row_bytes[k]
         return tuple(map(tuple, per_server)), sent, distinct
+
+
+def _without_pads(segment, ids: np.ndarray) -> tuple:
+    """`segment(ids)` of the ids that are not PAD; a PAD's position is PAD (the step drops its gradient row:
+    unsorted_segment_sum skips negative places, and the layer gives it no row)."""
+    from raytf.replica.dynamic_embedding import PAD
+
+    real = ids != PAD
+    unique, local, counts, low, high, positions = segment(ids[real])
+    placed = np.full(len(ids), PAD, np.int32)
+    placed[real] = positions
+    return unique, local, counts, low, high, placed
 
 
 def map_rows(scope, variables, blocks) -> None:

@@ -160,13 +160,14 @@ class Worker:
                 from raytf.errors import TrainingError
 
                 raise TrainingError(f"worker {self.index}: {err.problem}", err.fix) from None
-        # A string-keyed DynamicEmbedding's strings become int64 keys where the data is read: the step sees none.
-        from raytf.replica.string_keys import StringKeys, string_inputs, take_hashed_keys
+        # A DynamicEmbedding's strings become int64 keys and its ragged lists a fixed block where the data is
+        # read: the step sees neither.
+        from raytf.replica.key_inputs import KeyTransform, key_inputs, take_keys
 
-        hashed = string_inputs(model)
-        transform = StringKeys(hashed) if hashed else None
+        keys = key_inputs(model)
+        transform = KeyTransform(keys, self.index) if keys else None
         if transform is not None:
-            take_hashed_keys(model, hashed)
+            take_keys(model, keys)
             features = transform.features(features)
         # Shapes, not names: Keras numbers layer names per process (dense_3 here, dense there).
         if [(v.shape, v.dtype) for v in variable_specs(model)] != [(v.shape, v.dtype) for v in plan.variables]:

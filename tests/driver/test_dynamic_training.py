@@ -118,13 +118,13 @@ def test_string_keys_train_as_their_hashes_and_the_saved_model_looks_up_strings(
     model on the strings' int64 keys hashed by hand; the saved model takes the strings."""
     import keras
 
-    from tests.driver.string_keys_data import hashed_eval, string_eval
+    from tests.driver.key_inputs_data import hashed_eval, string_eval
 
     runs = {}
     for kind in ("string", "hashed"):
-        config = dynamic_config(tmp_path, kind, model=f"tests.driver.string_keys_data:build_{kind}_model", steps=8)
-        config["data"] = {"train": f"tests.driver.string_keys_data:{kind}_train",
-                          "eval": f"tests.driver.string_keys_data:{kind}_eval", "shuffle_buffer": 0}
+        config = dynamic_config(tmp_path, kind, model=f"tests.driver.key_inputs_data:build_{kind}_model", steps=8)
+        config["data"] = {"train": f"tests.driver.key_inputs_data:{kind}_train",
+                          "eval": f"tests.driver.key_inputs_data:{kind}_eval", "shuffle_buffer": 0}
         runs[kind] = raytf.fit(config, address=ray_cluster.gcs_address)
     strings, hashed = runs["string"], runs["hashed"]
     assert strings["final_loss"] == pytest.approx(hashed["final_loss"], rel=1e-6)
@@ -140,3 +140,33 @@ def test_string_keys_train_as_their_hashes_and_the_saved_model_looks_up_strings(
     evaluated = on_strings.evaluate(string_eval().batch(256), return_dict=True, verbose=0)
     assert evaluated["loss"] == pytest.approx(strings["eval"]["loss"], rel=1e-5)
     assert live_actor_names(ray_cluster) == []
+
+
+def test_ragged_lists_train_as_a_plain_model_fit_does(ray_cluster, tmp_path):
+    """Ragged histories of item names (0 to 12 per example, some empty) with a mean: one worker's sync SGD
+    under raytf (rows on two servers, each batch padded to max_ids_per_example) gives the model that
+    Keras's own fit on the same batches gives (the padding has no row, no gradient and no count)."""
+    import keras
+
+    from tests.driver.key_inputs_data import build_ragged_model, ragged_eval, ragged_train
+
+    config = dynamic_config(tmp_path, "ragged", model="tests.driver.key_inputs_data:build_ragged_model", steps=8,
+                            workers=1)
+    config["data"] = {"train": "tests.driver.key_inputs_data:ragged_train",
+                      "eval": "tests.driver.key_inputs_data:ragged_eval", "shuffle_buffer": 0}
+    config["checkpoint"] = {"every_steps": 0}
+    trained = raytf.fit(config, address=ray_cluster.gcs_address)
+    keras.utils.set_random_seed(0)  # the run's seed: the same initial dense weights and rows
+    local = build_ragged_model()
+    local.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+    local.fit(ragged_train(0, 1).batch(64).take(8), epochs=1, shuffle=False, verbose=0)
+    saved = keras.models.load_model(trained["model_path"])
+    keys, rows = saved.get_layer("history_items").live_rows()
+    local_keys, local_rows = local.get_layer("history_items").live_rows()
+    # The run also created the rows of the batch after its last (asked for ahead), untrained.
+    assert set(local_keys.tolist()) < set(keys.tolist())
+    np.testing.assert_allclose(rows[np.isin(keys, local_keys)], local_rows, rtol=1e-4, atol=1e-6)
+    seen = ragged_train(0, 1).take(8 * 64).batch(8 * 64).get_single_element()[0]
+    np.testing.assert_allclose(saved.predict(seen, verbose=0), local.predict(seen, verbose=0), rtol=1e-4, atol=1e-6)
+    evaluated = saved.evaluate(ragged_eval().batch(256), return_dict=True, verbose=0)
+    assert evaluated["loss"] == pytest.approx(trained["eval"]["loss"], rel=1e-5)

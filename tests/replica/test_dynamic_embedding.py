@@ -64,6 +64,7 @@ def test_string_keys_and_keys_past_the_local_capacity():
     ({"admission": {"min_cout": 3}}, "unknown key 'min_cout'.*Did you mean 'min_count'"),
     ({"admission": {"probability": 1.5}}, "admission.probability must be a number in"),
     ({"key_dtype": "float32"}, "key_dtype must be one of int64, string"),
+    ({"max_ids_per_example": 0}, "max_ids_per_example must be a positive int or None"),
 ])
 def test_bad_settings_are_refused_with_the_key_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -83,53 +84,112 @@ def test_keys_out_of_range_are_refused_with_the_fix():
     assert "key % 2**62" in bad.value.fix
 
 
-# -- string keys under raytf (raytf.replica.string_keys) ---------------------------------------------
+# -- string keys and ragged lists under raytf (raytf.replica.key_inputs) ------------------------------
 def test_the_data_path_hashes_strings_to_the_keys_the_layer_looks_up():
     """The same int64 keys from the layer (a plain model.fit, the saved model), a tf.data map and numpy
     batches (files, Ray Data), for str and bytes alike; other features untouched."""
     import tensorflow as tf
 
-    from raytf.replica.string_keys import StringKeys, hash_features
+    from raytf.replica.key_inputs import KeyInput, KeyTransform
 
     words = np.array([["apple", "pear", "apple"], ["", "kiwi", "\u00e9t\u00e9"]])
     layer_keys = DynamicEmbedding(4, key_dtype="string").keys_of(tf.constant(words)).numpy()
     assert layer_keys.dtype == np.int64 and (layer_keys >= 0).all() and (layer_keys < 2**62).all()
     assert layer_keys[0, 0] == layer_keys[0, 2] and len(set(layer_keys.ravel().tolist())) == 5
-    keys = StringKeys(("words",))
+    keys = KeyTransform((KeyInput("words", "items", strings=True, pad_to=None),))
     batch = ({"words": words.astype(object), "n": np.arange(2)}, np.ones(2), np.ones(2))
     (features, labels, weights), = keys.batches(iter([batch]))
     np.testing.assert_array_equal(features["words"], layer_keys)
     np.testing.assert_array_equal(features["n"], np.arange(2))
     bytes_words = np.vectorize(lambda w: w.encode())(words).astype(object)
-    np.testing.assert_array_equal(hash_features(bytes_words, (0,)), layer_keys)  # a model of one input
+    alone = KeyTransform((KeyInput(0, "items", strings=True, pad_to=None),))  # a model of one input
+    np.testing.assert_array_equal(alone.features(bytes_words), layer_keys)
     dataset = keys.dataset(tf.data.Dataset.from_tensor_slices(({"words": words, "n": np.arange(2)}, [0.0, 1.0])))
     np.testing.assert_array_equal(np.stack([x["words"].numpy() for x, _ in dataset]), layer_keys)
 
 
-def test_a_replica_takes_the_hashed_keys_and_computes_what_the_strings_give():
+def test_ragged_lists_are_padded_or_cut_to_max_ids_per_example_said_once(capsys):
     import tensorflow as tf
 
+    from raytf.replica.key_inputs import PAD, KeyInput, KeyTransform
+
+    pad = KeyTransform((KeyInput(0, "history", strings=True, pad_to=3),), worker=1)
+    lists = tf.ragged.constant([["a", "b"], [], ["c", "d", "e", "f"]])
+    keys = pad.features(lists).numpy()
+    expected = DynamicEmbedding(4, key_dtype="string").keys_of(tf.constant(["a", "b", "c", "d", "e"])).numpy()
+    np.testing.assert_array_equal(keys, [[expected[0], expected[1], PAD], [PAD] * 3, expected[2:5]])
+    assert "worker 1: examples with more than max_ids_per_example=3 ids for the DynamicEmbedding 'history' are cut" \
+        in capsys.readouterr().out
+    pad.features(lists)
+    assert capsys.readouterr().out == ""  # once
+
+
+def test_a_replica_takes_the_hashed_keys_and_padded_lists_and_computes_what_the_strings_give():
+    import tensorflow as tf
+
+    from raytf.replica.key_inputs import KeyTransform, key_inputs, take_keys
     from raytf.replica.layers import rows_on_servers
-    from raytf.replica.string_keys import hash_features, string_inputs, take_hashed_keys
 
     words = tf.constant([["a", "b", "c"], ["c", "d", "e"]])
     with rows_on_servers(batch_size=2):
         replica = click_model(key_dtype="string")
-    assert string_inputs(replica) == (0,)
+    inputs = key_inputs(replica)
+    assert [(k.name, k.strings, k.pad_to) for k in inputs] == [(0, True, None)]
     on_strings = replica(words, training=False)
-    take_hashed_keys(replica, (0,))
-    np.testing.assert_allclose(replica(hash_features(words, (0,)), training=False), on_strings)
+    take_keys(replica, inputs)
+    np.testing.assert_allclose(replica(KeyTransform(inputs).features(words), training=False), on_strings)
+    lists = keras.Input((None,), dtype="int64", ragged=True)
+    with rows_on_servers(batch_size=2):
+        table = DynamicEmbedding(4, combiner="sqrtn", max_ids_per_example=5, name="h")
+        ragged = keras.Model(lists, table(lists))
+    (history,) = key_inputs(ragged)
+    assert (history.strings, history.pad_to) == (False, 5)
+    table.embeddings.assign(np.arange(table.capacity * 4, dtype="float32").reshape(-1, 4))  # the row cache
+    table.cached_ids.assign(np.concatenate([[3, 7], np.full(table.capacity - 2, 2**62)]))
+    padded = KeyTransform((history,)).features(tf.ragged.constant([[3, 7, 7], []], dtype=tf.int64))
+    out = ragged(padded, training=False).numpy()
+    np.testing.assert_allclose(out[0], (np.arange(4) + 2 * np.arange(4, 8)) / np.sqrt(3))
+    np.testing.assert_allclose(out[1], 0)  # no ids: zeros
 
 
-def test_a_string_table_must_look_up_a_model_input_as_it_is():
+@pytest.mark.parametrize("layer, problem", [
+    (dict(combiner=None, max_ids_per_example=4), "it has no combiner"),
+    (dict(combiner="mean"), "it has no max_ids_per_example"),
+])
+def test_ragged_ids_under_raytf_need_a_combiner_and_max_ids_per_example(layer, problem):
+    from raytf.errors import ConfigError
+    from raytf.replica.layers import rows_on_servers
+
+    lists = keras.Input((None,), dtype="int64", ragged=True)
+    with rows_on_servers(batch_size=2), pytest.raises(ConfigError, match=f"'h' looks up ragged ids, but {problem}") as err:
+        DynamicEmbedding(4, name="h", **layer)(lists)
+    assert "max_ids_per_example=N" in err.value.fix
+
+
+def test_ragged_lists_with_a_combiner_train_and_save_in_a_plain_model_fit(tmp_path):
+    import tensorflow as tf
+
+    lists = keras.Input((None,), dtype="int64", ragged=True)
+    model = keras.Model(lists, keras.layers.Dense(1, activation="sigmoid")(DynamicEmbedding(4, combiner="mean")(lists)))
+    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+    history = tf.ragged.constant([[1, 2, 3], [4], [], [2, 5]], dtype=tf.int64)
+    data = tf.data.Dataset.from_tensor_slices((history, [1.0, 0.0, 0.0, 1.0])).batch(2)
+    losses = model.fit(data, epochs=30, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] - 0.05
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras").predict(history, verbose=0),
+                               model.predict(history, verbose=0), rtol=1e-6)
+
+
+def test_a_table_of_strings_must_look_up_a_model_input_as_it_is():
     import tensorflow as tf
 
     from raytf.errors import ConfigError
-    from raytf.replica.string_keys import string_inputs
+    from raytf.replica.key_inputs import key_inputs
 
     text = keras.Input((1,), dtype="string", name="text")
     words = keras.layers.Lambda(lambda t: tf.strings.lower(t), output_shape=(1,))(text)
     out = keras.layers.Dense(1)(DynamicEmbedding(4, key_dtype="string", combiner="sum", name="words")(words))
     with pytest.raises(ConfigError, match="'words' has string keys.*looks up a tensor the model computes") as err:
-        string_inputs(keras.Model(text, out))
+        key_inputs(keras.Model(text, out))
     assert "to_hash_bucket_fast" in err.value.fix

@@ -31,6 +31,23 @@ def test_export_writes_a_savedmodel_that_predicts_as_the_keras_model(tmp_path):
     assert again.exit_code == 2 and "exists already" in again.output
 
 
+def test_a_savedmodel_takes_ragged_string_lists_dense_padded_with_empty_strings(tmp_path):
+    lists = keras.Input((None,), dtype="string", ragged=True)
+    table = DynamicEmbedding(4, key_dtype="string", combiner="mean", max_ids_per_example=4, name="history",
+                             embeddings_initializer="uniform")
+    model = keras.Model(lists, keras.layers.Dense(1)(table(lists)))
+    history = tf.ragged.constant([["a", "b", "c"], ["d"], [], ["a", "e"]])
+    model.compile("sgd", "mse")
+    model.fit(tf.data.Dataset.from_tensor_slices((history, np.ones(4))).batch(2), epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--savedmodel", str(tmp_path / "served")])
+    assert result.exit_code == 0, result.output
+    assert "ragged inputs: a dense tensor padded with '' (strings) or -1 (int keys)" in " ".join(result.output.split())
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    np.testing.assert_allclose(served.serve(history.to_tensor(default_value="")).numpy(),
+                               model.predict(history, verbose=0), rtol=1e-6)
+
+
 def test_export_of_a_directory_without_a_model_says_what_to_pass(tmp_path):
     result = CliRunner().invoke(app, ["export", str(tmp_path), "--savedmodel", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no trained model there" in result.output

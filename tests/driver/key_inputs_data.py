@@ -55,3 +55,34 @@ def string_eval() -> tf.data.Dataset:
 
 def hashed_eval() -> tf.data.Dataset:
     return _examples(512, 3, True)
+
+
+# -- ragged lists: a history of item names of 0..12 items per example, looked up with a mean --------------
+HISTORY = 12
+
+
+def build_ragged_model():
+    import keras
+
+    from raytf.layers import DynamicEmbedding
+
+    history = keras.Input((None,), dtype="string", ragged=True, name="history")
+    pooled = DynamicEmbedding(8, key_dtype="string", combiner="mean", max_ids_per_example=HISTORY, name="history_items",
+                              embeddings_initializer=keras.initializers.RandomUniform(-0.5, 0.5, seed=1))(history)
+    hidden = keras.layers.Dense(8, activation="relu")(pooled)
+    return keras.Model(history, keras.layers.Dense(1, activation="sigmoid")(hidden))
+
+
+def ragged_examples(count: int = 1024, seed: int = 4) -> tf.data.Dataset:
+    ranks, clicks = _small(count, seed)
+    lengths = np.random.default_rng(seed).integers(0, HISTORY + 1, size=count)  # empty histories too
+    names = [[f"item-{r}" for r in row[:n]] for row, n in zip(ranks, lengths)]
+    return tf.data.Dataset.from_tensor_slices((tf.ragged.constant(names, dtype=tf.string), clicks))
+
+
+def ragged_train(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return ragged_examples().shard(num_shards, shard_index)
+
+
+def ragged_eval() -> tf.data.Dataset:
+    return ragged_examples(256, seed=5)
