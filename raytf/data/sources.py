@@ -39,7 +39,7 @@ class FeatureTransform(Protocol):
     """What a worker does to the features before its step sees them (raytf.replica.key_inputs.KeyTransform:
     string keys hashed, ragged lists padded), in a dataset's graph and per batch of numpy arrays."""
 
-    def dataset(self, dataset): ...
+    def dataset(self, batches): ...
 
     def batches(self, batches: Iterator) -> Iterator: ...
 
@@ -121,12 +121,13 @@ class TrainData:
         from raytf.data.datasets import batch_stream, batches
 
         dataset = self.dataset(worker, workers)
-        if transform is not None:
-            dataset = transform.dataset(dataset)
         if plan.steps_per_pass is None:
-            return batch_map(batch_stream(batches(dataset, self.config, worker)))
-        rows = int(dataset.cardinality())
-        return batch_map(batch_stream(padded_dataset(dataset, rows, plan.steps_per_pass, self.config, worker)))
+            stream = batches(dataset, self.config, worker)
+        else:
+            stream = padded_dataset(dataset, int(dataset.cardinality()), plan.steps_per_pass, self.config, worker)
+        if transform is not None:  # on whole batches: one op each, in the dataset's threads
+            stream = transform.dataset(stream).prefetch(2)
+        return batch_map(batch_stream(stream))
 
 
 RAY_AHEAD_BYTES = 256 * 2**20

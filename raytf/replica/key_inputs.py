@@ -88,8 +88,8 @@ def take_keys(model, inputs: tuple[KeyInput, ...]) -> None:
 
 class KeyTransform:
     """The data path's side (`raytf.data.sources.FeatureTransform`) for `inputs`: strings hashed in a
-    tf.data dataset's own graph (or per batch where the data is read as numpy: files, Ray Data), ragged
-    lists padded per batch (numpy)."""
+    tf.data dataset's own graph, a batch at a time (or per batch where the data is read as numpy: files,
+    Ray Data), ragged lists padded per batch."""
 
     def __init__(self, inputs: tuple[KeyInput, ...], worker: int = 0) -> None:
         self.inputs = inputs
@@ -112,22 +112,22 @@ class KeyTransform:
         for batch in batches:
             yield (self.features(batch[0]), *batch[1:])
 
-    def dataset(self, dataset):
-        """A tf.data dataset of (features, labels) with its strings hashed in its own graph (ragged lists: per
-        batch, where `batches` pads them: a map would make their elements dense, which batch refuses)."""
-        strings = [key for key in self.inputs if key.strings and key.pad_to is None]
+    def dataset(self, batches):
+        """A tf.data dataset of batches, (features, labels[, weights]), with their strings hashed in its own
+        graph (ragged lists too; they are padded per batch by `batches`, which can say when it cuts one)."""
+        strings = [key for key in self.inputs if key.strings]
         if not strings:
-            return dataset
+            return batches
 
-        def hashed(features, labels):
+        def hashed(features, *rest):
             if strings[0].name == 0 and not isinstance(features, dict):
-                return _hashed(features), labels
+                return (_hashed(features), *rest)
             features = dict(features)
             for key in strings:
                 features[key.name] = _hashed(features[key.name])
-            return features, labels
+            return (features, *rest)
 
-        return dataset.map(hashed)
+        return batches.map(hashed)
 
     def _keys(self, values, key: KeyInput):
         import numpy as np

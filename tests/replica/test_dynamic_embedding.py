@@ -104,8 +104,9 @@ def test_the_data_path_hashes_strings_to_the_keys_the_layer_looks_up():
     bytes_words = np.vectorize(lambda w: w.encode())(words).astype(object)
     alone = KeyTransform((KeyInput(0, "items", strings=True, pad_to=None),))  # a model of one input
     np.testing.assert_array_equal(alone.features(bytes_words), layer_keys)
-    dataset = keys.dataset(tf.data.Dataset.from_tensor_slices(({"words": words, "n": np.arange(2)}, [0.0, 1.0])))
-    np.testing.assert_array_equal(np.stack([x["words"].numpy() for x, _ in dataset]), layer_keys)
+    batched = tf.data.Dataset.from_tensor_slices(({"words": words, "n": np.arange(2)}, [0.0, 1.0], [1.0, 1.0])).batch(2)
+    (x, _, _), = keys.dataset(batched)  # batches of (features, labels, weights)
+    np.testing.assert_array_equal(x["words"].numpy(), layer_keys)
 
 
 def test_ragged_lists_are_padded_or_cut_to_max_ids_per_example_said_once(capsys):
