@@ -6,7 +6,8 @@ so the model has something to learn: `Embedding(items, 64)` -> mean over the 20 
 click probability. `build_model`/`train_examples`/`eval_examples` use a 1,000,000-item table
 (256 MB); the `small_*` ones a 20,000-item table for tests; `build_huge_model` a 10,000,000-item
 `raytf.layers.ShardedEmbedding` (2.56 GB) that no worker holds whole; `build_dynamic_model` the
-1,000,000-item model with a `raytf.layers.DynamicEmbedding` (rows made on first touch).
+1,000,000-item model with a `raytf.layers.DynamicEmbedding` (rows made on first touch);
+`build_string_model` the same with item names as string keys.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ EXAMPLES = 40_000
 EVAL_EXAMPLES = 4_000
 
 
-def _model(items: int, width: int, table=None):
+def _model(items: int, width: int, table=None, dtype: str = "int32"):
     import keras
 
-    ids = keras.Input(shape=(IDS_PER_EXAMPLE,), dtype="int32", name="item_ids")
+    ids = keras.Input(shape=(IDS_PER_EXAMPLE,), dtype=dtype, name="item_ids")
     embedded = (table or keras.layers.Embedding(items, width, name="items"))(ids)
     pooled = keras.layers.GlobalAveragePooling1D()(embedded)
     hidden = keras.layers.Dense(32, activation="relu")(pooled)
@@ -125,6 +126,26 @@ def build_dynamic_model():
     from raytf.layers import DynamicEmbedding
 
     return _model(1_000_000, WIDTH, DynamicEmbedding(WIDTH, name="items"))
+
+
+def build_string_model():
+    """The click model with the items named ("item-<id>") and a `DynamicEmbedding(key_dtype="string")`:
+    raytf hashes the names to int64 keys where the data is read (the benchmark's string-versus-int64 pair)."""
+    from raytf.layers import DynamicEmbedding
+
+    return _model(1_000_000, WIDTH, DynamicEmbedding(WIDTH, key_dtype="string", name="items"), dtype="string")
+
+
+def _named(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda ids, clicks: (tf.strings.join(["item-", tf.strings.as_string(ids)]), clicks))
+
+
+def string_train_examples(shard_index: int, num_shards: int) -> tf.data.Dataset:
+    return _named(train_examples(shard_index, num_shards)).cache()  # (named once, not every pass)
+
+
+def string_eval_examples() -> tf.data.Dataset:
+    return _named(eval_examples())
 
 
 HUGE = 10_000_000

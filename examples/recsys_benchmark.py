@@ -21,7 +21,8 @@ async, R, tf-ps, R, ..., `--repeats` times): 2 Ray actors each training the same
 table local and Keras SGD's sparse update (examples/bench_baselines.IndependentTrainer), once
 XLA-compiled and once as a graph, the faster of the two being the reference; a run's ratio is its
 samples/s over the mean of the R before and after it. `--dynamic` adds sync and async with the item
-table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch); `--files` sync and
+table a `raytf.layers.DynamicEmbedding` over the same ids (rows made on first touch); `--strings` those and
+sync and async with the items named ("item-<id>") in a `DynamicEmbedding(key_dtype="string")`; `--files` sync and
 async reading the same examples from Parquet files (runs/data/recsys, written on first use), by raytf
 and through Ray Data. Before each R, short reference runs are
 repeated until two agree within 10 % (a contender's processes leave the machine slow for seconds).
@@ -141,6 +142,7 @@ class Ceiling:
 
 CONTENDERS = ("raytf sync", "raytf async", "tf-ps")
 DYNAMIC = ("raytf sync dynamic", "raytf async dynamic")  # --dynamic: the same ids in a DynamicEmbedding
+STRINGS = ("raytf sync strings", "raytf async strings")  # --strings: the items named, string keys
 # --files: the same examples read from Parquet files by raytf, and through Ray Data
 FILES = ("raytf sync files", "raytf async files", "raytf sync ray-data", "raytf async ray-data")
 
@@ -162,6 +164,11 @@ def contender(name: str, steps: int) -> dict:
         mode, source = name.split()[1:]
         return run(config(f"recsys-{source}-{mode}", steps, data=file_data(source == "ray-data"),
                           **{"distribution.mode": mode}))
+    if name.endswith(" strings"):
+        mode = name.split()[1]
+        return run(config(f"recsys-strings-{mode}", steps, model="examples.recsys:build_string_model",
+                          **{"data.train": "examples.recsys:string_train_examples",
+                             "data.eval": "examples.recsys:string_eval_examples", "distribution.mode": mode}))
     if name.endswith(" dynamic"):
         mode = name.split()[1]
         return run(config(f"recsys-dynamic-{mode}", steps, model="examples.recsys:build_dynamic_model",
@@ -245,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                              "rows live/created/evicted and the servers' peak memory, to show it stays flat")
     parser.add_argument("--dynamic", action="store_true",
                         help="--against-ceiling: also sync and async with the table a DynamicEmbedding (same ids)")
+    parser.add_argument("--strings", action="store_true",
+                        help="with --against-ceiling: also the items as string keys (and the int64 DynamicEmbedding runs)")
     parser.add_argument("--files", action="store_true",
                         help="--against-ceiling: also sync and async reading the same examples from Parquet files "
                              "(data.train a file spec, and a Ray Data dataset) instead of the in-memory function")
@@ -265,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.against_ceiling:
         with connect(on_event=lambda m: print(f"[recsys] {m}", file=sys.stderr, flush=True)):
-            names = CONTENDERS + (DYNAMIC if args.dynamic else ()) + (FILES if args.files else ())
+            names = (CONTENDERS + (DYNAMIC if args.dynamic or args.strings else ()) + (STRINGS if args.strings else ())
+                     + (FILES if args.files else ()))
             runs = against_ceiling(args.steps, args.repeats, names)
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n"
               f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPUs: {os.cpu_count()}, "
@@ -286,13 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         if mean["tf-ps"]:
             print(f"\nraytf sync / tf-ps samples/s: {mean['raytf sync'] / mean['tf-ps']:.2f}x; "
                   f"raytf async / tf-ps: {mean['raytf async'] / mean['tf-ps']:.2f}x")
-        for extra, label in ((DYNAMIC, "DynamicEmbedding / fixed table"), (FILES[:2], "Parquet files / in-memory function"),
-                             (FILES[2:], "Ray Data / in-memory function")):
+        for extra, label, base in ((DYNAMIC, "DynamicEmbedding / fixed table", CONTENDERS),
+                                   (STRINGS, "string keys / int64 keys (both DynamicEmbedding)", DYNAMIC),
+                                   (FILES[:2], "Parquet files / in-memory function", CONTENDERS),
+                                   (FILES[2:], "Ray Data / in-memory function", CONTENDERS)):
             for mode in ("sync", "async"):
-                mine = [r for r in runs if r["contender"] in extra and r["contender"].split()[1] == mode]
-                if mine and mean[f"raytf {mode}"]:
-                    print(f"{label}, {mode}: "
-                          f"{sum(r['samples_per_second'] for r in mine) / len(mine) / mean[f'raytf {mode}']:.2f}x")
+                mine = [r for r in runs if r["contender"] in extra and r["contender"].split()[1:2] == [mode]]
+                against = [r for r in runs if r["contender"] in base and r["contender"].split()[1:2] == [mode]]
+                if mine and against:
+                    ratio = (sum(r["samples_per_second"] for r in mine) / len(mine)
+                             / (sum(r["samples_per_second"] for r in against) / len(against)))
+                    print(f"{label}, {mode}: {ratio:.2f}x")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(runs, indent=2))
