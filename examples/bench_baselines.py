@@ -61,7 +61,7 @@ class IndependentTrainer:
         self._step = tf.function(step, jit_compile=jit_setting(cfg))
 
     def run(self, steps: int) -> dict:
-        from raytf.replica.worker import warmup_steps
+        from raytf.observe.steady import warmup_steps
 
         warmup = warmup_steps(steps)
         start = time.perf_counter()
@@ -143,7 +143,7 @@ def _ray_train_loop(loop_config: dict) -> None:
     from raytf.config.imports import resolve_callable
     from raytf.data.datasets import batches, train_dataset
     from raytf.replica.model import make_loss
-    from raytf.replica.worker import warmup_steps
+    from raytf.observe.steady import warmup_steps
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     steps = loop_config["steps"]

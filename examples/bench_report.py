@@ -67,9 +67,13 @@ def aggregate(runs: list[dict], contenders: list[str]) -> dict:
             "gated_by": dict(Counter(r["gated_by"] for r in gated)),
             "ratio_to": {ref: spread([r["ratios"][ref] for r in gated if ref in r["ratios"]]) for ref in REFERENCES},
         }
-        for key in ("ms_compute_per_step", "ms_exchange_per_step"):
+        for key in ("ms_compute_per_step", "ms_exchange_per_step", "cpu_ms_per_round", "cpu_sys_ms_per_round"):
             values = [r[key] for r in ok if key in r]
             entry[key] = statistics.fmean(values) if values else None
+        # The ratio the run's CPU cost allows at best (its cores never idle), to the same reference.
+        bounds = [r["ratio"] * r["cpu_bound_samples_per_second"] / r["samples_per_second"] for r in gated
+                  if r.get("cpu_bound_samples_per_second") and r["samples_per_second"]]
+        entry["cpu_bound_ratio"] = statistics.fmean(bounds) if bounds else None
         result["contenders"][name] = entry
     for run in runs:
         if run["kind"] != "reference":
@@ -102,30 +106,37 @@ def _gate_text(gated_by: dict) -> str:
     return "mixed: " + ", ".join(f"{name} {count}x" for name, count in sorted(gated_by.items()))
 
 
+def _cpu_text(a: dict) -> str:
+    if a.get("cpu_ms_per_round") is None:
+        return "-"
+    return f"{a['cpu_ms_per_round']:.1f} ({a['cpu_sys_ms_per_round']:.1f})"
+
+
 CLUSTER_NOTE = {"one-node": "", "two-node": " [2-node cluster]"}
 
 
 def table(aggregates: dict) -> str:
-    lines = ["| contender | samples/s mean | spread | ratio mean (gating ref) | ratio spread | ms compute/step | ms exchange/step |",
-             "|---|---:|---|---:|---|---:|---:|"]
+    lines = ["| contender | samples/s mean | spread | ratio mean (gating ref) | ratio spread | ms compute/step | ms exchange/step "
+             "| CPU core-ms/round (kernel) | ratio at 100 % CPU |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|"]
     for name, a in aggregates["contenders"].items():
         sps = a["samples_per_second"]
         failed = f" ({len(a['failed'])} of {a['runs']} failed)" if a["failed"] else ""
         if not sps.get("n"):
-            lines.append(f"| {name}{failed} | failed | - | - | - | - | - |")
+            lines.append(f"| {name}{failed} | failed | - | - | - | - | - | - | - |")
             continue
         ratio = a["ratio"]
         ratio_text = f"{ratio['mean']:.2f} ({_gate_text(a['gated_by'])})" if ratio.get("n") else "-"
         lines.append(f"| {name}{CLUSTER_NOTE.get(a['cluster'], '')}{failed} | {sps['mean']:,.0f} | {_spread_text(sps, ',.0f')} "
                      f"| {ratio_text} | {_spread_text(ratio, '.2f')} | {_num(a['ms_compute_per_step'], '.1f')} "
-                     f"| {_num(a['ms_exchange_per_step'], '.1f')} |")
+                     f"| {_num(a['ms_exchange_per_step'], '.1f')} | {_cpu_text(a)} | {_num(a['cpu_bound_ratio'], '.2f')} |")
     for key, r in aggregates["references"].items():
         ref, cluster = key.split("@")
         sps = r["samples_per_second"]
         failed = f" ({len(r['failed'])} failed)" if r["failed"] else ""
         mean = f"{sps['mean']:,.0f}" if sps.get("n") else "failed"
         lines.append(f"| reference: {ref}{CLUSTER_NOTE.get(cluster, '')}{failed} | {mean} | {_spread_text(sps, ',.0f')} "
-                     "| - | - | - | - |")
+                     "| - | - | - | - | - | - |")
     return "\n".join(lines)
 
 

@@ -107,7 +107,7 @@ class Coordinator:
         self.batch_size = cfg.batch_size
 
     def run(self, steps: int) -> dict:
-        from raytf.replica.worker import warmup_steps
+        from raytf.observe.steady import warmup_steps
 
         warmup = warmup_steps(steps)
         # `steps` per worker: WORKERS * steps scheduled steps, the first WORKERS * warmup not timed.

@@ -20,7 +20,7 @@ of 512) are measured at every R of R, C1, R, C2, R, ..., Cn, R, and that sequenc
 `--repeats` times (one repeat's last R is the next one's first). A contender run's ratio is its
 samples/s over the larger of the two references, each the mean of the R just before and just
 after it. samples/s is summed over the workers and excludes start-up and the first warm-up steps
-(`raytf.replica.worker.warmup_steps`). It prints numbers; it judges none.
+(`raytf.observe.steady.warmup_steps`). It prints numbers; it judges none.
 """
 
 from __future__ import annotations
@@ -96,7 +96,25 @@ def run_raytf(base: dict, name: str, steps: int, address: str | None = None) -> 
         "transport": summary["transport"],
         "ms_compute_per_step": sum(w["ms_compute_per_step"] for w in workers) / len(workers),
         "ms_exchange_per_step": sum(w["ms_exchange_per_step"] for w in workers) / len(workers),
+        **cpu_bound(summary),
     }
+
+
+def cpu_bound(summary: dict) -> dict:
+    """The CPU a round of one step per worker costs (every worker's process, and every server's for the
+    updates such a round makes), in core-ms, and the samples/s this machine's cores could reach at that
+    cost if they never idled: where the exchange's CPU (socket copies, updates) leaves no room."""
+    workers, servers = summary["per_worker"], summary["per_server"]
+    steps = sum(w["steps"] for w in workers)
+    if not steps or not all(w.get("cpu_ms_per_step") for w in workers):
+        return {}
+    round_ms = (sum(w["cpu_ms_per_step"] for w in workers)
+                + sum(s["cpu_ms_per_update"] * s["version"] * len(workers) / steps for s in servers))
+    kernel_ms = (sum(w["cpu_sys_ms_per_step"] for w in workers)
+                 + sum(s["cpu_sys_ms_per_update"] * s["version"] * len(workers) / steps for s in servers))
+    samples = len(workers) * summary["batch_size"]
+    return {"cpu_ms_per_round": round_ms, "cpu_sys_ms_per_round": kernel_ms,
+            "cpu_bound_samples_per_second": (os.cpu_count() or 1) * 1000 / round_ms * samples}
 
 
 def run_contender(base: dict, name: str, steps: int, address: str | None = None) -> dict:

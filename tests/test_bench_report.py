@@ -56,3 +56,24 @@ def test_a_malformed_link_is_refused_before_anything_runs():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "--link '10gbps': expected RATE,DELAY such as 10gbit,0.1ms" in done.stderr
+
+
+def test_the_cpu_bound_is_the_rate_the_runs_cpu_cost_allows_over_the_same_reference():
+    """examples/benchmark.py's cpu_bound: a round of one step per worker costs each worker's CPU per step
+    plus each server's per update times its updates per round; at 100 % of the cores that is the best rate."""
+    import os
+
+    from examples.benchmark import cpu_bound
+
+    summary = {"batch_size": 256,
+               "per_worker": [{"steps": 100, "cpu_ms_per_step": 16.0, "cpu_sys_ms_per_step": 2.0}] * 2,
+               "per_server": [{"version": 100, "cpu_ms_per_update": 8.0, "cpu_sys_ms_per_update": 5.0}]}
+    sync = cpu_bound(summary)  # one update per round of 2 steps
+    assert sync["cpu_ms_per_round"] == pytest.approx(40.0) and sync["cpu_sys_ms_per_round"] == pytest.approx(9.0)
+    assert sync["cpu_bound_samples_per_second"] == pytest.approx(os.cpu_count() * 1000 / 40.0 * 512)
+    asynchronous = cpu_bound({**summary, "per_server": [{**summary["per_server"][0], "version": 200}]})
+    assert asynchronous["cpu_ms_per_round"] == pytest.approx(48.0)  # an update per step: two per round
+    bounded = dict(RUNS[1], cpu_ms_per_round=40.0, cpu_sys_ms_per_round=9.0, cpu_bound_samples_per_second=10_000)
+    agg = aggregate([RUNS[0], bounded, RUNS[2]], ["sync"])
+    assert agg["contenders"]["sync"]["cpu_bound_ratio"] == pytest.approx(10_000 / 9_200)
+    assert "| 40.0 (9.0) | 1.09 |" in table(agg)

@@ -55,13 +55,15 @@ def build_summary(cfg: TrainConfig, plan, results: list, steps_done: list[int], 
         "per_worker": [
             {"index": r.index, "steps": steps_done[r.index], "final_loss": r.final_loss,
              "samples_per_second": r.samples_per_second, "ms_compute_per_step": r.ms_compute_per_step,
-             "ms_exchange_per_step": r.ms_exchange_per_step}
+             "ms_exchange_per_step": r.ms_exchange_per_step, "cpu_ms_per_step": r.cpu_ms_per_step,
+             "cpu_sys_ms_per_step": r.cpu_sys_ms_per_step}
             for r in results
         ],
         "per_server": [
             {"version": s.exchange.version, "pushes": s.exchange.pushes, "gradients_applied": sum(s.exchange.applied.values()),
              "gradients_dropped": sum(s.exchange.dropped.values()), "ms_apply_per_update": s.ms_apply_per_update,
-             "ms_publish_per_update": s.ms_publish_per_update}
+             "ms_publish_per_update": s.ms_publish_per_update, "cpu_ms_per_update": s.cpu_ms_per_update,
+             "cpu_sys_ms_per_update": s.cpu_sys_ms_per_update}
             for s in stats
         ],
         "bytes_pushed": sum(r.bytes_pushed for r in results),

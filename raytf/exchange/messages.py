@@ -95,6 +95,8 @@ class ServerStats:
     ms_publish_per_update: float = 0.0
     peak_rss: int = 0  # the process's peak resident memory, bytes
     dynamic: tuple = ()  # per sparse table: a dynamic table's counts (rows created, evicted, live...), or None
+    cpu_ms_per_update: float = 0.0  # the process's CPU (every thread, user and system) per update after the warm-up
+    cpu_sys_ms_per_update: float = 0.0  # of which in the kernel
 
     @property
     def version(self) -> int:
@@ -120,6 +122,8 @@ class WorkerResult:
     peak_rss: int = 0  # the process's peak resident memory, bytes
     wire_sent: int = 0  # bytes its wire links sent over the run (after compression, with frame headers)
     wire_received: int = 0  # and received
+    cpu_ms_per_step: float = 0.0  # the process's CPU (every thread, user and system) per step after the warm-up
+    cpu_sys_ms_per_step: float = 0.0  # of which in the kernel (socket copies, shared memory faults)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from raytf.exchange.row_slots import RowLayout
 from raytf.exchange.shard_state import ShardState, ShardWriter, TableState, step_dir
 from raytf.exchange.transport import LinkSpec, ServerSlots, shm_available, shm_root
 from raytf.observe.startup import peak_rss
+from raytf.observe.steady import CpuWindow, warmup_steps
 from raytf.observe.trace import DRIVER_TID, EARLY_PHASE
 from raytf.runtime import configure_tensorflow
 
@@ -109,6 +110,8 @@ class ParameterServer:
             self._early: dict[int, int] = {}  # worker -> round size its rows were applied early for (this round)
             self.writer.reset()
             self.seconds_apply = 0.0  # where a server's time goes, for the summary
+            # The process's CPU per update after its first updates (raytf.observe.steady), as the workers' rate.
+            self._cpu, self._updates_here, self._cpu_from = CpuWindow(), 0, warmup_steps(settings.target_version)
             self.seconds_publish = 0.0
             if settings.trace_steps and self.trace is None:  # kept over a rollback: the timeline shows it
                 self.trace = _recorder(settings.trace_steps, settings.distribution.workers)
@@ -282,6 +285,11 @@ class ParameterServer:
         seconds = time.perf_counter() - started
         self.seconds_apply += seconds
         self.metrics.observe("raytf_apply_seconds", seconds)
+        self._updates_here += 1
+        if self._updates_here == self._cpu_from:
+            self._cpu.start()
+        else:
+            self._cpu.tick()
         if self.trace is not None:
             self._traced("apply", traced)
 
@@ -449,6 +457,7 @@ class ParameterServer:
             self.metrics.flush()
             self.writer.collect(wait=False)
             updates = max(exchange.updates, 1)
+            cpu = self._cpu.per_event()
             dynamic = tuple(t.counts() if hasattr(t, "counts") else None for t in self.tables)
             if any(dynamic):
                 for name in ("live", "created", "evicted"):
@@ -456,7 +465,7 @@ class ParameterServer:
             return ServerStats(ready=True, exchange=exchange, saved=dict(self.writer.saved),
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
                                ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss(),
-                               dynamic=dynamic)
+                               dynamic=dynamic, cpu_ms_per_update=cpu[0], cpu_sys_ms_per_update=cpu[1])
 
     def get_params(self) -> np.ndarray:
         with self.exchange.lock:

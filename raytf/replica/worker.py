@@ -30,15 +30,11 @@ from raytf.exchange.policies import policy_for
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
 from raytf.exchange.wire_link import WireBell
+from raytf.observe.steady import CpuWindow, warmup_steps
 from raytf.observe.startup import peak_rss
 from raytf.replica.compiled import CompiledStep
 from raytf.replica.tables import Request, WorkerTables, map_rows
 from raytf.runtime import as_tensor, configure_tensorflow
-
-
-def warmup_steps(steps: int) -> int:
-    """Steps excluded from the steady-state rate (graph tracing, first allocations)."""
-    return max(1, min(20, steps // 10))
 
 
 class StepTimer:
@@ -52,6 +48,7 @@ class StepTimer:
         self.startup: dict[str, tuple[float, float]] = {}  # the first pull and the first (compiling) step, wall clock
         self._t0 = self._t1 = 0.0
         self._wall0 = 0.0
+        self.cpu = CpuWindow()  # the process's CPU over the same steps
 
     def compute_started(self) -> None:
         self._t0, self._wall0 = time.perf_counter(), time.time()
@@ -66,9 +63,11 @@ class StepTimer:
         if steps == self.warmup:
             self.warm_time = now
             self.compute = self.exchange = 0.0
+            self.cpu.start()
         else:
             self.compute += self._t1 - self._t0
             self.exchange += now - self._t1
+            self.cpu.tick()
         self.ends = (self.ends[1], now)
         return now
 
@@ -81,13 +80,14 @@ class StepTimer:
             # The rate leaves out the last step: its answer waits for the run's final checkpoint (a second
             # or more for a large table), which is not training.
             rated, seconds = measured - 1, self.ends[0] - self.warm_time
+        cpu_ms, cpu_sys_ms = self.cpu.per_event(skip_last=measured >= 2)
         return WorkerResult(
             index=index, status=status, steps=steps, final_loss=final_loss, measured_steps=max(measured, 0),
             samples_per_second=rated * batch_size / seconds if rated > 0 and seconds > 0 else 0.0,
             ms_compute_per_step=1000 * self.compute / max(measured, 1),
             ms_exchange_per_step=1000 * self.exchange / max(measured, 1),
             startup=self.startup, bytes_pushed=pushed, bytes_pulled=pulled, unique_ids=unique_ids, peak_rss=peak_rss(),
-            wire_sent=wire_sent, wire_received=wire_received,
+            wire_sent=wire_sent, wire_received=wire_received, cpu_ms_per_step=cpu_ms, cpu_sys_ms_per_step=cpu_sys_ms,
         )
 
 
