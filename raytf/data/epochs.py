@@ -108,7 +108,23 @@ class FileBatches:
         if not blocks:
             raise ConfigError(f"{self.layout.key}: worker {self.worker}'s share has no rows.",
                               "Use fewer workers, or more data.")
-        return self._inputs({k: v[:batch_size] for k, v in _joined(blocks, None).items()})
+        features, labels = self._inputs({k: v[:batch_size] for k, v in _joined(blocks, None).items()})
+        return with_ragged_tensors(features), labels
+
+
+def with_ragged_tensors(features):
+    """Features whose ragged columns (lists of different lengths) are tf.RaggedTensors, as a model takes
+    them, and then every other column a tensor too (Keras refuses a mix of tensors and arrays); as they are
+    without one. The training batches stay numpy: the worker pads such lists (raytf.replica.key_inputs)."""
+    from raytf.data.files import is_ragged, ragged_tensor
+
+    columns = features if isinstance(features, dict) else {None: features}
+    if not any(is_ragged(v) for v in columns.values()):
+        return features
+    import tensorflow as tf
+
+    made = {k: ragged_tensor(v) if is_ragged(v) else tf.convert_to_tensor(v) for k, v in columns.items()}
+    return made if isinstance(features, dict) else made[None]
 
 
 def model_inputs(columns: dict[str, np.ndarray], features: Sequence[str], label: str) -> tuple[Any, np.ndarray]:

@@ -53,7 +53,8 @@ def _tfrecord_dtypes():
 class Column:
     name: str
     kind: str  # "int", "float", "bool" or "string" (keys of a DynamicEmbedding(key_dtype="string"); a feature only)
-    width: int | None  # a list column's length; None: one value per row
+    width: int | None  # a list column's length; None: one value per row (or a ragged list)
+    ragged: bool = False  # lists of different lengths (int or string keys): a numpy object array of arrays
 
 
 @dataclass(frozen=True)
@@ -314,9 +315,13 @@ def _arrow_schema(schema, first_values) -> dict[str, Column | str]:
             else:
                 values = first_values(field.name)
                 lengths = set() if values is None else set(pc.list_value_length(values).to_pylist())
-                columns[field.name] = (Column(field.name, inner, lengths.pop()) if len(lengths) == 1 else
-                                       f"lists of different lengths ({min(lengths)} to {max(lengths)})" if lengths
-                                       else "lists of unknown length")
+                if len(lengths) == 1:
+                    columns[field.name] = Column(field.name, inner, lengths.pop())
+                elif lengths and inner in ("int", "string"):  # keys of a DynamicEmbedding on a ragged input
+                    columns[field.name] = Column(field.name, inner, None, ragged=True)
+                else:
+                    columns[field.name] = (f"lists of different lengths ({min(lengths)} to {max(lengths)})" if lengths
+                                           else "lists of unknown length")
         else:
             columns[field.name] = f"{field.type} values"
     return columns
@@ -345,6 +350,8 @@ def _arrow_values(array, column: Column, key: str, path: str) -> np.ndarray:
     if array.null_count:
         raise ConfigError(f"{key}: column '{column.name}' of {path} has missing values.",
                           "Fill them when writing the files (e.g. 0, or a separate id for 'unknown').")
+    if column.ragged:
+        return _ragged_rows(array)
     if column.width is None:
         return array.to_numpy(zero_copy_only=False)
     lengths = pc.list_value_length(array) if not pa.types.is_fixed_size_list(array.type) else None
@@ -353,6 +360,36 @@ def _arrow_values(array, column: Column, key: str, path: str) -> np.ndarray:
                           f"{pc.max(lengths).as_py()}; the first file's are {column.width} long.",
                           "Pad or cut every list to one length when writing the files.")
     return array.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.width)
+
+
+def _ragged_rows(array) -> np.ndarray:
+    """A list column of varying lengths as a numpy object array of one array per row (numpy slices, joins
+    and shuffles it as any column; `ragged_tensor` makes a tf.RaggedTensor of a batch of it)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    rows = np.empty(len(lengths), object)
+    for i, part in enumerate(np.split(flat, np.cumsum(lengths)[:-1])):  # (assigned one by one: equal lengths
+        rows[i] = part                                                  # would make numpy broadcast a 2-d array)
+    return rows
+
+
+def is_ragged(values) -> bool:
+    """Whether `values` is a ragged column as the file reader makes it (an object array of arrays)."""
+    return isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1 and len(values) > 0 \
+        and isinstance(values[0], np.ndarray)
+
+
+def ragged_tensor(values: np.ndarray):
+    """A ragged column's rows (`is_ragged`) as a tf.RaggedTensor (examples, None)."""
+    import tensorflow as tf
+
+    lengths = np.fromiter((len(row) for row in values), np.int64, len(values))
+    flat = np.concatenate(list(values)) if len(values) else np.zeros(0, np.int64)
+    if flat.dtype.kind in "OSU":
+        flat = flat.astype(object)
+    return tf.RaggedTensor.from_row_lengths(flat, lengths)
 
 
 def _normalized(values: np.ndarray, column: Column) -> np.ndarray:

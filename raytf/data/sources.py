@@ -15,7 +15,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from raytf.config import DataSpec, TrainConfig
-from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, model_inputs, passes_steps, read_ahead
+from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, model_inputs, passes_steps, read_ahead, with_ragged_tensors
 from raytf.data.files import FileLayout, discover
 from raytf.data.ray_data import RayDataInput, RayShare
 from raytf.errors import ConfigError
@@ -194,21 +194,27 @@ class EvalData:
         else:
             read, rows = functools.partial(_file_blocks, self.layout), self.layout.rows
         first = self.first_batch(1)
-        signature = tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), _tf_dtype(a)), first)
+        signature = tf.nest.map_structure(_spec, first)
         blocks = tf.data.Dataset.from_generator(read, output_signature=signature)
         # Its size known, Keras's evaluate does not take the end of the data for a shortage.
         return blocks.unbatch().apply(tf.data.experimental.assert_cardinality(rows))
 
 
-def _tf_dtype(values: np.ndarray):
+def _spec(values):
+    """The tf.data spec of a batch's column: a ragged tensor's, or a dense one's with any number of rows."""
     import tensorflow as tf
 
-    return tf.string if values.dtype.kind in "OSU" else tf.as_dtype(values.dtype)
+    if isinstance(values, tf.RaggedTensor):
+        return tf.RaggedTensorSpec((None, None), values.dtype, ragged_rank=1, row_splits_dtype=values.row_splits.dtype)
+    dtype = values.dtype if isinstance(values.dtype, tf.DType) else (
+        tf.string if values.dtype.kind in "OSU" else tf.as_dtype(values.dtype))
+    return tf.TensorSpec((None, *values.shape[1:]), dtype)
 
 
 def _file_blocks(layout: FileLayout) -> Iterator[tuple[Any, np.ndarray]]:
     names = [c.name for c in layout.features]
     for piece in layout.shard(0, 1):
         for block in layout.read(piece):
-            yield model_inputs(block, names, layout.label.name)
+            features, labels = model_inputs(block, names, layout.label.name)
+            yield with_ragged_tensors(features), labels
 

@@ -133,10 +133,14 @@ class KeyTransform:
         import numpy as np
         import tensorflow as tf
 
+        from raytf.data.files import is_ragged, ragged_tensor
+
+        as_tensor = isinstance(values, (tf.Tensor, tf.RaggedTensor))  # (a batch's other features are so too)
+        if is_ragged(values):  # lists of different lengths read from files
+            values = ragged_tensor(values)
         values = _hashed(values) if _holds_strings(values) else values
         if key.pad_to is None:
             return values
-        as_tensor = isinstance(values, (tf.Tensor, tf.RaggedTensor))  # (a batch's other features are so too)
         if not isinstance(values, tf.RaggedTensor):
             values = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(values))
         lengths = values.row_lengths().numpy()

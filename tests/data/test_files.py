@@ -173,9 +173,28 @@ def test_a_label_of_text_and_lists_of_varying_length_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.train\.label: the column 'y' holds text \(strings\)") as err:
         discover(config(tmp_path, spec={"label": "y"}).data.train, "data.train")
     assert "integer ids" in err.value.fix
-    pq.write_table(pa.table({"ids": pa.array([[1, 2], [3]]), "clicked": [True, False]}), tmp_path / "part-0.parquet")
-    with pytest.raises(ConfigError, match=r"'ids' holds lists of different lengths \(1 to 2\)"):
+    pq.write_table(pa.table({"x": pa.array([[1.0, 2.0], [3.0]]), "clicked": [True, False]}), tmp_path / "part-0.parquet")
+    with pytest.raises(ConfigError, match=r"'x' holds lists of different lengths \(1 to 2\)"):
         discover(config(tmp_path).data.train, "data.train")
+
+
+def test_int_and_string_lists_of_different_lengths_are_ragged_columns(tmp_path):
+    """The keys of a DynamicEmbedding on a ragged input: a row's list as an array of its own; the model's
+    first batch has them as a tf.RaggedTensor (and every other column a tensor)."""
+    import tensorflow as tf
+
+    from raytf.data.epochs import FileBatches
+
+    pq.write_table(pa.table({"ids": pa.array([[1, 2], [3], [], [4, 5, 6]]), "names": [["a"], ["b", "c"], [], ["d"]],
+                             "clicked": [True, False, True, False]}), tmp_path / "part-0.parquet")
+    cfg = config(tmp_path)
+    layout = discover(cfg.data.train, "data.train")
+    assert [(c.name, c.kind, c.ragged) for c in layout.features] == [("ids", "int", True), ("names", "string", True)]
+    (block,) = list(layout.read(layout.shard(0, 1)[0]))
+    assert [row.tolist() for row in block["ids"]] == [[1, 2], [3], [], [4, 5, 6]]
+    features, labels = FileBatches(layout, 0, 1, cfg, 1).first_batch(4)
+    assert isinstance(features["ids"], tf.RaggedTensor) and features["ids"].to_list() == [[1, 2], [3], [], [4, 5, 6]]
+    assert features["names"].to_list() == [[b"a"], [b"b", b"c"], [], [b"d"]]
 
 
 def test_the_make_function_runs_before_the_files_are_listed(tmp_path, monkeypatch):

@@ -86,3 +86,16 @@ def ragged_train(shard_index: int, num_shards: int) -> tf.data.Dataset:
 
 def ragged_eval() -> tf.data.Dataset:
     return ragged_examples(256, seed=5)
+
+
+def write_ragged_parquet(directory) -> None:
+    """ragged_examples() (train) and ragged_examples(256, seed=5) (eval) as Parquet files: `history` a list
+    column of item names of different lengths, `clicked` the label."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, dataset in (("train", ragged_examples()), ("eval", ragged_eval())):
+        rows = [(x.numpy().tolist(), float(y)) for x, y in dataset]
+        table = pa.table({"history": pa.array([[v.decode() for v in h] for h, _ in rows], type=pa.list_(pa.string())),
+                          "clicked": [y for _, y in rows]})
+        pq.write_table(table, f"{directory}/{name}.parquet", row_group_size=300)

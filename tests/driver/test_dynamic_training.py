@@ -170,3 +170,17 @@ def test_ragged_lists_train_as_a_plain_model_fit_does(ray_cluster, tmp_path):
     np.testing.assert_allclose(saved.predict(seen, verbose=0), local.predict(seen, verbose=0), rtol=1e-4, atol=1e-6)
     evaluated = saved.evaluate(ragged_eval().batch(256), return_dict=True, verbose=0)
     assert evaluated["loss"] == pytest.approx(trained["eval"]["loss"], rel=1e-5)
+    # The same lists from Parquet (a list column of different lengths per row): the same run.
+    from tests.driver.key_inputs_data import write_ragged_parquet
+
+    write_ragged_parquet(tmp_path)
+    config = dict(config, name="ragged-files", output_dir=str(tmp_path / "ragged-files"))
+    config["data"] = {"train": {"format": "parquet", "paths": str(tmp_path / "train.parquet"), "label": "clicked"},
+                      "eval": {"format": "parquet", "paths": str(tmp_path / "eval.parquet"), "label": "clicked"},
+                      "shuffle_buffer": 0}
+    from_files = raytf.fit(config, address=ray_cluster.gcs_address)
+    assert from_files["final_loss"] == pytest.approx(trained["final_loss"], rel=1e-5)
+    assert from_files["eval"]["loss"] == pytest.approx(trained["eval"]["loss"], rel=1e-5)
+    files_keys, files_rows = keras.models.load_model(from_files["model_path"]).get_layer("history_items").live_rows()
+    np.testing.assert_array_equal(files_keys, keys)
+    np.testing.assert_allclose(files_rows, rows, rtol=1e-5, atol=1e-7)
