@@ -108,12 +108,13 @@ def cpu_bound(summary: dict) -> dict:
     steps = sum(w["steps"] for w in workers)
     if not steps or not all(w.get("cpu_ms_per_step") for w in workers):
         return {}
-    round_ms = (sum(w["cpu_ms_per_step"] for w in workers)
-                + sum(s["cpu_ms_per_update"] * s["version"] * len(workers) / steps for s in servers))
-    kernel_ms = (sum(w["cpu_sys_ms_per_step"] for w in workers)
-                 + sum(s["cpu_sys_ms_per_update"] * s["version"] * len(workers) / steps for s in servers))
+    def per_round(kind: str) -> float:  # kind: "cpu" or "cpu_sys"
+        return (sum(w[f"{kind}_ms_per_step"] for w in workers)
+                + sum(s[f"{kind}_ms_per_update"] * s["version"] * len(workers) / steps for s in servers))
+
+    round_ms = per_round("cpu")
     samples = len(workers) * summary["batch_size"]
-    return {"cpu_ms_per_round": round_ms, "cpu_sys_ms_per_round": kernel_ms,
+    return {"cpu_ms_per_round": round_ms, "cpu_sys_ms_per_round": per_round("cpu_sys"),
             "cpu_bound_samples_per_second": (os.cpu_count() or 1) * 1000 / round_ms * samples}
 
 

@@ -375,6 +375,13 @@ def _ragged_rows(array) -> np.ndarray:
     return rows
 
 
+def holds_strings(values) -> bool:
+    """Whether a column (numpy, a tensor or a ragged tensor) holds strings: TensorFlow's or numpy's (str,
+    bytes or objects; a ragged column of the file reader is an object array too, made a tensor first)."""
+    dtype = values.dtype if hasattr(values, "dtype") else np.asarray(values).dtype
+    return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).kind in "OSU"
+
+
 def is_ragged(values) -> bool:
     """Whether `values` is a ragged column as the file reader makes it (an object array of arrays)."""
     return isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1 and len(values) > 0 \
@@ -387,7 +394,7 @@ def ragged_tensor(values: np.ndarray):
 
     lengths = np.fromiter((len(row) for row in values), np.int64, len(values))
     flat = np.concatenate(list(values)) if len(values) else np.zeros(0, np.int64)
-    if flat.dtype.kind in "OSU":
+    if holds_strings(flat):
         flat = flat.astype(object)
     return tf.RaggedTensor.from_row_lengths(flat, lengths)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from raytf.config import DataSpec, TrainConfig
 from raytf.data.epochs import PREFETCH_BATCHES, FileBatches, model_inputs, passes_steps, read_ahead, with_ragged_tensors
-from raytf.data.files import FileLayout, discover
+from raytf.data.files import FileLayout, discover, holds_strings
 from raytf.data.ray_data import RayDataInput, RayShare
 from raytf.errors import ConfigError
 from raytf.data.ray_data import passes as ray_passes
@@ -206,9 +206,7 @@ def _spec(values):
 
     if isinstance(values, tf.RaggedTensor):
         return tf.RaggedTensorSpec((None, None), values.dtype, ragged_rank=1, row_splits_dtype=values.row_splits.dtype)
-    dtype = values.dtype if isinstance(values.dtype, tf.DType) else (
-        tf.string if values.dtype.kind in "OSU" else tf.as_dtype(values.dtype))
-    return tf.TensorSpec((None, *values.shape[1:]), dtype)
+    return tf.TensorSpec((None, *values.shape[1:]), tf.string if holds_strings(values) else tf.as_dtype(values.dtype))
 
 
 def _file_blocks(layout: FileLayout) -> Iterator[tuple[Any, np.ndarray]]:

@@ -74,6 +74,7 @@ def _prepare(config: TrainConfig) -> Prepared:
 
     from raytf.config.imports import resolve_callable
     from raytf.data.epochs import resolve_epochs
+    from raytf.data.files import holds_strings
     from raytf.data.sources import EvalData, TrainData
     from raytf.exchange.sharding import plan_shards
     from raytf.replica.layers import rows_on_servers
@@ -112,8 +113,7 @@ def _prepare(config: TrainConfig) -> Prepared:
                 f"but data.train gives {[tuple(t.shape[1:]) for t in _flat(features)]}.",
                 "Make both datasets yield features of the same shape.",
             )
-        strings = [_holds_strings(t) for t in _flat(features)]
-        if [_holds_strings(t) for t in _flat(eval_features)] != strings:
+        if [holds_strings(t) for t in _flat(eval_features)] != [holds_strings(t) for t in _flat(features)]:
             raise ConfigError(
                 f"data.eval gives features of dtype {_dtype_names(eval_features)}, but data.train gives "
                 f"{_dtype_names(features)}: strings in one and numbers in the other.",
@@ -196,10 +196,6 @@ def _data_notice(train, data, config: TrainConfig) -> tuple[str, ...]:
     if config.epochs is not None:
         parts.append(f"{config.epochs} epochs of {config.steps_per_epoch} steps: {config.steps} steps")
     return ("; ".join(parts) + ".",) if parts else ()
-
-
-def _holds_strings(values) -> bool:
-    return np.dtype(getattr(values.dtype, "as_numpy_dtype", values.dtype)).kind in "OSU"
 
 
 def _dtype_names(features) -> str:

@@ -185,8 +185,7 @@ class DynamicEmbedding(ShardedEmbedding):
         if not self.ragged_input:
             return self._combine(rows)
         # Ragged lists given dense (a SavedModel's signature takes them so), padded with PAD or '' for strings.
-        real = inputs != ("" if inputs.dtype == tf.string else tf.constant(PAD, inputs.dtype))
-        return self._combine(rows * tf.cast(real, rows.dtype)[..., None], real)
+        return self._combine(rows, inputs != ("" if inputs.dtype == tf.string else tf.constant(PAD, inputs.dtype)))
 
     def _call_on_servers(self, inputs):
         """The rows from the worker's cache or block (`ShardedEmbedding.call`). Ragged ids come padded with PAD
@@ -199,8 +198,7 @@ class DynamicEmbedding(ShardedEmbedding):
             inputs = pad_ragged(inputs.with_flat_values(self.keys_of(inputs.flat_values)), self.max_ids_per_example)
         keys = self.keys_of(inputs)
         real = keys != PAD  # (by position, a pad's place is PAD too)
-        rows = super().call(tf.where(real, keys, tf.zeros_like(keys)))
-        return self._combine(rows * tf.cast(real, rows.dtype)[..., None], real)
+        return self._combine(super().call(tf.where(real, keys, tf.zeros_like(keys))), real)
 
     def _check_ragged_under_raytf(self, per_example: tuple) -> None:
         from raytf.errors import ConfigError
@@ -249,9 +247,12 @@ class DynamicEmbedding(ShardedEmbedding):
 
     def _combine(self, rows, real=None):
         """rows: (..., ids, width) -> (..., width) by the combiner; as they are without one. `real`: which
-        ids are the example's own (the rest padding, zero rows): the mean and sqrtn count those only."""
+        ids are the example's own: the rest (padding) get zero rows, no gradient, and no count in the mean
+        and sqrtn."""
         import tensorflow as tf
 
+        if real is not None:
+            rows = rows * tf.cast(real, rows.dtype)[..., None]
         if self.combiner is None:
             return rows
         summed = tf.reduce_sum(rows, axis=-2)

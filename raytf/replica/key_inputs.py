@@ -98,14 +98,7 @@ class KeyTransform:
 
     def features(self, features: Any) -> Any:
         """A batch's features with the key inputs as int64 keys (tensors stay tensors, numpy numpy)."""
-        if not self.inputs:
-            return features
-        if self.inputs[0].name == 0 and not isinstance(features, dict):
-            return self._keys(features, self.inputs[0])
-        features = dict(features)
-        for key in self.inputs:
-            features[key.name] = self._keys(features[key.name], key)
-        return features
+        return _with_each(features, self.inputs, self._keys)
 
     def batches(self, batches: Iterator) -> Iterator:
         """`batches` of (features, labels[, weights]) with their keys made."""
@@ -119,26 +112,18 @@ class KeyTransform:
         if not strings:
             return batches
 
-        def hashed(features, *rest):
-            if strings[0].name == 0 and not isinstance(features, dict):
-                return (_hashed(features), *rest)
-            features = dict(features)
-            for key in strings:
-                features[key.name] = _hashed(features[key.name])
-            return (features, *rest)
-
-        return batches.map(hashed)
+        return batches.map(lambda features, *rest: (_with_each(features, strings, lambda v, _: _hashed(v)), *rest))
 
     def _keys(self, values, key: KeyInput):
         import numpy as np
         import tensorflow as tf
 
-        from raytf.data.files import is_ragged, ragged_tensor
+        from raytf.data.files import holds_strings, is_ragged, ragged_tensor
 
         as_tensor = isinstance(values, (tf.Tensor, tf.RaggedTensor))  # (a batch's other features are so too)
         if is_ragged(values):  # lists of different lengths read from files
             values = ragged_tensor(values)
-        values = _hashed(values) if _holds_strings(values) else values
+        values = _hashed(values) if holds_strings(values) else values
         if key.pad_to is None:
             return values
         if not isinstance(values, tf.RaggedTensor):
@@ -152,13 +137,17 @@ class KeyTransform:
         return padded if as_tensor else np.asarray(padded)
 
 
-def _holds_strings(values) -> bool:
-    import numpy as np
-    import tensorflow as tf
-
-    if isinstance(values, (tf.Tensor, tf.RaggedTensor)):
-        return values.dtype == tf.string
-    return np.asarray(values).dtype.kind in "OSU"
+def _with_each(features: Any, inputs, make) -> Any:
+    """`features` with `make(values, key)` for each of the key `inputs` (a model of one input: its features
+    are the tensor itself; else a dict by input name, copied)."""
+    if not inputs:
+        return features
+    if inputs[0].name == 0 and not isinstance(features, dict):
+        return make(features, inputs[0])
+    features = dict(features)
+    for key in inputs:
+        features[key.name] = make(features[key.name], key)
+    return features
 
 
 def _hashed(values):

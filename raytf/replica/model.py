@@ -64,7 +64,9 @@ def build_model(fn: Callable[..., Any], features, labels, config: TrainConfig):
 def _check_string_features(model, features, config: TrainConfig) -> None:
     """String features need a model input that takes strings (a DynamicEmbedding(key_dtype="string") looks
     them up); elsewhere they are an error that says so, not a failed cast deep in the model."""
-    if not any(_is_string(t) for t in tf.nest.flatten(features)):
+    from raytf.data.files import holds_strings
+
+    if not any(holds_strings(t) for t in tf.nest.flatten(features)):
         return
     try:
         inputs = list(model.inputs)
@@ -78,15 +80,6 @@ def _check_string_features(model, features, config: TrainConfig) -> None:
         "Convert the features to a numeric dtype (e.g. tf.float32 or tf.int32) in the dataset, or look the strings "
         "up in a raytf.layers.DynamicEmbedding(key_dtype='string') fed by keras.Input(..., dtype='string').",
     )
-
-
-def _is_string(values) -> bool:
-    """Whether a tensor or numpy array holds strings."""
-    import numpy as np
-
-    if isinstance(values.dtype, tf.DType):
-        return values.dtype == tf.string
-    return np.dtype(values.dtype).kind in "OSU"
 
 
 class IdOutOfRange(ConfigError):
