@@ -87,11 +87,15 @@ def activity(dashboard_url: str, headers: dict[str, str] | None = None) -> Clust
         elif actor.state == "ALIVE":
             _count(runs, name)
     if pool:
-        running = ListApiOptions(filters=[("state", "=", "RUNNING")], limit=10_000)
+        # A host plays the run of its newest running raytf task: a task of an earlier run can still show as
+        # running (its end not recorded while the driver that called it lives on: a run that failed).
+        running = ListApiOptions(filters=[("state", "=", "RUNNING")], limit=10_000, detail=True)
+        newest: dict[str, int] = {}
         for task in client.list(StateResource.TASKS, options=running, raise_on_missing_output=False):
             host = pool.get(task.actor_id or "")
-            if host is not None and (task.name or "").startswith("raytf:"):
-                host.playing = task.name.rsplit(".", 1)[0]
+            created = task.creation_time_ms or 0
+            if host is not None and (task.name or "").startswith("raytf:") and created >= newest.get(host.name, -1):
+                host.playing, newest[host.name] = task.name.rsplit(".", 1)[0], created
         for host in pool.values():
             if host.playing:
                 _count(runs, host.playing)
