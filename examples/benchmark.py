@@ -49,7 +49,8 @@ RAYTF = {  # name: (mode, transport)
 # workers on the other, so every exchange crosses nodes: over the wire (`transport: auto`), through Ray's
 # object store (`-objstore`), or over the wire compressed (`-bf16`: both directions; `-int8`: int8 pushes
 # with error feedback, bf16 pulls; `-int8both`: int8 pulls too, the parameters' changes with the error kept
-# on the server); `-whole`: sync rounds received whole before the update (no pipeline).
+# on the server); `-whole`: sync rounds received whole before the update (no pipeline); `-each`: every
+# worker pushes its own gradient across (no node-local sum, raytf.exchange.local_reduce).
 # name: (mode, transport, more overrides)
 COMPRESSION = {"bf16": ["distribution.compression.push=bf16", "distribution.compression.pull=bf16"],
                "int8": ["distribution.compression.push=int8", "distribution.compression.pull=bf16"],
@@ -60,6 +61,7 @@ TWO_NODES = {
     "raytf-sync-2nodes-objstore": ("sync", "object_store", []),
     "raytf-async-2nodes-objstore": ("async", "object_store", []),
     "raytf-sync-2nodes-whole": ("sync", "auto", ["distribution.pipeline=false"]),  # rounds not pipelined
+    "raytf-sync-2nodes-each": ("sync", "auto", ["distribution.local_reduce=false"]),  # no node-local sum
     "raytf-sync-2nodes-bf16": ("sync", "auto", COMPRESSION["bf16"]),
     "raytf-sync-2nodes-int8": ("sync", "auto", COMPRESSION["int8"]),
     "raytf-async-2nodes-int8": ("async", "auto", COMPRESSION["int8"]),

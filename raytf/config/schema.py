@@ -158,6 +158,7 @@ class DistributionConfig(_Frozen):
     encrypt: bool = Field(False, description="the wire seals every payload with AES-256-GCM (it is always authenticated)")
     pipeline: bool = Field(True, description="sync servers whose workers are all on the wire apply and answer the gradient in 1 MB pieces while later pieces still arrive")
     doorbell: bool = Field(True, description="shared-memory links push over a Unix socket per server instead of a Ray call per step (models without sparse tables)")
+    local_reduce: bool = Field(True, description="sync without backup workers, no sparse tables: workers sharing a node whose servers are all on other nodes sum their gradients in shared memory, and one of them pushes the sum over the wire and shares the answer (raytf.exchange.local_reduce)")
     worker_resources: Resources = Resources(num_cpus=1)
     pin_workers: Literal["auto", "off"] = Field("off", description="auto: each worker's process runs on cores of its own where the node's workers fit in the cores Ray counts (raytf.replica.placement); off: the kernel places them")
     # Parameter servers are idle most of the step; they reserve no CPU by default so that

@@ -7,6 +7,7 @@ Names are stable so the Ray dashboard's Actors view tells the story:
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from raytf.exchange.shard_state import ShardState
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.wire import new_secret
 from raytf.exchange.row_slots import RowLayout
+from raytf.exchange import local_reduce
 from raytf.exchange.transport import LinkSpec, choose_link, remove_shm_files
 from raytf.observe.startup import StartupClock
 from raytf.pool.handles import HostedHandle
@@ -64,7 +66,8 @@ class RunActors:
     workers: WorkerGroup
     links: list[list[LinkSpec]] = field(default_factory=list)  # [server][worker], as wired (a rejoin relinks)
     link_kinds: list[list[str]] = field(default_factory=list)  # [worker][server], now
-    server_nodes: set[str] = field(default_factory=set)  # every node a server ran on (its exchange files are there)
+    # Every node with exchange files of the run: each a server ran on, or a node's workers summed on.
+    exchange_nodes: set[str] = field(default_factory=set)
     cores: list[tuple[int, ...]] = field(default_factory=list)  # [worker]: the cores it is pinned to, () if not
     pool: Any = None  # raytf.pool.lease.PoolUse: the warm pool's hosts the run took, and its CPUs' reservation
     notices: list[str] = field(default_factory=list)  # what the user should know about the actors
@@ -85,15 +88,16 @@ class RunActors:
         self._sweep_other_nodes()
 
     def _sweep_other_nodes(self) -> None:
-        """Remove the run's exchange files on the other nodes a server ran on: a server that was
-        killed there (and restarted elsewhere, or not at all) could not remove its own. One
+        """Remove the run's exchange files on the other nodes a server (or a node's summing worker,
+        raytf.exchange.local_reduce) ran on: a process killed there (and restarted elsewhere, or
+        not at all) could not remove its own, and workers are killed, not closed. One
         zero-CPU task per such node; a node that is gone meanwhile took its files along."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        nodes = sorted((self.server_nodes - {here}) & alive)
+        nodes = sorted((self.exchange_nodes - {here}) & alive)
         if not nodes:
             return
         sweep = ray.remote(num_cpus=0, max_retries=0)(remove_shm_files)
@@ -184,14 +188,19 @@ def wire(actors: RunActors, config: TrainConfig, plan: ShardPlan) -> None:
     server_nodes = servers.locate()
     worker_nodes = workers.locate()
     actors.cores = workers.place(worker_nodes)
-    actors.server_nodes.update(node for node, has_shm in server_nodes if has_shm)
+    actors.exchange_nodes.update(node for node, has_shm in server_nodes if has_shm)
     rows_bounded = not plan.tables or RowLayout.of(plan.tables) is not None
-    links: list[list[LinkSpec]] = []
-    for server, (node, has_shm) in enumerate(server_nodes):
-        kinds = [choose_link(d.transport, wn == node and has_shm, rows_bounded) for wn in worker_nodes]
-        links.append(servers.open_links(server, kinds))
-    actors.links = links
-    actors.link_kinds = workers.connect(servers, [actors.links_of(i) for i in range(len(workers))])
+    kinds = [[choose_link(d.transport, wn == node and has_shm, rows_bounded) for wn in worker_nodes]
+             for node, has_shm in server_nodes]
+    groups = {}
+    if d.local_reduce and local_reduce.eligible(d.mode, d.backup_workers, bool(plan.tables), d.compression.pull):
+        groups = local_reduce.plan_groups(worker_nodes, [node for node, _ in server_nodes], kinds,
+                                          tag=secrets.token_hex(3))
+        actors.exchange_nodes.update(worker_nodes[group.leader] for group in groups.values())
+        for per_server in kinds:  # a member reaches the servers through its leader's wire
+            per_server[:] = ["carried" if w in groups and groups[w].leader != w else k for w, k in enumerate(per_server)]
+    actors.links = [servers.open_links(server, server_kinds) for server, server_kinds in enumerate(kinds)]
+    actors.link_kinds = workers.connect(servers, [actors.links_of(i) for i in range(len(workers))], groups)
 
 
 def launch(config: TrainConfig, run_id: str, plan: ShardPlan, states: list[ShardState],

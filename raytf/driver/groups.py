@@ -228,9 +228,10 @@ class WorkerGroup:
         return get([w.place.remote(rank, count, node_cpus.get(node, 0.0))
                     for w, node, (rank, count) in zip(self.handles, nodes, node_ranks(nodes))], "Placing the workers")
 
-    def connect(self, servers: ServerGroup, links: list[list[LinkSpec]]) -> list[list[str]]:
+    def connect(self, servers: ServerGroup, links: list[list[LinkSpec]], groups: dict | None = None) -> list[list[str]]:
         """Connect each worker to every server by the links given (per worker); returns how each reaches each."""
-        return get([w.connect.remote(servers.handles, links[i]) for i, w in enumerate(self.handles)],
+        groups = groups or {}  # worker -> its raytf.exchange.local_reduce.LocalGroup
+        return get([w.connect.remote(servers.handles, links[i], groups.get(i)) for i, w in enumerate(self.handles)],
                    "Connecting workers to parameter servers")
 
     # -- the calls that train --------------------------------------------------------------------

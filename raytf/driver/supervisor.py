@@ -198,8 +198,13 @@ class Supervisor:
         else:
             states, to_step = self.start_states, self.start_step
         self.rollbacks.append({"servers_lost": lost, "at_step": at_step, "to_step": to_step})
-        self.on_event(f"Parameter server{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost)) or '?'} lost near step "
-                      f"{at_step}; every server rolls back to the checkpoint of step {to_step} and training goes on.")
+        if lost or not needs_setup:
+            self.on_event(f"Parameter server{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost)) or '?'} lost near "
+                          f"step {at_step}; every server rolls back to the checkpoint of step {to_step} and training goes on.")
+        else:  # a worker that carried its node's sum (raytf.exchange.local_reduce): the sum went with it
+            self.on_event(f"Worker {', '.join(map(str, needs_setup))} was lost near step {at_step} while it summed the "
+                          f"gradients of the workers on its node (distribution.local_reduce); every server rolls back "
+                          f"to the checkpoint of step {to_step} and training goes on.")
         self.stats = None
         if self.stop_version is not None:
             # A stop was under way: end at the restored step, whose checkpoint exists.

@@ -55,9 +55,11 @@ Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base v
 class Doorbell:
     """The server's end: accepts its node's workers and answers their pushes, one thread each."""
 
-    def __init__(self, path: str, serve: Serve) -> None:
+    def __init__(self, path: str, serve: Serve, on_gone: Callable[[int], None] | None = None) -> None:
+        """`on_gone(worker)`: called when a worker's connection ends (it closed it, or died)."""
         self.path = path
         self._serve = serve
+        self._on_gone = on_gone
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -110,6 +112,8 @@ class Doorbell:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+            if self._on_gone is not None:
+                self._on_gone(worker)
 
     def connected(self) -> int:
         """How many workers are connected now."""

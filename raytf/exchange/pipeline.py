@@ -73,6 +73,8 @@ class Pipeline:
         self._base = -1  # the version it is computed on
         self._received: dict[int, int] = {}  # worker -> values of its gradient in
         self._finite: dict[int, bool] = {}
+        self._summed: dict[int, int] = {}  # worker -> the finite gradients its buffer sums (a node's leader: several)
+        self._via: dict[int, int] = {}  # worker -> the leader whose push carries its gradient (raytf.exchange.local_reduce)
         self._conns: dict[int, Connection] = {}
         self._mirrors: dict[int, PullMirror | None] = {}
         self._applied = 0  # pieces updated
@@ -81,11 +83,12 @@ class Pipeline:
     # -- the connections' threads ------------------------------------------------------------------
 
     def begin(self, worker: int, conn: Connection, finite: bool, base_version: int,
-              mirror: PullMirror | None = None) -> int | None:
+              mirror: PullMirror | None = None, summed: int = 1, carried=()) -> int | None:
         """A push of `worker` starts (its meta frame is in): the round it belongs to (to wait for
         with `wait_answered`), or None when this push goes the usual way (not part of a pipelined
         round: the round cannot be, or it came too late for it). `mirror`: its connection's, with
-        pull int8."""
+        pull int8. A node's leader's push sums `summed` finite gradients and carries the pushes of
+        the workers `carried` (whose bytes are its bytes)."""
         with self.cond:
             ex = self.exchange
             if self._closed or self._halted():
@@ -103,7 +106,11 @@ class Pipeline:
             self._conns[worker] = conn
             self._mirrors[worker] = mirror
             self._finite[worker] = finite
+            self._summed[worker] = summed if finite else 0
             self._received[worker] = 0 if finite else self.opt.size
+            for other in carried:
+                if other in self._expected:
+                    self._via[other] = worker
             self._advance()
             self.cond.notify_all()
             return self._rounds
@@ -127,9 +134,13 @@ class Pipeline:
         with self.cond:
             self.pipelined.discard(worker)  # its restarted process's first answer is a pull's
             if self._expected is not None and worker in self._expected:
-                self._expected.discard(worker)
-                self._received.pop(worker, None)
-                self._conns.pop(worker, None)
+                # A leader's carried workers go with it (their bytes were its bytes); a carried worker's
+                # gradient stays in its leader's sum.
+                for gone in [worker, *(w for w, leader in self._via.items() if leader == worker)]:
+                    self._expected.discard(gone)
+                    self._received.pop(gone, None)
+                    self._conns.pop(gone, None)
+                    self._via.pop(gone, None)
                 self._advance()
                 self.cond.notify_all()
 
@@ -156,12 +167,13 @@ class Pipeline:
         pieces = self.opt.bounds
         while self._expected is not None and self._applied < len(pieces) and not (ex.aborted or ex.stopped):
             end = pieces[self._applied][1]
-            if any(self._received.get(w, -1) < end for w in self._expected):
+            if any(self._received.get(self._via.get(w, w), -1) < end for w in self._expected):
                 return
-            grads = [self._gradient(w) for w in sorted(self._expected) if self._finite.get(w)]
+            pushers = [w for w in sorted(self._expected) if w not in self._via and self._finite.get(w)]
+            grads = [self._gradient(w) for w in pushers]
             started = time.perf_counter()
             if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
-                self.opt.apply_piece(self._applied, grads)
+                self.opt.apply_piece(self._applied, grads, sum(self._summed[w] for w in pushers))
                 ex.partial_round = True
             self.seconds_apply += time.perf_counter() - started
             self._applied += 1

@@ -51,7 +51,7 @@ class Gradient:
     """One worker's gradient for this server: its dense buffer and, per sparse table, the rows it
     touched (unique local ids and their summed gradient rows)."""
 
-    dense: Any
+    dense: Any  # None: summed into another worker's on their node (raytf.exchange.local_reduce)
     tables: tuple = ()
     worker: int = -1  # who pushed it: its requested rows are gathered with the round's update
 
@@ -141,7 +141,8 @@ class ParameterServer:
                                  {w for w, kind in enumerate(kinds) if kind == "shm"},
                                  shared_params=self.policy.shared_parameter_slot,
                                  rows=layout if self.settings.distribution.doorbell else None,
-                                 wire_workers={w for w, kind in enumerate(kinds) if kind == "wire"}, wire_rows=layout)
+                                 wire_workers={w for w, kind in enumerate(kinds) if kind == "wire"}, wire_rows=layout,
+                                 carried_workers={w for w, kind in enumerate(kinds) if kind == "carried"})
         self._pipeline_if_all_wire(kinds)
         return [self._linked(w) for w in range(len(kinds))]
 
@@ -154,7 +155,7 @@ class ParameterServer:
 
         d = self.settings.distribution
         piece = piece_values(self.opt.config.name)
-        if not (d.pipeline and kinds and all(kind == "wire" for kind in kinds) and self.opt.size > piece
+        if not (d.pipeline and kinds and all(kind in ("wire", "carried") for kind in kinds) and self.opt.size > piece
                 and isinstance(self.policy, SyncPolicy) and not self.policy.backup_workers):
             return
         from raytf.exchange.optimizers import PiecedOptimizer
@@ -166,7 +167,7 @@ class ParameterServer:
     def _pipeline_members(self) -> set[int] | None:
         """The workers of the sync round being built, if all are on the wire (the exchange's lock held)."""
         members = self.policy.required(self.exchange)
-        return members if all(self.slots.is_wire(w) for w in members) else None
+        return members if all(self.slots.is_wire(w) or self.slots.is_carried(w) for w in members) else None
 
     def _linked(self, worker: int) -> LinkSpec:
         spec = self.slots.link_spec(worker)
@@ -194,7 +195,21 @@ class ParameterServer:
                 return self.slots.wire_buffers(worker) if self.slots is not None else None
 
         serve_connection(conn, buffers, self._rung, self.slots.take_published,
-                         self.settings.distribution.compression.pull, self.pipeline)
+                         self.settings.distribution.compression.pull, self.pipeline, self._carry)
+
+    def _carry(self, leader: int, base_version: int, carried: np.ndarray) -> None:
+        """A node's summed push (raytf.exchange.local_reduce) is in `leader`'s buffer: the pushes of
+        the other workers it carries (rows 1.. of `carried`: index, steps, finite, has loss, loss)
+        go to the exchange first, without waiting (their leader relays the answer). The sum counts
+        once per finite gradient; it rides on the leader's own push, or on the first finite
+        worker's if the leader's was not finite."""
+        leader_finite = bool(carried[0, 2])
+        carrier = leader if leader_finite else next((int(r[0]) for r in carried[1:] if r[2]), None)
+        for worker, steps, finite, has_loss, loss in carried[1:]:
+            worker = int(worker)
+            dense = self.slots.gradient(leader, None, tensor=not self.opt.reads_numpy) if worker == carrier else None
+            self.exchange.push(Push(worker, base_version, int(steps), float(loss) if has_loss else None, bool(finite)),
+                               Gradient(dense, (), worker) if finite else None, wait=False)
 
     def _with_bell(self, spec: LinkSpec) -> LinkSpec:
         """`spec` with this server's doorbell, where the worker pushes over it: a shared-memory link
@@ -273,7 +288,8 @@ class ParameterServer:
             started -= self.pipeline.seconds_apply  # the pieces' updates, as their bytes came in
             self.pipeline.seconds_apply = 0.0
         elif self.opt.size:
-            self.opt.apply_mean([g.dense for g in grads])
+            # A gradient summed on its workers' node (raytf.exchange.local_reduce) counts for each of them.
+            self.opt.apply_mean([g.dense for g in grads if g.dense is not None], len(grads))
         if self.tables:  # with no rows, too: a table's step count stays the dense one's
             asked = [g.worker for g in grads if g.worker in self._wanted]
             slots = [self._wanted[w][1] for w in asked]  # the worker waits for its answer: its slot is free

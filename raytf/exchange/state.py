@@ -120,18 +120,22 @@ class Exchange:
             self.backend.checkpoint(self.version)
 
     # -- the workers' calls --------------------------------------------------------------------
-    def push(self, push: Push, grad: Any) -> Outcome:
+    def push(self, push: Push, grad: Any, wait: bool = True) -> Outcome | None:
         """Hand over a gradient (None when it is not finite); returns once the policy releases the
-        worker (or the run stops or is aborted), with the parameters published for it."""
+        worker (or the run stops or is aborted), with the parameters published for it. Without
+        `wait`, returns None at once: the push of a worker whose answer goes to it another way (its
+        node's leader relays it, raytf.exchange.local_reduce)."""
         with self.lock:
             if push.loss is not None:
                 self._progress[push.worker] = (push.steps_done, push.loss, time.time())
             if self.stopped:
-                return self._outcome(push.worker)
+                return self._outcome(push.worker) if wait else None
             self._pushes += 1
             if not push.finite:
                 self._nonfinite += 1
             ticket = self.policy.push(self, push, grad if push.finite else None)
+            if not wait:
+                return None
             started = time.monotonic()
             waiting = self.tracer.mark() if self.tracer is not None else None
             while not self.stopped and not self.policy.released(self, ticket):

@@ -142,7 +142,7 @@ class LinkSpec:
         return "wire" if self.wire_address else "object_store"
 
 
-def _map(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
+def map_slot(path: str, size: int, create: bool, halves: int = 0) -> np.ndarray:
     """Map the slot file at `path` (`size` floats, or `halves` buffers of `size`: shape (halves, size));
     a new one is created 0600 whatever the umask, and never over an existing file (O_EXCL: a planted
     file or symlink makes this fail instead of being used)."""
@@ -167,7 +167,7 @@ class ServerSlots:
 
     def __init__(self, run_id: str, server: int, size: int, shm_workers: set[int], shared_params: bool,
                  rows: RowLayout | None = None, wire_workers: set[int] = frozenset(),
-                 wire_rows: RowLayout | None = None) -> None:
+                 wire_rows: RowLayout | None = None, carried_workers: set[int] = frozenset()) -> None:
         self._size = size
         self._layout = rows  # the sparse tables' row slots, where a step's rows are bounded
         self._wire_layout = wire_rows  # the same for pairs on the wire (which needs them bounded)
@@ -179,6 +179,9 @@ class ServerSlots:
         self._params: dict[int, np.ndarray] = {}
         self._specs: dict[int, LinkSpec] = {}
         self._wire: set[int] = set()  # the workers on the wire: their buffers are in this process
+        # Workers whose pushes their node's leader sums and carries (raytf.exchange.local_reduce): no
+        # buffer here; a pull of theirs (a Ray call) is answered through the object store.
+        self._carried: set[int] = set(carried_workers)
         self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
         # Per wire worker, the parameters published for it: a view of the variable's own buffer, no
         # copy. Consistent while it is sent: an update while a view is alive writes a new buffer
@@ -194,6 +197,8 @@ class ServerSlots:
             self._add(worker)
         for worker in sorted(wire_workers):
             self._add_wire(worker)
+        for worker in self._carried:
+            self._specs[worker] = LinkSpec()
 
     def _path(self, suffix: str) -> str:
         """A file of this server in the run's private directory (made on first use, when what a dead
@@ -201,12 +206,12 @@ class ServerSlots:
         if self._dir is None:
             self._dir = make_run_dir(self._run_id)
             for stale in glob.glob(os.path.join(self._dir, self._name + "*")):
-                _unlink(stale)  # left by a process of this server that died (its restart is here)
+                unlink_if_there(stale)  # left by a process of this server that died (its restart is here)
         return os.path.join(self._dir, self._name + suffix)
 
     def _create(self, suffix: str, halves: int = 0) -> tuple[np.ndarray, str]:
         path = self._path(suffix)
-        return _map(path, self._size, create=True, halves=halves), path
+        return map_slot(path, self._size, create=True, halves=halves), path
 
     def _add(self, worker: int) -> None:
         self._grads[worker], grad_path = self._create(f"g{worker}")
@@ -251,9 +256,15 @@ class ServerSlots:
     def is_wire(self, worker: int) -> bool:
         return worker in self._wire
 
+    def is_carried(self, worker: int) -> bool:
+        return worker in self._carried
+
     def _drop(self, worker: int) -> None:
         spec = self._specs.pop(worker, None)
         if spec is None:
+            return
+        if worker in self._carried:
+            self._carried.discard(worker)
             return
         if worker in self._wire:
             self._wire.discard(worker)
@@ -264,11 +275,11 @@ class ServerSlots:
         del self._grads[worker], self._params[worker]
         self._rows.pop(worker, None)
         root = shm_root()
-        _unlink(os.path.join(root, spec.grad_path))
+        unlink_if_there(os.path.join(root, spec.grad_path))
         if spec.rows_path:
-            _unlink(os.path.join(root, spec.rows_path))
+            unlink_if_there(os.path.join(root, spec.rows_path))
         if not self._shared_params:
-            _unlink(os.path.join(root, spec.params_path))
+            unlink_if_there(os.path.join(root, spec.params_path))
         self._given.pop(worker, None)
 
     def relink(self, worker: int, kind: str) -> LinkSpec:
@@ -354,7 +365,7 @@ class ServerSlots:
         for worker in list(self._specs):
             self._drop(worker)
         if self._shared is not None:
-            _unlink(self._shared[1])
+            unlink_if_there(self._shared[1])
             self._shared = None
         self._views.clear()
         if self._dir is not None:
@@ -365,7 +376,7 @@ class ServerSlots:
             self._dir = None
 
 
-def _unlink(path: str) -> None:
+def unlink_if_there(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -385,8 +396,8 @@ class WorkerLink:
             self.rows = RowSlot(os.path.join(root, spec.rows_path), rows, create=False)
         else:
             self.rows = RowSlot.in_memory(rows) if self.kind == "wire" and rows else None
-        self._grad = _map(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
-        self._params = (_map(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
+        self._grad = map_slot(os.path.join(root, spec.grad_path), size, create=False) if spec.grad_path else None
+        self._params = (map_slot(os.path.join(root, spec.params_path), size, create=False, halves=spec.halves)
                         if spec.params_path else None)
         # Object store: the gradient is gathered here and copied out by the call (Ray puts a large
         # argument into the object store when the call is made); zeros stay between the parts.
@@ -417,8 +428,8 @@ class WorkerLink:
         object-store copy (read-only), or the wire's buffer the answer was received into."""
         if isinstance(payload, np.ndarray):
             return payload
-        if self._params is not None:
+        if self._params is not None and not isinstance(payload, list):
             return self._params[payload]
         import ray
 
-        return ray.get(payload[0])
+        return ray.get(payload[0])  # a pull's answer (a Ray call's) to a worker whose pushes another carries

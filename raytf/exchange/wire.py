@@ -269,18 +269,23 @@ class Connection:
         return self.send_parts(kind, seq, version, [(0, buffer)], codec, feedback, deadline)
 
     def send_parts(self, kind: int, seq: int, version: int, parts: list[tuple[int, np.ndarray]],
-                   codec: str = "none", feedback: ErrorFeedback | None = None, deadline: float | None = None) -> int:
+                   codec: str = "none", feedback: ErrorFeedback | None = None, deadline: float | None = None,
+                   before: Callable[[int, int, int], None] | None = None) -> int:
         """Send `parts` ((offset, float32 array) in increasing, non-overlapping order) as one message
         of a buffer whose other values the receiver keeps as they are: a worker sends each variable's
         gradient from the step's own output, with no copy into a flat buffer first (the padding
-        between variables is zero on the receiver and never travels). Returns payload bytes sent."""
+        between variables is zero on the receiver and never travels). `before(part, start, stop)`
+        runs before each chunk (values start..stop of part number `part`) is sent: a node's leader
+        adds the chunk up while the one before it is on its way. Returns payload bytes sent."""
         pieces = []
-        for offset, part in parts:
+        for number, (offset, part) in enumerate(parts):
             part = part.reshape(-1)
             for start in range(0, max(part.size, 1), self.chunk_values):
-                pieces.append((offset + start, part[start:start + self.chunk_values]))
+                pieces.append((number, start, offset + start, part[start:start + self.chunk_values]))
         sent = 0
-        for index, (offset, chunk) in enumerate(pieces):
+        for index, (number, start, offset, chunk) in enumerate(pieces):
+            if before is not None:
+                before(number, start, start + chunk.size)
             residual = feedback.residual(offset, offset + chunk.size) if feedback is not None else None
             sent += self.send_chunk(kind, seq, version, index, len(pieces), offset, chunk, codec, residual, deadline)
         return sent

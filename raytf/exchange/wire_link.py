@@ -4,7 +4,9 @@ The doorbell (raytf.exchange.doorbell) rings a server on the worker's own node, 
 parameters and rows already sit in shared slots. Across nodes there is no shared memory, so the
 same exchange carries its bytes: per push, in order, on the pair's one connection:
 
-    worker -> server   META   seq: steps done, version: base version; [loss, has loss, finite, 0]
+    worker -> server   META   seq: steps done, version: base version; [loss, has loss, finite, carried]
+                       CARRIED  (when `carried` > 0: a node's summed push, raytf.exchange.local_reduce)
+                              per worker whose gradient the push sums: [worker, steps, finite, has loss, loss]
                        PUSH   the dense gradient (when finite and the shard has a dense part),
                               compressed by `distribution.compression.push` (int8 with error feedback)
                        ROWS   per sparse table: the row slot's counts, then the pushed ids and rows
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
     from raytf.exchange.pipeline import Pipeline
 
 META = 4  # the small frame before each push and each answer
+CARRIED = 5  # who a summed push speaks for (raytf.exchange.local_reduce)
+CARRIED_FIELDS = 5  # per worker: index, steps done, finite, has loss, loss
 _STATUSES = list(Status)
 
 
@@ -79,19 +83,22 @@ class Parts:
 
 
 Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base version, steps, loss, finite
+Carry = Callable[[int, int, np.ndarray], None]  # leader, base version, its push's CARRIED rows (its own first)
 Buffers = Callable[[int], "tuple[np.ndarray, RowSlot | None] | None"]
 Published = Callable[[int], "np.ndarray | None"]
 
 
 def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published: Published,
-                     pull_codec: str = "none", pipeline: "Pipeline | None" = None) -> None:
+                     pull_codec: str = "none", pipeline: "Pipeline | None" = None, carry: Carry | None = None) -> None:
     """The server's end of one worker's connection, until it closes: receive a push into the
     worker's buffers, `serve` it (the exchange's push, which may wait at a barrier), send the answer:
     the parameters `published(worker)` gives (taken once; dropped once sent) and the rows asked for.
     `buffers(worker)` gives the worker's (gradient, row slot), or None if this server does not
     expect it on the wire (then the connection is closed). With a `pipeline` (sync rounds of wire
     workers, raytf.exchange.pipeline), a push it takes has its gradient applied piece by piece as
-    it arrives and the parameters sent by the pipeline's thread before the status."""
+    it arrives and the parameters sent by the pipeline's thread before the status. A push that
+    sums several workers' gradients (a node's leader, raytf.exchange.local_reduce) says whom it
+    carries: `carry` registers the others' pushes before the leader's own is served."""
     worker = conn.peer_id
     found = buffers(worker)
     if found is None:
@@ -108,9 +115,16 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
         while True:
             message = conn.receive(meta, kinds=(META,))
             loss, has_loss, finite = float(meta[0]), bool(meta[1]), bool(meta[2])
-            round_ = pipeline.begin(worker, conn, finite and grad.size > 0, message.version, mirror) \
+            carried = None
+            if meta[3] > 0:
+                carried = np.zeros((int(meta[3]), CARRIED_FIELDS), np.float32)
+                conn.receive(carried.reshape(-1), kinds=(CARRIED,))
+            # The buffer holds a gradient if any worker of the push had a finite one: its own is row 0.
+            summed = int(carried[:, 2].sum()) if carried is not None else int(finite)
+            round_ = pipeline.begin(worker, conn, summed > 0 and grad.size > 0, message.version, mirror,
+                                    summed=summed, carried=() if carried is None else carried[1:, 0].astype(int)) \
                 if pipeline else None
-            if finite and grad.size:
+            if summed and grad.size:
                 if round_ is None:
                     conn.receive(grad, kinds=(PUSH,))
                 else:
@@ -124,6 +138,8 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                         conn.receive(slot.pushed_rows[k][:pushed].reshape(-1), kinds=(ROWS,))
                     if wanted:
                         conn.receive(_ids(slot.wanted_ids[k][:wanted]), kinds=(ROWS,))
+            if carried is not None and carry is not None:
+                carry(worker, message.version, carried)
             reply = serve(worker, message.version, message.seq, loss if has_loss else None, finite)
             if round_ is not None:
                 pipeline.wait_answered(round_)  # its parameters are out, piece by piece
@@ -161,7 +177,8 @@ def _send_params(conn: Connection, seq: int, version: int, params: np.ndarray, c
 
 
 def open_bell(address: tuple[str, int], secret: bytes, worker: int, gradient: "Parts", size: int,
-              rows: RowSlot | None, *, encrypt: bool = False, push_codec: str = "none", where: str = "") -> "WireBell":
+              rows: RowSlot | None, *, encrypt: bool = False, push_codec: str = "none", where: str = "",
+              params: np.ndarray | None = None) -> "WireBell":
     """Connect worker `worker` to a server's wire at `address`; a server it cannot reach is a
     ClusterError that says what to allow (or to do without the wire)."""
     try:
@@ -172,7 +189,7 @@ def open_bell(address: tuple[str, int], secret: bytes, worker: int, gradient: "P
             "Allow TCP between the cluster's nodes (pods) on any port, as Ray's own workers need it (a "
             "NetworkPolicy, a firewall); or set distribution.transport: object_store to go through Ray's "
             "object store instead.") from None
-    return WireBell(conn, gradient, size, rows, push_codec)
+    return WireBell(conn, gradient, size, rows, push_codec, params)
 
 
 class WireBell:
@@ -186,15 +203,19 @@ class WireBell:
     would otherwise wait for the worker's `answer`)."""
 
     def __init__(self, conn: Connection, gradient: "Parts", size: int, rows: RowSlot | None,
-                 push_codec: str = "none") -> None:
+                 push_codec: str = "none", params: np.ndarray | None = None) -> None:
+        """`params`: the buffers (shape (n, size)) the answers land in, in turn, when they are not this
+        process's own (a node's leader: the slot its node's workers read, raytf.exchange.local_reduce)."""
         self.conn = conn
         self._gradient = gradient
         self._rows = rows
         self._push_codec = push_codec
         # What int8 leaves out of a gradient is added to the next one (bf16 rounds to nearest: none kept).
         self.feedback = ErrorFeedback(size) if push_codec == "int8" else None
-        self._params = [aligned_zeros(size), aligned_zeros(size)]  # the step may read one while the other fills
+        # The step may read one while the other fills.
+        self._params = list(params) if params is not None else [aligned_zeros(size), aligned_zeros(size)]
         self._next = 0
+        self.half = 0  # which of the two the last answer's parameters are in
         self._sent_meta = np.zeros(4, np.float32)
         self._received_meta = np.zeros(4, np.float32)
         self._cond = threading.Condition()
@@ -203,14 +224,27 @@ class WireBell:
         self._closed = False
         threading.Thread(target=self._receiver, name=f"raytf-wire-answer-{conn.peer_id}", daemon=True).start()
 
-    def ring(self, base_version: int, steps_done: int, loss: float | None, finite: bool) -> None:
-        """Send the push: the gradient is in the parts handed over, the rows in the row slot."""
-        self._sent_meta[:] = (math.nan if loss is None else loss, loss is not None, finite, 0)
+    @property
+    def gradient(self) -> Parts:
+        """The parts of the step's gradient this end was handed (views of the step's outputs)."""
+        return self._gradient
+
+    def ring(self, base_version: int, steps_done: int, loss: float | None, finite: bool,
+             carried: np.ndarray | None = None, parts: list | None = None, before=None) -> None:
+        """Send the push: the gradient is in the parts handed over, the rows in the row slot. A node's
+        leader sends the `parts` of its node's sum instead (made chunk by chunk by `before`, see
+        `Connection.send_parts`), with the `carried` rows of whom it sums (raytf.exchange.local_reduce:
+        its own first)."""
+        self._sent_meta[:] = (math.nan if loss is None else loss, loss is not None, finite,
+                              0 if carried is None else len(carried))
+        has_gradient = finite if carried is None else bool(carried[:, 2].any())
         try:
             self.conn.send(META, steps_done, base_version, self._sent_meta)
-            if finite and self._gradient.size:
-                self.conn.send_parts(PUSH, steps_done, base_version, self._gradient.parts, codec=self._push_codec,
-                                     feedback=self.feedback)
+            if carried is not None:
+                self.conn.send(CARRIED, steps_done, base_version, carried.reshape(-1))
+            if has_gradient and self._gradient.size:
+                self.conn.send_parts(PUSH, steps_done, base_version, parts or self._gradient.parts,
+                                     codec=self._push_codec, feedback=self.feedback, before=before)
             slot = self._rows
             if slot is not None:
                 self.conn.send(ROWS, steps_done, base_version, _counts(slot))
@@ -262,7 +296,7 @@ class WireBell:
             return Reply(status, message.version, None, dropped)
         if params.size and not received:
             self.conn.receive(params, kinds=(REPLY,))
-        self._next = 1 - self._next
+        self.half, self._next = self._next, (self._next + 1) % len(self._params)
         slot = self._rows
         if slot is not None:
             for k, wanted in enumerate(slot.counts[:, 1]):

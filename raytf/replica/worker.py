@@ -26,6 +26,7 @@ import numpy as np
 from raytf.data.sources import NO_WEIGHTS, DataPlan
 from raytf.exchange import Reply, ServerNotReady, Status, WorkerResult
 from raytf.exchange.doorbell import Bell, ServerGone
+from raytf.exchange.local_reduce import LeaderBell, LocalGroup, join_leader, member_spec
 from raytf.exchange.policies import policy_for
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec, WorkerLink, shm_root
@@ -99,6 +100,7 @@ class Worker:
         self.metrics = None  # set when connected (needs Ray)
         self.links: list[WorkerLink] = []
         self.bells: list = []  # per server, its raytf.exchange.doorbell.Bell where pushes go over it, else None
+        self.group: LocalGroup | None = None  # the node's workers whose pushes one sums (raytf.exchange.local_reduce)
         self.trace = None  # a raytf.observe.trace.PhaseRecorder when the config's trace.enabled
         self.model = None  # the replica, once set up
 
@@ -327,17 +329,22 @@ class Worker:
             iterator.close()  # a generator: its read-ahead thread stops (raytf.data.epochs.read_ahead)
         self.iterator = None
 
-    def connect(self, servers: list, links: list[LinkSpec]) -> list[str]:
-        """Map the exchange buffers of every server (again, after the servers were set up anew)."""
+    def connect(self, servers: list, links: list[LinkSpec], group: LocalGroup | None = None) -> list[str]:
+        """Map the exchange buffers of every server (again, after the servers were set up anew).
+        In a `group` (raytf.exchange.local_reduce) a member's links go through its node's leader."""
         self.servers = servers
         from raytf.exchange.row_slots import RowLayout
 
-        layout = RowLayout.of(self.plan.tables)
-        self.links = [WorkerLink(spec, shard.size, layout) for spec, shard in zip(links, self.plan.shards)]
         for bell in self.bells:
             if bell is not None:
                 bell.close()
-        self.bells = [self._bell(spec, link) for spec, link in zip(links, self.links)]
+        self.bells = []
+        self.group = group
+        if group is not None and group.role(self.index) == "member":
+            links = [member_spec(self.run_id, group, j, self.index) for j in range(len(links))]
+        layout = RowLayout.of(self.plan.tables)
+        self.links = [WorkerLink(spec, shard.size, layout) for spec, shard in zip(links, self.plan.shards)]
+        self.bells = [self._bell(spec, link, j) for j, (spec, link) in enumerate(zip(links, self.links))]
         self.bytes_per_exchange = 4 * sum(shard.values for shard in self.plan.shards)  # the padding carries nothing
         if self.metrics is None:
             from raytf.observe.metrics import ActorMetrics
@@ -345,18 +352,27 @@ class Worker:
             self.metrics = ActorMetrics(self.config.name, "worker", self.index)
         return self.link_kinds()
 
-    def _bell(self, spec: LinkSpec, link: WorkerLink):
-        """Where pushes to a server go without a Ray call: its doorbell (same node), its wire (another
-        node), or None (Ray calls)."""
+    def _bell(self, spec: LinkSpec, link: WorkerLink, server: int):
+        """Where pushes to a server go without a Ray call: its doorbell (same node; or the node's
+        leader's, for a member of a local group), its wire (another node; a leader's sums its
+        node's gradients), or None (Ray calls)."""
         if spec.bell_path:
-            return Bell(os.path.join(shm_root(), spec.bell_path), self.index)
+            path = os.path.join(shm_root(), spec.bell_path)
+            return join_leader(path, self.index) if self.group is not None else Bell(path, self.index)
         if spec.kind != "wire":
             return None
         from raytf.exchange.wire_link import open_bell
 
         d = self.config.distribution
-        return open_bell(spec.wire_address, spec.wire_secret, self.index, link.wire_parts, link.size, link.rows,
-                         encrypt=d.encrypt, push_codec=d.compression.push, where=f"node {self.node_id()[:12]}")
+
+        def open_wire(params=None):
+            return open_bell(spec.wire_address, spec.wire_secret, self.index, link.wire_parts, link.size, link.rows,
+                             encrypt=d.encrypt, push_codec=d.compression.push, where=f"node {self.node_id()[:12]}",
+                             params=params)
+
+        if self.group is not None and self.group.role(self.index) == "leader":
+            return LeaderBell(self.run_id, self.group, server, link.size, open_wire)
+        return open_wire()
 
     def rejoin(self, config: dict[str, Any], plan: ShardPlan, num_workers: int, threads: int, servers: list,
                target_version: int, data: DataPlan | None = None,
@@ -381,9 +397,14 @@ class Worker:
 
     def link_kinds(self) -> list[str]:
         """How it reaches each server now: "shm+doorbell" (slots, pushes over the socket), "shm"
-        (slots, pushes as Ray calls), "wire" (a direct connection; "wire+aes-gcm" encrypted) or "object_store"."""
-        return [link.kind + ("+doorbell" if isinstance(bell, Bell) else "+aes-gcm" if isinstance(bell, WireBell)
-                             and bell.conn.encrypted else "") for link, bell in zip(self.links, self.bells)]
+        (slots, pushes as Ray calls), "wire" (a direct connection; "wire+aes-gcm" encrypted; "wire+sum"
+        a node's leader, raytf.exchange.local_reduce), "via leader" (a member of a node's group) or
+        "object_store"."""
+        if self.group is not None and self.group.role(self.index) == "member":
+            return ["via leader"] * len(self.links)
+        return [link.kind + ("+doorbell" if isinstance(bell, Bell) else "+sum" if isinstance(bell, LeaderBell)
+                             else "+aes-gcm" if isinstance(bell, WireBell) and bell.conn.encrypted else "")
+                for link, bell in zip(self.links, self.bells)]
 
     def _finish(self, replies_refs, request: Request, pushed_at: float | None = None) -> tuple[Status, list[int]]:
         """Wait for the servers' replies (Ray refs, or Bells rung) and take the parameters (and the rows
@@ -552,7 +573,7 @@ class Worker:
 
     def _wire_bytes(self) -> tuple[int, int]:
         """Bytes its wire links have sent and received so far."""
-        wire = [bell.conn for bell in self.bells if isinstance(bell, WireBell)]
+        wire = [bell.conn for bell in self.bells if isinstance(bell, (WireBell, LeaderBell))]
         return sum(c.bytes_sent for c in wire), sum(c.bytes_received for c in wire)
 
     def _by_shard(self, values: list) -> list[list]:
@@ -602,7 +623,7 @@ class Worker:
         return [v for v in self.model.non_trainable_variables if id(v.value) not in cache]
 
 
-_BELLS = (Bell, WireBell)  # what a push may be rung on instead of a Ray call
+_BELLS = (Bell, WireBell, LeaderBell)  # what a push may be rung on instead of a Ray call
 
 
 class _Batch(tuple):

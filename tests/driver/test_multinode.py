@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -136,6 +137,73 @@ def test_a_server_killed_for_good_on_another_node_leaves_no_exchange_files_there
     assert killer.killed_at is not None
     assert any(name.endswith("/ps1-p") for name in watch.during), "server 1 had its files on node ps"
     assert exchange_files(root) == {f"raytf-{UID}": 0o700}
+    assert live_actor_names(cluster.head) == []
+
+
+def pair_config(cluster, tmp_path, name: str, steps: int, **overrides) -> dict:
+    """Both workers on node `pair` (added on first use), the servers on node `ps`: the two workers
+    sum their gradients there and one of them pushes (raytf.exchange.local_reduce)."""
+    if "pair" not in cluster.nodes:
+        cluster.add_node("pair", num_cpus=2, resources={"raytf_pair": 2})
+    cfg = config(tmp_path, name, steps, **overrides)
+    cfg["distribution"]["worker_resources"] = {"num_cpus": 1, "resources": {"raytf_pair": 1}}
+    return cfg
+
+
+SUMMED = [["wire+sum", "wire+sum"], ["via leader", "via leader"]]  # worker 0 pushes the sum, worker 1 rides along
+
+
+def test_workers_sharing_a_node_push_one_sum_and_train_as_by_hand(cluster, tmp_path):
+    """Sync SGD over two servers on another node: worker 0 sends the node's sum, the servers apply
+    the mean of both gradients (piece by piece: the wide model), and both read the one answer
+    that crossed. The result is the by-hand update's, and half the bytes crossed per worker step."""
+    from tests.driver.test_training import by_hand_sgd
+
+    cfg = pair_config(cluster, tmp_path, "mn-sum", steps=6, **{
+        "optimizer": {"name": "sgd", "learning_rate": 0.5}, "data.shuffle_buffer": 0,
+        "model": "tests.driver.wide_model:build_model"})
+    summary = raytf.fit(cfg, address=cluster.address)
+    assert summary["links"] == SUMMED
+    payload, wire = summary["bytes_per_worker_step"], summary["wire_bytes_per_worker_step"]
+    assert 0.49 < wire["pushed"] / payload["pushed"] < 0.51, (wire, payload)  # one gradient crosses for two
+    # and one answer (the gradient's size; the first pulls are Ray calls, not on the wire)
+    assert 0.49 < wire["pulled"] / payload["pushed"] < 0.51, (wire, payload)
+    import keras
+
+    trained = keras.models.load_model(summary["model_path"])
+    for got, want in zip(trained.trainable_variables, by_hand_sgd(cfg, steps=6)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    assert exchange_files(cluster.nodes["pair"].shm_root) == {f"raytf-{UID}": 0o700}
+    assert live_actor_names(cluster.head) == []
+
+
+def test_a_killed_member_rejoins_on_its_own_and_a_killed_leader_rolls_back(cluster, tmp_path):
+    """Worker 1 (a member) is killed at step 10: its leader stops waiting for it, and it comes back
+    with a wire of its own, no rollback. In a second run worker 0 (the leader) is killed at step 15:
+    the node's sum went with it, so the run rolls back to a checkpoint and is wired (and summed) anew."""
+    events = []
+    killer = KillAt("mn-member", "worker", 1, step=10)
+    summary = raytf.fit(pair_config(cluster, tmp_path / "member", "mn-member", steps=120), address=cluster.address,
+                        progress=killer, on_event=lambda m: (events.append(m), killer.on_event(m)))
+    assert killer.killed_at is not None and killer.killed_at < 120
+    assert [(r["role"], r["index"]) for r in summary["restarts"]] == [("worker", 1)], events
+    assert summary["rollbacks"] == []
+    assert summary["links"] == [["wire+sum", "wire+sum"], ["wire", "wire"]]
+    assert [s["version"] for s in summary["per_server"]] == [120, 120]
+
+    events = []
+    cfg = pair_config(cluster, tmp_path / "leader", "mn-leader", steps=120)
+    cfg["checkpoint"] = {"every_steps": 10, "keep": 2}
+    killer = KillAt("mn-leader", "worker", 0, step=15)
+    summary = raytf.fit(cfg, address=cluster.address, progress=killer,
+                        on_event=lambda m: (events.append(m), killer.on_event(m)))
+    assert killer.killed_at is not None and killer.killed_at < 120
+    (rollback,) = summary["rollbacks"]
+    assert rollback["servers_lost"] == [] and 10 <= rollback["to_step"] < 120, events
+    assert any("while it summed the gradients of the workers on its node" in m for m in events), events
+    assert summary["links"] == SUMMED
+    assert [s["version"] for s in summary["per_server"]] == [120, 120]
+    assert exchange_files(cluster.nodes["pair"].shm_root) == {f"raytf-{UID}": 0o700}
     assert live_actor_names(cluster.head) == []
 
 

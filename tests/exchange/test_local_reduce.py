@@ -1,0 +1,125 @@
+"""Which workers sum their gradients on their node (raytf.exchange.local_reduce), and the leader's
+sum and relay between real processes' worth of parts: threads here, the files in a private tmpfs
+root, the server end a real wire listener running the exchange's `serve_connection`."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from raytf.exchange import Reply, Status
+from raytf.exchange.local_reduce import LeaderBell, LocalGroup, eligible, join_leader, member_spec, plan_groups
+from raytf.exchange.transport import SHM_ROOT_ENV, WorkerLink
+from raytf.exchange.wire import WireListener, new_secret
+from raytf.exchange.wire_link import Parts, open_bell, serve_connection
+
+
+def test_groups_are_the_wire_workers_of_a_node_without_a_server():
+    nodes = ["a", "b", "b", "c", "b", "a"]
+    kinds = [["wire", "wire", "wire", "wire", "wire", "wire"],
+             ["shm", "wire", "wire", "wire", "wire", "shm"]]
+    groups = plan_groups(nodes, ["a", "a"], kinds, tag="x")
+    # node a hosts the servers (its workers use shared memory), node c has one worker: only node b sums
+    assert groups == {w: LocalGroup(1, (2, 4), "x") for w in (1, 2, 4)}
+    assert [groups[w].role(w) for w in (1, 2, 4)] == ["leader", "member", "member"]
+    # A worker that reaches one server another way (say Ray's object store) stays out of it.
+    kinds[1][2] = "object_store"
+    assert set(plan_groups(nodes, ["a", "a"], kinds)) == {1, 4}
+    assert plan_groups(["b", "b"], ["b"], [["wire", "wire"]]) == {}  # transport: wire on the servers' node
+
+
+@pytest.mark.parametrize(("mode", "backups", "tables", "pull", "ok"), [
+    ("sync", 0, False, "none", True), ("sync", 0, False, "bf16", True),
+    ("async", 0, False, "none", False), ("ssp", 0, False, "none", False),
+    ("sync", 1, False, "none", False), ("sync", 0, True, "none", False), ("sync", 0, False, "int8", False),
+])
+def test_only_sync_rounds_of_dense_gradients_are_summed_on_a_node(mode, backups, tables, pull, ok):
+    assert eligible(mode, backups, tables, pull) is ok
+
+
+class Server:
+    """The server's end of the leader's wire: receives each push and what it carries, answers with
+    parameters = 10 * (round) + the pushed sum (so a test can see the sum came through)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.grad = np.zeros(size, np.float32)
+        self.params = np.zeros(size, np.float32)
+        self.carried: list[np.ndarray] = []
+        self.version = 0
+        self.secret = new_secret()
+        self.listener = WireListener("127.0.0.1", self.secret, self._serve, chunk_bytes=4096)
+
+    def _serve(self, conn) -> None:
+        serve_connection(conn, lambda w: (self.grad, None), self._push, lambda w: self.params,
+                         carry=lambda leader, base, rows: self.carried.append(rows.copy()))
+
+    def _push(self, worker, base, steps, loss, finite) -> Reply:
+        self.version += 1
+        self.params = self.grad + 10 * self.version
+        return Reply(Status.OK, self.version, None, False)
+
+
+def test_the_leader_sends_its_node_sum_and_its_members_read_the_answer_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
+    size = 5000 + 300_000  # the second "variable" is two of the wire's 1 MB chunks; padding between them
+    offsets, shapes = [0, 5000], [4000, size - 5000]
+    server = Server(size)
+    group = LocalGroup(0, (1, 2), "t")
+    leader_parts = Parts(size)
+    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
+        server.listener.address, server.secret, 0, leader_parts, size, None, params=params))
+    members = {}
+    for m in group.members:
+        spec = member_spec("run", group, 0, m, timeout=5)
+        members[m] = (WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), m))
+    rng = np.random.default_rng(0)
+    for round_ in (1, 2):
+        grads = {w: [rng.standard_normal(n).astype(np.float32) for n in shapes] for w in (0, 1, 2)}
+        finite = {0: True, 1: True, 2: round_ == 1}  # member 2's second gradient is not finite: left out
+        answers = {}
+
+        def member_step(m: int) -> None:
+            link, bell = members[m]
+            if finite[m]:
+                link.send(grads[m], offsets)
+            bell.ring(round_ - 1, round_, 0.5 * m, finite[m])
+            reply = bell.answer()
+            answers[m] = (reply.version, link.receive(reply.payload).copy())
+
+        threads = [threading.Thread(target=member_step, args=(m,)) for m in group.members]
+        for t in threads:
+            t.start()
+        leader_parts.set(grads[0], offsets)
+        leader.ring(round_ - 1, round_, 1.5, True)
+        reply = leader.answer()
+        for t in threads:
+            t.join(timeout=10)
+        expected = np.zeros(size, np.float32)
+        for w in (0, 1, 2):
+            if finite[w]:
+                for offset, g in zip(offsets, grads[w]):
+                    expected[offset:offset + g.size] += g
+        np.testing.assert_allclose(server.grad, expected, rtol=1e-6, atol=1e-6)
+        rows = server.carried[-1]
+        assert rows[:, 0].tolist() == [0, 1, 2] and rows[:, 2].tolist() == [1, 1, finite[2]]
+        assert rows[1:, 4].tolist() == [0.5, 1.0] and rows[:, 1].tolist() == [round_] * 3
+        np.testing.assert_allclose(reply.payload, expected + 10 * round_, rtol=1e-6)
+        for m in group.members:  # the same answer, read from the node's one parameter buffer
+            version, params = answers[m]
+            assert version == round_
+            np.testing.assert_allclose(params, expected + 10 * round_, rtol=1e-6)
+    # A member that hangs up is not waited for: the leader's next push carries only itself.
+    members[1][1].close()
+    members[2][1].close()
+    leader_parts.set([np.ones(n, np.float32) for n in shapes], offsets)
+    leader.ring(2, 3, None, True)  # returns once both hang-ups are seen
+    leader.answer()
+    assert server.carried[-1][:, 0].tolist() == [0]
+    assert server.grad[:4000].tolist() == [1.0] * 4000
+    leader.close()
+    server.listener.close()
+    assert list((tmp_path / f"raytf-{os.getuid()}" / "run").iterdir()) == []  # its files went with it
