@@ -263,3 +263,19 @@ def test_wire_workers_get_buffers_in_the_process_and_no_files(shared):
     finally:
         server.close()
     assert not os.path.exists(shm_run_dir(run))
+
+
+@pytest.mark.parametrize("size", [1000, 1003, 16])
+def test_every_buffer_of_a_slot_starts_on_a_64_byte_boundary(tmp_path, size):
+    """A parameter file of two buffers: the second starts aligned too, whatever the shard's size (a
+    worker's step reads each variable in place only where it is aligned; elsewhere it copies)."""
+    from raytf.exchange.transport import ALIGN_BYTES, map_slot
+    from raytf.runtime import as_tensor
+
+    both = map_slot(str(tmp_path / "p"), size, create=True, halves=2)
+    assert both.shape == (2, size)
+    assert [half.ctypes.data % ALIGN_BYTES for half in both] == [0, 0]
+    both[1] = np.arange(size)
+    tensor = as_tensor(both[1], read_only=True)
+    both[1, 0] = -1.0  # the tensor is a view of the mapping, not a copy
+    assert tensor.numpy()[0] == -1.0 and tensor.numpy()[-1] == size - 1
