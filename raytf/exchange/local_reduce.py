@@ -174,6 +174,14 @@ class LeaderBell:
         rows = [(self.index, steps_done, finite, loss is not None, np.nan if loss is None else loss)]
         rows += [(m, s, f, lo is not None, np.nan if lo is None else lo) for m, (_, s, lo, f) in sorted(rung.items())]
         carried = np.array(rows, np.float32).reshape(-1, CARRIED_FIELDS)
+        try:
+            self._send(base_version, steps_done, loss, finite, carried, rung)
+        except ServerGone:
+            self.close()  # the members waiting for this round's answer hear it at once
+            raise
+
+    def _send(self, base_version: int, steps_done: int, loss: float | None, finite: bool, carried: np.ndarray,
+              rung: dict[int, tuple[int, int, float | None, bool]]) -> None:
         summed = [m for m in sorted(rung) if rung[m][3]]
         if not summed:
             self.bell.ring(base_version, steps_done, loss, finite, carried=carried)

@@ -123,3 +123,39 @@ def test_the_leader_sends_its_node_sum_and_its_members_read_the_answer_in_place(
     leader.close()
     server.listener.close()
     assert list((tmp_path / f"raytf-{os.getuid()}" / "run").iterdir()) == []  # its files went with it
+
+
+def test_a_server_gone_mid_push_releases_the_members_at_once(tmp_path, monkeypatch):
+    """The leader's wire breaks while it sends the node's sum: its ring raises ServerGone, and so do the
+    answers its members wait for (they would otherwise wait for a relay that never comes)."""
+    from raytf.exchange.doorbell import ServerGone
+
+    monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
+    size = 1000
+    server = Server(size)
+    group = LocalGroup(0, (1,), "g")
+    parts = Parts(size)
+    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
+        server.listener.address, server.secret, 0, parts, size, None, params=params))
+    spec = member_spec("run", group, 0, 1, timeout=5)
+    link, bell = WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), 1)
+    link.send([np.ones(size, np.float32)], [0])
+    bell.ring(0, 1, None, True)
+    server.listener.close()  # closes the leader's connection too
+    leader.bell.conn.close()  # and this end, so the next send fails at once
+    parts.set([np.ones(size, np.float32)], [0])
+    heard = []
+    member = threading.Thread(target=lambda: heard.append(_raised(bell.answer)), daemon=True)
+    member.start()
+    with pytest.raises(ServerGone):
+        leader.ring(0, 1, None, True)
+    member.join(timeout=10)
+    assert heard == [ServerGone], "the member still waits for an answer that will not come"
+
+
+def _raised(call) -> type | None:
+    try:
+        call()
+    except Exception as err:  # the test names the one it expects
+        return type(err)
+    return None
