@@ -72,8 +72,8 @@ class Pipeline:
         self._expected: set[int] | None = None  # the workers of the round in flight (None: none)
         self._base = -1  # the version it is computed on
         self._received: dict[int, int] = {}  # worker -> values of its gradient in
-        self._finite: dict[int, bool] = {}
-        self._summed: dict[int, int] = {}  # worker -> the finite gradients its buffer sums (a node's leader: several)
+        # worker -> the finite gradients its buffer sums: 0 (none to apply), 1, or a node's leader's several
+        self._summed: dict[int, int] = {}
         self._via: dict[int, int] = {}  # worker -> the leader whose push carries its gradient (raytf.exchange.local_reduce)
         self._conns: dict[int, Connection] = {}
         self._mirrors: dict[int, PullMirror | None] = {}
@@ -105,7 +105,6 @@ class Pipeline:
             self.pipelined.add(worker)
             self._conns[worker] = conn
             self._mirrors[worker] = mirror
-            self._finite[worker] = finite
             self._summed[worker] = summed if finite else 0
             self._received[worker] = 0 if finite else self.opt.size
             for other in carried:
@@ -169,7 +168,7 @@ class Pipeline:
             end = pieces[self._applied][1]
             if any(self._received.get(self._via.get(w, w), -1) < end for w in self._expected):
                 return
-            pushers = [w for w in sorted(self._expected) if w not in self._via and self._finite.get(w)]
+            pushers = [w for w in sorted(self._expected) if w not in self._via and self._summed.get(w)]
             grads = [self._gradient(w) for w in pushers]
             started = time.perf_counter()
             if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
