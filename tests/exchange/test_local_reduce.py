@@ -159,3 +159,25 @@ def _raised(call) -> type | None:
     except Exception as err:  # the test names the one it expects
         return type(err)
     return None
+
+
+def test_a_doorbell_path_too_long_for_a_unix_socket_says_what_to_set(tmp_path, monkeypatch):
+    from raytf.errors import ClusterError
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv(SHM_ROOT_ENV, str(deep))
+    opened = []
+    with pytest.raises(ClusterError, match="too long for a Unix socket") as err:
+        LeaderBell("run", LocalGroup(0, (1,), "t"), 0, 100, opened.append)
+    assert "RAYTF_SHM_ROOT" in err.value.fix and "local_reduce: false" in err.value.fix
+    assert opened == []  # refused before any wire was opened
+
+
+def test_a_member_whose_leader_never_makes_its_files_is_told_which_worker_to_look_at(tmp_path, monkeypatch):
+    from raytf.errors import ClusterError
+
+    monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
+    with pytest.raises(ClusterError, match="worker 3 waited 0 s for worker 2") as err:
+        member_spec("run", LocalGroup(2, (3,), "t"), 0, 3, timeout=0.1)
+    assert "worker's log" in err.value.fix and "local_reduce: false" in err.value.fix
