@@ -188,13 +188,23 @@ class SyncPolicy(AggregationPolicy):
         self.pending.pop(worker, None)
         if self.pending:
             self._complete_if_ready(ex)  # it may have been the one the round waited for
+        self._pass_nobodys_rounds(ex)
 
     def admit(self, ex: "Exchange", worker: int, first_round: int) -> bool:
         """A member again from `first_round` on, if that round has not started yet."""
         if ex.version >= first_round:
             return False
         ex.joining[worker] = first_round
+        self._pass_nobodys_rounds(ex)
         return True
+
+    def _pass_nobodys_rounds(self, ex: "Exchange") -> None:
+        """With no member left (every worker died), the rounds before the first a rejoiner was admitted
+        to belong to nobody: they pass with nothing applied, as a round of non-finite gradients does
+        (the rejoiner starts from the version before its first round and would wait for it forever)."""
+        while ex.joining and not self.required(ex) and not ex.stopped:
+            self.pending = {}  # a dead worker's push of the round: its gradient goes with it
+            ex.apply([], [], [])
 
     def summary(self, stats: ExchangeStats) -> dict[str, Any]:
         return {"backup_workers": self.backup_workers, "mean_round_size": stats.mean_update_size}

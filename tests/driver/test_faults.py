@@ -319,3 +319,52 @@ def test_a_checkpoint_file_the_server_cannot_write_fails_the_run_with_its_error(
     assert blocker.step is not None and blocker.step < 400  # it blocked one the run was still to write
     assert f"step-{blocker.step:08d}" in str(err.value)
     assert live_actor_names(ray_cluster) == []
+
+
+class KillAll:
+    """Kills every worker of a run at once (their node went) once training passes `step`, and
+    returns once Ray shows every death."""
+
+    def __init__(self, run_name: str, workers: int, step: int) -> None:
+        self.kills = [KillAt(run_name, "worker", index, step) for index in range(workers)]
+
+    def on_event(self, message: str) -> None:
+        for kill in self.kills:
+            kill.on_event(message)
+
+    def update(self, snapshot) -> None:
+        import ray
+
+        from raytf.driver.actors import actor_name
+        from raytf.driver.groups import actor_state
+
+        if snapshot.step < self.kills[0].step or self.kills[0].killed_at is not None:
+            return
+        actors = [ray.get_actor(actor_name(k.run_name, "worker", k.index), namespace=f"raytf-{k.run_id}")
+                  for k in self.kills]
+        before = [actor_state(actor) for actor in actors]
+        for actor in actors:
+            os.kill(ray.get(actor.process_id.remote()), signal.SIGKILL)
+        for kill in self.kills:
+            kill.killed_at = snapshot.step
+        deadline = time.monotonic() + 60
+        while any(actor_state(actor) == state for actor, state in zip(actors, before)):
+            assert time.monotonic() < deadline, "Ray did not notice in 60 s that the workers died"
+            time.sleep(0.05)
+
+
+def test_every_worker_of_a_sync_run_killed_at_once_rejoins_without_a_rollback(ray_cluster, tmp_path, clean_accuracy):
+    """Both workers lost together: nobody is left to finish the round in flight, nor the one before
+    the rejoiners' first; those pass empty and the restarted workers train to the end."""
+    config = fault_config(tmp_path, "kill-all", log_every_seconds=0.25)
+    steps = config["steps"] = 3 * STEPS
+    kill = KillAll("kill-all", 2, step=60)
+    summary = raytf.fit(config, address=ray_cluster.gcs_address, progress=kill, on_event=kill.on_event)
+    assert kill.kills[0].killed_at is not None and kill.kills[0].killed_at < steps
+    assert sorted((r["role"], r["index"], r["recovery"]) for r in summary["restarts"]) == [
+        ("worker", 0, REJOINED), ("worker", 1, REJOINED)], summary["restarts"]
+    assert summary["rollbacks"] == []
+    # Up to two rounds passed empty (the one in flight and the one before the rejoiners' first).
+    assert steps - 2 <= summary["updates"] <= steps, summary["updates"]
+    assert summary["eval"]["accuracy"] >= clean_accuracy - 0.02, (summary["eval"], clean_accuracy)
+    assert live_actor_names(ray_cluster) == []

@@ -142,6 +142,38 @@ def test_rejoin_is_admitted_from_a_future_round_only():
     assert alone.result().version == 3 and ex.stats().members == (0, 1)
 
 
+
+def test_every_worker_dying_at_once_lets_the_rejoiners_start():
+    """All workers of a sync run lost together (their node went): nobody is left to build the round
+    before the rejoiners' first (a worker rejoins from the round after next, so that every server
+    admits it to the same one), so it passes with nothing applied, and they train on from there."""
+    ex, shard = exchange("sync", workers=2)
+    round_one = [push(ex, 0), push(ex, 1)]
+    assert [call.result().version for call in round_one] == [1, 1]
+    half = push(ex, 0)  # round 2: worker 0 pushed, then both die
+    assert half.waiting()
+    ex.remove(0)
+    ex.remove(1)
+    assert ex.version == 1 and ex.admit(0, first_round=3) and ex.admit(1, first_round=3)
+    starts = [Call(ex.pull, w, 2) for w in (0, 1)]
+    assert [start.result().version for start in starts] == [2, 2]  # round 2 passed, nothing applied
+    assert len(shard.updates) == 1 and half.result().version == 2  # (the dead one's call ends too)
+    first = push(ex, 0, 3.0)
+    assert first.waiting(), "round 3 is both rejoiners'"
+    push(ex, 1, 5.0).result()
+    assert first.result().version == 3 and shard.updates[-1] == [3.0, 5.0]
+
+
+def test_the_last_member_dying_while_a_rejoiner_waits_lets_it_start():
+    ex, shard = exchange("sync", workers=2)
+    ex.remove(1)
+    assert ex.admit(1, first_round=2)  # worker 0 is building round 1
+    start = Call(ex.pull, 1, 1)
+    assert start.waiting()
+    ex.remove(0)  # and dies before pushing it
+    assert start.result().version == 1 and shard.updates == []
+    assert ex.stats().members == ()
+
 # -- async and ssp -----------------------------------------------------------------------------
 
 
