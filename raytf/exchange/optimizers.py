@@ -2,11 +2,14 @@
 
 A parameter server holds its whole shard as one variable, so an update is one
 `ResourceApply*` call over a contiguous buffer instead of one op per layer. The formulas are
-TensorFlow's own kernels (the same ones `tf.compat.v1.train` optimizers use).
+TensorFlow's own kernels (the same ones `tf.compat.v1.train` optimizers use). SGD, whose update is
+two elementwise passes, is numpy's instead (`FlatOptimizer`): no compiled call's dispatch, and no
+copy of the shard when a version of it is still being sent.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -32,20 +35,24 @@ class FlatOptimizer:
     """One shard's parameters, optimizer slots and update step."""
 
     def __init__(self, config: OptimizerConfig, initial: np.ndarray, slots: dict[str, np.ndarray] | None = None,
-                 iterations: int = 0, numpy_sgd: bool = False) -> None:
+                 iterations: int = 0) -> None:
         """`slots` and `iterations` restore a checkpointed optimizer state; without them the
-        slots start as the optimizer's own initial values. `numpy_sgd`: SGD in numpy whatever the size."""
+        slots start as the optimizer's own initial values."""
         self.config = config
         size = initial.shape[0]
-        # A small SGD shard (say a recommender's dense layers beside its tables) is a numpy array:
-        # its update is two numpy operations, where even eager TensorFlow ops cost ~0.1-0.5 ms each in
-        # a busy server.
-        self.numpy_sgd = config.name == "sgd" and (size < EAGER_BELOW or numpy_sgd)
+        # SGD's shard is a numpy array: its update is a multiply and a subtract (~0.3 ms for 7.45 MB),
+        # where a compiled call costs ~0.5 ms of dispatch in a busy server, and TensorFlow copies the
+        # whole variable first whenever a version of it is still being sent (async on the wire: ~0.5 ms).
+        # Here an update writes in place unless a view of the buffer is out (`params_view`); then it
+        # writes the next version into another buffer.
+        self.numpy_sgd = config.name == "sgd"
         self._uncounted = 0  # the numpy updates (not in `iterations`)
         self._scratch: np.ndarray | None = None  # numpy SGD's step, made on first use
         if self.numpy_sgd:
             self._params = aligned_zeros(size)
             self._params[:] = initial
+            self._buffers = [self._params]  # the versions' buffers, reused once no view holds them
+            self._lent: list[tuple[weakref.ref, np.ndarray]] = []  # (a view handed out, its buffer)
             self.params = None
         else:
             self.params = tf.Variable(initial.astype(np.float32, copy=False), name="params")
@@ -57,7 +64,7 @@ class FlatOptimizer:
         self.iterations = tf.Variable(iterations, dtype=tf.int64, name="iterations")
         self.size = size
         # XLA fuses the mean of the gradients with the update into one pass over memory (about
-        # 2x faster than the graph kernels for SGD); graph mode is the fallback.
+        # 2x faster than the graph kernels); graph mode is the fallback.
         self._jit = tf.function(self._apply_mean, jit_compile=True)
         self._graph = tf.function(self._apply_mean)
         self._use_jit = True
@@ -81,15 +88,17 @@ class FlatOptimizer:
             if count == 1:
                 np.multiply(grads[0], np.float32(self.config.learning_rate), out=step)
             else:
-                if len(grads) == 1:
-                    np.copyto(step, grads[0])
+                if len(grads) == 1:  # one sum of several (a node's, raytf.exchange.local_reduce)
+                    np.multiply(grads[0], np.float32(1.0 / count), out=step)
                 else:
                     np.add(grads[0], grads[1], out=step)
-                for grad in grads[2:]:
-                    step += grad
-                step *= np.float32(1.0 / count)
+                    for grad in grads[2:]:
+                        step += grad
+                    step *= np.float32(1.0 / count)
                 step *= np.float32(self.config.learning_rate)
-            self._params -= step
+            target = self._writable()
+            np.subtract(self._params, step, out=target)
+            self._params = target
             self._uncounted += 1
             return
         if self.size < EAGER_BELOW:
@@ -106,19 +115,35 @@ class FlatOptimizer:
         self._graph(grads, count)
 
     def params_view(self) -> np.ndarray:
-        """The current parameters as a numpy view of the variable's own buffer (no copy).
+        """The current parameters as a numpy view of their own buffer (no copy), consistent for as
+        long as the caller holds it (the view itself: a slice of it does not count).
 
-        Returning the parameters from the update function instead costs a fresh output buffer;
-        the caller copies this view out and drops it before the next update, which then runs
-        in place. A numpy shard's is a copy (it is small): an update never writes under a version
-        being sent.
+        Returning the parameters from the update function instead costs a fresh output buffer. An
+        update while a view is alive writes elsewhere: TensorFlow copies a variable's buffer someone
+        else holds before writing it; numpy SGD writes the next version into a buffer no view holds.
+        With the view dropped, the next update runs in place again.
         """
-        return self.buffer_view().copy() if self.numpy_sgd else self.buffer_view()
+        if not self.numpy_sgd:
+            return self.buffer_view()
+        view = self._params[:]
+        self._lent.append((weakref.ref(view), self._params))
+        return view
 
     def buffer_view(self) -> np.ndarray:
         """The parameters' own buffer, never a copy: for a caller that drops it before the next
         update (raytf.exchange.pipeline sends each piece from it)."""
         return self._params if self.numpy_sgd else np.from_dlpack(self.params.value())
+
+    def _writable(self) -> np.ndarray:
+        """The buffer numpy SGD's next version goes into: the current one if no view of it is out,
+        else one no view holds (a new one if every buffer is held: one per version still being sent)."""
+        self._lent = [(view, buffer) for view, buffer in self._lent if view() is not None]
+        held = {id(buffer) for _, buffer in self._lent}
+        for buffer in (self._params, *self._buffers):
+            if id(buffer) not in held:
+                return buffer
+        self._buffers.append(aligned_zeros(self.size))
+        return self._buffers[-1]
 
     @property
     def steps(self) -> int:
@@ -154,7 +179,7 @@ class PiecedOptimizer:
         self.size = initial.shape[0]
         self.bounds = [(start, min(start + piece, self.size)) for start in range(0, self.size, piece)]
         self.pieces = [FlatOptimizer(config, initial[a:b], {n: v[a:b] for n, v in slots.items()} if slots else None,
-                                     iterations, numpy_sgd=True) for a, b in self.bounds]
+                                     iterations) for a, b in self.bounds]
 
     @classmethod
     def of(cls, opt: FlatOptimizer, piece: int) -> "PiecedOptimizer":
@@ -195,13 +220,12 @@ class PiecedOptimizer:
 
 def dense_update(config: OptimizerConfig, var: tf.Variable, slots: dict[str, tf.Variable], iterations: tf.Variable,
                  grad: tf.Tensor) -> None:
-    """One `ResourceApply*` update of `var` (and its slots) with the gradient `grad` of the same shape."""
+    """One `ResourceApply*` update of `var` (and its slots) with the gradient `grad` of the same shape
+    (SGD's shards and rows are numpy's: FlatOptimizer, RowOptimizer)."""
     c = config
     lr = tf.constant(c.learning_rate, tf.float32)
     handle = var.handle
-    if c.name == "sgd":
-        tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=lr, delta=grad)
-    elif c.name == "momentum":
+    if c.name == "momentum":
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=handle, accum=slots["momentum"].handle, lr=lr, grad=grad,
             momentum=tf.constant(c.momentum, tf.float32), use_nesterov=c.nesterov,

@@ -186,10 +186,9 @@ class ServerSlots:
         # buffer here; a pull of theirs (a Ray call) is answered through the object store.
         self._carried: set[int] = set(carried_workers)
         self._shared: tuple[np.ndarray, str] | None = None  # the one parameter slot of sync without backups
-        # Per wire worker, the parameters published for it: a view of the variable's own buffer, no
-        # copy. Consistent while it is sent: an update while a view is alive writes a new buffer
-        # (TensorFlow copies on write a buffer someone else holds), and in sync none comes before
-        # every worker's answer is out.
+        # Per wire worker, the parameters published for it: a view of the parameters' own buffer, no
+        # copy. Consistent while it is sent: an update while a view is alive writes another buffer
+        # (FlatOptimizer.params_view), and in sync none comes before every worker's answer is out.
         self._views: dict[int, np.ndarray] = {}
         self._shared_params = shared_params
         self._shared_version = -1  # the version the shared slot holds

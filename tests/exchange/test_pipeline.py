@@ -112,7 +112,7 @@ def answer_in_thread(bell: WireBell) -> tuple[threading.Thread, list]:
 
 def whole_update(initial: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
     """The same round by the whole-shard numpy SGD update."""
-    reference = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=RATE), initial.copy(), numpy_sgd=True)
+    reference = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=RATE), initial.copy())
     reference.apply_mean(grads)
     return reference.params_view()
 
