@@ -20,6 +20,7 @@ from raytf.runtime import aligned_zeros, back_with_huge_pages, tensor_of
 from raytf.exchange.tables import LAZY_OPTIMIZERS
 
 HUGE_PAGES_FROM = 64 * 2**20  # tables at least this large are backed by 2 MB pages
+SGD_BLOCK = 1 << 16  # values per block of numpy SGD's update (its step, 256 KB, stays in cache)
 EAGER_BELOW = 65536  # dense shards of fewer parameters are updated by eager ops, not a compiled call
 
 SLOT_NAMES = {
@@ -47,7 +48,7 @@ class FlatOptimizer:
         # writes the next version into another buffer.
         self.numpy_sgd = config.name == "sgd"
         self._uncounted = 0  # the numpy updates (not in `iterations`)
-        self._scratch: np.ndarray | None = None  # numpy SGD's step, made on first use
+        self._scratch: np.ndarray | None = None  # numpy SGD's step for one block, made on first use
         if self.numpy_sgd:
             self._params = aligned_zeros(size)
             self._params[:] = initial
@@ -80,24 +81,10 @@ class FlatOptimizer:
         raytf.exchange.local_reduce); the mean divides by it."""
         count = count or len(grads)
         if self.numpy_sgd:
-            # (sum * (1/n)) * rate, subtracted: the XLA update's float32 operations, in one scratch buffer.
             grads = [np.asarray(g) for g in grads]
-            if self._scratch is None:
-                self._scratch = aligned_zeros(self.size)
-            step = self._scratch
-            if count == 1:
-                np.multiply(grads[0], np.float32(self.config.learning_rate), out=step)
-            else:
-                if len(grads) == 1:  # one sum of several (a node's, raytf.exchange.local_reduce)
-                    np.multiply(grads[0], np.float32(1.0 / count), out=step)
-                else:
-                    np.add(grads[0], grads[1], out=step)
-                    for grad in grads[2:]:
-                        step += grad
-                    step *= np.float32(1.0 / count)
-                step *= np.float32(self.config.learning_rate)
             target = self._writable()
-            np.subtract(self._params, step, out=target)
+            for start in range(0, self.size, SGD_BLOCK):
+                self._sgd_block(grads, count, target, start, min(start + SGD_BLOCK, self.size))
             self._params = target
             self._uncounted += 1
             return
@@ -113,6 +100,26 @@ class FlatOptimizer:
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
                 self._use_jit = False
         self._graph(grads, count)
+
+    def _sgd_block(self, grads: list[np.ndarray], count: int, target: np.ndarray, start: int, stop: int) -> None:
+        """`target` = parameters - (sum * (1/n)) * rate over [start, stop): the XLA update's float32
+        operations, the step in a scratch block that stays in cache (not a second shard in memory)."""
+        if self._scratch is None:
+            self._scratch = aligned_zeros(min(SGD_BLOCK, self.size))
+        step = self._scratch[:stop - start]
+        rate = np.float32(self.config.learning_rate)
+        if count == 1:
+            np.multiply(grads[0][start:stop], rate, out=step)
+        else:
+            if len(grads) == 1:  # one sum of several (a node's, raytf.exchange.local_reduce)
+                np.multiply(grads[0][start:stop], np.float32(1.0 / count), out=step)
+            else:
+                np.add(grads[0][start:stop], grads[1][start:stop], out=step)
+                for grad in grads[2:]:
+                    step += grad[start:stop]
+                step *= np.float32(1.0 / count)
+            step *= rate
+        np.subtract(self._params[start:stop], step, out=target[start:stop])
 
     def params_view(self) -> np.ndarray:
         """The current parameters as a numpy view of their own buffer (no copy), consistent for as

@@ -88,3 +88,23 @@ def test_numpy_sgd_writes_a_new_buffer_only_while_versions_are_held():
     assert flat.buffer_view().ctypes.data == held and len(flat._buffers) == 3
     np.testing.assert_array_equal(three, 1.0 - 0.5 * 3.0 - 0.5 * 2.0)
     assert flat.state()[2] == 3
+
+
+@pytest.mark.parametrize("grads,count", [(1, None), (3, None), (1, 2)], ids=["one", "mean-of-3", "a-sum-of-2"])
+def test_numpy_sgd_in_blocks_is_the_whole_shard_formula_to_the_bit(grads, count):
+    """A shard of two blocks and a bit: each block is (sum * (1/n)) * rate subtracted, as over the whole."""
+    from raytf.exchange.optimizers import SGD_BLOCK
+
+    size, rate = 2 * SGD_BLOCK + 123, np.float32(0.05)
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal(size).astype(np.float32)
+    given = [rng.standard_normal(size).astype(np.float32) for _ in range(grads)]
+    flat = FlatOptimizer(OptimizerConfig(name="sgd", learning_rate=0.05), start.copy())
+    flat.apply_mean(given, count)
+    n = count or grads
+    step = given[0].copy() if grads == 1 else given[0] + given[1]
+    for grad in given[2:]:
+        step += grad
+    if n > 1:
+        step *= np.float32(1.0 / n)
+    np.testing.assert_array_equal(flat.params_view(), start - step * rate)
