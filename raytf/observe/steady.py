@@ -17,44 +17,32 @@ def warmup_steps(steps: int) -> int:
     return max(1, min(20, steps // 10))
 
 
-READ_EVERY = 8  # events between two readings of the CPU once the first few are read
-
-
 class CpuWindow:
     """The process's CPU time between `start()` and a later event, per event.
 
     `tick()` marks an event (a step, an update); `per_event(skip_last)` is the CPU milliseconds per
     event over the window (total, and the kernel's part), up to the last event or the one before it
-    (a worker's last step waits for the run's final checkpoint, which is not training).
-
-    The CPU is read at the first events and then at every READ_EVERY-th only: a reading sums every
-    thread of the process, and in a busy actor with Ray's and TensorFlow's ~100 threads it costs
-    0.1-0.4 ms (measured in the two-node benchmark), ~2 % of a step where it was read each time. The
-    window then ends at the last reading at or before that event: the few events after it are left out."""
+    (a worker's last step waits for the run's final checkpoint, which is not training)."""
 
     def __init__(self) -> None:
         self._start: tuple[float, float] | None = None
-        self._marks: tuple[tuple[int, float, float], ...] = ()  # (events, user, system) at the last two readings
+        self._marks: tuple[tuple[float, float], ...] = ()  # the CPU at the last two events
         self.events = 0
-        self.readings = 0
 
     def start(self) -> None:
-        self._start, self._marks, self.events, self.readings = _cpu(), (), 0, 0
+        self._start, self._marks, self.events = _cpu(), (), 0
 
     def tick(self) -> None:
         if self._start is not None:
+            self._marks = (*self._marks[-1:], _cpu())
             self.events += 1
-            if self.events < READ_EVERY or self.events % READ_EVERY == 0:
-                self._marks = (*self._marks[-1:], (self.events, *_cpu()))
-                self.readings += 1
 
     def per_event(self, skip_last: bool = False) -> tuple[float, float]:
         """(CPU ms, of which system ms) per event of the window; zeros without one."""
-        last = self.events - (1 if skip_last else 0)
-        usable = [mark for mark in self._marks if mark[0] <= last]
-        if self._start is None or not usable:
+        events = self.events - (1 if skip_last else 0)
+        if self._start is None or events < 1:
             return 0.0, 0.0
-        events, user, system = usable[-1]
+        user, system = self._marks[-2] if skip_last else self._marks[-1]
         used, kernel = user - self._start[0] + system - self._start[1], system - self._start[1]
         return 1000 * used / events, 1000 * kernel / events
 

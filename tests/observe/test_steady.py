@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from raytf.observe.steady import READ_EVERY, CpuWindow, warmup_steps
+from raytf.observe.steady import CpuWindow, warmup_steps
 
 
 def _burn(seconds: float) -> None:
@@ -28,23 +28,6 @@ def test_cpu_per_event_counts_the_work_between_events_and_can_leave_out_the_last
     assert 0 <= kernel <= every and every == pytest.approx(90 / 4, rel=0.5)
     busy, _ = window.per_event(skip_last=True)
     assert busy == pytest.approx(30, rel=0.5) and busy > every
-
-
-def test_after_the_first_events_the_cpu_is_read_every_few_and_the_window_ends_at_a_reading():
-    window = CpuWindow()
-    window.start()
-    for _ in range(READ_EVERY * 3 + 2):  # 26 events: read at 1..7, 8, 16, 24
-        _burn(0.004)
-        window.tick()
-    assert window.readings == READ_EVERY - 1 + 3 < window.events
-    every, _ = window.per_event()
-    assert every == pytest.approx(4, rel=0.5)
-    for _ in range(READ_EVERY - 3):  # events 27..31: not read
-        window.tick()
-    _burn(0.1)  # a heavy last event (32, read): left out with it, the window ends at the reading at 24
-    window.tick()
-    assert window.per_event()[0] == pytest.approx((26 * 4 + 100) / 32, rel=0.3)
-    assert window.per_event(skip_last=True)[0] == pytest.approx(4, rel=0.3)
 
 
 def test_the_warm_up_is_a_tenth_of_the_steps_between_1_and_20():
