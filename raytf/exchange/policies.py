@@ -203,8 +203,7 @@ class SyncPolicy(AggregationPolicy):
         to belong to nobody: they pass with nothing applied, as a round of non-finite gradients does
         (the rejoiner starts from the version before its first round and would wait for it forever)."""
         while ex.joining and not self.required(ex) and not ex.stopped:
-            self.pending = {}  # a dead worker's push of the round: its gradient goes with it
-            ex.apply([], [], [])
+            ex.apply([], [], [])  # (nothing is pending: a push is kept only from a worker the round requires)
 
     def summary(self, stats: ExchangeStats) -> dict[str, Any]:
         return {"backup_workers": self.backup_workers, "mean_round_size": stats.mean_update_size}

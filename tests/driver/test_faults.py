@@ -61,14 +61,20 @@ class KillAt:
         self.reported = snapshot.step
         self._kill_if_due()
 
-    def _kill_if_due(self) -> None:
+    def actor(self):
         import ray
 
         from raytf.driver.actors import actor_name
+
+        return ray.get_actor(actor_name(self.run_name, self.role, self.index), namespace=f"raytf-{self.run_id}")
+
+    def _kill_if_due(self) -> None:
+        import ray
+
         from raytf.driver.groups import actor_state
 
         if self.killed_at is None and self.waiting_for is None and self.reported >= self.step:
-            actor = ray.get_actor(actor_name(self.run_name, self.role, self.index), namespace=f"raytf-{self.run_id}")
+            actor = self.actor()
             pid = ray.get(actor.process_id.remote())
             restarts, _ = actor_state(actor)
             os.kill(pid, signal.SIGKILL)
@@ -335,13 +341,11 @@ class KillAll:
     def update(self, snapshot) -> None:
         import ray
 
-        from raytf.driver.actors import actor_name
         from raytf.driver.groups import actor_state
 
         if snapshot.step < self.kills[0].step or self.kills[0].killed_at is not None:
             return
-        actors = [ray.get_actor(actor_name(k.run_name, "worker", k.index), namespace=f"raytf-{k.run_id}")
-                  for k in self.kills]
+        actors = [kill.actor() for kill in self.kills]
         before = [actor_state(actor) for actor in actors]
         for actor in actors:
             os.kill(ray.get(actor.process_id.remote()), signal.SIGKILL)
