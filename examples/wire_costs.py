@@ -2,6 +2,7 @@
 
     python examples/wire_costs.py                       # 7,454,760 bytes (the benchmark MLP), 40 repeats
     python examples/wire_costs.py --bytes 30000000 --repeats 20
+    python examples/wire_costs.py --busy 2 --repeats 100   # the cores busy, as training keeps them
 
 Each contender moves one buffer out to a peer process over 127.0.0.1 and one buffer of the same size
 back, with the semantics a parameter server needs: the sender sends from its own (gradient) buffer,
@@ -16,12 +17,18 @@ kernel counts CPU in 10 ms ticks, so only the mean over many repeats means somet
 * `socket, 4 MB chunks, duplex`: the same sockets, the buffer in 4 MB pieces (BytePS's partition
   size); the peer answers piece k as soon as it is in while k+1 arrives, and the caller sends on a
   thread while it receives the answer (what raytf.exchange.wire does).
-* `raytf.exchange.wire`: the module built on that choice (frames, checks, Duplex), to see what it adds.
+* `raytf.exchange.wire`: the module built on that choice (frames in its 1 MB chunks, checks, Duplex),
+  to see what it adds.
 * `pyzmq PAIR, copy=False`: `send(buffer, copy=False)` / `recv(copy=False)`; ZeroMQ owns the received
   message, so each side copies it into its destination (there is no recv-into-my-buffer in ZeroMQ).
 * `pyzmq, no destination copy`: the same without those copies (what ZeroMQ costs if the received
   message could be used in place; raytf's server update and worker step read fixed buffers, so it
   cannot).
+
+`--busy N` keeps N extra processes multiplying matrices meanwhile, as a training step keeps the
+cores busy beside the exchange: then wall times say little, but the CPU column is what the wire
+takes from the training, and it is not the same as on idle cores (waking a reader preempts a busy
+thread; the kernel's socket paths run beside a compute's cache traffic).
 
 It prints numbers and judges none.
 """
@@ -157,7 +164,7 @@ def _wire_peer(port_queue, size: int) -> None:
 
 
 class WireContender:
-    """raytf.exchange.wire itself: handshake done once, frames, 4 MB chunks, Duplex."""
+    """raytf.exchange.wire itself: handshake done once, frames in its chunks (CHUNK_BYTES), Duplex."""
 
     def __init__(self, size: int) -> None:
         from raytf.exchange.wire import Duplex, connect
@@ -202,10 +209,18 @@ class ZmqContender:
         self.context.term()
 
 
+def _busy() -> None:
+    matrix = np.random.default_rng(0).random((400, 400), np.float32)
+    while True:
+        matrix @ matrix
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bytes", type=int, default=7_454_760)
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="processes that keep the cores busy meanwhile (default 0)")
     args = parser.parse_args()
 
     contenders = {
@@ -214,7 +229,10 @@ def main() -> None:
         "socket, 1 MB chunks, duplex": lambda: SocketContender(args.bytes, 1024 * 1024),
     }
     if args.bytes % 4 == 0:
-        contenders["raytf.exchange.wire (4 MB chunks, Duplex)"] = lambda: WireContender(args.bytes)
+        from raytf.exchange.wire import CHUNK_BYTES
+
+        label = f"raytf.exchange.wire ({CHUNK_BYTES // 2**20} MB chunks, Duplex)"
+        contenders[label] = lambda: WireContender(args.bytes)
     try:
         import zmq  # noqa: F401
 
@@ -223,6 +241,9 @@ def main() -> None:
     except ImportError:
         print("pyzmq is not installed (pip install pyzmq): its rows are left out")
     made = {name: make() for name, make in contenders.items()}
+    busy = [_SPAWN.Process(target=_busy, daemon=True) for _ in range(args.busy)]
+    for process in busy:
+        process.start()
     me = psutil.Process()
     wall: dict[str, list[float]] = {name: [] for name in made}
     cpu: dict[str, list[float]] = {name: [] for name in made}
@@ -237,10 +258,13 @@ def main() -> None:
             contender.round_trip()
             wall[name].append(time.perf_counter() - started)
             cpu[name].append(sum(me.cpu_times()[:2]) + sum(peer.cpu_times()[:2]) - cpu_before)
+    for process in busy:
+        process.kill()
     for contender in made.values():
         contender.close()
 
-    print(f"{args.bytes:,} bytes out and back over 127.0.0.1, {args.repeats} interleaved repeats")
+    beside = f", {args.busy} busy processes beside" if args.busy else ""
+    print(f"{args.bytes:,} bytes out and back over 127.0.0.1, {args.repeats} interleaved repeats{beside}")
     print("| path | median ms | min ms | CPU ms per round trip (both processes, mean) | GB/s moved (2 x bytes / median) |")
     print("|---|---:|---:|---:|---:|")
     for name in made:
