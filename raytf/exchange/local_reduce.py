@@ -130,6 +130,7 @@ class LeaderBell:
         # its step, and the next answer comes only once all of them have pushed again.
         self.params = map_slot(params, size, create=True, halves=1)
         self.bell: WireBell = open_wire(self.params)
+        self.bell.on_answer = self._relay_answer
         self._cond = threading.Condition()
         self._live = set(group.members)  # members that have not hung up
         self._rung: dict[int, tuple[int, int, float | None, bool]] = {}  # member -> its push of this round
@@ -204,17 +205,21 @@ class LeaderBell:
         parts = [(offset, total[offset:offset + part.size]) for offset, part in own]
         self.bell.ring(base_version, steps_done, loss, finite, carried=carried, parts=parts, before=add)
 
-    def answer(self) -> Reply:
-        try:
-            reply = self.bell.answer()
-        except ServerGone:
-            self.close()
-            raise
+    def _relay_answer(self, reply: Reply) -> None:
+        """The server's answer, relayed to the members on the wire's receiving thread as soon as it is
+        in, not after the leader's step thread has woken up to it (one wake-up less before the members'
+        next step: ~0.1-0.3 ms on busy cores)."""
         with self._cond:
             self._relay = Reply(reply.status, reply.version, self.bell.half, reply.dropped)
             self._answered += 1
             self._cond.notify_all()
-        return reply
+
+    def answer(self) -> Reply:
+        try:
+            return self.bell.answer()  # relayed to the members already (`_relay_answer`)
+        except ServerGone:
+            self.close()
+            raise
 
     def close(self) -> None:
         with self._cond:

@@ -222,6 +222,9 @@ class WireBell:
         self._waiting = False  # a push is out and its answer not received yet
         self._answer: Reply | BaseException | None = None
         self._closed = False
+        # Called on the receiving thread with each answer received whole, before `answer` returns it:
+        # a node's leader relays it to its members from here (raytf.exchange.local_reduce).
+        self.on_answer: Callable[[Reply], None] | None = None
         threading.Thread(target=self._receiver, name=f"raytf-wire-answer-{conn.peer_id}", daemon=True).start()
 
     @property
@@ -280,6 +283,8 @@ class WireBell:
                 answer: Reply | BaseException = self._receive()
             except (PeerGone, WireTimeout, WireProtocolError) as err:
                 answer = ServerGone(str(err))
+            if self.on_answer is not None and isinstance(answer, Reply):
+                self.on_answer(answer)
             with self._cond:
                 self._waiting, self._answer = False, answer
                 self._cond.notify_all()

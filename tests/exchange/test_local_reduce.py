@@ -125,6 +125,39 @@ def test_the_leader_sends_its_node_sum_and_its_members_read_the_answer_in_place(
     assert list((tmp_path / f"raytf-{os.getuid()}" / "run").iterdir()) == []  # its files went with it
 
 
+def test_the_members_have_their_answer_before_the_leaders_step_asks_for_its_own(tmp_path, monkeypatch):
+    """The answer is relayed on the wire's receiving thread: a leader's step thread slow to wake up
+    (a busy core) does not hold its members' next step back."""
+    monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
+    size = 3000
+    server = Server(size)
+    group = LocalGroup(0, (1,), "r")
+    leader_parts = Parts(size)
+    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
+        server.listener.address, server.secret, 0, leader_parts, size, None, params=params))
+    spec = member_spec("run", group, 0, 1, timeout=5)
+    link, bell = WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), 1)
+    answers = []
+
+    def member_step() -> None:
+        link.send([np.full(size, 2.0, np.float32)], [0])
+        bell.ring(0, 1, None, True)
+        reply = bell.answer()
+        answers.append((reply.version, link.receive(reply.payload).copy()))
+
+    member = threading.Thread(target=member_step)
+    member.start()
+    leader_parts.set([np.ones(size, np.float32)], [0])
+    leader.ring(0, 1, None, True)
+    member.join(timeout=10)  # before the leader's `answer`
+    assert not member.is_alive() and answers[0][0] == 1
+    np.testing.assert_allclose(answers[0][1], 3.0 + 10)
+    assert leader.answer().version == 1
+    bell.close()
+    leader.close()
+    server.listener.close()
+
+
 def test_a_server_gone_mid_push_releases_the_members_at_once(tmp_path, monkeypatch):
     """The leader's wire breaks while it sends the node's sum: its ring raises ServerGone, and so do the
     answers its members wait for (they would otherwise wait for a relay that never comes)."""
