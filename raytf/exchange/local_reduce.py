@@ -130,13 +130,13 @@ class LeaderBell:
         # its step, and the next answer comes only once all of them have pushed again.
         self.params = map_slot(params, size, create=True, halves=1)
         self.bell: WireBell = open_wire(self.params)
-        self.bell.on_answer = self._relay_answer
         self._cond = threading.Condition()
         self._live = set(group.members)  # members that have not hung up
         self._rung: dict[int, tuple[int, int, float | None, bool]] = {}  # member -> its push of this round
         self._answered = 0  # rounds answered; a member waits for the one it rang in
         self._relay: Reply | None = None
         self._closed = False
+        self.bell.on_answer = self._relay_answer  # no answer can come before the first ring
         self.doorbell = Doorbell(bell, self._member_rang, on_gone=self._gone)
 
     @property
