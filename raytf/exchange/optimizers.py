@@ -83,8 +83,11 @@ class FlatOptimizer:
         if self.numpy_sgd:
             grads = [np.asarray(g) for g in grads]
             target = self._writable()
+            if self._scratch is None:
+                self._scratch = aligned_zeros(min(SGD_BLOCK, self.size))
+            rate = np.float32(self.config.learning_rate)
             for start in range(0, self.size, SGD_BLOCK):
-                self._sgd_block(grads, count, target, start, min(start + SGD_BLOCK, self.size))
+                self._sgd_block(grads, count, rate, target, start, min(start + SGD_BLOCK, self.size))
             self._params = target
             self._uncounted += 1
             return
@@ -101,13 +104,11 @@ class FlatOptimizer:
                 self._use_jit = False
         self._graph(grads, count)
 
-    def _sgd_block(self, grads: list[np.ndarray], count: int, target: np.ndarray, start: int, stop: int) -> None:
+    def _sgd_block(self, grads: list[np.ndarray], count: int, rate: np.float32, target: np.ndarray, start: int,
+                   stop: int) -> None:
         """`target` = parameters - (sum * (1/n)) * rate over [start, stop): the XLA update's float32
         operations, the step in a scratch block that stays in cache (not a second shard in memory)."""
-        if self._scratch is None:
-            self._scratch = aligned_zeros(min(SGD_BLOCK, self.size))
         step = self._scratch[:stop - start]
-        rate = np.float32(self.config.learning_rate)
         if count == 1:
             np.multiply(grads[0][start:stop], rate, out=step)
         else:
