@@ -125,18 +125,24 @@ def test_the_leader_sends_its_node_sum_and_its_members_read_the_answer_in_place(
     assert list((tmp_path / f"raytf-{os.getuid()}" / "run").iterdir()) == []  # its files went with it
 
 
+def _leader_and_one_member(tmp_path, size: int, tag: str):
+    """A test server, a group of leader 0 and member 1 over it: (server, the leader's parts, the
+    leader's bell, the member's slot link, the member's bell)."""
+    server = Server(size)
+    group = LocalGroup(0, (1,), tag)
+    parts = Parts(size)
+    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
+        server.listener.address, server.secret, 0, parts, size, None, params=params))
+    spec = member_spec("run", group, 0, 1, timeout=5)
+    return server, parts, leader, WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), 1)
+
+
 def test_the_members_have_their_answer_before_the_leaders_step_asks_for_its_own(tmp_path, monkeypatch):
     """The answer is relayed on the wire's receiving thread: a leader's step thread slow to wake up
     (a busy core) does not hold its members' next step back."""
     monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
     size = 3000
-    server = Server(size)
-    group = LocalGroup(0, (1,), "r")
-    leader_parts = Parts(size)
-    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
-        server.listener.address, server.secret, 0, leader_parts, size, None, params=params))
-    spec = member_spec("run", group, 0, 1, timeout=5)
-    link, bell = WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), 1)
+    server, leader_parts, leader, link, bell = _leader_and_one_member(tmp_path, size, "r")
     answers = []
 
     def member_step() -> None:
@@ -165,13 +171,7 @@ def test_a_server_gone_mid_push_releases_the_members_at_once(tmp_path, monkeypat
 
     monkeypatch.setenv(SHM_ROOT_ENV, str(tmp_path))
     size = 1000
-    server = Server(size)
-    group = LocalGroup(0, (1,), "g")
-    parts = Parts(size)
-    leader = LeaderBell("run", group, 0, size, lambda params: open_bell(
-        server.listener.address, server.secret, 0, parts, size, None, params=params))
-    spec = member_spec("run", group, 0, 1, timeout=5)
-    link, bell = WorkerLink(spec, size), join_leader(str(tmp_path / spec.bell_path), 1)
+    server, parts, leader, link, bell = _leader_and_one_member(tmp_path, size, "g")
     link.send([np.ones(size, np.float32)], [0])
     bell.ring(0, 1, None, True)
     server.listener.close()  # closes the leader's connection too
