@@ -79,13 +79,19 @@ def aggregate(runs: list[dict], contenders: list[str]) -> dict:
         if run["kind"] != "reference":
             continue
         for ref, measured in run["results"].items():
-            bucket = result["references"].setdefault(f"{ref}@{run['cluster']}", {"values": [], "failed": []})
+            bucket = result["references"].setdefault(f"{ref}@{run['cluster']}", {"values": [], "failed": [], "cpu": []})
             if "samples_per_second" in measured:
                 bucket["values"].append(measured["samples_per_second"])
+                if "cpu_ms_per_round" in measured:
+                    bucket["cpu"].append((measured["cpu_ms_per_round"], measured["cpu_sys_ms_per_round"]))
             else:
                 bucket["failed"].append(measured["error"])
     for bucket in result["references"].values():
         bucket["samples_per_second"] = spread(bucket.pop("values"))
+        # Its CPU per round: the floor a contender's exchange adds to (with no exchange at all).
+        cpu = bucket.pop("cpu")
+        bucket["cpu_ms_per_round"] = statistics.fmean(c for c, _ in cpu) if cpu else None
+        bucket["cpu_sys_ms_per_round"] = statistics.fmean(k for _, k in cpu) if cpu else None
     return result
 
 
@@ -136,7 +142,7 @@ def table(aggregates: dict) -> str:
         failed = f" ({len(r['failed'])} failed)" if r["failed"] else ""
         mean = f"{sps['mean']:,.0f}" if sps.get("n") else "failed"
         lines.append(f"| reference: {ref}{CLUSTER_NOTE.get(cluster, '')}{failed} | {mean} | {_spread_text(sps, ',.0f')} "
-                     "| - | - | - | - | - | - |")
+                     f"| - | - | - | - | {_cpu_text(r)} | - |")
     return "\n".join(lines)
 
 

@@ -56,6 +56,15 @@ class TaskServer:
         self.server = tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index,
                                            protocol="grpc", config=session, start=True)
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        return _cpu_seconds()
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """This process's CPU (every thread), user + system and system alone, in seconds."""
+    times = os.times()
+    return times.user + times.system, times.system
+
 
 class Coordinator:
     """The chief: variables on the ps, steps scheduled on the workers."""
@@ -106,21 +115,27 @@ class Coordinator:
         self._step = worker_step
         self.batch_size = cfg.batch_size
 
-    def run(self, steps: int) -> dict:
+    def cpu_seconds(self) -> tuple[float, float]:
+        return _cpu_seconds()
+
+    def warm_up(self, steps: int) -> int:
+        """The first steps of `steps` per worker (WORKERS * warmup scheduled steps), not timed; returns how many."""
         from raytf.observe.steady import warmup_steps
 
         warmup = warmup_steps(steps)
-        # `steps` per worker: WORKERS * steps scheduled steps, the first WORKERS * warmup not timed.
         for _ in range(WORKERS * warmup):
-            last = self.coordinator.schedule(self._step, args=(self.iterator,))
+            self.coordinator.schedule(self._step, args=(self.iterator,))
         self.coordinator.join()
+        return warmup
+
+    def run(self, steps: int) -> dict:
+        """`steps` more per worker, timed."""
         start = time.perf_counter()
-        for _ in range(WORKERS * (steps - warmup)):
+        for _ in range(WORKERS * steps):
             last = self.coordinator.schedule(self._step, args=(self.iterator,))
         self.coordinator.join()
         seconds = time.perf_counter() - start
-        return {"samples_per_second": (steps - warmup) * WORKERS * self.batch_size / seconds,
-                "final_loss": float(last.fetch())}
+        return {"samples_per_second": steps * WORKERS * self.batch_size / seconds, "final_loss": float(last.fetch())}
 
 
 def _mlp_step(strategy, cfg):
@@ -232,12 +247,21 @@ def run_tf_ps(cfg, steps: int, across_nodes: bool = False) -> dict:
         _say(f"tf-ps: servers up at {cluster}")
         ray.get(chief.setup.remote(cluster, cfg.to_dict()))
         _say("tf-ps: coordinator ready")
-        result = ray.get(chief.run.remote(steps))
+        timed = steps - ray.get(chief.warm_up.remote(steps))
+        # Every task's process CPU over the timed steps, as raytf's contenders report theirs (benchmark.cpu_bound).
+        before = ray.get([a.cpu_seconds.remote() for a in actors])
+        result = ray.get(chief.run.remote(timed))
+        after = ray.get([a.cpu_seconds.remote() for a in actors])
     finally:
         for actor in (chief, ps, *workers):  # the chief first: it would log every server that goes away
             ray.kill(actor)
         _wait_gone(actors)
-    return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"]}
+    # A round: one step per worker (WORKERS x batch samples), as for raytf's contenders.
+    cpu, cpu_sys = (sum(a[k] - b[k] for a, b in zip(after, before)) * 1000 / timed for k in (0, 1))
+    samples = WORKERS * cfg.batch_size
+    return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"],
+            "cpu_ms_per_round": cpu, "cpu_sys_ms_per_round": cpu_sys,
+            "cpu_bound_samples_per_second": (os.cpu_count() or 1) * 1000 / cpu * samples}
 
 
 def _wait_gone(actors: list, timeout: float = 30.0) -> None:

@@ -77,3 +77,20 @@ def test_the_cpu_bound_is_the_rate_the_runs_cpu_cost_allows_over_the_same_refere
     agg = aggregate([RUNS[0], bounded, RUNS[2]], ["sync"])
     assert agg["contenders"]["sync"]["cpu_bound_ratio"] == pytest.approx(10_000 / 9_200)
     assert "| 40.0 (9.0) | 1.09 |" in table(agg)
+
+
+def test_the_references_cpu_per_round_is_their_mean_over_every_r():
+    """The references' CPU a round (one step of each ceiling actor, one global step of the single
+    process): the floor with no exchange, printed beside the contenders' in the same column."""
+    def measured(ceiling_cpu):
+        r = ref(10_000, 9_000)
+        r["results"]["ceiling"].update(cpu_ms_per_round=ceiling_cpu, cpu_sys_ms_per_round=1.0)
+        return r
+
+    agg = aggregate([measured(30.0), RUNS[1], measured(34.0)], ["sync"])
+    ceiling = agg["references"]["ceiling@one-node"]
+    assert ceiling["cpu_ms_per_round"] == pytest.approx(32.0) and ceiling["cpu_sys_ms_per_round"] == pytest.approx(1.0)
+    assert agg["references"]["single-process@one-node"]["cpu_ms_per_round"] is None  # not measured: "-"
+    text = table(agg)
+    assert "| reference: ceiling | 10,000 |" in text and "| 32.0 (1.0) | - |" in text
+    assert [line for line in text.splitlines() if "reference: single-process" in line][0].endswith("| - | - |")
