@@ -157,3 +157,21 @@ def ratio_table(aggregates: dict) -> str:
             cells.append(f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})" if s.get("n") else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def versus_table(aggregates: dict, rival: str) -> str:
+    """Each contender of `rival`'s cluster against it: the ratio of their mean ratios (how many times
+    faster, drift taken out by the references) and `rival`'s CPU a round over the contender's (how many
+    times the CPU it needs for the same samples). "" when `rival` has no successful run."""
+    theirs = aggregates["contenders"].get(rival)
+    if not theirs or not theirs["ratio"].get("n"):
+        return ""
+    lines = [f"| contender | ratio over {rival}'s | {rival}'s CPU a round over the contender's |", "|---|---:|---:|"]
+    for name, a in aggregates["contenders"].items():
+        if name == rival or a["cluster"] != theirs["cluster"] or not a["ratio"].get("n"):
+            continue
+        cpu = (theirs["cpu_ms_per_round"] / a["cpu_ms_per_round"]
+               if theirs.get("cpu_ms_per_round") and a.get("cpu_ms_per_round") else None)
+        lines.append(f"| {name} | {a['ratio']['mean'] / theirs['ratio']['mean']:.2f}x | "
+                     f"{'-' if cpu is None else f'{cpu:.2f}x'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""

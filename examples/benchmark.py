@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from examples.bench_baselines import jit_setting
-    from examples.bench_report import aggregate, ratio_table, table
+    from examples.bench_report import aggregate, ratio_table, table, versus_table
     from raytf.cluster.connection import connect
     from raytf.config import config_from_dict
 
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     if names:
         print()
         print(ratio_table(aggregates))
+    for rival in ("tf-ps", TWO_NODE_TF_PS):  # TF's own strategy, the one a user would try first
+        versus = versus_table(aggregates, rival) if rival in names else ""
+        if versus:
+            print()
+            print(versus)
     if two_nodes:
         where = f"in two network namespaces joined by a link shaped as {shaped}" if shaped else "on loopback"
         print("\n[2-node cluster]: these contenders and the references around them ran on the second cluster "

@@ -3,7 +3,7 @@ references measured just before and just after it, gated on the larger one."""
 
 import pytest
 
-from examples.bench_report import aggregate, ratio_table, table, with_ratios
+from examples.bench_report import aggregate, ratio_table, table, versus_table, with_ratios
 
 
 def ref(ceiling, single):
@@ -94,3 +94,17 @@ def test_the_references_cpu_per_round_is_their_mean_over_every_r():
     text = table(agg)
     assert "| reference: ceiling | 10,000 |" in text and "| 32.0 (1.0) | - |" in text
     assert [line for line in text.splitlines() if "reference: single-process" in line][0].endswith("| - | - |")
+
+
+def test_versus_tf_ps_is_the_ratio_of_the_mean_ratios_and_of_the_cpu_per_round():
+    """The issue's "sync >= 1.6x tf-ps" read off one run: each contender of the rival's cluster against
+    it, faster by its ratio over the rival's, cheaper by the rival's CPU a round over its own."""
+    sync = dict(RUNS[1], cpu_ms_per_round=70.0, cpu_sys_ms_per_round=7.0)
+    tf_ps = dict(RUNS[3], name="tf-ps", samples_per_second=5_400, cpu_ms_per_round=105.0, cpu_sys_ms_per_round=25.0)
+    agg = aggregate([RUNS[0], sync, RUNS[2], tf_ps, RUNS[4]], ["sync", "tf-ps"])
+    text = versus_table(agg, "tf-ps")
+    speed = (8_000 / 9_200) / (5_400 / 9_000)  # each against the larger reference around it
+    assert f"| sync | {speed:.2f}x | 1.50x |" in text and "| tf-ps |" not in text
+    assert versus_table(agg, "tf-ps-2nodes") == ""  # not in this run
+    other_cluster = dict(sync, cluster="two-node")
+    assert versus_table(aggregate([RUNS[0], other_cluster, RUNS[2], tf_ps, RUNS[4]], ["sync", "tf-ps"]), "tf-ps") == ""
