@@ -362,7 +362,7 @@ class ParameterServer:
 
             deltas = {}
             for k, table in enumerate(self.tables):
-                if hasattr(table, "take_delta"):
+                if self._dynamic(k):
                     deltas.update(delta_arrays(k, *table.take_delta()))
         directory = step_dir(Path(self.settings.checkpoint_dir), version // self.settings.updates_per_step)
         self.writer.write(directory, ShardState(params, slots, iterations, version, tables, deltas),
@@ -474,7 +474,7 @@ class ParameterServer:
             self.writer.collect(wait=False)
             updates = max(exchange.updates, 1)
             cpu = self._cpu.per_event()
-            dynamic = tuple(t.counts() if hasattr(t, "counts") else None for t in self.tables)
+            dynamic = tuple(t.counts() if self._dynamic(k) else None for k, t in enumerate(self.tables))
             if any(dynamic):
                 for name in ("live", "created", "evicted"):
                     self.metrics.set(f"raytf_dynamic_rows_{name}", sum(d[name] for d in dynamic if d))
@@ -482,6 +482,10 @@ class ParameterServer:
                                ms_apply_per_update=1000 * self.seconds_apply / updates,
                                ms_publish_per_update=1000 * self.seconds_publish / updates, peak_rss=peak_rss(),
                                dynamic=dynamic, cpu_ms_per_update=cpu[0], cpu_sys_ms_per_update=cpu[1])
+
+    def _dynamic(self, k: int) -> bool:
+        """Whether sparse table `k` is a dynamic one (keys -> rows, raytf.exchange.dynamic_rows), as the plan says."""
+        return self.settings.tables[k].is_dynamic
 
     def get_params(self) -> np.ndarray:
         with self.exchange.lock:
@@ -492,7 +496,7 @@ class ParameterServer:
         dynamic table, (its keys, sorted, and their rows)."""
         with self.exchange.lock:
             table = self.tables[k]
-            if hasattr(table, "export"):
+            if self._dynamic(k):
                 return table.export()
             return np.array(table.rows(), copy=True)
 
