@@ -20,7 +20,7 @@ from raytf.exchange.server import ServerSettings
 from raytf.exchange.shard_state import ShardState
 from raytf.exchange.sharding import ShardPlan
 from raytf.exchange.transport import LinkSpec
-from raytf.pool.handles import HostedHandle
+from raytf.pool.handles import HostedHandle, gcs_actor_entry
 
 CALL_TIMEOUT = 30.0  # seconds for a control call to a live actor
 RESTART_TIMEOUT = 300.0  # seconds for Ray to bring a lost actor back (a new process imports TensorFlow)
@@ -54,19 +54,15 @@ def get(refs, what: str):
 
 
 def actor_state(handle) -> tuple[int, str] | None:
-    """(restarts, state) of an actor as Ray's GCS has it: how many times Ray restarted its process,
-    and ALIVE, RESTARTING, DEAD (Ray gave up on it) or PENDING_CREATION; None if the GCS does not
-    know it. Ray's public API has neither (`ray.util.state` goes through the dashboard, which may be
-    off, and has no restart count), so this reads the GCS's actor table through Ray's private
-    `ray._private.state`, here and nowhere else."""
-    from ray._private.state import state
-
-    info = state.actor_table(handle._actor_id.hex())
-    if not info:
+    """(restarts, state) of an actor as Ray's GCS has it (raytf.pool.handles.gcs_actor_entry): how many
+    times Ray restarted its process for this run, and ALIVE, RESTARTING, DEAD (Ray gave up on it) or
+    PENDING_CREATION; None if the GCS does not know it."""
+    entry = gcs_actor_entry(handle)  # a pool host's handle carries its host's actor id
+    if entry is None:
         return None
     # A pool host (raytf.pool) was restarted for other runs before this one took it: those are not this run's.
     before = handle.restarts_before if isinstance(handle, HostedHandle) else 0
-    return int(info["NumRestarts"]) - before, str(info["State"])
+    return entry[0] - before, entry[1]
 
 
 @dataclass(frozen=True)

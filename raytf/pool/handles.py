@@ -28,6 +28,18 @@ def code_env(runtime_env: dict) -> str:
                       default=str)
 
 
+def gcs_actor_entry(actor) -> tuple[int, str] | None:
+    """(restarts, state) of a Ray actor (its handle, or a HostedHandle: its host's) as Ray's GCS has it:
+    how many times Ray restarted its process, and ALIVE, RESTARTING, DEAD or PENDING_CREATION; None if
+    the GCS does not know it. Ray's public API has neither (`ray.util.state` goes through the dashboard,
+    which may be off, and has no restart count), so this reads the GCS's actor table through Ray's
+    private `ray._private.state`, here and nowhere else."""
+    from ray._private.state import state
+
+    info = state.actor_table(actor._actor_id.hex())
+    return (int(info["NumRestarts"]), str(info["State"])) if info else None
+
+
 @dataclass(frozen=True)
 class Lease:
     """One run's claim on one host: the role it plays there, and what the run's own actors would
@@ -67,7 +79,7 @@ class HostedHandle:
         self.host = host
         self.lease = lease
         self.restarts_before = restarts_before
-        self._actor_id = host._actor_id  # what Ray's actor table knows it by (raytf.driver.groups.actor_state)
+        self._actor_id = host._actor_id  # what Ray's actor table knows it by (gcs_actor_entry)
 
     def __getattr__(self, name: str) -> HostedMethod:
         if name.startswith("_"):  # pickle's and copy's probes, before __dict__ exists

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raytf.config import Resources
-from raytf.pool.handles import HostedHandle, Lease, code_env
+from raytf.pool.handles import HostedHandle, Lease, code_env, gcs_actor_entry
 from raytf.pool.host import MAX_CONCURRENCY, NAME_PREFIX, NAMESPACE, fingerprint
 
 STATE_TIMEOUT = 2.0  # seconds for the hosts to say whether they are idle (a warming one is not yet)
@@ -216,9 +216,6 @@ def _roomiest(idle: dict[str, list]) -> str | None:
 
 
 def _restarts(handle) -> int:
-    """Ray's restart count of a host (the run counts only its own deaths). Read from the GCS's actor
-    table through Ray's private `ray._private.state`, as raytf.driver.groups.actor_state does."""
-    from ray._private.state import state
-
-    info = state.actor_table(handle._actor_id.hex())
-    return int(info["NumRestarts"]) if info else 0
+    """Ray's restart count of a host (the run counts only its own deaths)."""
+    entry = gcs_actor_entry(handle)
+    return entry[0] if entry else 0
