@@ -75,8 +75,8 @@ class IndependentTrainer:
         timed = steps - warmup
         # The process's CPU (every thread) per step: what a step costs with no exchange at all.
         return {"samples_per_second": timed * self.batch_size / seconds, "final_loss": loss,
-                "cpu_ms_per_step": (end.user + end.system - cpu.user - cpu.system) * 1000 / timed,
-                "cpu_sys_ms_per_step": (end.system - cpu.system) * 1000 / timed}
+                "cpu_ms_per_step": (end.user + end.system - cpu.user - cpu.system) * 1000 / max(timed, 1),
+                "cpu_sys_ms_per_step": (end.system - cpu.system) * 1000 / max(timed, 1)}
 
 
 REFERENCES = ("ceiling", "single-process")

@@ -257,11 +257,11 @@ def run_tf_ps(cfg, steps: int, across_nodes: bool = False) -> dict:
             ray.kill(actor)
         _wait_gone(actors)
     # A round: one step per worker (WORKERS x batch samples), as for raytf's contenders.
-    cpu, cpu_sys = (sum(a[k] - b[k] for a, b in zip(after, before)) * 1000 / timed for k in (0, 1))
+    cpu, cpu_sys = (sum(a[k] - b[k] for a, b in zip(after, before)) * 1000 / max(timed, 1) for k in (0, 1))
     samples = WORKERS * cfg.batch_size
     return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"],
             "cpu_ms_per_round": cpu, "cpu_sys_ms_per_round": cpu_sys,
-            "cpu_bound_samples_per_second": (os.cpu_count() or 1) * 1000 / cpu * samples}
+            "cpu_bound_samples_per_second": (os.cpu_count() or 1) * 1000 / max(cpu, 1e-9) * samples}
 
 
 def _wait_gone(actors: list, timeout: float = 30.0) -> None:
