@@ -36,7 +36,22 @@ def _address(across_nodes: bool) -> str:
         return f"{host}:{s.getsockname()[1]}"
 
 
-class TaskServer:
+class CpuMeter:
+    """A task's process CPU (every thread) over the timed steps, measured as raytf's actors measure theirs."""
+
+    def start_cpu(self) -> None:
+        from raytf.observe.steady import CpuWindow
+
+        self._cpu = CpuWindow()
+        self._cpu.start()
+
+    def cpu_ms(self) -> tuple[float, float]:
+        """(CPU ms, of which system ms) since `start_cpu`."""
+        self._cpu.tick()
+        return self._cpu.per_event()  # one event: the whole window
+
+
+class TaskServer(CpuMeter):
     """One task (ps or worker) of the TF cluster, in its own Ray actor."""
 
     def address(self, across_nodes: bool) -> str:
@@ -56,17 +71,8 @@ class TaskServer:
         self.server = tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index,
                                            protocol="grpc", config=session, start=True)
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        return _cpu_seconds()
 
-
-def _cpu_seconds() -> tuple[float, float]:
-    """This process's CPU (every thread), user + system and system alone, in seconds."""
-    times = os.times()
-    return times.user + times.system, times.system
-
-
-class Coordinator:
+class Coordinator(CpuMeter):
     """The chief: variables on the ps, steps scheduled on the workers."""
 
     def address(self, across_nodes: bool) -> str:
@@ -114,9 +120,6 @@ class Coordinator:
 
         self._step = worker_step
         self.batch_size = cfg.batch_size
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        return _cpu_seconds()
 
     def warm_up(self, steps: int) -> int:
         """The first steps of `steps` per worker (WORKERS * warmup scheduled steps), not timed; returns how many."""
@@ -249,15 +252,15 @@ def run_tf_ps(cfg, steps: int, across_nodes: bool = False) -> dict:
         _say("tf-ps: coordinator ready")
         timed = steps - ray.get(chief.warm_up.remote(steps))
         # Every task's process CPU over the timed steps, as raytf's contenders report theirs (benchmark.cpu_bound).
-        before = ray.get([a.cpu_seconds.remote() for a in actors])
+        ray.get([a.start_cpu.remote() for a in actors])
         result = ray.get(chief.run.remote(timed))
-        after = ray.get([a.cpu_seconds.remote() for a in actors])
+        used = ray.get([a.cpu_ms.remote() for a in actors])
     finally:
         for actor in (chief, ps, *workers):  # the chief first: it would log every server that goes away
             ray.kill(actor)
         _wait_gone(actors)
     # A round: one step per worker (WORKERS x batch samples), as for raytf's contenders.
-    cpu, cpu_sys = (sum(a[k] - b[k] for a, b in zip(after, before)) * 1000 / max(timed, 1) for k in (0, 1))
+    cpu, cpu_sys = (sum(task[k] for task in used) / max(timed, 1) for k in (0, 1))
     samples = WORKERS * cfg.batch_size
     return {"samples_per_second": result["samples_per_second"], "final_loss": result["final_loss"],
             "cpu_ms_per_round": cpu, "cpu_sys_ms_per_round": cpu_sys,
