@@ -49,7 +49,13 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-Serve = Callable[[int, int, int, "float | None", bool], Reply]  # worker, base version, steps, loss, finite
+# worker, base version, steps, loss, finite -> the answer, or None when it comes later (`Doorbell.answer`)
+Serve = Callable[[int, int, int, "float | None", bool], "Reply | None"]
+
+
+def _reply_frame(reply: Reply) -> bytes:
+    half = reply.payload if isinstance(reply.payload, int) else 0
+    return REPLY.pack(_STATUSES.index(reply.status), reply.version, half, reply.dropped)
 
 
 class Doorbell:
@@ -61,6 +67,7 @@ class Doorbell:
         self._serve = serve
         self._on_gone = on_gone
         self._conns: set[socket.socket] = set()
+        self._by_worker: dict[int, socket.socket] = {}  # for `answer`
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -92,7 +99,8 @@ class Doorbell:
                     conn.close()
                     return
                 self._conns.add(conn)
-            (worker,) = HELLO.unpack(hello)
+                (worker,) = HELLO.unpack(hello)
+                self._by_worker[worker] = conn
             threading.Thread(target=self._answer, args=(conn, worker), name=f"raytf-doorbell-{worker}",
                              daemon=True).start()
 
@@ -104,16 +112,30 @@ class Doorbell:
                     return  # the worker closed it, or its process died
                 base, steps, loss, has_loss, finite = PUSH.unpack(frame)
                 reply = self._serve(worker, base, steps, loss if has_loss else None, finite)
-                half = reply.payload if isinstance(reply.payload, int) else 0
-                conn.sendall(REPLY.pack(_STATUSES.index(reply.status), reply.version, half, reply.dropped))
+                if reply is not None:  # else another thread answers it (`answer`)
+                    conn.sendall(_reply_frame(reply))
         except OSError:
             return  # the worker died while its push was being answered
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                if self._by_worker.get(worker) is conn:
+                    del self._by_worker[worker]
             conn.close()
             if self._on_gone is not None:
                 self._on_gone(worker)
+
+    def answer(self, worker: int, reply: Reply) -> None:
+        """Answer `worker`'s push from this thread, where `serve` returned None for it: a wake-up
+        less than handing the answer to the worker's doorbell thread first. A worker that is gone
+        meanwhile is skipped (its thread sees the connection end)."""
+        with self._lock:
+            conn = self._by_worker.get(worker)
+        if conn is not None:
+            try:
+                conn.sendall(_reply_frame(reply))
+            except OSError:
+                pass
 
     def connected(self) -> int:
         """How many workers are connected now."""

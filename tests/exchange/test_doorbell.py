@@ -51,6 +51,37 @@ def test_a_push_and_its_answer_cross_with_every_field(bell_path):
     assert not os.path.exists(bell_path)
 
 
+def test_a_push_served_with_none_is_answered_from_another_thread(bell_path):
+    """A node's leader answers its members from the thread that received the server's answer
+    (raytf.exchange.local_reduce): `serve` returns None and `Doorbell.answer` sends the reply later;
+    the doorbell's own thread goes back to reading the next push meanwhile."""
+    rung = threading.Event()
+
+    def serve(worker, base, steps, loss, finite):
+        rung.set()
+        return None
+
+    doorbell = Doorbell(bell_path, serve)
+    try:
+        bell = Bell(bell_path, worker=3)
+        bell.ring(7, 1, None, True)
+        assert rung.wait(10)
+        answered = []
+        waiter = threading.Thread(target=lambda: answered.append(bell.answer()), daemon=True)
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive(), "a push served with None is not answered by the doorbell's thread"
+        doorbell.answer(3, Reply(Status.OK, 8, 0, False))
+        doorbell.answer(9, Reply(Status.OK, 8, 0, False))  # a worker that is not connected: nothing happens
+        waiter.join(10)
+        assert answered == [Reply(Status.OK, 8, 0, False)]
+        bell.close()
+        _until(lambda: doorbell.connected() == 0, "the worker's connection to end")
+        doorbell.answer(3, Reply(Status.OK, 9, 0, False))  # gone meanwhile: skipped, no error
+    finally:
+        doorbell.close()
+
+
 def test_a_dead_server_is_an_error_the_worker_can_handle(bell_path):
     """A server that dies (or is torn down) hangs up: the worker's wait ends with ServerGone, at once."""
     entered, release = threading.Event(), threading.Event()
