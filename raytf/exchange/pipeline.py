@@ -33,7 +33,7 @@ import numpy as np
 
 from raytf.exchange.codecs import PullMirror, make_codec
 from raytf.exchange.optimizers import PiecedOptimizer
-from raytf.exchange.wire import REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
+from raytf.exchange.wire import META, REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
 
 PIECE_VALUES = 1 << 18  # 1 MB pieces: a 7.45 MB gradient in 8, each SGD update (numpy) a fraction of a millisecond
 COMPILED_PIECE_VALUES = 1 << 20  # 4 MB (BytePS's) for the other optimizers: a compiled call each
@@ -65,6 +65,9 @@ class Pipeline:
         self.pipelined: set[int] = set()  # workers whose last push went this way
         self._rounds = 0  # rounds answered
         self._closed = False
+        # worker -> (connection, status, version, dropped): its answer's status frame, sent by the sender
+        # thread right after the round's last piece (one wake-up less than the receiving thread sending it).
+        self._statuses: dict[int, tuple[Connection, int, int, bool]] = {}
         self._new_round()
         threading.Thread(target=self._send, name="raytf-wire-pipeline", daemon=True).start()
 
@@ -114,17 +117,34 @@ class Pipeline:
             self.cond.notify_all()
             return self._rounds
 
-    def arrived(self, worker: int, values: int) -> None:
-        """The first `values` of `worker`'s gradient are in (the wire's callback after each chunk)."""
+    def arrived(self, worker: int, values: int, last: bool = False) -> None:
+        """The first `values` of `worker`'s gradient are in (the wire's callback after each chunk).
+        While the bytes stream in, the sender thread updates the pieces they complete, so that this
+        (the receiving) thread goes straight back to the socket; on the `last` call it updates what
+        is still due itself, so that the round's push is served with every piece it can apply applied."""
         with self.cond:
             if worker in self._received:
                 self._received[worker] = values
-                self._advance()
+                if last:
+                    self._advance()
+                elif self._piece_ready():
+                    self.cond.notify_all()
 
     def wait_answered(self, round_: int) -> None:
         """Until every piece of `round_` went out (the answer's parameters) and the round is over."""
         with self.cond:
             self.cond.wait_for(lambda: self._rounds > round_ or self._closed)
+
+    def answer_after(self, round_: int, worker: int, conn: Connection, status: int, version: int,
+                     dropped: bool) -> bool:
+        """Have the sender thread send `worker`'s status frame (META) as soon as `round_`'s last
+        piece is out, so that the receiving thread goes back to its socket at once. False when the
+        round is answered already (or the pipeline closed): the caller sends it."""
+        with self.cond:
+            if self._rounds > round_ or self._closed:
+                return False
+            self._statuses[worker] = (conn, status, version, dropped)
+            return True
 
     # -- the driver's calls (through the server) ---------------------------------------------------
 
@@ -160,20 +180,23 @@ class Pipeline:
 
     # -- inside ------------------------------------------------------------------------------------
 
-    def _advance(self) -> None:
-        """Update every piece that every worker of the round has sent (lock held)."""
-        ex = self.exchange
-        pieces = self.opt.bounds
-        while self._expected is not None and self._applied < len(pieces) and not (ex.aborted or ex.stopped):
-            end = pieces[self._applied][1]
-            if any(self._received.get(self._via.get(w, w), -1) < end for w in self._expected):
-                return
+    def _piece_ready(self) -> bool:
+        """Whether the next piece is due for its update: every worker of the round has sent it (lock held)."""
+        if self._expected is None or self._applied == len(self.opt.bounds) or self._halted():
+            return False
+        end = self.opt.bounds[self._applied][1]
+        return all(self._received.get(self._via.get(w, w), -1) >= end for w in self._expected)
+
+    def _advance(self, most: int | None = None) -> None:
+        """Update every piece that every worker of the round has sent (at most `most`; lock held)."""
+        while self._piece_ready() and most != 0:
+            most = None if most is None else most - 1
             pushers = [w for w in sorted(self._expected) if w not in self._via and self._summed.get(w)]
             grads = [self._gradient(w) for w in pushers]
             started = time.perf_counter()
             if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
                 self.opt.apply_piece(self._applied, grads, sum(self._summed[w] for w in pushers))
-                ex.partial_round = True
+                self.exchange.partial_round = True
             self.seconds_apply += time.perf_counter() - started
             self._applied += 1
             self.cond.notify_all()
@@ -188,7 +211,7 @@ class Pipeline:
             return False
         pieces = len(self.opt.bounds)
         if self._sent < pieces:  # applied ones; or all, as they are, once no more will be applied
-            return self._sent < self._applied or self._halted()
+            return self._sent < self._applied or self._halted() or self._piece_ready()
         # Answered: the round is over (or every worker of it died: nobody to answer, and it never completes).
         return self.exchange.version > self._base or self._halted() or not self._expected
 
@@ -198,11 +221,16 @@ class Pipeline:
             while True:
                 self.cond.wait_for(self._send_due)
                 if self._closed:
+                    self._send_statuses()
                     return
                 if self._sent == len(self.opt.bounds):
                     self._new_round()
                     self._rounds += 1
                     self.cond.notify_all()
+                    self._send_statuses()  # after the new round is set up: a worker may push again at once
+                    continue
+                if self._sent == self._applied and not self._halted():
+                    self._advance(most=1)  # its bytes are in: update it here, then send it
                     continue
                 j, version = self._sent, self._base + 1
                 conns = [(worker, conn, self._mirrors.get(worker)) for worker, conn in self._conns.items()]
@@ -217,6 +245,21 @@ class Pipeline:
                     self._conns.pop(worker, None)
                 self._sent += 1
                 self.cond.notify_all()
+
+    def _send_statuses(self) -> None:
+        """The status frames `answer_after` left for this thread (lock held; released while sending)."""
+        statuses, self._statuses = self._statuses, {}
+        if not statuses:
+            return
+        self.cond.release()
+        try:
+            for conn, status, version, dropped in statuses.values():
+                try:
+                    conn.send(META, status, version, np.array([dropped, 0, 0, 0], np.float32))
+                except (PeerGone, WireTimeout, WireProtocolError):
+                    pass  # it died: its receiving thread ends, the driver removes it
+        finally:
+            self.cond.acquire()
 
     def _send_piece(self, j: int, view: np.ndarray, conns: list, version: int) -> list[int]:
         """Piece `j` to every worker: encoded once (the pull codec), sent to each; with pull int8,

@@ -41,6 +41,8 @@ from raytf.exchange.codecs import ErrorFeedback, PullMirror
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowSlot
 from raytf.exchange.wire import (
+    CARRIED,
+    META,
     PUSH,
     REPLY,
     ROWS,
@@ -55,8 +57,6 @@ from raytf.runtime import aligned_zeros
 if TYPE_CHECKING:
     from raytf.exchange.pipeline import Pipeline
 
-META = 4  # the small frame before each push and each answer
-CARRIED = 5  # who a summed push speaks for (raytf.exchange.local_reduce)
 CARRIED_FIELDS = 5  # per worker: index, steps done, finite, has loss, loss
 _STATUSES = list(Status)
 
@@ -129,7 +129,7 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                     conn.receive(grad, kinds=(PUSH,))
                 else:
                     conn.receive(grad, lambda frame, start, stop: pipeline.arrived(worker, stop), kinds=(PUSH,))
-                    pipeline.arrived(worker, grad.size)  # the padding after the last variable never travels
+                    pipeline.arrived(worker, grad.size, last=True)  # the padding after the last variable never travels
             if slot is not None:
                 conn.receive(counts, kinds=(ROWS,))
                 for k, (pushed, wanted) in enumerate(slot.counts):
@@ -141,10 +141,14 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
             if carried is not None and carry is not None:
                 carry(worker, message.version, carried)
             reply = serve(worker, message.version, message.seq, loss if has_loss else None, finite)
+            status = _STATUSES.index(reply.status)
+            if round_ is not None and slot is None and mirror is None \
+                    and pipeline.answer_after(round_, worker, conn, status, reply.version, reply.dropped):
+                continue  # the pipeline's thread sends the status after the last piece; nothing follows it
             if round_ is not None:
                 pipeline.wait_answered(round_)  # its parameters are out, piece by piece
             meta[:] = (reply.dropped, 0, 0, 0)
-            conn.send(META, _STATUSES.index(reply.status), reply.version, meta)
+            conn.send(META, status, reply.version, meta)
             if reply.status is Status.ROLLBACK:
                 if mirror is not None:
                     mirror.forget()

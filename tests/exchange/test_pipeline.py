@@ -8,6 +8,7 @@ answers every worker whole."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +150,49 @@ def test_piece_zero_is_applied_and_sent_before_the_rest_of_the_round_arrives(set
     np.testing.assert_array_equal(reply.payload, expected)
     np.testing.assert_array_equal(server.opt.params_view(), expected)
     assert server.whole_updates == 0 and server.exchange.version == 1 and not server.exchange.partial_round
+
+
+def test_the_pipelines_thread_updates_the_pieces_as_they_stream_in_and_the_status_comes_last(setup):
+    """While a push's chunks arrive, the pieces they complete are updated on the pipeline's thread,
+    so the connection's thread goes straight back to its socket; the chunk that ends the push leaves
+    nothing due when the round is served (no whole update follows). The status frame follows the
+    last piece on every connection (the pipeline's thread sends it when the round is served before
+    its last piece is out, else the connection's thread)."""
+    server, initial, grads = setup
+    pieces = SIZE // PIECE
+    applied_on, sent = [], {}
+    apply_piece = server.opt.apply_piece
+
+    def recording_apply(j, *args):
+        applied_on.append((j, threading.current_thread().name))
+        apply_piece(j, *args)
+
+    server.opt.apply_piece = recording_apply
+    bell = worker_bell(server, 0, grads[0])
+    by_hand = ByHand(server, grads[1])
+    bell.ring(0, 1, 0.5, True)
+    deadline = time.monotonic() + DEADLINE
+    while server.exchange._pushes < 1:  # worker 0's push is in (at the barrier; a chunk wakes nobody): nothing due yet
+        assert time.monotonic() < deadline, "worker 0's push never reached the exchange"
+        time.sleep(0.01)
+    by_hand.start()
+    server.wait(lambda: len(server.pipeline._conns) == 2)
+    for worker, conn in server.pipeline._conns.items():  # the server's ends: what each sends, in order
+        kinds = sent.setdefault(worker, [])
+        for name in ("send", "send_encoded"):
+            method = getattr(conn, name)
+            setattr(conn, name, lambda kind, *a, _method=method, _kinds=kinds, **k: (_kinds.append(kind),
+                                                                                       _method(kind, *a, **k))[1])
+    by_hand.chunks(0, pieces - 1)
+    server.wait(lambda: server.pipeline._sent >= pieces - 1)
+    assert applied_on == [(j, "raytf-wire-pipeline") for j in range(pieces - 1)]
+    by_hand.chunks(pieces - 1, pieces)
+    status, params = by_hand.answer()
+    reply = bell.answer()
+    assert [j for j, _ in applied_on] == list(range(pieces)) and server.whole_updates == 0
+    np.testing.assert_array_equal(params, whole_update(initial, grads))
+    assert status is Status.OK and reply.status is Status.OK
+    assert sent == {0: [REPLY] * pieces + [META], 1: [REPLY] * pieces + [META]}
 
 
 def test_rounds_follow_each_other_and_a_stop_set_ahead_ends_them(setup):
