@@ -3,10 +3,12 @@
 Without it a sync server receives every worker's whole gradient, then applies, then sends the
 parameters back: on a link of its own the two directions take turns. Here the shard is in pieces
 (`raytf.exchange.optimizers.PiecedOptimizer`); the wire's receive calls `arrived` after each chunk,
-and as soon as every worker of the round has sent piece j, piece j is updated (the mean of their
-piece j) and a sender thread streams its new values to every worker of the round, while their later
-chunks still arrive. Both directions of the link and both the server's receive and update work at
-once.
+and as soon as every worker of the round has sent piece j, the pipeline's thread updates piece j
+(the mean of their piece j) and streams its new values to every worker of the round, while their
+later chunks still arrive: the receiving threads only read their sockets (the chunk that ends a push
+updates what is still due on its own thread, so the round is served with all of it applied). Both
+directions of the link and both the server's receive and update work at once. The round's status
+frame follows its last piece, sent by whichever of the two threads is done last.
 
 The round is still the exchange's (`raytf.exchange.Exchange` with the sync policy): each worker's
 push goes through it when its bytes are in, as over the doorbell, and the policy completes the round
