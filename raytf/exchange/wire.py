@@ -69,6 +69,7 @@ WELCOME = struct.Struct("<32s")  # the server's proof
 # Frame kinds. Data kinds are the caller's; the handshake's are reserved.
 KIND_CHALLENGE, KIND_HELLO, KIND_WELCOME = 250, 251, 252
 PUSH, REPLY, ROWS = 1, 2, 3
+META, CARRIED = 4, 5  # a push's and an answer's small first frame; whom a summed push carries (raytf.exchange.wire_link)
 
 CHUNK_BYTES = 1024 * 1024  # 1 MB frames: a pipelined server (raytf.exchange.pipeline) starts on piece k once its megabyte is in
 SOCKET_BUFFER = 8 * 1024 * 1024

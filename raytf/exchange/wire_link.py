@@ -41,6 +41,8 @@ from raytf.exchange.codecs import ErrorFeedback, PullMirror
 from raytf.exchange.doorbell import ServerGone
 from raytf.exchange.row_slots import RowSlot
 from raytf.exchange.wire import (
+    CARRIED,
+    META,
     PUSH,
     REPLY,
     ROWS,
@@ -55,8 +57,6 @@ from raytf.runtime import aligned_zeros
 if TYPE_CHECKING:
     from raytf.exchange.pipeline import Pipeline
 
-META = 4  # the small frame before each push and each answer
-CARRIED = 5  # who a summed push speaks for (raytf.exchange.local_reduce)
 CARRIED_FIELDS = 5  # per worker: index, steps done, finite, has loss, loss
 _STATUSES = list(Status)
 
@@ -147,7 +147,8 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                 continue  # the pipeline's thread sends the status after the last piece; nothing follows it
             if round_ is not None:
                 pipeline.wait_answered(round_)  # its parameters are out, piece by piece
-            send_status(conn, status, reply.version, reply.dropped, meta)
+            meta[:] = (reply.dropped, 0, 0, 0)
+            conn.send(META, status, reply.version, meta)
             if reply.status is Status.ROLLBACK:
                 if mirror is not None:
                     mirror.forget()
@@ -164,14 +165,6 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                         conn.send(ROWS, message.seq, reply.version, slot.sent_rows[k][:wanted].reshape(-1))
     except (PeerGone, WireTimeout, WireProtocolError):
         return  # the worker died or hung up (the listener closes the connection)
-
-
-def send_status(conn: Connection, status: int, version: int, dropped: bool, buffer: np.ndarray | None = None) -> None:
-    """An answer's status frame (META: `status` is the index of its Status, as `seq`; [dropped, 0, 0, 0]);
-    `buffer`: 4 float32 values to lay it in (the connection's own, reused)."""
-    buffer = np.zeros(4, np.float32) if buffer is None else buffer
-    buffer[:] = (dropped, 0, 0, 0)
-    conn.send(META, status, version, buffer)
 
 
 def _send_params(conn: Connection, seq: int, version: int, params: np.ndarray, codec: str,
