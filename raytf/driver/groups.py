@@ -213,6 +213,18 @@ class WorkerGroup:
     def locate(self) -> list[str]:
         return get([w.node_id.remote() for w in self.handles], "Locating the workers")
 
+    def wait_back(self, which: Iterable[int]) -> None:
+        """Wait until each of `which` (lost workers Ray restarts) answers from its new process: a call
+        sent while Ray restarts an actor may fail with ActorUnavailableError instead of waiting."""
+        import ray
+
+        for worker in which:
+            try:
+                _when_back(lambda: self.handles[worker].node_id.remote())
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                raise TrainingError(f"Worker {worker} was lost and did not come back within {RESTART_TIMEOUT:.0f} s.",
+                                    "See its log in the Ray dashboard; resume with --resume once the cluster is healthy.") from None
+
     def place(self, nodes: list[str]) -> list[tuple[int, ...]]:
         """Pin each worker (on `nodes`) to cores of its own where it may (raytf.replica.placement);
         returns the cores each runs on, () where not pinned."""

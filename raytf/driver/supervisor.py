@@ -210,6 +210,7 @@ class Supervisor:
             # A stop was under way: end at the restored step, whose checkpoint exists.
             self.stop_version = to_step * self.ups
         restored = replace(self.settings, target_version=self.target_version)
+        self.workers.wait_back(needs_setup)
         (self.servers.set_up(states, self.config.optimizer, restored)
          + self.workers.set_up(self.config, self.plan, needs_setup)).join("Restoring after a lost parameter server")
         wire(self.actors, self.config, self.plan)
