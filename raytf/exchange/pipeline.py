@@ -35,7 +35,7 @@ import numpy as np
 
 from raytf.exchange.codecs import PullMirror, make_codec
 from raytf.exchange.optimizers import PiecedOptimizer
-from raytf.exchange.wire import META, REPLY, Connection, PeerGone, WireProtocolError, WireTimeout
+from raytf.exchange.wire import REPLY, Connection, PeerGone, WireProtocolError, WireTimeout, send_status
 
 PIECE_VALUES = 1 << 18  # 1 MB pieces: a 7.45 MB gradient in 8, each SGD update (numpy) a fraction of a millisecond
 COMPILED_PIECE_VALUES = 1 << 20  # 4 MB (BytePS's) for the other optimizers: a compiled call each
@@ -189,19 +189,22 @@ class Pipeline:
         end = self.opt.bounds[self._applied][1]
         return all(self._received.get(self._via.get(w, w), -1) >= end for w in self._expected)
 
-    def _advance(self, most: int | None = None) -> None:
-        """Update every piece that every worker of the round has sent (at most `most`; lock held)."""
-        while self._piece_ready() and most != 0:
-            most = None if most is None else most - 1
-            pushers = [w for w in sorted(self._expected) if w not in self._via and self._summed.get(w)]
-            grads = [self._gradient(w) for w in pushers]
-            started = time.perf_counter()
-            if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
-                self.opt.apply_piece(self._applied, grads, sum(self._summed[w] for w in pushers))
-                self.exchange.partial_round = True
-            self.seconds_apply += time.perf_counter() - started
-            self._applied += 1
-            self.cond.notify_all()
+    def _advance(self) -> None:
+        """Update every piece that every worker of the round has sent (lock held)."""
+        while self._piece_ready():
+            self._update_next()
+
+    def _update_next(self) -> None:
+        """Update the next piece, whose bytes every worker of the round has sent (lock held)."""
+        pushers = [w for w in sorted(self._expected) if w not in self._via and self._summed.get(w)]
+        grads = [self._gradient(w) for w in pushers]
+        started = time.perf_counter()
+        if grads:  # none finite: the version moves on with nothing applied, as without the pipeline
+            self.opt.apply_piece(self._applied, grads, sum(self._summed[w] for w in pushers))
+            self.exchange.partial_round = True
+        self.seconds_apply += time.perf_counter() - started
+        self._applied += 1
+        self.cond.notify_all()
 
     def _halted(self) -> bool:
         return self.exchange.aborted or self.exchange.stopped
@@ -232,7 +235,7 @@ class Pipeline:
                     self._send_statuses()  # after the new round is set up: a worker may push again at once
                     continue
                 if self._sent == self._applied and not self._halted():
-                    self._advance(most=1)  # its bytes are in: update it here, then send it
+                    self._update_next()  # its bytes are in (`_send_due`): update it here, then send it
                     continue
                 j, version = self._sent, self._base + 1
                 conns = [(worker, conn, self._mirrors.get(worker)) for worker, conn in self._conns.items()]
@@ -257,7 +260,7 @@ class Pipeline:
         try:
             for conn, status, version, dropped in statuses.values():
                 try:
-                    conn.send(META, status, version, np.array([dropped, 0, 0, 0], np.float32))
+                    send_status(conn, status, version, dropped)
                 except (PeerGone, WireTimeout, WireProtocolError):
                     pass  # it died: its receiving thread ends, the driver removes it
         finally:

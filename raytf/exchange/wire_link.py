@@ -51,6 +51,7 @@ from raytf.exchange.wire import (
     WireProtocolError,
     WireTimeout,
     connect,
+    send_status,
 )
 from raytf.runtime import aligned_zeros
 
@@ -147,8 +148,7 @@ def serve_connection(conn: Connection, buffers: Buffers, serve: Serve, published
                 continue  # the pipeline's thread sends the status after the last piece; nothing follows it
             if round_ is not None:
                 pipeline.wait_answered(round_)  # its parameters are out, piece by piece
-            meta[:] = (reply.dropped, 0, 0, 0)
-            conn.send(META, status, reply.version, meta)
+            send_status(conn, status, reply.version, reply.dropped, meta)
             if reply.status is Status.ROLLBACK:
                 if mirror is not None:
                     mirror.forget()
