@@ -8,11 +8,20 @@ Two references, measured between every two contenders (`References`):
   update per step on a global batch of 512 (the data function's whole data, `batches` at 512).
 Ray Train trains the same model with MultiWorkerMirroredStrategy. All skip the same warm-up steps
 (`warmup_steps`) and XLA-compile the step when raytf's worker does (`jit_setting`).
+
+And one bound (`run_wire_floor`, the `wire-floor-2nodes` row): the ceiling's two actors on the workers'
+node, the first of them also moving what a sync round must move between the nodes (its parameters' bytes
+to an actor on the servers' node over TCP and as many back) after every step, on a thread of its own
+and overlapped with the next step (which waits only for the round before it). No sum, no update, no
+barrier: what a data plane over that link could reach at best without compressing.
 """
 
 from __future__ import annotations
 
+import resource
+import socket
 import tempfile
+import threading
 import time
 
 
@@ -59,6 +68,15 @@ class IndependentTrainer:
             return loss
 
         self._step = tf.function(step, jit_compile=jit_setting(cfg))
+        self._model = model
+        self._rounds: RoundTrips | None = None
+
+    def parameter_bytes(self) -> int:
+        return sum(int(v.numpy().nbytes) for v in self._model.trainable_variables)
+
+    def exchange_with(self, host: str, port: int, nbytes: int) -> None:
+        """From now on, send `nbytes` to a WireSink at (host, port) and read as many back after every step."""
+        self._rounds = RoundTrips(host, port, nbytes)
 
     def run(self, steps: int) -> dict:
         from raytf.observe.steady import CpuWindow, warmup_steps
@@ -71,14 +89,146 @@ class IndependentTrainer:
         for step in range(steps):
             x, y = next(self.iterator)  # outside the step, as in raytf's worker: XLA cannot compile iterators
             loss = float(self._step(x, y))  # float(): wait for the step, as raytf's worker does
+            if self._rounds is not None:
+                self._rounds.next_round()  # waits for the round before it only
             cpu.tick()
             if step + 1 == warmup:
                 start = time.perf_counter()
                 cpu.start()
+        if self._rounds is not None:
+            self._rounds.close()  # the last round is in
         seconds = time.perf_counter() - start
         cpu_ms, cpu_sys_ms = cpu.per_event()
         return {"samples_per_second": (steps - warmup) * self.batch_size / seconds, "final_loss": loss,
                 "cpu_ms_per_step": cpu_ms, "cpu_sys_ms_per_step": cpu_sys_ms}
+
+
+class RoundTrips:
+    """`nbytes` out and as many back over one TCP connection per round, on a thread of its own: a
+    round starts when `next_round` is called and the one before it is in."""
+
+    def __init__(self, host: str, port: int, nbytes: int) -> None:
+        import numpy as np
+
+        from raytf.exchange.wire import SOCKET_BUFFER
+
+        self.sock = socket.create_connection((host, port), timeout=60)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # as raytf's wire sets them
+            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.out, self.back = np.ones(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
+        self.go, self.done = threading.Semaphore(0), threading.Semaphore(1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, name="round-trips", daemon=True)
+        self.thread.start()
+
+    def next_round(self) -> None:
+        self.done.acquire()
+        if self.error is not None:
+            raise RuntimeError(f"the round trips failed: {self.error}")
+        self.go.release()
+
+    def close(self) -> None:
+        self.done.acquire()
+        self.sock.close()  # the sink sees the end and returns
+        self.go.release()
+        self.thread.join(timeout=60)
+
+    def _serve(self) -> None:
+        view = memoryview(self.back)
+        while True:
+            self.go.acquire()
+            if self.sock.fileno() < 0:
+                return
+            try:
+                self.sock.sendall(self.out)
+                got = 0
+                while got < len(view):
+                    got += self.sock.recv_into(view[got:])
+            except OSError as err:
+                self.error = err
+            self.done.release()
+
+
+class WireSink:
+    """The servers' end of `RoundTrips`: reads a round's bytes, sends as many back, until the other end closes."""
+
+    def listen(self, nbytes: int, host: str | None = None) -> tuple[str, int]:
+        """Listen on `host` (default: this Ray node's address) for the rounds of `nbytes` each way."""
+        from raytf.exchange.wire import SOCKET_BUFFER
+
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        self.nbytes = nbytes
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)  # before listen: inherited
+        self.listener.bind((host, 0))
+        self.listener.listen(1)
+        return self.listener.getsockname()[:2]
+
+    def serve(self, warmup: int) -> dict:
+        """Serve rounds until the connection ends; the process's CPU per round after the first `warmup`."""
+        import numpy as np
+
+        from raytf.exchange.wire import SOCKET_BUFFER
+
+        self.listener.settimeout(600)
+        conn, _ = self.listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = np.zeros(self.nbytes, np.uint8)
+        view, rounds, start = memoryview(buffer), 0, _cpu_seconds()
+        while True:
+            got = 0
+            while got < len(view):
+                n = conn.recv_into(view[got:])
+                if n == 0:
+                    conn.close()
+                    (user, system), counted = _cpu_seconds(), max(rounds - warmup, 1)
+                    return {"rounds": rounds, "cpu_ms_per_round": 1000 * (user + system - sum(start)) / counted,
+                            "cpu_sys_ms_per_round": 1000 * (system - start[1]) / counted}
+                got += n
+            conn.sendall(buffer)
+            rounds += 1
+            if rounds == warmup:
+                start = _cpu_seconds()
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # (user, system) of every thread of the process
+    return usage.ru_utime, usage.ru_stime
+
+
+def run_wire_floor(cfg, steps: int) -> dict:
+    """The `wire-floor-2nodes` bound (the module's docstring): the ceiling's actors on the workers' node,
+    the first moving a sync round's bytes to and from the servers' node after every step."""
+    import ray
+
+    from raytf.observe.steady import warmup_steps
+
+    workers = cfg.distribution.workers
+    trainers = [ray.remote(num_cpus=0, resources={"bench_worker": 1})(IndependentTrainer).remote() for _ in range(workers)]
+    sink = ray.remote(num_cpus=0, resources={"bench_ps": 1})(WireSink).remote()
+    try:
+        ray.get([t.setup.remote(cfg.to_dict(), i, workers) for i, t in enumerate(trainers)])
+        ray.get([t.run.remote(10) for t in trainers])  # as the references: first-run costs (tracing, XLA) paid
+        nbytes = ray.get(trainers[0].parameter_bytes.remote())
+        host, port = ray.get(sink.listen.remote(nbytes))
+        served = sink.serve.remote(warmup_steps(steps))
+        ray.get(trainers[0].exchange_with.remote(host, port, nbytes))
+        results = ray.get([t.run.remote(steps) for t in trainers])
+        sunk = ray.get(served, timeout=120)
+    finally:
+        for actor in (*trainers, sink):
+            ray.kill(actor)
+    if sunk["rounds"] != steps:
+        raise RuntimeError(f"the sink served {sunk['rounds']} rounds of {steps}")
+    return {"samples_per_second": sum(r["samples_per_second"] for r in results),
+            "bytes_each_way_per_round": nbytes,
+            "cpu_ms_per_round": sum(r["cpu_ms_per_step"] for r in results) + sunk["cpu_ms_per_round"],
+            "cpu_sys_ms_per_round": sum(r["cpu_sys_ms_per_step"] for r in results) + sunk["cpu_sys_ms_per_round"]}
 
 
 REFERENCES = ("ceiling", "single-process")

@@ -70,7 +70,11 @@ TWO_NODES = {
 }
 PLACEMENT = ["distribution.ps_resources.resources.bench_ps=1", "distribution.worker_resources.resources.bench_worker=1"]
 TWO_NODE_TF_PS = "tf-ps-2nodes"  # TF's ParameterServerStrategy with its ps on one node, its workers on the other
-CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps", TWO_NODE_TF_PS)
+# A bound, not a trainer (examples/bench_baselines.run_wire_floor): the ceiling's actors, one of them moving a
+# sync round's bytes across and back after every step, overlapped with the next: no data plane over that link
+# can beat it without compressing.
+WIRE_FLOOR = "wire-floor-2nodes"
+CONTENDERS = (*RAYTF, *TWO_NODES, "ray-train", "tf-ps", TWO_NODE_TF_PS, WIRE_FLOOR)
 REFERENCE_NAMES = ("ceiling", "single-process")  # examples/bench_baselines.REFERENCES; measured at every R
 
 
@@ -126,6 +130,10 @@ def run_contender(base: dict, name: str, steps: int, address: str | None = None)
     if name in RAYTF or name in TWO_NODES:
         return run_raytf(base, name, steps, address)
     cfg = config_from_dict(base, [f"steps={steps}"])
+    if name == WIRE_FLOOR:
+        from examples import bench_baselines
+
+        return bench_baselines.run_wire_floor(cfg, steps)
     if name in ("tf-ps", TWO_NODE_TF_PS):
         from examples import bench_tfps
 
@@ -306,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             protocol.run("two-node", names, address=args.in_cluster)
         args.runs_out.write_text(json.dumps(runs))
         return 0
-    one_node = [n for n in names if n not in TWO_NODES and n != TWO_NODE_TF_PS]
-    two_nodes = [n for n in names if n in TWO_NODES or n == TWO_NODE_TF_PS]
+    one_node = [n for n in names if n not in TWO_NODES and n not in (TWO_NODE_TF_PS, WIRE_FLOOR)]
+    two_nodes = [n for n in names if n in TWO_NODES or n in (TWO_NODE_TF_PS, WIRE_FLOOR)]
     if one_node or not two_nodes:
         # One cluster for every contender: the one `raytf up` started, else an embedded one for this run.
         with connect(on_event=say):
