@@ -221,8 +221,10 @@ class WorkerGroup:
         for worker in which:
             try:
                 _when_back(lambda: self.handles[worker].node_id.remote())
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                raise TrainingError(f"Worker {worker} was lost and did not come back within {RESTART_TIMEOUT:.0f} s.",
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                why = ("Ray gave up restarting it (distribution.max_restarts)" if isinstance(err, ray.exceptions.ActorDiedError)
+                       else f"it did not come back within {RESTART_TIMEOUT:.0f} s")
+                raise TrainingError(f"Worker {worker} was lost and {why}.",
                                     "See its log in the Ray dashboard; resume with --resume once the cluster is healthy.") from None
 
     def place(self, nodes: list[str]) -> list[tuple[int, ...]]:

@@ -406,8 +406,6 @@ class Connection:
         self.sock.close()
 
 
-# -- the handshake -------------------------------------------------------------------------------
-
 def send_status(conn: Connection, status: int, version: int, dropped: bool, buffer: np.ndarray | None = None) -> None:
     """An answer's status frame (META; `status`, the index of its Status, goes as the frame's `seq`;
     [dropped, 0, 0, 0] as 4 float32 values), written by the connection's thread or a pipeline's.
@@ -416,6 +414,8 @@ def send_status(conn: Connection, status: int, version: int, dropped: bool, buff
     buffer[:] = (dropped, 0, 0, 0)
     conn.send(META, status, version, buffer)
 
+
+# -- the handshake -------------------------------------------------------------------------------
 
 def _client_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes, peer_id: int, encrypt: bool) -> bytes:
     return _derive(secret, b"raytf-wire-client", server_nonce, client_nonce, struct.pack("<q?", peer_id, encrypt))
