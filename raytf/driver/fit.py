@@ -26,10 +26,12 @@ from raytf.driver.prepare import (
     finish_on_host,
     prepare,
     prepare_and_start,
+    prepare_output_dir,
     reads_ray_data,
     resumed_statistics,
     trained_model,
 )
+from raytf.driver.output_lock import holding
 from raytf.driver.signals import stop_on_signals, terminate_as_interrupt
 from raytf.driver.summary import build_summary, first_steps, link_kinds_text, write_json, write_trace
 from raytf.driver.validation import Evaluation
@@ -58,8 +60,19 @@ def fit(
     raise `Interrupted` (a second one quits at once); before training starts and after it ends,
     they raise KeyboardInterrupt, taking down what was started (an embedded cluster, actors).
     `started_at` (wall clock) is when the command that calls this started, so that start-up
-    accounting includes it (the CLI passes it).
+    accounting includes it (the CLI passes it). One run at a time may use an output_dir
+    (raytf.driver.output_lock): a second one fails at once with a ConfigError.
     """
+    clock = StartupClock(origin=started_at or time.time())
+    if started_at is not None:
+        clock.add("command", "driver", started_at, time.time())
+    cfg = coerce_config(config, overrides)
+    with holding(prepare_output_dir(cfg.output_dir)):
+        return _fit(cfg, clock, address, progress, on_event, resume, restart)
+
+
+def _fit(cfg: TrainConfig, clock: StartupClock, address: str | None, progress, on_event: Callable[[str], None],
+         resume: bool, restart: bool) -> dict[str, Any]:
     import ray
 
     from raytf.cluster import local as local_cluster
@@ -70,10 +83,6 @@ def fit(
     from raytf.exchange.shard_state import root_of
     from raytf.observe.tensorboard import TensorBoardLog
 
-    clock = StartupClock(origin=started_at or time.time())
-    if started_at is not None:
-        clock.add("command", "driver", started_at, time.time())
-    cfg = coerce_config(config, overrides)
     # With no cluster up, the embedded head starts while this process imports TensorFlow and
     # checks the model (seconds each); bad input stops it again before it is used.
     head = local_cluster.launch() if needs_embedded_cluster(address) else None
