@@ -13,6 +13,8 @@ started once and stopped at the end; the `-2nodes` contenders run on a second cl
 nodes on this machine (server on one, workers on the other: the wire, or the object store, between
 nodes), over loopback, or with `--link RATE,DELAY` (root) in two network namespaces joined by a link
 shaped with `tc` (examples/netns_cluster.py; 198.18.0.0/15 inside them only; deleted at the end).
+`wire-floor-2nodes` is a bound on that cluster, not a trainer: the ceiling's actors with a sync round's
+bytes moved across and back after every step, overlapped (examples/bench_baselines.run_wire_floor).
 
 The protocol: both references (examples/bench_baselines.py: `ceiling`, 2 independent actors with
 no exchange; `single-process`, one actor with 2 TF threads doing the same math at a global batch
