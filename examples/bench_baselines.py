@@ -18,7 +18,6 @@ barrier: what a data plane over that link could reach at best without compressin
 
 from __future__ import annotations
 
-import resource
 import socket
 import tempfile
 import threading
@@ -110,12 +109,7 @@ class RoundTrips:
     def __init__(self, host: str, port: int, nbytes: int) -> None:
         import numpy as np
 
-        from raytf.exchange.wire import SOCKET_BUFFER
-
-        self.sock = socket.create_connection((host, port), timeout=60)
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # as raytf's wire sets them
-            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = _as_the_wire_sets_it(socket.create_connection((host, port), timeout=60))
         self.out, self.back = np.ones(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
         self.go, self.done = threading.Semaphore(0), threading.Semaphore(1)
         self.error: BaseException | None = None
@@ -172,33 +166,36 @@ class WireSink:
         """Serve rounds until the connection ends; the process's CPU per round after the first `warmup`."""
         import numpy as np
 
-        from raytf.exchange.wire import SOCKET_BUFFER
+        from raytf.observe.steady import CpuWindow
 
         self.listener.settimeout(600)
-        conn, _ = self.listener.accept()
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _as_the_wire_sets_it(self.listener.accept()[0])
         buffer = np.zeros(self.nbytes, np.uint8)
-        view, rounds, start = memoryview(buffer), 0, _cpu_seconds()
+        view, rounds, cpu = memoryview(buffer), 0, CpuWindow()
         while True:
             got = 0
             while got < len(view):
                 n = conn.recv_into(view[got:])
                 if n == 0:
                     conn.close()
-                    (user, system), counted = _cpu_seconds(), max(rounds - warmup, 1)
-                    return {"rounds": rounds, "cpu_ms_per_round": 1000 * (user + system - sum(start)) / counted,
-                            "cpu_sys_ms_per_round": 1000 * (system - start[1]) / counted}
+                    cpu_ms, cpu_sys_ms = cpu.per_event()
+                    return {"rounds": rounds, "cpu_ms_per_round": cpu_ms, "cpu_sys_ms_per_round": cpu_sys_ms}
                 got += n
             conn.sendall(buffer)
             rounds += 1
+            cpu.tick()
             if rounds == warmup:
-                start = _cpu_seconds()
+                cpu.start()
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # (user, system) of every thread of the process
-    return usage.ru_utime, usage.ru_stime
+def _as_the_wire_sets_it(sock: socket.socket) -> socket.socket:
+    """Socket buffers and Nagle as raytf's wire sets them (raytf.exchange.wire), blocking."""
+    from raytf.exchange.wire import SOCKET_BUFFER
+
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def run_wire_floor(cfg, steps: int) -> dict:
